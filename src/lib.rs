@@ -1,0 +1,47 @@
+//! # shmproc
+//!
+//! Python's `multiprocessing` for Rust, on shared memory: the objects a Python user
+//! knows, shared between real processes, one to two orders of magnitude faster, and
+//! robust where Python hangs (a lock holder that dies, a corrupted segment).
+//!
+//! ```
+//! use shmproc::Value;
+//!
+//! let counter = Value::<u64>::new(0)?;
+//! // A forked child (or any process that opened it by name) sees the same value.
+//! for _ in 0..10 {
+//!     *counter.lock().unwrap() += 1;
+//! }
+//! assert_eq!(counter.get()?, 10);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Layers
+//! | module | owns |
+//! |---|---|
+//! | `segment` | shared-memory mappings: anonymous (memfd) and named (POSIX shm), each with a validated header |
+//! | `sync` | `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Condition`, `Event`, `Barrier` |
+//! | `shared` | `Value<T>`, `Array<T>`, `RawValue<T>`, `RawArray<T>` for `T: bytemuck::Pod` |
+//! | `sys` | every call into the operating system (Linux for now) |
+//!
+//! Channels, processes, pools, executors and managers are planned; see the README.
+//!
+//! ## Sharing with a child process
+//! Every object here lives in a `MAP_SHARED` mapping, so a child made with `fork`
+//! shares it. Objects made with `new_named` (or `from_slice_named`) can also be
+//! opened by name from an unrelated process with `open`.
+
+mod segment;
+mod shared;
+mod sync;
+mod sys;
+
+#[doc(hidden)]
+pub mod testing;
+
+pub use segment::{ObjectKind, SegmentCreateError, SegmentOpenError};
+pub use shared::{Array, ArrayError, ArrayGuard, RawArray, RawValue, Value, ValueGuard};
+pub use sync::{
+    Barrier, BarrierError, BoundedSemaphore, Condition, ConditionGuard, Event, Lock, LockError, LockGuard,
+    LockResult, RLock, RLockGuard, ReleaseError, Semaphore, LIVENESS_POLL,
+};

@@ -1,0 +1,104 @@
+//! The `#[repr(C)]` header at offset 0 of every segment, and its validation.
+//!
+//! | offset | field            | written by | meaning                                         |
+//! |--------|------------------|------------|-------------------------------------------------|
+//! | 0      | magic            | creator    | `b"SHMPROC\0"`                                  |
+//! | 8      | version          | creator    | [`LAYOUT_VERSION`]; bumped on any layout change |
+//! | 12     | state            | creator    | 0 while being built, [`READY`] once published   |
+//! | 16     | kind             | creator    | the [`ObjectKind`] the body holds               |
+//! | 20     | elem_size        | creator    | `size_of::<T>()` of the element type, or 0      |
+//! | 24     | elem_align       | creator    | `align_of::<T>()`, or 0                         |
+//! | 28     | reserved         | -          | zero                                            |
+//! | 32     | type_fingerprint | creator    | a hash of the element type's name, or 0         |
+//! | 40     | elem_count       | creator    | array length, barrier parties, or 1             |
+//! | 48     | body_len         | creator    | bytes of body after the header                  |
+//!
+//! The creator writes every field, initialises the body, then stores `READY` with
+//! release ordering; an opener loads `state` with acquire ordering before trusting
+//! anything else. A creator that dies before publishing leaves `state == 0`, which an
+//! opener reports as [`SegmentOpenError::Uninitialised`]. After validation the
+//! opener keeps its own copy of every size it needs and never re-reads them.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::{ObjectKind, SegmentOpenError, TypeInfo};
+
+/// Identifies a shmproc segment.
+pub(crate) const MAGIC: [u8; 8] = *b"SHMPROC\0";
+/// The layout of the header and of every body; bumped on any change.
+pub(crate) const LAYOUT_VERSION: u32 = 1;
+/// `state` once the creator has finished building the segment.
+pub(crate) const READY: u32 = 0x5245_4459; // "READ" + 'Y'-ish, unlikely by accident
+
+/// Bytes reserved for the header; the body starts here, cache-line aligned.
+pub(crate) const HEADER_LEN: usize = 64;
+
+#[repr(C)]
+pub(crate) struct Header {
+    magic: [u8; 8],
+    version: u32,
+    state: AtomicU32,
+    kind: u32,
+    elem_size: u32,
+    elem_align: u32,
+    reserved: u32,
+    type_fingerprint: u64,
+    elem_count: u64,
+    body_len: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN);
+
+/// What a segment is meant to hold: checked against the header when attaching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Expect {
+    pub(crate) kind: ObjectKind,
+    pub(crate) elem: Option<TypeInfo>,
+}
+
+impl Header {
+    /// Writes every field except `state`, which stays 0 until [`Header::publish`].
+    pub(crate) fn write(&mut self, expect: Expect, elem_count: u64, body_len: u64) {
+        let elem = expect.elem.unwrap_or(TypeInfo::NONE);
+        self.magic = MAGIC;
+        self.version = LAYOUT_VERSION;
+        self.kind = expect.kind as u32;
+        self.elem_size = elem.size;
+        self.elem_align = elem.align;
+        self.reserved = 0;
+        self.type_fingerprint = elem.fingerprint;
+        self.elem_count = elem_count;
+        self.body_len = body_len;
+    }
+
+    pub(crate) fn publish(&self) {
+        self.state.store(READY, Ordering::Release);
+    }
+
+    /// Checks every field against `expect` and the real file length; returns
+    /// `(elem_count, body_len)` once both are known to fit in `file_len`.
+    pub(crate) fn validate(&self, expect: Expect, file_len: u64) -> Result<(u64, u64), SegmentOpenError> {
+        if self.magic != MAGIC {
+            return Err(SegmentOpenError::NotShmproc);
+        }
+        if self.state.load(Ordering::Acquire) != READY {
+            return Err(SegmentOpenError::Uninitialised);
+        }
+        if self.version != LAYOUT_VERSION {
+            return Err(SegmentOpenError::VersionMismatch { found: self.version, expected: LAYOUT_VERSION });
+        }
+        let found = ObjectKind::from_u32(self.kind).ok_or(SegmentOpenError::Corrupted("unknown object kind"))?;
+        if found != expect.kind {
+            return Err(SegmentOpenError::WrongKind { found, expected: expect.kind });
+        }
+        let elem = expect.elem.unwrap_or(TypeInfo::NONE);
+        if (self.elem_size, self.elem_align, self.type_fingerprint) != (elem.size, elem.align, elem.fingerprint) {
+            return Err(SegmentOpenError::WrongType { expected: elem.name });
+        }
+        let needed = (HEADER_LEN as u64).checked_add(self.body_len).ok_or(SegmentOpenError::Corrupted("body length overflows"))?;
+        if needed > file_len {
+            return Err(SegmentOpenError::Truncated { len: file_len, needed });
+        }
+        Ok((self.elem_count, self.body_len))
+    }
+}

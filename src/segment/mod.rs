@@ -1,0 +1,517 @@
+//! Shared-memory segments: the bytes every shared object lives in.
+//!
+//! A segment is one mapping, `MAP_SHARED`, that starts with a validated
+//! [header](header) and continues with the body of exactly one object (a lock, a
+//! `Value`, an `Array`, ...).
+//!
+//! - **Anonymous** (the default): `memfd_create` + `ftruncate` + `mmap`. A forked child
+//!   shares it; it disappears when the last process unmaps it, so a crash never leaves a
+//!   file in `/dev/shm`. Its size is sealed, so no process can shrink it under another's
+//!   mapping. The descriptor is close-on-exec.
+//! - **Named**, on request: `shm_open(O_CREAT | O_EXCL, 0600)` under a name with 128
+//!   random bits, which an unrelated process can open. The creating *process* unlinks it
+//!   when its handle drops; a forked copy of the handle never does (unlike
+//!   shared_memory, whose forked copies unlink the segment for everyone). A creator
+//!   killed before it drops leaves the name behind, as any named POSIX shm object does.
+//!   POSIX shm cannot be sealed: a hostile process that truncates a named segment
+//!   makes the others fault on their next access.
+//!
+//! Attaching checks the header against what the caller expects and against the file's
+//! real length, and reports any mismatch as a [`SegmentOpenError`]; after that the
+//! opener never re-reads a size from shared memory.
+
+mod header;
+
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::sys;
+pub(crate) use header::{Expect, HEADER_LEN};
+use header::Header;
+
+/// The kind of shared object a segment holds, recorded in its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+#[non_exhaustive]
+pub enum ObjectKind {
+    /// A [`Lock`](crate::Lock).
+    Lock = 1,
+    /// An [`RLock`](crate::RLock).
+    RLock = 2,
+    /// A [`Semaphore`](crate::Semaphore).
+    Semaphore = 3,
+    /// A [`Condition`](crate::Condition) with its lock.
+    Condition = 4,
+    /// An [`Event`](crate::Event).
+    Event = 5,
+    /// A [`Barrier`](crate::Barrier).
+    Barrier = 6,
+    /// A [`Value`](crate::Value) with its lock.
+    Value = 7,
+    /// An [`Array`](crate::Array) with its lock.
+    Array = 8,
+    /// A [`RawValue`](crate::RawValue), or the data of a `Value` built on another lock.
+    RawValue = 9,
+    /// A [`RawArray`](crate::RawArray), or the data of an `Array` built on another lock.
+    RawArray = 10,
+    /// A [`BoundedSemaphore`](crate::BoundedSemaphore).
+    BoundedSemaphore = 11,
+}
+
+impl ObjectKind {
+    const ALL: [ObjectKind; 11] = [
+        ObjectKind::Lock,
+        ObjectKind::RLock,
+        ObjectKind::Semaphore,
+        ObjectKind::Condition,
+        ObjectKind::Event,
+        ObjectKind::Barrier,
+        ObjectKind::Value,
+        ObjectKind::Array,
+        ObjectKind::RawValue,
+        ObjectKind::RawArray,
+        ObjectKind::BoundedSemaphore,
+    ];
+
+    fn from_u32(v: u32) -> Option<ObjectKind> {
+        Self::ALL.into_iter().find(|k| *k as u32 == v)
+    }
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// The element type of a `Value` or `Array`, as recorded in the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TypeInfo {
+    pub(crate) size: u32,
+    pub(crate) align: u32,
+    /// FNV-1a of the type's name: tells `u64` from `f64`, which size and alignment
+    /// cannot. Stable between copies of one binary and across builds of one crate
+    /// version, which is what attaching needs.
+    pub(crate) fingerprint: u64,
+    pub(crate) name: &'static str,
+}
+
+impl TypeInfo {
+    pub(crate) const NONE: TypeInfo = TypeInfo { size: 0, align: 0, fingerprint: 0, name: "()" };
+
+    /// `None` for zero-sized types and types too large to record.
+    pub(crate) fn of<T>() -> Option<TypeInfo> {
+        let size = u32::try_from(std::mem::size_of::<T>()).ok().filter(|s| *s > 0)?;
+        let name = std::any::type_name::<T>();
+        Some(TypeInfo {
+            size,
+            align: std::mem::align_of::<T>() as u32,
+            fingerprint: fnv1a(name.as_bytes()),
+            name,
+        })
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Where a new segment's memory comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Backing {
+    /// memfd: shared with forked children, nameless, gone with its last mapping.
+    #[default]
+    Anonymous,
+    /// POSIX shm under a random name, openable by unrelated processes.
+    Named,
+}
+
+/// Creating a shared object failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SegmentCreateError {
+    /// An `Array` (or `RawArray`) of length zero was asked for.
+    #[error("a shared array needs at least one element")]
+    ZeroLength,
+    /// The element type has size zero: there is nothing to share.
+    #[error("the zero-sized type `{0}` cannot be shared")]
+    ZeroSizedType(&'static str),
+    /// The requested size overflows what a segment can hold.
+    #[error("a {0} of the requested size does not fit in memory")]
+    TooLarge(ObjectKind),
+    /// An argument is outside what the object accepts (a barrier of zero parties, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
+    /// The operating system refused a step (`op` names it).
+    #[error("{op} failed: {source}")]
+    Os {
+        /// The call that failed: `memfd_create`, `shm_open`, `ftruncate`, `mmap`, ...
+        op: &'static str,
+        /// What the operating system said.
+        source: io::Error,
+    },
+}
+
+/// Attaching to an existing shared object failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SegmentOpenError {
+    /// The name is not of the form `/name` (one leading slash, no other, at most 255 bytes).
+    #[error("invalid segment name {0:?}: expected \"/name\" with no other '/'")]
+    InvalidName(String),
+    /// No segment has that name (never made, or already unlinked).
+    #[error("no shared segment named {0:?}")]
+    NotFound(String),
+    /// The segment exists but belongs to someone we may not read.
+    #[error("permission denied opening {0:?}")]
+    PermissionDenied(String),
+    /// The file is shorter than its header says the object needs.
+    #[error("segment truncated: {len} bytes where {needed} are needed")]
+    Truncated {
+        /// The file's real length.
+        len: u64,
+        /// What the header claims (or the header alone, if even that is missing).
+        needed: u64,
+    },
+    /// The file does not start with shmproc's magic: not one of ours.
+    #[error("not a shmproc segment (bad magic)")]
+    NotShmproc,
+    /// Its creator has not finished building it (or died before it did).
+    #[error("segment not initialised: its creator has not published it")]
+    Uninitialised,
+    /// Made by a shmproc with a different memory layout.
+    #[error("segment layout version {found}, this build reads version {expected}")]
+    VersionMismatch {
+        /// The version in the header.
+        found: u32,
+        /// The version this build writes and reads.
+        expected: u32,
+    },
+    /// It holds another kind of object than the one asked for.
+    #[error("segment holds a {found}, not a {expected}")]
+    WrongKind {
+        /// What the header says it holds.
+        found: ObjectKind,
+        /// What the caller asked for.
+        expected: ObjectKind,
+    },
+    /// It holds elements of another type than the one asked for.
+    #[error("segment's element type is not `{expected}`")]
+    WrongType {
+        /// The type the caller asked for.
+        expected: &'static str,
+    },
+    /// A header field holds a value no shmproc writes.
+    #[error("segment header corrupted: {0}")]
+    Corrupted(&'static str),
+    /// The operating system refused a step (`op` names it).
+    #[error("{op} failed: {source}")]
+    Os {
+        /// The call that failed.
+        op: &'static str,
+        /// What the operating system said.
+        source: io::Error,
+    },
+}
+
+fn os_create(op: &'static str) -> impl FnOnce(io::Error) -> SegmentCreateError {
+    move |source| SegmentCreateError::Os { op, source }
+}
+
+/// One mapping of a segment: header plus body.
+pub(crate) struct Segment {
+    map: MmapRaw,
+    /// Kept open so that a start method can hand the segment to a child.
+    _fd: OwnedFd,
+    name: Option<String>,
+    /// The process that must unlink `name` when this handle drops: the creator, and
+    /// never a forked copy of it.
+    unlink_in: Option<i32>,
+    elem_count: u64,
+    body_len: usize,
+}
+
+impl fmt::Debug for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Segment")
+            .field("name", &self.name)
+            .field("body_len", &self.body_len)
+            .field("elem_count", &self.elem_count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Segment {
+    /// Makes a segment whose body is `body_len` bytes, lets `init` build the body in
+    /// place, then publishes it.
+    ///
+    /// `init` gets the body's address; the body is zero-filled and 64-byte aligned,
+    /// and nothing else can see it yet.
+    pub(crate) fn create(
+        expect: Expect,
+        elem_count: u64,
+        body_len: usize,
+        backing: Backing,
+        init: impl FnOnce(*mut u8) -> io::Result<()>,
+    ) -> Result<Segment, SegmentCreateError> {
+        let total = HEADER_LEN.checked_add(body_len).ok_or(SegmentCreateError::TooLarge(expect.kind))?;
+        if isize::try_from(total).is_err() {
+            return Err(SegmentCreateError::TooLarge(expect.kind));
+        }
+        let (fd, name) = match backing {
+            Backing::Anonymous => (sys::memfd_create("shmproc").map_err(os_create("memfd_create"))?, None),
+            Backing::Named => {
+                let name = random_name().map_err(os_create("getrandom"))?;
+                (sys::shm_create_exclusive(&name).map_err(os_create("shm_open"))?, Some(name))
+            }
+        };
+        let map = size_and_map(&fd, total, backing).inspect_err(|_| {
+            if let Some(name) = &name {
+                let _ = sys::shm_unlink(name);
+            }
+        })?;
+        // From here on, `Drop` unlinks a named segment if anything fails.
+        let seg = Segment {
+            map,
+            _fd: fd,
+            unlink_in: name.as_ref().map(|_| sys::getpid()),
+            name,
+            elem_count,
+            body_len,
+        };
+        let header = seg.header_mut_ptr();
+        // SAFETY: the mapping is `total >= HEADER_LEN` bytes, page aligned, and not yet
+        // visible to any other process or thread, so this exclusive write is unique.
+        unsafe { (*header).write(expect, elem_count, body_len as u64) };
+        init(seg.body()).map_err(os_create("initialising the shared object"))?;
+        // SAFETY: as above; `publish` is an atomic store.
+        unsafe { (*header).publish() };
+        Ok(seg)
+    }
+
+    /// Attaches to the named segment `name`, checking that it holds what `expect` says.
+    pub(crate) fn open(name: &str, expect: Expect) -> Result<Segment, SegmentOpenError> {
+        check_name(name)?;
+        let fd = sys::shm_open_existing(name).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => SegmentOpenError::NotFound(name.to_owned()),
+            io::ErrorKind::PermissionDenied => SegmentOpenError::PermissionDenied(name.to_owned()),
+            _ => SegmentOpenError::Os { op: "shm_open", source: e },
+        })?;
+        let file_len = sys::file_len(&fd).map_err(|source| SegmentOpenError::Os { op: "fstat", source })?;
+        if file_len < HEADER_LEN as u64 {
+            return Err(SegmentOpenError::Truncated { len: file_len, needed: HEADER_LEN as u64 });
+        }
+        let map_len = usize::try_from(file_len).map_err(|_| SegmentOpenError::Corrupted("file larger than memory"))?;
+        let map = MmapOptions::new()
+            .len(map_len)
+            .map_raw(&fd)
+            .map_err(|source| SegmentOpenError::Os { op: "mmap", source })?;
+        // SAFETY: the mapping holds at least HEADER_LEN bytes (checked above), is page
+        // aligned, and Header is plain integers plus an atomic: any bytes are a valid
+        // Header, so reading one that another process scribbled on is defined.
+        let header = unsafe { &*map.as_ptr().cast::<Header>() };
+        let (elem_count, body_len) = header.validate(expect, file_len)?;
+        let body_len = usize::try_from(body_len).map_err(|_| SegmentOpenError::Corrupted("body length"))?;
+        Ok(Segment { map, _fd: fd, name: Some(name.to_owned()), unlink_in: None, elem_count, body_len })
+    }
+
+    fn header_mut_ptr(&self) -> *mut Header {
+        self.map.as_mut_ptr().cast()
+    }
+
+    /// The first byte of the body: 64-byte aligned, `body_len()` bytes long, valid
+    /// for as long as `self` lives.
+    pub(crate) fn body(&self) -> *mut u8 {
+        // SAFETY: the mapping is at least HEADER_LEN bytes (checked at create/open),
+        // so the offset stays inside it.
+        unsafe { self.map.as_mut_ptr().add(HEADER_LEN) }
+    }
+
+    pub(crate) fn body_len(&self) -> usize {
+        self.body_len
+    }
+
+    pub(crate) fn elem_count(&self) -> u64 {
+        self.elem_count
+    }
+
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if let (Some(name), Some(pid)) = (&self.name, self.unlink_in) {
+            if pid == sys::getpid() {
+                // Already unlinked by someone else is fine: the goal is that it is gone.
+                let _ = sys::shm_unlink(name);
+            }
+        }
+    }
+}
+
+/// A typed place inside a segment, keeping the segment mapped while it lives.
+///
+/// `B` is the `#[repr(C)]` body (or part of one) stored there: plain integers,
+/// atomics and pthread objects, valid for any bit pattern another process may leave.
+pub(crate) struct View<B> {
+    seg: Arc<Segment>,
+    ptr: NonNull<B>,
+    _body: PhantomData<B>,
+}
+
+impl<B> View<B> {
+    /// # Safety
+    /// `offset` is inside `seg`'s body, suitably aligned for `B`, with at least
+    /// `size_of::<B>()` bytes after it, and the bytes there were initialised as a `B`
+    /// by the segment's creator.
+    pub(crate) unsafe fn new(seg: Arc<Segment>, offset: usize) -> View<B> {
+        // SAFETY: per the contract, `body + offset` stays inside the mapping, which is
+        // never null.
+        let ptr = unsafe { NonNull::new_unchecked(seg.body().add(offset).cast::<B>()) };
+        View { seg, ptr, _body: PhantomData }
+    }
+
+    pub(crate) fn segment(&self) -> &Arc<Segment> {
+        &self.seg
+    }
+
+    /// The raw address, with the provenance of the whole mapping (for a `B` that
+    /// starts a run of several).
+    pub(crate) fn as_ptr(&self) -> *const B {
+        self.ptr.as_ptr()
+    }
+}
+
+impl<B> std::ops::Deref for View<B> {
+    type Target = B;
+    fn deref(&self) -> &B {
+        // SAFETY: `new`'s contract makes `ptr` a valid, aligned `B` inside the mapping,
+        // which `seg` keeps alive; bodies only allow shared access through atomics and
+        // process-shared pthread objects, so `&B` aliasing other processes is sound.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<B> Clone for View<B> {
+    fn clone(&self) -> Self {
+        View { seg: Arc::clone(&self.seg), ptr: self.ptr, _body: PhantomData }
+    }
+}
+
+impl<B> fmt::Debug for View<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("View").field("segment", &self.seg).field("at", &self.ptr).finish()
+    }
+}
+
+// SAFETY: a View is a shared reference into a mapping kept alive by an Arc; it is as
+// thread-safe as `&B`, which needs `B: Sync`.
+unsafe impl<B: Sync> Send for View<B> {}
+// SAFETY: as above.
+unsafe impl<B: Sync> Sync for View<B> {}
+
+/// Creates a segment for one fixed-size body `B`, built in place by `init`.
+pub(crate) fn create_view<B>(
+    kind: ObjectKind,
+    backing: Backing,
+    init: impl FnOnce(*mut B) -> io::Result<()>,
+) -> Result<View<B>, SegmentCreateError> {
+    let expect = Expect { kind, elem: None };
+    let seg = Segment::create(expect, 1, std::mem::size_of::<B>(), backing, |body| init(body.cast()))?;
+    const { assert!(std::mem::align_of::<B>() <= HEADER_LEN) };
+    // SAFETY: the body is size_of::<B>() bytes at a 64-byte aligned address (B's
+    // alignment is at most 64, asserted above) and `init` built a B there.
+    Ok(unsafe { View::new(Arc::new(seg), 0) })
+}
+
+/// Attaches to the named segment holding one fixed-size body `B` of `kind`.
+pub(crate) fn open_view<B>(name: &str, kind: ObjectKind) -> Result<View<B>, SegmentOpenError> {
+    let seg = Segment::open(name, Expect { kind, elem: None })?;
+    if seg.body_len() != std::mem::size_of::<B>() {
+        return Err(SegmentOpenError::Corrupted("body length does not match the object kind"));
+    }
+    // SAFETY: validated: the body is exactly a B, built and published by its creator;
+    // B is valid for any bit pattern.
+    Ok(unsafe { View::new(Arc::new(seg), 0) })
+}
+
+fn size_and_map(fd: &OwnedFd, total: usize, backing: Backing) -> Result<MmapRaw, SegmentCreateError> {
+    sys::set_len(fd, total).map_err(os_create("ftruncate"))?;
+    if backing == Backing::Anonymous {
+        sys::seal_size(fd).map_err(os_create("fcntl(F_ADD_SEALS)"))?;
+    }
+    MmapOptions::new().len(total).map_raw(fd).map_err(os_create("mmap"))
+}
+
+fn random_name() -> io::Result<String> {
+    Ok(format!("/shmproc.{:032x}", sys::random_u128()?))
+}
+
+fn check_name(name: &str) -> Result<(), SegmentOpenError> {
+    let ok = name.len() > 1 && name.len() <= 255 && name.starts_with('/') && !name[1..].contains(['/', '\0']);
+    if ok {
+        Ok(())
+    } else {
+        Err(SegmentOpenError::InvalidName(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXPECT: Expect = Expect { kind: ObjectKind::RawArray, elem: None };
+
+    #[test]
+    fn names_are_random_and_well_formed() {
+        let a = random_name().unwrap();
+        let b = random_name().unwrap();
+        assert_ne!(a, b);
+        assert!(check_name(&a).is_ok());
+        assert_eq!(a.len(), "/shmproc.".len() + 32);
+    }
+
+    #[test]
+    fn bad_names_are_rejected() {
+        for bad in ["", "/", "noslash", "/a/b", "/a\0b"] {
+            assert!(matches!(check_name(bad), Err(SegmentOpenError::InvalidName(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn type_info_tells_same_sized_types_apart() {
+        let a = TypeInfo::of::<u64>().unwrap();
+        let b = TypeInfo::of::<f64>().unwrap();
+        assert_eq!((a.size, a.align), (b.size, b.align));
+        assert_ne!(a.fingerprint, b.fingerprint);
+        assert!(TypeInfo::of::<()>().is_none());
+    }
+
+    #[test]
+    fn named_segment_round_trip_and_unlink() {
+        let seg = Segment::create(EXPECT, 3, 24, Backing::Named, |_| Ok(())).unwrap();
+        let name = seg.name().unwrap().to_owned();
+        let other = Segment::open(&name, EXPECT).unwrap();
+        assert_eq!((other.elem_count(), other.body_len()), (3, 24));
+        drop(other);
+        drop(seg);
+        assert!(matches!(Segment::open(&name, EXPECT), Err(SegmentOpenError::NotFound(_))));
+    }
+
+    #[test]
+    fn anonymous_segment_is_zeroed_and_sealed() {
+        let seg = Segment::create(EXPECT, 1, 4096, Backing::Anonymous, |_| Ok(())).unwrap();
+        // SAFETY: the body is 4096 bytes long and nobody else writes it.
+        let body = unsafe { std::slice::from_raw_parts(seg.body(), seg.body_len()) };
+        assert!(body.iter().all(|b| *b == 0));
+        assert!(sys::set_len(&seg._fd, 10).is_err(), "the size must be sealed");
+    }
+}

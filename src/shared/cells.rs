@@ -1,0 +1,180 @@
+//! `Cells<T>`: a run of `T` in a segment, with the layout rules shared by every
+//! `Value` and `Array` flavour.
+//!
+//! | kind               | body                                   |
+//! |--------------------|----------------------------------------|
+//! | `Value`, `Array`   | `RawMutex` (64 bytes), padding, `[T; n]` |
+//! | `RawValue`, `RawArray` | padding, `[T; n]`                  |
+//!
+//! Padding aligns the data for `T` relative to the page-aligned mapping; `n` is the
+//! header's `elem_count` and the body length must be exactly what `n` implies.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use bytemuck::Pod;
+
+use crate::segment::{Backing, Expect, ObjectKind, Segment, SegmentCreateError, SegmentOpenError, TypeInfo, View, HEADER_LEN};
+use crate::sync::{Lock, RawMutex};
+use crate::sys::MutexType;
+
+/// Alignment is taken relative to the mapping, which is only page aligned.
+const MAX_ALIGN: usize = 4096;
+
+pub(crate) struct Cells<T> {
+    seg: Arc<Segment>,
+    ptr: NonNull<T>,
+    len: usize,
+}
+
+// SAFETY: Cells only hands out copies of `T` (or slices under an `unsafe` contract);
+// T: Pod has no interior references, and the segment is kept alive by the Arc.
+unsafe impl<T: Pod + Send> Send for Cells<T> {}
+// SAFETY: as above.
+unsafe impl<T: Pod + Send> Sync for Cells<T> {}
+
+impl<T> Clone for Cells<T> {
+    fn clone(&self) -> Self {
+        Cells { seg: Arc::clone(&self.seg), ptr: self.ptr, len: self.len }
+    }
+}
+
+/// The offset of the data inside the body, and the body's length, for `n` elements
+/// after a prefix of `prefix` bytes.
+fn layout<T>(prefix: usize, n: usize) -> Option<(usize, usize)> {
+    let align = std::mem::align_of::<T>();
+    if align > MAX_ALIGN {
+        return None;
+    }
+    let start = (HEADER_LEN + prefix).checked_next_multiple_of(align)?;
+    let offset = start - HEADER_LEN;
+    let data = std::mem::size_of::<T>().checked_mul(n)?;
+    let len = offset.checked_add(data)?;
+    isize::try_from(HEADER_LEN.checked_add(len)?).ok().map(|_| (offset, len))
+}
+
+fn prefix(locked: bool) -> usize {
+    if locked {
+        std::mem::size_of::<RawMutex>()
+    } else {
+        0
+    }
+}
+
+/// Makes the segment of a `kind` holding `src.len()` copies of `src` (or zeroes when
+/// `src` is `None` and `n` is given), with an own lock when `locked`.
+pub(crate) fn create<T: Pod>(
+    kind: ObjectKind,
+    locked: bool,
+    n: usize,
+    src: Option<&[T]>,
+    backing: Backing,
+) -> Result<(Option<Lock>, Cells<T>), SegmentCreateError> {
+    let ty = TypeInfo::of::<T>().ok_or(SegmentCreateError::ZeroSizedType(std::any::type_name::<T>()))?;
+    if n == 0 {
+        return Err(SegmentCreateError::ZeroLength);
+    }
+    let (offset, body_len) = layout::<T>(prefix(locked), n).ok_or(SegmentCreateError::TooLarge(kind))?;
+    let expect = Expect { kind, elem: Some(ty) };
+    let seg = Segment::create(expect, n as u64, body_len, backing, |body| {
+        if locked {
+            // SAFETY: the body starts with room for a RawMutex (the prefix), zeroed
+            // and unpublished.
+            unsafe { RawMutex::init(body.cast(), MutexType::ErrorCheck)? };
+        }
+        if let Some(src) = src {
+            // SAFETY: `offset..offset + n * size_of::<T>()` is inside the body by
+            // `layout`, aligned for T, and `src` has `n` elements.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), body.add(offset).cast::<T>(), n) };
+        }
+        Ok(())
+    })?;
+    Ok(finish(Arc::new(seg), locked, offset, n))
+}
+
+/// Attaches to the named segment of a `kind` with elements `T`.
+pub(crate) fn open<T: Pod>(name: &str, kind: ObjectKind, locked: bool) -> Result<(Option<Lock>, Cells<T>), SegmentOpenError> {
+    let ty = TypeInfo::of::<T>().ok_or(SegmentOpenError::WrongType { expected: std::any::type_name::<T>() })?;
+    let seg = Segment::open(name, Expect { kind, elem: Some(ty) })?;
+    let n = usize::try_from(seg.elem_count()).map_err(|_| SegmentOpenError::Corrupted("element count"))?;
+    match layout::<T>(prefix(locked), n) {
+        Some((offset, body_len)) if n > 0 && body_len == seg.body_len() => Ok(finish(Arc::new(seg), locked, offset, n)),
+        _ => Err(SegmentOpenError::Corrupted("body length does not match the element count")),
+    }
+}
+
+fn finish<T>(seg: Arc<Segment>, locked: bool, offset: usize, len: usize) -> (Option<Lock>, Cells<T>) {
+    // SAFETY: with `locked`, the body starts with a RawMutex initialised by the
+    // creator (offset 0, 64-byte aligned).
+    let lock = locked.then(|| Lock::from_view(unsafe { View::new(seg.clone(), 0) }));
+    // SAFETY: `offset` is inside the body, aligned for T, with `len` elements after
+    // it (by `layout`, checked against the real body length).
+    let ptr = unsafe { NonNull::new_unchecked(seg.body().add(offset).cast::<T>()) };
+    (lock, Cells { seg, ptr, len })
+}
+
+impl<T: Pod> Cells<T> {
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.seg.name()
+    }
+
+    pub(crate) fn get(&self, index: usize) -> Option<T> {
+        (index < self.len).then(|| {
+            // SAFETY: in bounds; any bits are a valid T (Pod); volatile because another
+            // process may write it at any time.
+            unsafe { self.ptr.as_ptr().add(index).read_volatile() }
+        })
+    }
+
+    pub(crate) fn set(&self, index: usize, value: T) -> bool {
+        if index >= self.len {
+            return false;
+        }
+        // SAFETY: in bounds and aligned; see `get`.
+        unsafe { self.ptr.as_ptr().add(index).write_volatile(value) };
+        true
+    }
+
+    pub(crate) fn copy_to_vec(&self) -> Vec<T> {
+        let mut out = Vec::with_capacity(self.len);
+        // SAFETY: `len` elements are readable at `ptr`; `out` has room for them and
+        // they are all initialised before `set_len`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr(), out.as_mut_ptr(), self.len);
+            out.set_len(self.len);
+        }
+        out
+    }
+
+    /// Copies `src` in; `false` (and nothing written) if the lengths differ.
+    pub(crate) fn copy_from(&self, src: &[T]) -> bool {
+        if src.len() != self.len {
+            return false;
+        }
+        // SAFETY: both runs have `len` elements; `src` is ours and cannot overlap the
+        // shared mapping mutably borrowed nowhere else.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr(), self.len) };
+        true
+    }
+
+    /// # Safety
+    /// For as long as the slice lives, no thread of this process writes the cells
+    /// (other processes are the caller's to coordinate).
+    pub(crate) unsafe fn as_slice(&self) -> &[T] {
+        // SAFETY: `len` valid, aligned elements; exclusion of writers per the contract.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// # Safety
+    /// For as long as the slice lives, nothing else in this process reads or writes
+    /// the cells.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn as_mut_slice(&self) -> &mut [T] {
+        // SAFETY: `len` valid, aligned elements; exclusivity per the contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}

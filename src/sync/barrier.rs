@@ -1,0 +1,278 @@
+//! `Barrier`: a process-shared rendezvous of a fixed number of parties
+//! (Python's `multiprocessing.Barrier`).
+//!
+//! ## Protocol
+//! The body holds a robust mutex guarding `count` (parties arrived in the current
+//! generation), `broken`, `reset_generation`, and the pid of each arrived party;
+//! `generation` is the futex word.
+//!
+//! - *wait*: under the mutex, take index `count`, record our pid, `count += 1`. The
+//!   last party sets `count = 0`, bumps `generation` and wakes everyone. The others
+//!   sleep on `generation` until it moves (passed, or reset if `reset_generation`
+//!   names their generation) or `broken` is set.
+//! - A party that times out, a sleeper that finds an arrived party dead (checked every
+//!   [`LIVENESS_POLL`]), a holder of the mutex that dies inside it, and `abort` all
+//!   set `broken` and wake everyone: every waiter gets [`BarrierError::Broken`] and the
+//!   barrier stays broken until `reset`.
+//!
+//! `parties` is read once when attaching; `count` read from shared memory is checked
+//! against it, and a value out of range is [`BarrierError::Corrupted`].
+
+use std::fmt;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::error::BarrierError;
+use super::raw_mutex::RawMutex;
+use super::wait::{sleep_on, spin, wake, Wait};
+use crate::segment::{Backing, Expect, ObjectKind, Segment, SegmentCreateError, SegmentOpenError, View};
+use crate::sys::{self, MutexType};
+
+/// How often a sleeping party checks that the parties already arrived are alive.
+pub const LIVENESS_POLL: Duration = Duration::from_millis(20);
+
+#[repr(C)]
+pub(crate) struct BarrierBody {
+    mutex: RawMutex,
+    parties: AtomicU32,
+    count: AtomicU32,
+    generation: AtomicU32,
+    broken: AtomicU32,
+    reset_generation: AtomicU32,
+}
+
+/// A rendezvous point for `parties` processes (or threads): each `wait` blocks until
+/// all have arrived.
+///
+/// Python's `action` argument has no counterpart: run the action in the party whose
+/// `wait` returned index 0 (any fixed index works; exactly one party gets each).
+///
+/// ```
+/// let b = shmproc::Barrier::new(1)?;
+/// assert_eq!(b.wait(), Ok(0)); // one party: passes at once
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Barrier {
+    body: View<BarrierBody>,
+    pids: View<AtomicI32>,
+    parties: u32,
+}
+
+fn body_len(parties: u32) -> Option<usize> {
+    std::mem::size_of::<BarrierBody>().checked_add((parties as usize).checked_mul(4)?)
+}
+
+impl Barrier {
+    /// A barrier for `parties` parties (at least one), in an anonymous segment.
+    pub fn new(parties: u32) -> Result<Barrier, SegmentCreateError> {
+        Self::create(parties, Backing::Anonymous)
+    }
+
+    /// A barrier for `parties` parties, in a named segment.
+    pub fn new_named(parties: u32) -> Result<Barrier, SegmentCreateError> {
+        Self::create(parties, Backing::Named)
+    }
+
+    fn create(parties: u32, backing: Backing) -> Result<Barrier, SegmentCreateError> {
+        if parties == 0 {
+            return Err(SegmentCreateError::InvalidArgument("a barrier needs at least one party"));
+        }
+        let len = body_len(parties).ok_or(SegmentCreateError::TooLarge(ObjectKind::Barrier))?;
+        let expect = Expect { kind: ObjectKind::Barrier, elem: None };
+        let seg = Segment::create(expect, u64::from(parties), len, backing, |b| {
+            let b = b.cast::<BarrierBody>();
+            // SAFETY: `b` is the fresh, zeroed, unpublished body, `len` bytes long.
+            unsafe {
+                (*b).parties.store(parties, Ordering::Relaxed);
+                RawMutex::init(&raw mut (*b).mutex, MutexType::ErrorCheck)
+            }
+        })?;
+        Ok(Self::from_segment(Arc::new(seg), parties))
+    }
+
+    /// Attaches to the named barrier `name`.
+    pub fn open(name: &str) -> Result<Barrier, SegmentOpenError> {
+        let seg = Segment::open(name, Expect { kind: ObjectKind::Barrier, elem: None })?;
+        let parties = u32::try_from(seg.elem_count()).map_err(|_| SegmentOpenError::Corrupted("barrier parties"))?;
+        if parties == 0 || body_len(parties) != Some(seg.body_len()) {
+            return Err(SegmentOpenError::Corrupted("barrier size does not match its parties"));
+        }
+        Ok(Self::from_segment(Arc::new(seg), parties))
+    }
+
+    fn from_segment(seg: Arc<Segment>, parties: u32) -> Barrier {
+        // SAFETY: the body is a BarrierBody followed by `parties` i32 slots (the
+        // length was made or checked to be exactly that), built by the creator.
+        let (body, pids) = unsafe { (View::new(seg.clone(), 0), View::new(seg, std::mem::size_of::<BarrierBody>())) };
+        Barrier { body, pids, parties }
+    }
+
+    fn pid_slot(&self, index: u32) -> &AtomicI32 {
+        debug_assert!(index < self.parties);
+        let index = index.min(self.parties - 1) as usize;
+        // SAFETY: `index < parties` and the segment holds `parties` slots after the
+        // body (see `from_segment`); the View's pointer carries the whole mapping's
+        // provenance, and AtomicI32 is valid for any bits.
+        unsafe { &*self.pids.as_ptr().add(index) }
+    }
+
+    /// The segment's name, for a barrier made by `new_named` or `open`.
+    pub fn name(&self) -> Option<&str> {
+        self.body.segment().name()
+    }
+
+    /// The number of parties that must arrive.
+    pub fn parties(&self) -> u32 {
+        self.parties
+    }
+
+    /// The number of parties waiting now.
+    pub fn n_waiting(&self) -> u32 {
+        self.body.count.load(Ordering::Relaxed).min(self.parties)
+    }
+
+    /// Whether the barrier is broken.
+    pub fn broken(&self) -> bool {
+        self.body.broken.load(Ordering::Acquire) != 0
+    }
+
+    /// Waits for every party; returns this party's arrival index, `0..parties`.
+    pub fn wait(&self) -> Result<u32, BarrierError> {
+        self.wait_with(Wait::Forever)
+    }
+
+    /// As [`wait`](Self::wait), but a party still waiting after `timeout` breaks the
+    /// barrier (for everyone) and gets [`BarrierError::Broken`], as in Python.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<u32, BarrierError> {
+        self.wait_with(Wait::timeout(timeout))
+    }
+
+    /// As [`wait_timeout`](Self::wait_timeout), with a deadline.
+    pub fn wait_deadline(&self, deadline: Instant) -> Result<u32, BarrierError> {
+        self.wait_with(Wait::Until(deadline))
+    }
+
+    /// Breaks the barrier: every waiting party, and every later one until `reset`,
+    /// gets [`BarrierError::Broken`].
+    pub fn abort(&self) {
+        self.body.broken.store(1, Ordering::Release);
+        wake(&self.body.generation, u32::MAX);
+    }
+
+    /// Returns the barrier to its empty, unbroken state; parties waiting now get
+    /// [`BarrierError::Broken`].
+    pub fn reset(&self) -> Result<(), BarrierError> {
+        let b = &*self.body;
+        self.lock()?;
+        if b.count.load(Ordering::Relaxed) > 0 {
+            let gen = b.generation.load(Ordering::Relaxed);
+            b.reset_generation.store(gen, Ordering::Relaxed);
+            b.generation.store(gen.wrapping_add(1), Ordering::Release);
+        }
+        b.count.store(0, Ordering::Relaxed);
+        b.broken.store(0, Ordering::Release);
+        self.unlock();
+        wake(&b.generation, u32::MAX);
+        Ok(())
+    }
+
+    /// Takes the internal mutex; a party that died inside it breaks the barrier.
+    fn lock(&self) -> Result<(), BarrierError> {
+        let m = &self.body.mutex;
+        match m.acquire(Wait::Forever) {
+            super::raw_mutex::Acquire::Clean => Ok(()),
+            super::raw_mutex::Acquire::Poisoned => {
+                // The dead holder may have left `count` half-updated: the only safe
+                // state is broken, until someone resets.
+                m.clear_poison();
+                self.body.broken.store(1, Ordering::Release);
+                Ok(())
+            }
+            _ => Err(BarrierError::Corrupted),
+        }
+    }
+
+    fn unlock(&self) {
+        // Fails only if the mutex was scribbled on while we held it; the next
+        // locker sees that as Corrupted.
+        let _ = self.body.mutex.release();
+    }
+
+    fn wait_with(&self, wait: Wait) -> Result<u32, BarrierError> {
+        let b = &*self.body;
+        self.lock()?;
+        if self.broken() {
+            self.unlock();
+            wake(&b.generation, u32::MAX);
+            return Err(BarrierError::Broken);
+        }
+        let index = b.count.load(Ordering::Relaxed);
+        if index >= self.parties {
+            self.unlock();
+            return Err(BarrierError::Corrupted);
+        }
+        let gen = b.generation.load(Ordering::Relaxed);
+        self.pid_slot(index).store(sys::getpid(), Ordering::Relaxed);
+        if index + 1 == self.parties {
+            b.count.store(0, Ordering::Relaxed);
+            b.generation.store(gen.wrapping_add(1), Ordering::Release);
+            self.unlock();
+            wake(&b.generation, u32::MAX);
+            return Ok(index);
+        }
+        b.count.store(index + 1, Ordering::Relaxed);
+        self.unlock();
+        self.sleep_until_passed(gen, wait).map(|()| index)
+    }
+
+    fn sleep_until_passed(&self, gen: u32, wait: Wait) -> Result<(), BarrierError> {
+        let b = &*self.body;
+        let passed = || {
+            if b.generation.load(Ordering::Acquire) != gen {
+                let reset = b.reset_generation.load(Ordering::Relaxed) == gen;
+                Some(if reset { Err(BarrierError::Broken) } else { Ok(()) })
+            } else if self.broken() {
+                Some(Err(BarrierError::Broken))
+            } else {
+                None
+            }
+        };
+        if let Some(done) = spin(passed) {
+            return done;
+        }
+        loop {
+            if let Some(done) = passed() {
+                return done;
+            }
+            if !sleep_on(&b.generation, gen, wait, Some(LIVENESS_POLL)) || self.an_arrived_party_died() {
+                // Re-check under the mutex: the barrier may have passed meanwhile.
+                self.lock()?;
+                let done = passed();
+                if done.is_none() {
+                    b.broken.store(1, Ordering::Release);
+                }
+                self.unlock();
+                wake(&b.generation, u32::MAX);
+                return done.unwrap_or(Err(BarrierError::Broken));
+            }
+        }
+    }
+
+    fn an_arrived_party_died(&self) -> bool {
+        let arrived = self.body.count.load(Ordering::Relaxed).min(self.parties);
+        (0..arrived).any(|i| !sys::process_alive(self.pid_slot(i).load(Ordering::Relaxed)))
+    }
+}
+
+impl fmt::Debug for Barrier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Barrier")
+            .field("name", &self.name())
+            .field("parties", &self.parties)
+            .field("n_waiting", &self.n_waiting())
+            .field("broken", &self.broken())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,322 @@
+//! `Condition`: a process-shared condition variable with its lock
+//! (Python's `multiprocessing.Condition`).
+//!
+//! ## Protocol
+//! `state` packs two counters in one word, so each step is one compare-and-swap:
+//! `waiting` (high 32 bits: waiters not yet notified) and `tokens` (low 32 bits:
+//! notifications not yet claimed). `seq` is the futex word waiters sleep on.
+//!
+//! - *wait*: holding the lock, `waiting += 1` and read `seq`; release the lock; then
+//!   loop: claim a token (`tokens -= 1`) and return, or sleep on `seq`. On time-out,
+//!   claim a token if one is there (a notify raced the clock), else `waiting -= 1`.
+//!   Then re-acquire the lock.
+//! - *notify(n)*: move `k = min(n, waiting)` from `waiting` to `tokens`, bump `seq`,
+//!   wake `k` sleepers.
+//!
+//! Every waiter that leaves either claims a token or gives back its `waiting` count,
+//! so `notify(n)` releases at most `n` waiters, and a notification is never lost to
+//! a waiter that has already timed out. Because the counters are atomic, `notify`
+//! does not need the lock (Python requires it; std does not).
+//!
+//! **Crashes.** A waiter killed while waiting leaves its count in `waiting`; a later
+//! notification may be given to it and so be lost, or claimed early by a newcomer.
+//! Either way a waiter may wake without the condition holding: loop on the predicate,
+//! or use [`ConditionGuard::wait_for`]. The lock itself is the robust [`Lock`]: a
+//! holder that dies poisons it and the next waiter re-acquires it.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::PoisonError;
+use std::time::{Duration, Instant};
+
+use super::error::{lock_result, LockError, LockResult};
+use super::lock::Lock;
+use super::raw_mutex::{Acquire, RawMutex};
+use super::wait::{sleep_on, wake, Wait};
+use crate::segment::{self, Backing, ObjectKind, SegmentCreateError, SegmentOpenError, View};
+use crate::sys::MutexType;
+
+#[repr(C)]
+pub(crate) struct ConditionBody {
+    /// The condition's own lock; unused when built [`Condition::with_lock`].
+    mutex: RawMutex,
+    state: AtomicU64,
+    seq: AtomicU32,
+}
+
+const ONE_WAITER: u64 = 1 << 32;
+
+fn waiting(state: u64) -> u32 {
+    (state >> 32) as u32
+}
+
+fn tokens(state: u64) -> u32 {
+    state as u32
+}
+
+/// A condition variable shared between processes, with the [`Lock`] it waits under.
+///
+/// Wait through the guard that [`acquire`](Condition::acquire) returns:
+///
+/// ```
+/// use std::time::Duration;
+/// let cond = shmproc::Condition::new()?;
+/// let mut guard = cond.acquire().unwrap();
+/// // Nobody notifies: the wait times out, still holding the lock afterwards.
+/// assert_eq!(guard.wait_timeout(Duration::from_millis(5)).unwrap(), false);
+/// cond.notify_all();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Condition {
+    body: View<ConditionBody>,
+    lock: Lock,
+}
+
+impl Condition {
+    /// A condition with its own lock, in an anonymous segment.
+    pub fn new() -> Result<Condition, SegmentCreateError> {
+        Self::create(Backing::Anonymous, None)
+    }
+
+    /// A condition waiting under `lock`, shared with whatever else uses it (Python's
+    /// `Condition(lock)`).
+    pub fn with_lock(lock: &Lock) -> Result<Condition, SegmentCreateError> {
+        Self::create(Backing::Anonymous, Some(lock.clone()))
+    }
+
+    /// A condition with its own lock, in a named segment.
+    pub fn new_named() -> Result<Condition, SegmentCreateError> {
+        Self::create(Backing::Named, None)
+    }
+
+    /// Attaches to the named condition `name` (one made by `new_named`).
+    pub fn open(name: &str) -> Result<Condition, SegmentOpenError> {
+        let body: View<ConditionBody> = segment::open_view(name, ObjectKind::Condition)?;
+        let lock = Lock::from_view(Self::own_lock(&body));
+        Ok(Condition { body, lock })
+    }
+
+    fn create(backing: Backing, lock: Option<Lock>) -> Result<Condition, SegmentCreateError> {
+        let body = segment::create_view(ObjectKind::Condition, backing, |b: *mut ConditionBody| {
+            // SAFETY: `b` is the fresh, zeroed, unpublished body; zero counters are
+            // "nobody waiting".
+            unsafe { RawMutex::init(&raw mut (*b).mutex, MutexType::ErrorCheck) }
+        })?;
+        let lock = lock.unwrap_or_else(|| Lock::from_view(Self::own_lock(&body)));
+        Ok(Condition { body, lock })
+    }
+
+    fn own_lock(body: &View<ConditionBody>) -> View<RawMutex> {
+        // SAFETY: the mutex is the body's first field (offset 0, repr(C)), initialised
+        // by the creator.
+        unsafe { View::new(body.segment().clone(), 0) }
+    }
+
+    /// The segment's name, for a condition made by `new_named` or `open`.
+    pub fn name(&self) -> Option<&str> {
+        self.body.segment().name()
+    }
+
+    /// The lock this condition waits under (Python's `cond._lock`, or the `lock` given).
+    pub fn get_lock(&self) -> &Lock {
+        &self.lock
+    }
+
+    /// Blocks until the condition's lock is acquired.
+    pub fn acquire(&self) -> LockResult<ConditionGuard<'_>> {
+        self.acquire_with(Wait::Forever)
+    }
+
+    /// Acquires the lock only if that needs no waiting.
+    pub fn try_acquire(&self) -> LockResult<ConditionGuard<'_>> {
+        self.acquire_with(Wait::Never)
+    }
+
+    /// Waits at most `timeout` for the lock.
+    pub fn acquire_timeout(&self, timeout: Duration) -> LockResult<ConditionGuard<'_>> {
+        self.acquire_with(Wait::timeout(timeout))
+    }
+
+    fn acquire_with(&self, wait: Wait) -> LockResult<ConditionGuard<'_>> {
+        let guard = || ConditionGuard { cond: self, held: true, panicking: std::thread::panicking(), _not_send: PhantomData };
+        lock_result(self.lock.raw().acquire(wait), guard)
+    }
+
+    /// Wakes up to `n` waiters (Python's `notify(n)`). Holding the lock is not required.
+    pub fn notify(&self, n: u32) {
+        let mut moved = 0;
+        let _ = self.body.state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+            moved = waiting(s).min(n);
+            (moved > 0).then(|| s - u64::from(moved) * ONE_WAITER + u64::from(moved))
+        });
+        if moved > 0 {
+            self.body.seq.fetch_add(1, Ordering::Release);
+            wake(&self.body.seq, moved);
+        }
+    }
+
+    /// Wakes every waiter.
+    pub fn notify_all(&self) {
+        self.notify(u32::MAX);
+    }
+
+    fn register_waiter(&self) -> u32 {
+        self.body.state.fetch_add(ONE_WAITER, Ordering::AcqRel);
+        self.body.seq.load(Ordering::Acquire)
+    }
+
+    fn claim_token(&self) -> bool {
+        self.body
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| (tokens(s) > 0).then(|| s - 1))
+            .is_ok()
+    }
+
+    /// Leaves after a time-out: take a token that raced in, or give back our count.
+    fn depart(&self) -> bool {
+        let mut notified = false;
+        let _ = self.body.state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+            notified = tokens(s) > 0;
+            if notified {
+                Some(s - 1)
+            } else if waiting(s) > 0 {
+                Some(s - ONE_WAITER)
+            } else {
+                None // counters damaged: nothing of ours to give back
+            }
+        });
+        notified
+    }
+
+    /// Waits for a notification with the lock released; `true` if notified.
+    fn wait_unlocked(&self, mut seq: u32, wait: Wait) -> bool {
+        loop {
+            if self.claim_token() {
+                return true;
+            }
+            if !sleep_on(&self.body.seq, seq, wait, None) {
+                return self.depart();
+            }
+            seq = self.body.seq.load(Ordering::Acquire);
+        }
+    }
+}
+
+impl fmt::Debug for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.body.state.load(Ordering::Relaxed);
+        f.debug_struct("Condition")
+            .field("name", &self.name())
+            .field("waiting", &waiting(s))
+            .field("lock", &self.lock)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The held lock of a [`Condition`], through which the holder waits.
+///
+/// Released when dropped; dropping it during a panic poisons the lock.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct ConditionGuard<'a> {
+    cond: &'a Condition,
+    /// False only after re-acquiring failed because the lock was damaged.
+    held: bool,
+    panicking: bool,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl ConditionGuard<'_> {
+    /// Releases the lock, waits for a notification, and re-acquires the lock.
+    ///
+    /// May also return after a waiter died (see the module docs): check your
+    /// condition in a loop, or use [`wait_for`](Self::wait_for).
+    pub fn wait(&mut self) -> Result<(), LockError<()>> {
+        self.wait_with(Wait::Forever).map(drop).map_err(|e| e.map(drop))
+    }
+
+    /// As [`wait`](Self::wait), giving up after `timeout`; `Ok(true)` if notified,
+    /// `Ok(false)` on time-out (the lock is held again either way).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<bool, LockError<bool>> {
+        self.wait_with(Wait::timeout(timeout))
+    }
+
+    /// As [`wait_timeout`](Self::wait_timeout), with a deadline.
+    pub fn wait_deadline(&mut self, deadline: Instant) -> Result<bool, LockError<bool>> {
+        self.wait_with(Wait::Until(deadline))
+    }
+
+    /// Waits until `predicate` holds, or `timeout` (if any) passes; returns the
+    /// predicate's last value, as Python's `wait_for` does. The predicate runs with
+    /// the lock held.
+    pub fn wait_for(
+        &mut self,
+        mut predicate: impl FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<bool, LockError<bool>> {
+        let wait = timeout.map_or(Wait::Forever, Wait::timeout);
+        let mut poisoned = false;
+        let mut ok = predicate();
+        while !ok && !wait.expired() {
+            match self.wait_with(wait) {
+                Ok(_) => {}
+                Err(LockError::Poisoned(_)) => poisoned = true,
+                Err(e) => return Err(e),
+            }
+            ok = predicate();
+        }
+        if poisoned {
+            Err(LockError::Poisoned(PoisonError::new(ok)))
+        } else {
+            Ok(ok)
+        }
+    }
+
+    fn wait_with(&mut self, wait: Wait) -> Result<bool, LockError<bool>> {
+        if !self.held {
+            return Err(LockError::Corrupted { code: libc::ENOTRECOVERABLE });
+        }
+        let raw = self.cond.lock.raw();
+        let seq = self.cond.register_waiter();
+        if let Err(code) = raw.release() {
+            self.cond.depart();
+            self.held = false;
+            return Err(LockError::Corrupted { code });
+        }
+        let notified = self.cond.wait_unlocked(seq, wait);
+        match raw.acquire(Wait::Forever) {
+            Acquire::Clean => Ok(notified),
+            Acquire::Poisoned => Err(LockError::Poisoned(PoisonError::new(notified))),
+            Acquire::Corrupted(code) => {
+                self.held = false;
+                Err(LockError::Corrupted { code })
+            }
+            other => {
+                // WouldBlock/TimedOut cannot come from an unbounded wait, and Deadlock
+                // cannot either: we released the lock just above.
+                self.held = false;
+                Err(LockError::Corrupted { code: if other == Acquire::Deadlock { libc::EDEADLK } else { libc::EINVAL } })
+            }
+        }
+    }
+}
+
+impl Drop for ConditionGuard<'_> {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        let raw = self.cond.lock.raw();
+        if !self.panicking && std::thread::panicking() {
+            raw.poison();
+        }
+        let _ = raw.release();
+    }
+}
+
+impl fmt::Debug for ConditionGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConditionGuard").field("held", &self.held).finish_non_exhaustive()
+    }
+}

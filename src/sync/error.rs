@@ -1,0 +1,140 @@
+//! The errors of the sync layer, shaped like `std::sync`'s.
+
+use std::error::Error;
+use std::fmt;
+use std::sync::PoisonError;
+
+use super::raw_mutex::Acquire;
+
+/// Why acquiring a lock did not simply succeed.
+///
+/// Like `std::sync::TryLockError`, with two more cases that only a lock in shared
+/// memory has: the calling thread already holds it ([`Deadlock`](Self::Deadlock), which
+/// std would leave as a hang), and its memory was damaged by another process
+/// ([`Corrupted`](Self::Corrupted)). `acquire()` / `lock()` return only `Poisoned`,
+/// `Deadlock` and `Corrupted`; `try_*` may add `WouldBlock`; `*_timeout` and
+/// `*_deadline` may add `Timeout`.
+pub enum LockError<G> {
+    /// The lock *was* acquired, but a holder died (killed, crashed) or panicked while
+    /// holding it. The guard is inside: take it with [`PoisonError::into_inner`] to
+    /// use the data anyway, and clear the poison once it is repaired.
+    Poisoned(PoisonError<G>),
+    /// `try_*`: the lock is held elsewhere.
+    WouldBlock,
+    /// `*_timeout` / `*_deadline`: the deadline passed first.
+    Timeout,
+    /// The calling thread already holds this lock; waiting would never end.
+    Deadlock,
+    /// The lock's state in shared memory is damaged; `code` is pthread's errno.
+    Corrupted {
+        /// The errno the pthread call returned (EINVAL, ENOTRECOVERABLE, ...).
+        code: i32,
+    },
+}
+
+/// The result of acquiring a lock: the guard, or why not.
+pub type LockResult<G> = Result<G, LockError<G>>;
+
+impl<G> LockError<G> {
+    /// The guard, if the lock was acquired (that is, if this is `Poisoned`).
+    pub fn into_inner(self) -> Option<G> {
+        match self {
+            LockError::Poisoned(p) => Some(p.into_inner()),
+            _ => None,
+        }
+    }
+
+    /// Whether the lock was acquired but is poisoned.
+    pub fn is_poisoned(&self) -> bool {
+        matches!(self, LockError::Poisoned(_))
+    }
+
+    /// Whether a deadline passed (`Timeout`).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, LockError::Timeout)
+    }
+
+    /// Replaces the guard inside `Poisoned`, keeping every other case.
+    pub(crate) fn map<H>(self, f: impl FnOnce(G) -> H) -> LockError<H> {
+        match self {
+            LockError::Poisoned(p) => LockError::Poisoned(PoisonError::new(f(p.into_inner()))),
+            LockError::WouldBlock => LockError::WouldBlock,
+            LockError::Timeout => LockError::Timeout,
+            LockError::Deadlock => LockError::Deadlock,
+            LockError::Corrupted { code } => LockError::Corrupted { code },
+        }
+    }
+}
+
+/// Turns a raw acquisition into the public result, building the guard only when
+/// the lock is held.
+pub(crate) fn lock_result<G>(outcome: Acquire, guard: impl FnOnce() -> G) -> LockResult<G> {
+    match outcome {
+        Acquire::Clean => Ok(guard()),
+        Acquire::Poisoned => Err(LockError::Poisoned(PoisonError::new(guard()))),
+        Acquire::WouldBlock => Err(LockError::WouldBlock),
+        Acquire::TimedOut => Err(LockError::Timeout),
+        Acquire::Deadlock => Err(LockError::Deadlock),
+        Acquire::Corrupted(code) => Err(LockError::Corrupted { code }),
+    }
+}
+
+impl<G> fmt::Debug for LockError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockError::Poisoned(_) => f.write_str("Poisoned(..)"),
+            LockError::WouldBlock => f.write_str("WouldBlock"),
+            LockError::Timeout => f.write_str("Timeout"),
+            LockError::Deadlock => f.write_str("Deadlock"),
+            LockError::Corrupted { code } => f.debug_struct("Corrupted").field("code", code).finish(),
+        }
+    }
+}
+
+impl<G> fmt::Display for LockError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockError::Poisoned(_) => f.write_str("lock acquired, but poisoned: a holder died or panicked while holding it"),
+            LockError::WouldBlock => f.write_str("lock is held elsewhere"),
+            LockError::Timeout => f.write_str("timed out waiting for the lock"),
+            LockError::Deadlock => f.write_str("the calling thread already holds this lock"),
+            LockError::Corrupted { code } => write!(
+                f,
+                "lock state in shared memory is damaged ({})",
+                std::io::Error::from_raw_os_error(*code)
+            ),
+        }
+    }
+}
+
+impl<G> Error for LockError<G> {}
+
+/// Releasing an `RLock` or a semaphore failed; nothing was released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReleaseError {
+    /// `RLock::release` by a thread that does not hold it (Python's RuntimeError).
+    #[error("cannot release an RLock the calling thread does not hold")]
+    NotOwner,
+    /// `BoundedSemaphore::release` above its initial value (Python's ValueError), or a
+    /// `Semaphore` already at `u32::MAX`.
+    #[error("semaphore released too many times (its maximum is {max})")]
+    TooManyReleases {
+        /// The value the semaphore may not exceed.
+        max: u32,
+    },
+}
+
+/// Waiting at a [`Barrier`](crate::Barrier) failed (Python's `BrokenBarrierError`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BarrierError {
+    /// The barrier is broken: a party timed out, died while waiting, or called
+    /// `abort`; or `reset` was called while this party waited. It stays broken until
+    /// `reset`.
+    #[error("barrier is broken")]
+    Broken,
+    /// The barrier's state in shared memory is damaged.
+    #[error("barrier state in shared memory is damaged")]
+    Corrupted,
+}

@@ -1,0 +1,157 @@
+//! `Lock`: a robust, process-shared mutual-exclusion lock (Python's `multiprocessing.Lock`).
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use super::error::{lock_result, LockResult};
+use super::raw_mutex::RawMutex;
+use super::wait::Wait;
+use crate::segment::{self, Backing, ObjectKind, SegmentCreateError, SegmentOpenError, View};
+use crate::sys::MutexType;
+
+/// A lock shared between processes, robust against a holder's death.
+///
+/// Cloning gives another handle to the same lock. A forked child can use the lock
+/// it inherited; a named lock (`new_named`) can be opened by any process of the same
+/// user with [`Lock::open`].
+///
+/// Unlike Python's `Lock`, which any process may release, this lock is owned by the
+/// thread that acquired it and is released by dropping its guard. That ownership is
+/// what makes it robust: if the holder dies, the next `acquire` gets the lock at once
+/// and reports it as [`LockError::Poisoned`](crate::LockError::Poisoned), instead of
+/// waiting forever as Python does. Acquiring it again from the thread that holds it is
+/// [`LockError::Deadlock`](crate::LockError::Deadlock), not a hang. To hand a signal
+/// from one process to another, use a [`Semaphore`](crate::Semaphore).
+///
+/// ```
+/// let lock = shmproc::Lock::new()?;
+/// {
+///     let _guard = lock.acquire().unwrap();
+///     assert!(lock.try_acquire().is_err()); // this thread holds it
+/// }
+/// assert!(lock.try_acquire().is_ok());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Lock {
+    raw: View<RawMutex>,
+}
+
+impl Lock {
+    /// A new, unlocked lock in an anonymous segment.
+    pub fn new() -> Result<Lock, SegmentCreateError> {
+        Self::create(Backing::Anonymous)
+    }
+
+    /// A new lock in a named segment, which other processes can [`open`](Lock::open)
+    /// by [`name`](Lock::name) until this handle (in the creating process) drops.
+    pub fn new_named() -> Result<Lock, SegmentCreateError> {
+        Self::create(Backing::Named)
+    }
+
+    /// Attaches to the named lock `name`.
+    pub fn open(name: &str) -> Result<Lock, SegmentOpenError> {
+        Ok(Lock { raw: segment::open_view(name, ObjectKind::Lock)? })
+    }
+
+    fn create(backing: Backing) -> Result<Lock, SegmentCreateError> {
+        let raw = segment::create_view(ObjectKind::Lock, backing, |m| {
+            // SAFETY: `m` is the fresh, zeroed, unpublished body.
+            unsafe { RawMutex::init(m, MutexType::ErrorCheck) }
+        })?;
+        Ok(Lock { raw })
+    }
+
+    /// A lock living inside another object's segment (a `Value`'s, a `Condition`'s).
+    pub(crate) fn from_view(raw: View<RawMutex>) -> Lock {
+        Lock { raw }
+    }
+
+    pub(crate) fn raw(&self) -> &RawMutex {
+        &self.raw
+    }
+
+    /// The segment's name, for a lock made by `new_named` or `open`.
+    pub fn name(&self) -> Option<&str> {
+        self.raw.segment().name()
+    }
+
+    /// Blocks until the lock is acquired.
+    pub fn acquire(&self) -> LockResult<LockGuard<'_>> {
+        self.acquire_with(Wait::Forever)
+    }
+
+    /// Acquires the lock only if that needs no waiting.
+    pub fn try_acquire(&self) -> LockResult<LockGuard<'_>> {
+        self.acquire_with(Wait::Never)
+    }
+
+    /// Waits at most `timeout` for the lock.
+    pub fn acquire_timeout(&self, timeout: Duration) -> LockResult<LockGuard<'_>> {
+        self.acquire_with(Wait::timeout(timeout))
+    }
+
+    /// Waits until `deadline` at the latest for the lock.
+    pub fn acquire_deadline(&self, deadline: Instant) -> LockResult<LockGuard<'_>> {
+        self.acquire_with(Wait::Until(deadline))
+    }
+
+    pub(crate) fn acquire_with(&self, wait: Wait) -> LockResult<LockGuard<'_>> {
+        lock_result(self.raw.acquire(wait), || LockGuard::new(self))
+    }
+
+    /// Whether a holder died or panicked holding the lock since the poison was last
+    /// cleared. Visible in every process.
+    pub fn is_poisoned(&self) -> bool {
+        self.raw.is_poisoned()
+    }
+
+    /// Clears the poison, in every process, once the protected data is repaired.
+    pub fn clear_poison(&self) {
+        self.raw.clear_poison();
+    }
+}
+
+impl fmt::Debug for Lock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lock")
+            .field("name", &self.name())
+            .field("poisoned", &self.is_poisoned())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Proof that the calling thread holds a [`Lock`]; releases it when dropped.
+///
+/// Dropping it while the thread panics poisons the lock, as std's `MutexGuard` does.
+/// Not `Send`: a pthread mutex must be released by the thread that acquired it.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct LockGuard<'a> {
+    lock: &'a Lock,
+    panicking: bool,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<'a> LockGuard<'a> {
+    pub(crate) fn new(lock: &'a Lock) -> LockGuard<'a> {
+        LockGuard { lock, panicking: std::thread::panicking(), _not_send: PhantomData }
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        if !self.panicking && std::thread::panicking() {
+            self.lock.raw.poison();
+        }
+        // An error here means the mutex was damaged while held; a destructor has no
+        // one to tell, and the next acquirer sees the damage as `Corrupted`.
+        let _ = self.lock.raw.release();
+    }
+}
+
+impl fmt::Debug for LockGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard").field("lock", self.lock).finish()
+    }
+}

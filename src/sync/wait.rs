@@ -1,0 +1,84 @@
+//! How shmproc waits: a deadline type, and spin-then-sleep on a futex word.
+//!
+//! A hand-off between two processes that are both running costs ~30 ns when the
+//! waiter spins and ~50 µs when it sleeps in the kernel and must be woken across
+//! CPUs. So every blocking operation first spins for a few microseconds (with
+//! exponential back-off, so that a spinner does not hammer the cache line), then
+//! sleeps on a futex: an idle waiter burns no CPU.
+
+use std::sync::atomic::AtomicU32;
+use std::time::{Duration, Instant};
+
+use crate::sys::{self, FutexWait};
+
+/// How long a blocking call may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Do not wait at all (`try_*`).
+    Never,
+    /// Wait until this instant (`*_timeout`, `*_deadline`).
+    Until(Instant),
+    /// Wait as long as it takes.
+    Forever,
+}
+
+impl Wait {
+    /// A wait of `d` from now; a timeout too large to represent waits forever.
+    pub(crate) fn timeout(d: Duration) -> Wait {
+        Instant::now().checked_add(d).map_or(Wait::Forever, Wait::Until)
+    }
+
+    pub(crate) fn deadline(self) -> Option<Instant> {
+        match self {
+            Wait::Never => Some(Instant::now()),
+            Wait::Until(d) => Some(d),
+            Wait::Forever => None,
+        }
+    }
+
+    pub(crate) fn expired(self) -> bool {
+        match self {
+            Wait::Never => true,
+            Wait::Until(d) => Instant::now() >= d,
+            Wait::Forever => false,
+        }
+    }
+}
+
+/// Rounds of spinning before sleeping; round `k` spins `2^k` pause instructions, so
+/// the whole spin is ~127 pauses, a few microseconds.
+const SPIN_ROUNDS: u32 = 7;
+
+/// Calls `attempt` until it succeeds or the spin budget is spent.
+pub(crate) fn spin<R>(mut attempt: impl FnMut() -> Option<R>) -> Option<R> {
+    for round in 0..SPIN_ROUNDS {
+        if let Some(r) = attempt() {
+            return Some(r);
+        }
+        for _ in 0..(1u32 << round) {
+            std::hint::spin_loop();
+        }
+    }
+    attempt()
+}
+
+/// Sleeps while `*word == expected`, until woken, until `wait`'s deadline, or at
+/// most until `poll` from now when given (for callers that must re-check something
+/// the futex cannot tell them, such as whether a peer process is still alive).
+/// Returns `false` once the deadline has passed.
+pub(crate) fn sleep_on(word: &AtomicU32, expected: u32, wait: Wait, poll: Option<Duration>) -> bool {
+    let deadline = wait.deadline();
+    let slice_end = poll.and_then(|p| Instant::now().checked_add(p));
+    let until = match (deadline, slice_end) {
+        (Some(d), Some(s)) => Some(d.min(s)),
+        (d, s) => d.or(s),
+    };
+    match sys::futex_wait(word, expected, until) {
+        FutexWait::Woken => true,
+        FutexWait::TimedOut => !wait.expired(),
+    }
+}
+
+pub(crate) fn wake(word: &AtomicU32, n: u32) {
+    sys::futex_wake(word, n);
+}

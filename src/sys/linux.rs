@@ -1,0 +1,414 @@
+//! Linux: memfd and POSIX shm, the futex, robust process-shared pthread mutexes,
+//! randomness, and the few process calls the layers above need.
+
+use std::cell::UnsafeCell;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::AtomicU32;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use nix::sys::memfd::{memfd_create as nix_memfd_create, MFdFlags};
+use nix::sys::mman::{shm_open, shm_unlink as nix_shm_unlink};
+use nix::sys::stat::{fstat, Mode};
+
+fn nix_err(e: nix::errno::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+// ---------------------------------------------------------------- memory objects
+
+/// An anonymous shared-memory file. Close-on-exec: a start method that wants a
+/// child to have it hands it over on purpose.
+pub(crate) fn memfd_create(debug_name: &str) -> io::Result<OwnedFd> {
+    nix_memfd_create(debug_name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
+        .map_err(nix_err)
+}
+
+/// Forbids any later change of a memfd's size. A mapping of a file that shrinks
+/// under it faults (SIGBUS) on access; sealing rules that out for anonymous
+/// segments. Named POSIX shm objects cannot be sealed: see `segment`'s docs.
+pub(crate) fn seal_size(fd: &OwnedFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+    fcntl(fd.as_fd(), FcntlArg::F_ADD_SEALS(seals)).map(drop).map_err(nix_err)
+}
+
+/// Creates the named POSIX shm object `name`, failing if it exists; mode 0600.
+pub(crate) fn shm_create_exclusive(name: &str) -> io::Result<OwnedFd> {
+    // glibc's shm_open always sets FD_CLOEXEC.
+    shm_open(
+        name,
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+    )
+    .map_err(nix_err)
+}
+
+/// Opens the existing named POSIX shm object `name` for reading and writing.
+pub(crate) fn shm_open_existing(name: &str) -> io::Result<OwnedFd> {
+    shm_open(name, OFlag::O_RDWR, Mode::empty()).map_err(nix_err)
+}
+
+pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
+    nix_shm_unlink(name).map_err(nix_err)
+}
+
+pub(crate) fn set_len(fd: &OwnedFd, len: usize) -> io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+    nix::unistd::ftruncate(fd.as_fd(), len).map_err(nix_err)
+}
+
+pub(crate) fn file_len(fd: &OwnedFd) -> io::Result<u64> {
+    let st = fstat(fd.as_fd()).map_err(nix_err)?;
+    Ok(u64::try_from(st.st_size).unwrap_or(0))
+}
+
+/// 128 bits from the kernel's CSPRNG, for names nobody can guess.
+pub(crate) fn random_u128() -> io::Result<u128> {
+    let mut buf = [0u8; 16];
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`, which
+        // lives for the whole call.
+        let n = unsafe {
+            libc::getrandom(
+                buf[filled..].as_mut_ptr().cast(),
+                buf.len() - filled,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(u128::from_ne_bytes(buf))
+}
+
+// ---------------------------------------------------------------- processes
+
+pub(crate) fn getpid() -> i32 {
+    nix::unistd::getpid().as_raw()
+}
+
+/// Whether `pid` names a process that still runs. A zombie (exited, not yet reaped)
+/// counts as dead: it holds no lock and will never arrive anywhere.
+pub(crate) fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the command name, which is in parentheses and may
+        // itself contain spaces or parentheses: read it after the last ')'.
+        Ok(stat) => match stat.rfind(')').and_then(|i| stat[i + 1..].trim_start().chars().next()) {
+            Some('Z') | Some('X') | Some('x') => false,
+            Some(_) => true,
+            None => false,
+        },
+        Err(_) => false,
+    }
+}
+
+// ---------------------------------------------------------------- futex
+
+/// How a futex wait ended. Spurious wake-ups are folded into `Woken`: callers
+/// always re-check their condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FutexWait {
+    /// Woken, interrupted, or the word no longer held `expected`.
+    Woken,
+    /// The deadline passed.
+    TimedOut,
+}
+
+/// Sleeps while `*word == expected`, until woken or until `deadline`.
+///
+/// Not `FUTEX_PRIVATE_FLAG`: the word lives in memory shared between processes,
+/// and a private futex is keyed by the address in one process only.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> FutexWait {
+    let timeout = match deadline {
+        None => None,
+        Some(d) => match d.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Some(duration_to_timespec(left)),
+            _ => return FutexWait::TimedOut,
+        },
+    };
+    let ts_ptr = timeout
+        .as_ref()
+        .map_or(std::ptr::null(), |ts| ts as *const libc::timespec);
+    // SAFETY: `word` is a live, aligned AtomicU32 for the duration of the call; the
+    // kernel only reads it. `ts_ptr` is null or points to a timespec on our stack.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            ts_ptr,
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    };
+    if rc == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT) {
+        FutexWait::TimedOut
+    } else {
+        FutexWait::Woken
+    }
+}
+
+/// Wakes up to `n` processes or threads sleeping on `word`.
+pub(crate) fn futex_wake(word: &AtomicU32, n: u32) {
+    let n = i32::try_from(n).unwrap_or(i32::MAX);
+    // SAFETY: FUTEX_WAKE only uses the address as a key; `word` is live and aligned.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, n);
+    }
+}
+
+fn duration_to_timespec(d: Duration) -> libc::timespec {
+    libc::timespec {
+        tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    }
+}
+
+/// `deadline` as an absolute CLOCK_MONOTONIC time, the clock `Instant` uses on Linux.
+fn monotonic_timespec(deadline: Instant) -> libc::timespec {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let left = deadline.saturating_duration_since(Instant::now());
+    let mut sec = now.tv_sec.saturating_add(libc::time_t::try_from(left.as_secs()).unwrap_or(libc::time_t::MAX));
+    let mut nsec = now.tv_nsec + left.subsec_nanos() as libc::c_long;
+    if nsec >= 1_000_000_000 {
+        // The carry raw_sync forgets (DEPENDENCIES.md): without it some deadlines
+        // are rejected with EINVAL.
+        nsec -= 1_000_000_000;
+        sec = sec.saturating_add(1);
+    }
+    libc::timespec { tv_sec: sec, tv_nsec: nsec }
+}
+
+// ---------------------------------------------------------------- robust mutex
+
+/// A `pthread_mutex_t` made robust and process-shared, living in shared memory.
+///
+/// Robust means the kernel keeps, per thread, a list of the robust mutexes it holds
+/// and marks each one "owner died" when the thread or its process ends, however it
+/// ends (SIGKILL included). The next locker then gets `EOWNERDEAD` instead of
+/// blocking forever, which is what raw_sync's non-robust mutex does.
+#[repr(C)]
+pub(crate) struct PthreadMutex(UnsafeCell<libc::pthread_mutex_t>);
+
+/// The pthread type of a [`PthreadMutex`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MutexType {
+    /// Relocking by the owner fails with `EDEADLK`; unlocking by a non-owner with `EPERM`.
+    ErrorCheck,
+    /// The owner may relock; each lock needs one unlock.
+    Recursive,
+}
+
+/// What a lock attempt came to, in pthread's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MutexLock {
+    Acquired,
+    /// Acquired, and the previous owner died holding it (already made consistent).
+    AcquiredOwnerDied,
+    Busy,
+    TimedOut,
+    /// The calling thread already holds this (error-checking) mutex.
+    Deadlock,
+    /// The word in shared memory is not a usable mutex (errno given).
+    Invalid(i32),
+}
+
+#[cfg(target_env = "gnu")]
+extern "C" {
+    // glibc >= 2.30; libc does not bind it yet. Unlike pthread_mutex_timedlock it
+    // takes a CLOCK_MONOTONIC deadline, so a wall-clock jump cannot stretch a timeout.
+    fn pthread_mutex_clocklock(
+        mutex: *mut libc::pthread_mutex_t,
+        clock: libc::clockid_t,
+        abstime: *const libc::timespec,
+    ) -> libc::c_int;
+}
+
+impl PthreadMutex {
+    /// Initialises the mutex in place.
+    ///
+    /// # Safety
+    /// `this` points to writable memory of the right size and alignment that no
+    /// other thread or process uses until this returns.
+    pub(crate) unsafe fn init(this: *mut PthreadMutex, kind: MutexType) -> io::Result<()> {
+        let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+        let ty = match kind {
+            MutexType::ErrorCheck => libc::PTHREAD_MUTEX_ERRORCHECK,
+            MutexType::Recursive => libc::PTHREAD_MUTEX_RECURSIVE,
+        };
+        // SAFETY: `attr` is initialised by pthread_mutexattr_init before any other use
+        // and destroyed before return; `this` is valid and exclusive per the contract.
+        unsafe {
+            check(libc::pthread_mutexattr_init(attr.as_mut_ptr()))?;
+            let a = attr.as_mut_ptr();
+            let rc = (|| {
+                check(libc::pthread_mutexattr_setpshared(a, libc::PTHREAD_PROCESS_SHARED))?;
+                check(libc::pthread_mutexattr_setrobust(a, libc::PTHREAD_MUTEX_ROBUST))?;
+                check(libc::pthread_mutexattr_settype(a, ty))?;
+                check(libc::pthread_mutex_init(UnsafeCell::raw_get(&raw const (*this).0), a))
+            })();
+            libc::pthread_mutexattr_destroy(a);
+            rc
+        }
+    }
+
+    fn ptr(&self) -> *mut libc::pthread_mutex_t {
+        self.0.get()
+    }
+
+    pub(crate) fn try_lock(&self) -> MutexLock {
+        // SAFETY: the mutex was initialised by `init` before the segment was
+        // published; a scribbled mutex yields an error code, which we map.
+        self.finish(unsafe { libc::pthread_mutex_trylock(self.ptr()) })
+    }
+
+    /// Blocks until acquired, or until `deadline` if one is given.
+    pub(crate) fn lock(&self, deadline: Option<Instant>) -> MutexLock {
+        let rc = match deadline {
+            // SAFETY: as in `try_lock`.
+            None => unsafe { libc::pthread_mutex_lock(self.ptr()) },
+            Some(d) => {
+                let abs = monotonic_timespec(d);
+                // SAFETY: as in `try_lock`; `abs` lives across the call.
+                unsafe { clock_lock(self.ptr(), &abs) }
+            }
+        };
+        self.finish(rc)
+    }
+
+    /// Unlocks; `Err(errno)` if the calling thread does not hold it (`EPERM`) or the
+    /// mutex is damaged.
+    pub(crate) fn unlock(&self) -> Result<(), i32> {
+        // SAFETY: as in `try_lock`; unlocking a mutex we do not hold is reported as
+        // EPERM by robust mutexes, not undefined.
+        match unsafe { libc::pthread_mutex_unlock(self.ptr()) } {
+            0 => Ok(()),
+            e => Err(e),
+        }
+    }
+
+    fn finish(&self, rc: libc::c_int) -> MutexLock {
+        match rc {
+            0 => MutexLock::Acquired,
+            libc::EOWNERDEAD => {
+                // SAFETY: we hold the mutex (EOWNERDEAD means acquired).
+                match unsafe { libc::pthread_mutex_consistent(self.ptr()) } {
+                    0 => MutexLock::AcquiredOwnerDied,
+                    e => MutexLock::Invalid(e),
+                }
+            }
+            libc::EBUSY => MutexLock::Busy,
+            libc::ETIMEDOUT => MutexLock::TimedOut,
+            libc::EDEADLK => MutexLock::Deadlock,
+            e => MutexLock::Invalid(e),
+        }
+    }
+}
+
+#[cfg(target_env = "gnu")]
+unsafe fn clock_lock(m: *mut libc::pthread_mutex_t, abs: &libc::timespec) -> libc::c_int {
+    // SAFETY: forwarded from the caller.
+    unsafe { pthread_mutex_clocklock(m, libc::CLOCK_MONOTONIC, abs) }
+}
+
+#[cfg(not(target_env = "gnu"))]
+unsafe fn clock_lock(m: *mut libc::pthread_mutex_t, abs: &libc::timespec) -> libc::c_int {
+    // Without clocklock the deadline must be on the realtime clock.
+    let left = {
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `now` is writable.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        Duration::new(abs.tv_sec as u64, abs.tv_nsec as u32)
+            .saturating_sub(Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
+    };
+    let mut rt = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `rt` is writable.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut rt) };
+    let d = Duration::new(rt.tv_sec as u64, rt.tv_nsec as u32) + left;
+    let ts = duration_to_timespec(d);
+    // SAFETY: forwarded from the caller.
+    unsafe { libc::pthread_mutex_timedlock(m, &ts) }
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+// ---------------------------------------------------------------- fork (test support)
+
+/// The outcome of `fork` as seen by the caller.
+#[derive(Debug)]
+pub(crate) enum Forked {
+    Parent(i32),
+    Child,
+}
+
+/// # Safety
+/// As `fork(2)` in a possibly multi-threaded process: the child may only call
+/// async-signal-safe functions until it execs or exits, in the strict reading;
+/// glibc makes malloc usable after fork, and the child must not touch locks that
+/// other (now vanished) threads might have held.
+pub(crate) unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY: forwarded to the caller.
+    match unsafe { nix::unistd::fork() }.map_err(nix_err)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child.as_raw())),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// Leaves the process at once with `code`: no destructors, no atexit handlers, no
+/// flushing of stdio buffers inherited from the parent.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call; it does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// How a reaped child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChildExit {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// Reaps `pid` if it has ended, without blocking.
+pub(crate) fn try_reap(pid: i32) -> io::Result<Option<ChildExit>> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).map_err(nix_err)? {
+        WaitStatus::Exited(_, code) => Ok(Some(ChildExit::Exited(code))),
+        WaitStatus::Signaled(_, sig, _) => Ok(Some(ChildExit::Signaled(sig as i32))),
+        _ => Ok(None),
+    }
+}
+
+/// Sends `signal` to `pid`; a process that is already gone is not an error.
+pub(crate) fn send_signal(pid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, signal) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}

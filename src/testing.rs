@@ -1,0 +1,97 @@
+//! Forked children for tests, benchmarks and the tour, until `Process` lands.
+//!
+//! Not part of the public API: `Process` (the processes issue) replaces it. It runs a
+//! closure in a forked child, leaves with `_exit` (no destructors, no atexit handlers,
+//! no double-flushed stdio), and reaps the child with a deadline, killing it if it
+//! overstays, so a test can never hang on a child and never leaves a zombie.
+
+use std::time::{Duration, Instant};
+
+use crate::sys::{self, ChildExit, Forked};
+
+/// Exit status of a child whose closure panicked.
+pub const PANICKED: i32 = 101;
+
+/// A forked child process; killed and reaped on drop if still running.
+#[derive(Debug)]
+pub struct Child {
+    pid: i32,
+    exit: Option<ChildExit>,
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// It called `_exit(code)`: the closure's return value, or [`PANICKED`].
+    Code(i32),
+    /// A signal ended it.
+    Signal(i32),
+}
+
+/// Forks; the child runs `f` and exits with its return value (or [`PANICKED`]).
+///
+/// The child must not rely on locks other threads of the parent held at the time
+/// of the fork (stdout's lock included): write with `libc::write` or not at all in
+/// heavily threaded parents such as the test harness.
+pub fn fork<F: FnOnce() -> i32>(f: F) -> std::io::Result<Child> {
+    // SAFETY: the child only runs `f` and `_exit`s; see the function's docs for what
+    // `f` must avoid.
+    match unsafe { sys::fork()? } {
+        Forked::Parent(pid) => Ok(Child { pid, exit: None }),
+        Forked::Child => {
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(PANICKED);
+            sys::exit_now(code)
+        }
+    }
+}
+
+impl Child {
+    /// The child's process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Waits at most `timeout` for the child to end; `None` if it still runs.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> std::io::Result<Option<Exit>> {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_micros(50);
+        loop {
+            if let Some(e) = self.poll()? {
+                return Ok(Some(e));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
+    /// Reaps the child if it has ended.
+    pub fn poll(&mut self) -> std::io::Result<Option<Exit>> {
+        if self.exit.is_none() {
+            self.exit = sys::try_reap(self.pid)?;
+        }
+        Ok(self.exit.map(|e| match e {
+            ChildExit::Exited(c) => Exit::Code(c),
+            ChildExit::Signaled(s) => Exit::Signal(s),
+        }))
+    }
+
+    /// Sends `signal` (a `libc::SIG*` number) to the child.
+    pub fn signal(&self, signal: i32) -> std::io::Result<()> {
+        if self.exit.is_some() {
+            return Ok(());
+        }
+        sys::send_signal(self.pid, signal)
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.signal(libc::SIGKILL);
+            let _ = self.wait_timeout(Duration::from_secs(5));
+        }
+    }
+}
