@@ -86,6 +86,9 @@ impl Barrier {
             // SAFETY: `b` is the fresh, zeroed, unpublished body, `len` bytes long.
             unsafe {
                 (*b).parties.store(parties, Ordering::Relaxed);
+                // No generation has been reset yet. (Generation u32::MAX, 4 billion
+                // rounds away, would read as reset: a spurious Broken, nothing worse.)
+                (*b).reset_generation.store(u32::MAX, Ordering::Relaxed);
                 RawMutex::init(&raw mut (*b).mutex, MutexType::ErrorCheck)
             }
         })?;

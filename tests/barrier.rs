@@ -1,0 +1,125 @@
+//! `Barrier` across real processes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use shmproc::{Barrier, BarrierError, RawArray, SegmentCreateError};
+
+#[test]
+fn three_processes_pass_together_with_distinct_indices() {
+    let b = Barrier::new(3).unwrap();
+    let indices = RawArray::<u32>::from_slice(&[u32::MAX; 3]).unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|slot| {
+            let (b, indices) = (b.clone(), indices.clone());
+            spawn_child(move || match b.wait_timeout(PATIENCE) {
+                Ok(i) => {
+                    indices.set(slot, i).unwrap();
+                    0
+                }
+                Err(_) => 1,
+            })
+        })
+        .collect();
+    let mine = b.wait_timeout(PATIENCE).unwrap();
+    indices.set(2, mine).unwrap();
+    for c in children {
+        join_ok(c);
+    }
+    let mut got = indices.to_vec();
+    got.sort();
+    assert_eq!(got, vec![0, 1, 2]);
+    // Reusable: a second round works too.
+    let child = {
+        let b = b.clone();
+        spawn_child(move || i32::from(b.wait_timeout(PATIENCE).is_err()))
+    };
+    let child2 = {
+        let b = b.clone();
+        spawn_child(move || i32::from(b.wait_timeout(PATIENCE).is_err()))
+    };
+    assert!(b.wait_timeout(PATIENCE).is_ok());
+    join_ok(child);
+    join_ok(child2);
+}
+
+#[test]
+fn a_party_timing_out_breaks_the_barrier_for_everyone() {
+    let b = Barrier::new(3).unwrap();
+    let child = {
+        let b = b.clone();
+        spawn_child(move || i32::from(b.wait_timeout(PATIENCE) != Err(BarrierError::Broken)))
+    };
+    let start = Instant::now();
+    assert_eq!(b.wait_timeout(Duration::from_millis(50)), Err(BarrierError::Broken));
+    assert!(start.elapsed() >= Duration::from_millis(50));
+    join_ok(child);
+    assert!(b.broken());
+    assert_eq!(b.wait_timeout(PATIENCE), Err(BarrierError::Broken), "stays broken");
+    b.reset().unwrap();
+    assert!(!b.broken());
+}
+
+#[test]
+fn a_party_dying_while_waiting_breaks_the_barrier() {
+    let b = Barrier::new(3).unwrap();
+    let doomed = {
+        let b = b.clone();
+        spawn_child(move || {
+            let _ = b.wait();
+            0
+        })
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while b.n_waiting() < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    doomed.signal(libc::SIGKILL).unwrap();
+    assert_eq!(join(doomed), Exit::Signal(libc::SIGKILL));
+    let start = Instant::now();
+    assert_eq!(b.wait_timeout(PATIENCE), Err(BarrierError::Broken));
+    assert!(start.elapsed() < Duration::from_secs(1), "noticed after {:?}", start.elapsed());
+}
+
+#[test]
+fn abort_and_reset_release_waiters_with_broken() {
+    let b = Barrier::new(2).unwrap();
+    let child = {
+        let b = b.clone();
+        spawn_child(move || i32::from(b.wait_timeout(PATIENCE) != Err(BarrierError::Broken)))
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while b.n_waiting() < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    b.reset().unwrap(); // a waiting party gets Broken; the barrier is clean again
+    join_ok(child);
+    assert!(!b.broken());
+    assert_eq!(b.n_waiting(), 0);
+
+    let child = {
+        let b = b.clone();
+        spawn_child(move || i32::from(b.wait_timeout(PATIENCE) != Err(BarrierError::Broken)))
+    };
+    while b.n_waiting() < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    b.abort();
+    join_ok(child);
+    assert!(b.broken());
+}
+
+#[test]
+fn named_barrier_and_bad_arguments() {
+    assert!(matches!(Barrier::new(0), Err(SegmentCreateError::InvalidArgument(_))));
+    let b = Barrier::new_named(2).unwrap();
+    let name = b.name().unwrap().to_owned();
+    let child = spawn_child(move || {
+        let b = Barrier::open(&name).unwrap();
+        i32::from(!(b.parties() == 2 && b.wait_timeout(PATIENCE).is_ok()))
+    });
+    assert!(b.wait_timeout(PATIENCE).is_ok());
+    join_ok(child);
+}

@@ -1,0 +1,50 @@
+//! Helpers shared by the cross-process tests: forking with a deadline, and looking
+//! at /dev/shm. Every wait here is bounded, so a broken feature fails a test instead
+//! of hanging it.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use shmproc::testing::{fork, Child, Exit, PANICKED};
+
+/// How long any test waits for anything that should be quick.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Forks a child running `f`; its return value is its exit code.
+pub fn spawn_child(f: impl FnOnce() -> i32) -> Child {
+    fork(f).expect("fork")
+}
+
+/// Waits (at most [`PATIENCE`]) for the child and returns how it ended.
+pub fn join(mut child: Child) -> Exit {
+    child.wait_timeout(PATIENCE).expect("waitpid").expect("child overstayed its deadline")
+}
+
+/// Asserts that the child exits with code 0.
+pub fn join_ok(child: Child) {
+    assert_eq!(join(child), Exit::Code(0));
+}
+
+/// The file behind a named segment.
+pub fn shm_path(name: &str) -> PathBuf {
+    PathBuf::from("/dev/shm").join(name.trim_start_matches('/'))
+}
+
+/// CPU time (user + system) this process has used so far.
+pub fn cpu_time() -> Duration {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `ru` is a writable rusage; getrusage fills it.
+    let ru = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Silences the panic hook in a forked child, whose stderr lock may have been held by
+/// another test thread at the moment of the fork.
+pub fn quiet_panics() {
+    std::panic::set_hook(Box::new(|_| {}));
+}

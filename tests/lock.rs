@@ -1,0 +1,191 @@
+//! `Lock` and `RLock` across real processes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use shmproc::{Event, Lock, LockError, RLock, ReleaseError, Semaphore};
+
+/// A child that takes `acquire`, says so on `holding`, and dies by SIGKILL.
+fn kill_while_holding(acquire: impl FnOnce() + 'static) {
+    let holding = Event::new().unwrap();
+    let child = {
+        let holding = holding.clone();
+        spawn_child(move || {
+            acquire();
+            holding.set();
+            std::thread::sleep(Duration::from_secs(30));
+            0
+        })
+    };
+    assert!(holding.wait_timeout(PATIENCE), "child never took the lock");
+    child.signal(libc::SIGKILL).unwrap();
+    assert_eq!(join(child), Exit::Signal(libc::SIGKILL));
+}
+
+#[test]
+fn lock_excludes_across_processes() {
+    let lock = Lock::new().unwrap();
+    let inside = shmproc::RawValue::<u32>::new(0).unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            let (lock, inside) = (lock.clone(), inside.clone());
+            spawn_child(move || {
+                for _ in 0..2_000 {
+                    let _g = lock.acquire().unwrap();
+                    if inside.get() != 0 {
+                        return 1; // someone else is in the critical section
+                    }
+                    inside.set(1);
+                    std::hint::spin_loop();
+                    inside.set(0);
+                }
+                0
+            })
+        })
+        .collect();
+    for c in children {
+        join_ok(c);
+    }
+}
+
+#[test]
+fn lock_holder_killed_recovers_within_100ms_and_clears() {
+    let lock = Lock::new().unwrap();
+    let l = lock.clone();
+    kill_while_holding(move || std::mem::forget(l.acquire().unwrap()));
+    let start = Instant::now();
+    let r = lock.acquire_timeout(PATIENCE);
+    assert!(start.elapsed() < Duration::from_millis(100), "took {:?}", start.elapsed());
+    let guard = match r {
+        Err(LockError::Poisoned(p)) => p.into_inner(),
+        other => panic!("expected Poisoned, got {:?}", other.map(drop)),
+    };
+    drop(guard);
+    assert!(lock.is_poisoned());
+    lock.clear_poison();
+    assert!(!lock.is_poisoned());
+    assert!(lock.try_acquire().is_ok());
+}
+
+#[test]
+fn named_lock_excludes_an_opener_in_another_process() {
+    let lock = Lock::new_named().unwrap();
+    let name = lock.name().unwrap().to_owned();
+    let g = lock.acquire().unwrap();
+    let child = spawn_child(move || {
+        let l = Lock::open(&name).unwrap();
+        let blocked = matches!(l.try_acquire(), Err(LockError::WouldBlock));
+        let timed_out = matches!(l.acquire_timeout(Duration::from_millis(20)), Err(LockError::Timeout));
+        i32::from(!(blocked && timed_out))
+    });
+    join_ok(child);
+    drop(g);
+}
+
+#[test]
+fn a_process_blocked_on_a_lock_gets_it_when_released_and_burns_no_cpu() {
+    let lock = Lock::new().unwrap();
+    let g = lock.acquire().unwrap();
+    let child = {
+        let lock = lock.clone();
+        spawn_child(move || {
+            let before = cpu_time();
+            let start = Instant::now();
+            let got = lock.acquire_timeout(PATIENCE).is_ok();
+            let waited = start.elapsed();
+            let cpu = cpu_time() - before;
+            // It waited ~300 ms; an idle waiter must not spin through it.
+            if !got || waited < Duration::from_millis(250) {
+                return 1;
+            }
+            i32::from(cpu > Duration::from_millis(30)) * 2
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    drop(g);
+    join_ok(child);
+}
+
+#[test]
+fn rlock_counts_reentry_per_thread() {
+    let r = RLock::new().unwrap();
+    let g1 = r.acquire().unwrap();
+    let g2 = r.acquire().unwrap();
+    let g3 = r.try_acquire().unwrap();
+    let probe = |expect_free: bool| {
+        let r = r.clone();
+        let child = spawn_child(move || i32::from(r.try_acquire().is_ok() != expect_free));
+        join_ok(child);
+    };
+    probe(false);
+    drop(g3);
+    drop(g2);
+    probe(false); // one level still held
+    drop(g1);
+    probe(true);
+}
+
+#[test]
+fn rlock_release_by_a_non_owner_is_an_error() {
+    let r = RLock::new().unwrap();
+    r.acquire().unwrap().detach();
+    // Another thread of this process.
+    std::thread::scope(|s| {
+        s.spawn(|| assert_eq!(r.release(), Err(ReleaseError::NotOwner)));
+    });
+    // Another process.
+    let child = {
+        let r = r.clone();
+        spawn_child(move || i32::from(r.release() != Err(ReleaseError::NotOwner)))
+    };
+    join_ok(child);
+    assert_eq!(r.release(), Ok(()));
+    assert_eq!(r.release(), Err(ReleaseError::NotOwner));
+}
+
+#[test]
+fn rlock_holder_killed_recovers_within_100ms() {
+    let r = RLock::new().unwrap();
+    let r2 = r.clone();
+    kill_while_holding(move || {
+        r2.acquire().unwrap().detach();
+        r2.acquire().unwrap().detach(); // held twice
+    });
+    let start = Instant::now();
+    let res = r.acquire_timeout(PATIENCE);
+    assert!(start.elapsed() < Duration::from_millis(100));
+    assert!(matches!(res, Err(LockError::Poisoned(_))));
+    drop(res);
+    r.clear_poison();
+    // Fully released: another process can take it.
+    let child = {
+        let r = r.clone();
+        spawn_child(move || i32::from(r.try_acquire().is_err()))
+    };
+    join_ok(child);
+}
+
+#[test]
+fn semaphore_signals_between_processes() {
+    let ping = Semaphore::new(0).unwrap();
+    let pong = Semaphore::new(0).unwrap();
+    let child = {
+        let (ping, pong) = (ping.clone(), pong.clone());
+        spawn_child(move || {
+            for _ in 0..1000 {
+                if !ping.acquire_timeout(PATIENCE) {
+                    return 1;
+                }
+                pong.release().unwrap();
+            }
+            0
+        })
+    };
+    for _ in 0..1000 {
+        ping.release().unwrap();
+        assert!(pong.acquire_timeout(PATIENCE));
+    }
+    join_ok(child);
+}
