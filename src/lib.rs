@@ -42,6 +42,6 @@ pub mod testing;
 pub use segment::{ObjectKind, SegmentCreateError, SegmentOpenError};
 pub use shared::{Array, ArrayError, ArrayGuard, RawArray, RawValue, Value, ValueGuard};
 pub use sync::{
-    Barrier, BarrierError, BoundedSemaphore, Condition, ConditionGuard, Event, Lock, LockError, LockGuard,
-    LockResult, RLock, RLockGuard, ReleaseError, Semaphore, LIVENESS_POLL,
+    Barrier, BarrierError, BoundedSemaphore, Condition, ConditionGuard, Event, Lock, LockError, LockGuard, LockResult,
+    RLock, RLockGuard, ReleaseError, Semaphore, LIVENESS_POLL,
 };

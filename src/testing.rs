@@ -53,18 +53,10 @@ impl Child {
 
     /// Waits at most `timeout` for the child to end; `None` if it still runs.
     pub fn wait_timeout(&mut self, timeout: Duration) -> std::io::Result<Option<Exit>> {
-        let deadline = Instant::now() + timeout;
-        let mut pause = Duration::from_micros(50);
-        loop {
-            if let Some(e) = self.poll()? {
-                return Ok(Some(e));
-            }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
-            pause = (pause * 2).min(Duration::from_millis(5));
+        if self.exit.is_none() && !sys::wait_child_exit(self.pid, Instant::now() + timeout)? {
+            return Ok(None);
         }
+        self.poll()
     }
 
     /// Reaps the child if it has ended.
@@ -94,4 +86,11 @@ impl Drop for Child {
             let _ = self.wait_timeout(Duration::from_secs(5));
         }
     }
+}
+
+/// Sets how long blocking calls spin before sleeping, in rounds of doubling pauses
+/// (`0` sleeps at once; the default is 7, ~127 pauses). For benchmarks that measure
+/// what the spin buys; process-wide, inherited by forked children.
+pub fn set_spin_rounds(rounds: u32) {
+    crate::sync::wait::set_spin_rounds(rounds);
 }

@@ -195,10 +195,7 @@ fn the_creator_unlinks_on_drop_but_a_forked_copy_never_does() {
 
 #[test]
 fn opening_the_wrong_thing_is_a_typed_error() {
-    assert!(matches!(
-        Value::<u64>::open("/shmproc.does-not-exist"),
-        Err(SegmentOpenError::NotFound(_))
-    ));
+    assert!(matches!(Value::<u64>::open("/shmproc.does-not-exist"), Err(SegmentOpenError::NotFound(_))));
     assert!(matches!(Value::<u64>::open("no-slash"), Err(SegmentOpenError::InvalidName(_))));
     let v = Value::<u64>::new_named(0).unwrap();
     let name = v.name().unwrap();

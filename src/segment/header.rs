@@ -95,7 +95,9 @@ impl Header {
         if (self.elem_size, self.elem_align, self.type_fingerprint) != (elem.size, elem.align, elem.fingerprint) {
             return Err(SegmentOpenError::WrongType { expected: elem.name });
         }
-        let needed = (HEADER_LEN as u64).checked_add(self.body_len).ok_or(SegmentOpenError::Corrupted("body length overflows"))?;
+        let needed = (HEADER_LEN as u64)
+            .checked_add(self.body_len)
+            .ok_or(SegmentOpenError::Corrupted("body length overflows"))?;
         if needed > file_len {
             return Err(SegmentOpenError::Truncated { len: file_len, needed });
         }

@@ -32,8 +32,8 @@ use std::sync::Arc;
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::sys;
-pub(crate) use header::{Expect, HEADER_LEN};
 use header::Header;
+pub(crate) use header::{Expect, HEADER_LEN};
 
 /// The kind of shared object a segment holds, recorded in its header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,12 +109,7 @@ impl TypeInfo {
     pub(crate) fn of<T>() -> Option<TypeInfo> {
         let size = u32::try_from(std::mem::size_of::<T>()).ok().filter(|s| *s > 0)?;
         let name = std::any::type_name::<T>();
-        Some(TypeInfo {
-            size,
-            align: std::mem::align_of::<T>() as u32,
-            fingerprint: fnv1a(name.as_bytes()),
-            name,
-        })
+        Some(TypeInfo { size, align: std::mem::align_of::<T>() as u32, fingerprint: fnv1a(name.as_bytes()), name })
     }
 }
 
@@ -277,14 +272,7 @@ impl Segment {
             }
         })?;
         // From here on, `Drop` unlinks a named segment if anything fails.
-        let seg = Segment {
-            map,
-            _fd: fd,
-            unlink_in: name.as_ref().map(|_| sys::getpid()),
-            name,
-            elem_count,
-            body_len,
-        };
+        let seg = Segment { map, _fd: fd, unlink_in: name.as_ref().map(|_| sys::getpid()), name, elem_count, body_len };
         let header = seg.header_mut_ptr();
         // SAFETY: the mapping is `total >= HEADER_LEN` bytes, page aligned, and not yet
         // visible to any other process or thread, so this exclusive write is unique.

@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use bytemuck::Pod;
 
-use crate::segment::{Backing, Expect, ObjectKind, Segment, SegmentCreateError, SegmentOpenError, TypeInfo, View, HEADER_LEN};
+use crate::segment::{
+    Backing, Expect, ObjectKind, Segment, SegmentCreateError, SegmentOpenError, TypeInfo, View, HEADER_LEN,
+};
 use crate::sync::{Lock, RawMutex};
 use crate::sys::MutexType;
 
@@ -93,7 +95,11 @@ pub(crate) fn create<T: Pod>(
 }
 
 /// Attaches to the named segment of a `kind` with elements `T`.
-pub(crate) fn open<T: Pod>(name: &str, kind: ObjectKind, locked: bool) -> Result<(Option<Lock>, Cells<T>), SegmentOpenError> {
+pub(crate) fn open<T: Pod>(
+    name: &str,
+    kind: ObjectKind,
+    locked: bool,
+) -> Result<(Option<Lock>, Cells<T>), SegmentOpenError> {
     let ty = TypeInfo::of::<T>().ok_or(SegmentOpenError::WrongType { expected: std::any::type_name::<T>() })?;
     let seg = Segment::open(name, Expect { kind, elem: Some(ty) })?;
     let n = usize::try_from(seg.elem_count()).map_err(|_| SegmentOpenError::Corrupted("element count"))?;

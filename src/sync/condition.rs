@@ -140,7 +140,8 @@ impl Condition {
     }
 
     fn acquire_with(&self, wait: Wait) -> LockResult<ConditionGuard<'_>> {
-        let guard = || ConditionGuard { cond: self, held: true, panicking: std::thread::panicking(), _not_send: PhantomData };
+        let guard =
+            || ConditionGuard { cond: self, held: true, panicking: std::thread::panicking(), _not_send: PhantomData };
         lock_result(self.lock.raw().acquire(wait), guard)
     }
 
@@ -168,10 +169,7 @@ impl Condition {
     }
 
     fn claim_token(&self) -> bool {
-        self.body
-            .state
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| (tokens(s) > 0).then(|| s - 1))
-            .is_ok()
+        self.body.state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| (tokens(s) > 0).then(|| s - 1)).is_ok()
     }
 
     /// Leaves after a time-out: take a token that raced in, or give back our count.
@@ -296,7 +294,9 @@ impl ConditionGuard<'_> {
                 // WouldBlock/TimedOut cannot come from an unbounded wait, and Deadlock
                 // cannot either: we released the lock just above.
                 self.held = false;
-                Err(LockError::Corrupted { code: if other == Acquire::Deadlock { libc::EDEADLK } else { libc::EINVAL } })
+                Err(LockError::Corrupted {
+                    code: if other == Acquire::Deadlock { libc::EDEADLK } else { libc::EINVAL },
+                })
             }
         }
     }

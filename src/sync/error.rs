@@ -94,15 +94,15 @@ impl<G> fmt::Debug for LockError<G> {
 impl<G> fmt::Display for LockError<G> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LockError::Poisoned(_) => f.write_str("lock acquired, but poisoned: a holder died or panicked while holding it"),
+            LockError::Poisoned(_) => {
+                f.write_str("lock acquired, but poisoned: a holder died or panicked while holding it")
+            }
             LockError::WouldBlock => f.write_str("lock is held elsewhere"),
             LockError::Timeout => f.write_str("timed out waiting for the lock"),
             LockError::Deadlock => f.write_str("the calling thread already holds this lock"),
-            LockError::Corrupted { code } => write!(
-                f,
-                "lock state in shared memory is damaged ({})",
-                std::io::Error::from_raw_os_error(*code)
-            ),
+            LockError::Corrupted { code } => {
+                write!(f, "lock state in shared memory is damaged ({})", std::io::Error::from_raw_os_error(*code))
+            }
         }
     }
 }

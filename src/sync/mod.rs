@@ -24,7 +24,7 @@ mod lock;
 mod raw_mutex;
 mod rlock;
 mod semaphore;
-mod wait;
+pub(crate) mod wait;
 
 pub use barrier::{Barrier, LIVENESS_POLL};
 pub use condition::{Condition, ConditionGuard};

@@ -37,7 +37,13 @@ impl RawSemaphore {
     fn create(kind: ObjectKind, value: u32, max: u32, backing: Backing) -> Result<RawSemaphore, SegmentCreateError> {
         let body = segment::create_view(kind, backing, |b: *mut SemaphoreBody| {
             // SAFETY: `b` is the fresh, unpublished body; nothing else sees it.
-            unsafe { b.write(SemaphoreBody { value: AtomicU32::new(value), sleepers: AtomicU32::new(0), max: AtomicU32::new(max) }) };
+            unsafe {
+                b.write(SemaphoreBody {
+                    value: AtomicU32::new(value),
+                    sleepers: AtomicU32::new(0),
+                    max: AtomicU32::new(max),
+                })
+            };
             Ok(())
         })?;
         Ok(RawSemaphore { body, max })
@@ -53,10 +59,7 @@ impl RawSemaphore {
     }
 
     fn try_take(&self) -> bool {
-        self.body
-            .value
-            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |v| v.checked_sub(1))
-            .is_ok()
+        self.body.value.fetch_update(Ordering::Acquire, Ordering::Relaxed, |v| v.checked_sub(1)).is_ok()
     }
 
     fn acquire(&self, wait: Wait) -> bool {
@@ -208,7 +211,9 @@ pub struct BoundedSemaphore {
 impl BoundedSemaphore {
     /// A bounded semaphore with `value` permits, which is also its maximum.
     pub fn new(value: u32) -> Result<BoundedSemaphore, SegmentCreateError> {
-        Ok(BoundedSemaphore { raw: RawSemaphore::create(ObjectKind::BoundedSemaphore, value, value, Backing::Anonymous)? })
+        Ok(BoundedSemaphore {
+            raw: RawSemaphore::create(ObjectKind::BoundedSemaphore, value, value, Backing::Anonymous)?,
+        })
     }
 
     /// A bounded semaphore with `value` permits, in a named segment.

@@ -6,7 +6,7 @@
 //! exponential back-off, so that a spinner does not hammer the cache line), then
 //! sleeps on a futex: an idle waiter burns no CPU.
 
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::sys::{self, FutexWait};
@@ -46,12 +46,19 @@ impl Wait {
 }
 
 /// Rounds of spinning before sleeping; round `k` spins `2^k` pause instructions, so
-/// the whole spin is ~127 pauses, a few microseconds.
-const SPIN_ROUNDS: u32 = 7;
+/// the default whole spin is ~127 pauses, a few microseconds.
+pub(crate) const DEFAULT_SPIN_ROUNDS: u32 = 7;
+
+/// The spin budget in force; changed only by benchmarks that measure what spinning buys.
+static SPIN_ROUNDS: AtomicU32 = AtomicU32::new(DEFAULT_SPIN_ROUNDS);
+
+pub(crate) fn set_spin_rounds(rounds: u32) {
+    SPIN_ROUNDS.store(rounds.min(16), Ordering::Relaxed);
+}
 
 /// Calls `attempt` until it succeeds or the spin budget is spent.
 pub(crate) fn spin<R>(mut attempt: impl FnMut() -> Option<R>) -> Option<R> {
-    for round in 0..SPIN_ROUNDS {
+    for round in 0..SPIN_ROUNDS.load(Ordering::Relaxed) {
         if let Some(r) = attempt() {
             return Some(r);
         }

@@ -21,8 +21,7 @@ fn nix_err(e: nix::errno::Errno) -> io::Error {
 /// An anonymous shared-memory file. Close-on-exec: a start method that wants a
 /// child to have it hands it over on purpose.
 pub(crate) fn memfd_create(debug_name: &str) -> io::Result<OwnedFd> {
-    nix_memfd_create(debug_name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
-        .map_err(nix_err)
+    nix_memfd_create(debug_name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).map_err(nix_err)
 }
 
 /// Forbids any later change of a memfd's size. A mapping of a file that shrinks
@@ -37,12 +36,7 @@ pub(crate) fn seal_size(fd: &OwnedFd) -> io::Result<()> {
 /// Creates the named POSIX shm object `name`, failing if it exists; mode 0600.
 pub(crate) fn shm_create_exclusive(name: &str) -> io::Result<OwnedFd> {
     // glibc's shm_open always sets FD_CLOEXEC.
-    shm_open(
-        name,
-        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
-        Mode::S_IRUSR | Mode::S_IWUSR,
-    )
-    .map_err(nix_err)
+    shm_open(name, OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR, Mode::S_IRUSR | Mode::S_IWUSR).map_err(nix_err)
 }
 
 /// Opens the existing named POSIX shm object `name` for reading and writing.
@@ -71,13 +65,7 @@ pub(crate) fn random_u128() -> io::Result<u128> {
     while filled < buf.len() {
         // SAFETY: the pointer and length describe the unfilled tail of `buf`, which
         // lives for the whole call.
-        let n = unsafe {
-            libc::getrandom(
-                buf[filled..].as_mut_ptr().cast(),
-                buf.len() - filled,
-                0,
-            )
-        };
+        let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -138,21 +126,11 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, deadline: Option<Insta
             _ => return FutexWait::TimedOut,
         },
     };
-    let ts_ptr = timeout
-        .as_ref()
-        .map_or(std::ptr::null(), |ts| ts as *const libc::timespec);
+    let ts_ptr = timeout.as_ref().map_or(std::ptr::null(), |ts| ts as *const libc::timespec);
     // SAFETY: `word` is a live, aligned AtomicU32 for the duration of the call; the
     // kernel only reads it. `ts_ptr` is null or points to a timespec on our stack.
     let rc = unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            ts_ptr,
-            std::ptr::null::<u32>(),
-            0u32,
-        )
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, expected, ts_ptr, std::ptr::null::<u32>(), 0u32)
     };
     if rc == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT) {
         FutexWait::TimedOut
@@ -396,6 +374,55 @@ pub(crate) fn try_reap(pid: i32) -> io::Result<Option<ChildExit>> {
         WaitStatus::Exited(_, code) => Ok(Some(ChildExit::Exited(code))),
         WaitStatus::Signaled(_, sig, _) => Ok(Some(ChildExit::Signaled(sig as i32))),
         _ => Ok(None),
+    }
+}
+
+/// Sleeps until the child `pid` ends or `deadline` passes, without reaping it;
+/// `false` if the deadline passed. Uses a pidfd (Linux 5.3+), so the wake-up is
+/// immediate; where pidfds are missing it polls every 100 µs.
+pub(crate) fn wait_child_exit(pid: i32, deadline: Instant) -> io::Result<bool> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(e);
+        }
+        while Instant::now() < deadline {
+            if nix::sys::wait::waitid(
+                nix::sys::wait::Id::Pid(nix::unistd::Pid::from_raw(pid)),
+                nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOHANG | nix::sys::wait::WaitPidFlag::WNOWAIT,
+            )
+            .map_err(nix_err)?
+                != nix::sys::wait::WaitStatus::StillAlive
+            {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        return Ok(false);
+    }
+    // SAFETY: `fd` is a descriptor we just opened and own.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+        // Round up so that a sub-millisecond remainder still waits.
+        let ms = if left > Duration::from_millis(u64::from(ms.unsigned_abs())) { ms.saturating_add(1) } else { ms };
+        let mut pfd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&fd), events: libc::POLLIN, revents: 0 };
+        // SAFETY: `pfd` is one valid pollfd on our stack.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        match rc {
+            1.. => return Ok(true),
+            0 if Instant::now() >= deadline => return Ok(false),
+            0 => continue,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Helpers shared by the cross-process tests: forking with a deadline, and looking
 //! at /dev/shm. Every wait here is bounded, so a broken feature fails a test instead
 //! of hanging it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports, unreachable_pub)]
 
 use std::path::PathBuf;
 use std::time::Duration;
