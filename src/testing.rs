@@ -94,3 +94,9 @@ impl Drop for Child {
 pub fn set_spin_rounds(rounds: u32) {
     crate::sync::wait::set_spin_rounds(rounds);
 }
+
+/// Whether the fork handler that keeps lock ownership right in forked children is
+/// registered (it should be from load time, before `main`).
+pub fn fork_handler_registered() -> bool {
+    crate::sys::fork_handler_registered()
+}

@@ -189,3 +189,38 @@ fn semaphore_signals_between_processes() {
     }
     join_ok(child);
 }
+
+/// Run alone in a fresh process by `the_fork_handler_is_registered_before_main`.
+#[test]
+fn helper_fork_handler_registered() {
+    if std::env::var_os("SHMPROC_CHECK_FORK_HANDLER").is_some() {
+        assert!(shmproc::testing::fork_handler_registered());
+    }
+}
+
+/// Regression: registering the handler lazily, under a `Once`, raced with forks
+/// from other threads and left children waiting forever on the `Once`.
+#[test]
+fn the_fork_handler_is_registered_before_main() {
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_fork_handler_registered", "--test-threads=1", "--quiet"])
+        .env("SHMPROC_CHECK_FORK_HANDLER", "1")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_forked_child_is_not_mistaken_for_its_parent_thread() {
+    let lock = Lock::new().unwrap();
+    let g = lock.acquire().unwrap(); // this thread's identity is now cached
+    let child = {
+        let lock = lock.clone();
+        // The child is a copy of this thread: if it kept the cached identity it
+        // would see the lock as its own (Deadlock) instead of busy.
+        spawn_child(move || i32::from(!matches!(lock.try_acquire(), Err(LockError::WouldBlock))))
+    };
+    join_ok(child);
+    drop(g);
+}

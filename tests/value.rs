@@ -253,13 +253,19 @@ fn a_scribbled_lock_word_is_an_error_not_a_hang() {
     let v = Value::<u64>::new_named(1).unwrap();
     let name = v.name().unwrap().to_owned();
     let file = std::fs::OpenOptions::new().write(true).open(shm_path(&name)).unwrap();
-    // The pthread mutex starts the body (offset 64): its `__kind` field is at byte 16.
-    write_at(&file, 64 + 16, &0x7fff_ffffu32.to_ne_bytes());
+    // The lock word starts the body (offset 64). Make it name a thread id above any
+    // pid_max: a holder that cannot be alive.
+    write_at(&file, 64, &0x3fff_fffeu32.to_ne_bytes());
     let opened = Value::<u64>::open(&name).unwrap();
-    match opened.lock_timeout(Duration::from_secs(2)) {
-        Err(LockError::Corrupted { .. }) => {}
-        other => panic!("expected Corrupted, got {:?}", other.map(|g| *g)),
+    let start = Instant::now();
+    match opened.lock_timeout(PATIENCE) {
+        Err(LockError::Poisoned(p)) => assert_eq!(*p.into_inner(), 1),
+        other => panic!("expected Poisoned, got {:?}", other.map(|g| *g)),
     };
+    assert!(start.elapsed() < Duration::from_millis(100));
+    // A try sees through it as well.
+    write_at(&file, 64, &0x3fff_fffeu32.to_ne_bytes());
+    assert!(matches!(opened.try_lock(), Err(LockError::Poisoned(_))));
 }
 
 #[test]

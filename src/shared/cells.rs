@@ -18,7 +18,6 @@ use crate::segment::{
     Backing, Expect, ObjectKind, Segment, SegmentCreateError, SegmentOpenError, TypeInfo, View, HEADER_LEN,
 };
 use crate::sync::{Lock, RawMutex};
-use crate::sys::MutexType;
 
 /// Alignment is taken relative to the mapping, which is only page aligned.
 const MAX_ALIGN: usize = 4096;
@@ -78,12 +77,8 @@ pub(crate) fn create<T: Pod>(
     }
     let (offset, body_len) = layout::<T>(prefix(locked), n).ok_or(SegmentCreateError::TooLarge(kind))?;
     let expect = Expect { kind, elem: Some(ty) };
+    // With `locked`, the body starts with a zeroed RawMutex: a free lock.
     let seg = Segment::create(expect, n as u64, body_len, backing, |body| {
-        if locked {
-            // SAFETY: the body starts with room for a RawMutex (the prefix), zeroed
-            // and unpublished.
-            unsafe { RawMutex::init(body.cast(), MutexType::ErrorCheck)? };
-        }
         if let Some(src) = src {
             // SAFETY: `offset..offset + n * size_of::<T>()` is inside the body by
             // `layout`, aligned for T, and `src` has `n` elements.

@@ -74,6 +74,7 @@ impl<T: Pod> Value<T> {
     }
 
     /// Locks the value; the guard derefs to `T`.
+    #[inline]
     pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
         self.guard(self.lock.acquire())
     }
@@ -93,6 +94,7 @@ impl<T: Pod> Value<T> {
         self.guard(self.lock.acquire_deadline(deadline))
     }
 
+    #[inline]
     fn guard<'a>(&'a self, r: LockResult<LockGuard<'a>>) -> LockResult<ValueGuard<'a, T>> {
         let wrap = |held| ValueGuard { _held: held, cells: &self.cells };
         r.map(wrap).map_err(|e| e.map(wrap))

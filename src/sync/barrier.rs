@@ -24,10 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::error::BarrierError;
-use super::raw_mutex::RawMutex;
+use super::raw_mutex::{Acquire, RawMutex, Reentry};
 use super::wait::{sleep_on, spin, wake, Wait};
 use crate::segment::{Backing, Expect, ObjectKind, Segment, SegmentCreateError, SegmentOpenError, View};
-use crate::sys::{self, MutexType};
+use crate::sys;
 
 /// How often a sleeping party checks that the parties already arrived are alive.
 pub const LIVENESS_POLL: Duration = Duration::from_millis(20);
@@ -83,14 +83,15 @@ impl Barrier {
         let expect = Expect { kind: ObjectKind::Barrier, elem: None };
         let seg = Segment::create(expect, u64::from(parties), len, backing, |b| {
             let b = b.cast::<BarrierBody>();
-            // SAFETY: `b` is the fresh, zeroed, unpublished body, `len` bytes long.
+            // SAFETY: `b` is the fresh, zeroed, unpublished body, `len` bytes long; a
+            // zeroed mutex is free.
             unsafe {
                 (*b).parties.store(parties, Ordering::Relaxed);
                 // No generation has been reset yet. (Generation u32::MAX, 4 billion
                 // rounds away, would read as reset: a spurious Broken, nothing worse.)
                 (*b).reset_generation.store(u32::MAX, Ordering::Relaxed);
-                RawMutex::init(&raw mut (*b).mutex, MutexType::ErrorCheck)
             }
+            Ok(())
         })?;
         Ok(Self::from_segment(Arc::new(seg), parties))
     }
@@ -184,9 +185,9 @@ impl Barrier {
     /// Takes the internal mutex; a party that died inside it breaks the barrier.
     fn lock(&self) -> Result<(), BarrierError> {
         let m = &self.body.mutex;
-        match m.acquire(Wait::Forever) {
-            super::raw_mutex::Acquire::Clean => Ok(()),
-            super::raw_mutex::Acquire::Poisoned => {
+        match m.acquire(Wait::Forever, Reentry::Refuse) {
+            Acquire::Clean => Ok(()),
+            Acquire::Poisoned => {
                 // The dead holder may have left `count` half-updated: the only safe
                 // state is broken, until someone resets.
                 m.clear_poison();
@@ -200,7 +201,7 @@ impl Barrier {
     fn unlock(&self) {
         // Fails only if the mutex was scribbled on while we held it; the next
         // locker sees that as Corrupted.
-        let _ = self.body.mutex.release();
+        let _ = self.body.mutex.release(Reentry::Refuse);
     }
 
     fn wait_with(&self, wait: Wait) -> Result<u32, BarrierError> {

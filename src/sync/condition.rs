@@ -32,10 +32,9 @@ use std::time::{Duration, Instant};
 
 use super::error::{lock_result, LockError, LockResult};
 use super::lock::Lock;
-use super::raw_mutex::{Acquire, RawMutex};
+use super::raw_mutex::{Acquire, RawMutex, Reentry};
 use super::wait::{sleep_on, wake, Wait};
 use crate::segment::{self, Backing, ObjectKind, SegmentCreateError, SegmentOpenError, View};
-use crate::sys::MutexType;
 
 #[repr(C)]
 pub(crate) struct ConditionBody {
@@ -99,11 +98,8 @@ impl Condition {
     }
 
     fn create(backing: Backing, lock: Option<Lock>) -> Result<Condition, SegmentCreateError> {
-        let body = segment::create_view(ObjectKind::Condition, backing, |b: *mut ConditionBody| {
-            // SAFETY: `b` is the fresh, zeroed, unpublished body; zero counters are
-            // "nobody waiting".
-            unsafe { RawMutex::init(&raw mut (*b).mutex, MutexType::ErrorCheck) }
-        })?;
+        // Zeroed: a free lock and nobody waiting.
+        let body = segment::create_view(ObjectKind::Condition, backing, |_: *mut ConditionBody| Ok(()))?;
         let lock = lock.unwrap_or_else(|| Lock::from_view(Self::own_lock(&body)));
         Ok(Condition { body, lock })
     }
@@ -142,7 +138,7 @@ impl Condition {
     fn acquire_with(&self, wait: Wait) -> LockResult<ConditionGuard<'_>> {
         let guard =
             || ConditionGuard { cond: self, held: true, panicking: std::thread::panicking(), _not_send: PhantomData };
-        lock_result(self.lock.raw().acquire(wait), guard)
+        lock_result(self.lock.raw().acquire(wait, Reentry::Refuse), guard)
     }
 
     /// Wakes up to `n` waiters (Python's `notify(n)`). Holding the lock is not required.
@@ -277,13 +273,13 @@ impl ConditionGuard<'_> {
         }
         let raw = self.cond.lock.raw();
         let seq = self.cond.register_waiter();
-        if let Err(code) = raw.release() {
+        if let Err(code) = raw.release(Reentry::Refuse) {
             self.cond.depart();
             self.held = false;
             return Err(LockError::Corrupted { code });
         }
         let notified = self.cond.wait_unlocked(seq, wait);
-        match raw.acquire(Wait::Forever) {
+        match raw.acquire(Wait::Forever, Reentry::Refuse) {
             Acquire::Clean => Ok(notified),
             Acquire::Poisoned => Err(LockError::Poisoned(PoisonError::new(notified))),
             Acquire::Corrupted(code) => {
@@ -311,7 +307,7 @@ impl Drop for ConditionGuard<'_> {
         if !self.panicking && std::thread::panicking() {
             raw.poison();
         }
-        let _ = raw.release();
+        let _ = raw.release(Reentry::Refuse);
     }
 }
 

@@ -68,6 +68,7 @@ impl<G> LockError<G> {
 
 /// Turns a raw acquisition into the public result, building the guard only when
 /// the lock is held.
+#[inline]
 pub(crate) fn lock_result<G>(outcome: Acquire, guard: impl FnOnce() -> G) -> LockResult<G> {
     match outcome {
         Acquire::Clean => Ok(guard()),

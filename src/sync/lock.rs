@@ -5,10 +5,9 @@ use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use super::error::{lock_result, LockResult};
-use super::raw_mutex::RawMutex;
+use super::raw_mutex::{RawMutex, Reentry};
 use super::wait::Wait;
 use crate::segment::{self, Backing, ObjectKind, SegmentCreateError, SegmentOpenError, View};
-use crate::sys::MutexType;
 
 /// A lock shared between processes, robust against a holder's death.
 ///
@@ -56,10 +55,8 @@ impl Lock {
     }
 
     fn create(backing: Backing) -> Result<Lock, SegmentCreateError> {
-        let raw = segment::create_view(ObjectKind::Lock, backing, |m| {
-            // SAFETY: `m` is the fresh, zeroed, unpublished body.
-            unsafe { RawMutex::init(m, MutexType::ErrorCheck) }
-        })?;
+        // A zeroed RawMutex is a free lock.
+        let raw = segment::create_view(ObjectKind::Lock, backing, |_: *mut RawMutex| Ok(()))?;
         Ok(Lock { raw })
     }
 
@@ -78,6 +75,7 @@ impl Lock {
     }
 
     /// Blocks until the lock is acquired.
+    #[inline]
     pub fn acquire(&self) -> LockResult<LockGuard<'_>> {
         self.acquire_with(Wait::Forever)
     }
@@ -97,8 +95,9 @@ impl Lock {
         self.acquire_with(Wait::Until(deadline))
     }
 
+    #[inline]
     pub(crate) fn acquire_with(&self, wait: Wait) -> LockResult<LockGuard<'_>> {
-        lock_result(self.raw.acquire(wait), || LockGuard::new(self))
+        lock_result(self.raw.acquire(wait, Reentry::Refuse), || LockGuard::new(self))
     }
 
     /// Whether a holder died or panicked holding the lock since the poison was last
@@ -134,19 +133,21 @@ pub struct LockGuard<'a> {
 }
 
 impl<'a> LockGuard<'a> {
+    #[inline]
     pub(crate) fn new(lock: &'a Lock) -> LockGuard<'a> {
         LockGuard { lock, panicking: std::thread::panicking(), _not_send: PhantomData }
     }
 }
 
 impl Drop for LockGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         if !self.panicking && std::thread::panicking() {
             self.lock.raw.poison();
         }
         // An error here means the mutex was damaged while held; a destructor has no
         // one to tell, and the next acquirer sees the damage as `Corrupted`.
-        let _ = self.lock.raw.release();
+        let _ = self.lock.raw.release(Reentry::Refuse);
     }
 }
 

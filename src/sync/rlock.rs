@@ -5,10 +5,9 @@ use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use super::error::{lock_result, LockResult, ReleaseError};
-use super::raw_mutex::RawMutex;
+use super::raw_mutex::{RawMutex, Reentry};
 use super::wait::Wait;
 use crate::segment::{self, Backing, ObjectKind, SegmentCreateError, SegmentOpenError, View};
-use crate::sys::MutexType;
 
 /// A re-entrant lock shared between processes: the thread that holds it may acquire
 /// it again, and must release it as many times.
@@ -52,10 +51,8 @@ impl RLock {
     }
 
     fn create(backing: Backing) -> Result<RLock, SegmentCreateError> {
-        let raw = segment::create_view(ObjectKind::RLock, backing, |m| {
-            // SAFETY: `m` is the fresh, zeroed, unpublished body.
-            unsafe { RawMutex::init(m, MutexType::Recursive) }
-        })?;
+        // A zeroed RawMutex is a free lock.
+        let raw = segment::create_view(ObjectKind::RLock, backing, |_: *mut RawMutex| Ok(()))?;
         Ok(RLock { raw })
     }
 
@@ -86,12 +83,12 @@ impl RLock {
 
     fn acquire_with(&self, wait: Wait) -> LockResult<RLockGuard<'_>> {
         let guard = || RLockGuard { lock: self, panicking: std::thread::panicking(), _not_send: PhantomData };
-        lock_result(self.raw.acquire(wait), guard)
+        lock_result(self.raw.acquire(wait, Reentry::Count), guard)
     }
 
     /// Gives back one level of a hold kept by [`RLockGuard::detach`].
     pub fn release(&self) -> Result<(), ReleaseError> {
-        self.raw.release().map_err(|_| ReleaseError::NotOwner)
+        self.raw.release(Reentry::Count).map_err(|_| ReleaseError::NotOwner)
     }
 
     /// Whether a holder died or panicked holding the lock since the poison was cleared.
@@ -135,7 +132,7 @@ impl Drop for RLockGuard<'_> {
             self.lock.raw.poison();
         }
         // Fails only if `release` already gave this level back: nothing left to do.
-        let _ = self.lock.raw.release();
+        let _ = self.lock.raw.release(Reentry::Count);
     }
 }
 

@@ -57,6 +57,7 @@ pub(crate) fn set_spin_rounds(rounds: u32) {
 }
 
 /// Calls `attempt` until it succeeds or the spin budget is spent.
+#[inline]
 pub(crate) fn spin<R>(mut attempt: impl FnMut() -> Option<R>) -> Option<R> {
     for round in 0..SPIN_ROUNDS.load(Ordering::Relaxed) {
         if let Some(r) = attempt() {

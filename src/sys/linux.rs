@@ -1,7 +1,6 @@
 //! Linux: memfd and POSIX shm, the futex, robust process-shared pthread mutexes,
 //! randomness, and the few process calls the layers above need.
 
-use std::cell::UnsafeCell;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::AtomicU32;
@@ -87,19 +86,7 @@ pub(crate) fn getpid() -> i32 {
 /// Whether `pid` names a process that still runs. A zombie (exited, not yet reaped)
 /// counts as dead: it holds no lock and will never arrive anywhere.
 pub(crate) fn process_alive(pid: i32) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state letter follows the command name, which is in parentheses and may
-        // itself contain spaces or parentheses: read it after the last ')'.
-        Ok(stat) => match stat.rfind(')').and_then(|i| stat[i + 1..].trim_start().chars().next()) {
-            Some('Z') | Some('X') | Some('x') => false,
-            Some(_) => true,
-            None => false,
-        },
-        Err(_) => false,
-    }
+    pid > 0 && thread_state(pid as u32) != ThreadState::Gone
 }
 
 // ---------------------------------------------------------------- futex
@@ -155,179 +142,97 @@ fn duration_to_timespec(d: Duration) -> libc::timespec {
     }
 }
 
-/// `deadline` as an absolute CLOCK_MONOTONIC time, the clock `Instant` uses on Linux.
-fn monotonic_timespec(deadline: Instant) -> libc::timespec {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `now` is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    let left = deadline.saturating_duration_since(Instant::now());
-    let mut sec = now.tv_sec.saturating_add(libc::time_t::try_from(left.as_secs()).unwrap_or(libc::time_t::MAX));
-    let mut nsec = now.tv_nsec + left.subsec_nanos() as libc::c_long;
-    if nsec >= 1_000_000_000 {
-        // The carry raw_sync forgets (DEPENDENCIES.md): without it some deadlines
-        // are rejected with EINVAL.
-        nsec -= 1_000_000_000;
-        sec = sec.saturating_add(1);
-    }
-    libc::timespec { tv_sec: sec, tv_nsec: nsec }
-}
+// ---------------------------------------------------------------- thread identity
 
-// ---------------------------------------------------------------- robust mutex
-
-/// A `pthread_mutex_t` made robust and process-shared, living in shared memory.
-///
-/// Robust means the kernel keeps, per thread, a list of the robust mutexes it holds
-/// and marks each one "owner died" when the thread or its process ends, however it
-/// ends (SIGKILL included). The next locker then gets `EOWNERDEAD` instead of
-/// blocking forever, which is what raw_sync's non-robust mutex does.
-#[repr(C)]
-pub(crate) struct PthreadMutex(UnsafeCell<libc::pthread_mutex_t>);
-
-/// The pthread type of a [`PthreadMutex`].
+/// A thread as the lock layer names it: its kernel thread id, plus the low 32 bits
+/// of its start time (clock ticks since boot), which tells a thread from a later one
+/// that was given the same recycled id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MutexType {
-    /// Relocking by the owner fails with `EDEADLK`; unlocking by a non-owner with `EPERM`.
-    ErrorCheck,
-    /// The owner may relock; each lock needs one unlock.
-    Recursive,
+pub(crate) struct ThreadIdentity {
+    pub(crate) tid: u32,
+    pub(crate) start: u32,
 }
 
-/// What a lock attempt came to, in pthread's terms.
+/// What `/proc` says about a thread id now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MutexLock {
-    Acquired,
-    /// Acquired, and the previous owner died holding it (already made consistent).
-    AcquiredOwnerDied,
-    Busy,
-    TimedOut,
-    /// The calling thread already holds this (error-checking) mutex.
-    Deadlock,
-    /// The word in shared memory is not a usable mutex (errno given).
-    Invalid(i32),
+pub(crate) enum ThreadState {
+    /// No such thread, or a zombie: it holds nothing and never will again.
+    Gone,
+    /// A live thread that started at `start` (low 32 bits of its start time).
+    Alive { start: u32 },
 }
 
-#[cfg(target_env = "gnu")]
-extern "C" {
-    // glibc >= 2.30; libc does not bind it yet. Unlike pthread_mutex_timedlock it
-    // takes a CLOCK_MONOTONIC deadline, so a wall-clock jump cannot stretch a timeout.
-    fn pthread_mutex_clocklock(
-        mutex: *mut libc::pthread_mutex_t,
-        clock: libc::clockid_t,
-        abstime: *const libc::timespec,
-    ) -> libc::c_int;
+thread_local! {
+    static CURRENT: std::cell::Cell<Option<ThreadIdentity>> = const { std::cell::Cell::new(None) };
 }
 
-impl PthreadMutex {
-    /// Initialises the mutex in place.
-    ///
-    /// # Safety
-    /// `this` points to writable memory of the right size and alignment that no
-    /// other thread or process uses until this returns.
-    pub(crate) unsafe fn init(this: *mut PthreadMutex, kind: MutexType) -> io::Result<()> {
-        let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
-        let ty = match kind {
-            MutexType::ErrorCheck => libc::PTHREAD_MUTEX_ERRORCHECK,
-            MutexType::Recursive => libc::PTHREAD_MUTEX_RECURSIVE,
-        };
-        // SAFETY: `attr` is initialised by pthread_mutexattr_init before any other use
-        // and destroyed before return; `this` is valid and exclusive per the contract.
-        unsafe {
-            check(libc::pthread_mutexattr_init(attr.as_mut_ptr()))?;
-            let a = attr.as_mut_ptr();
-            let rc = (|| {
-                check(libc::pthread_mutexattr_setpshared(a, libc::PTHREAD_PROCESS_SHARED))?;
-                check(libc::pthread_mutexattr_setrobust(a, libc::PTHREAD_MUTEX_ROBUST))?;
-                check(libc::pthread_mutexattr_settype(a, ty))?;
-                check(libc::pthread_mutex_init(UnsafeCell::raw_get(&raw const (*this).0), a))
-            })();
-            libc::pthread_mutexattr_destroy(a);
-            rc
-        }
-    }
+extern "C" fn forget_identity_in_child() {
+    // After fork the child's only thread is a copy of the forking one, under a new id.
+    CURRENT.with(|c| c.set(None));
+}
 
-    fn ptr(&self) -> *mut libc::pthread_mutex_t {
-        self.0.get()
-    }
+static FORK_HANDLER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-    pub(crate) fn try_lock(&self) -> MutexLock {
-        // SAFETY: the mutex was initialised by `init` before the segment was
-        // published; a scribbled mutex yields an error code, which we map.
-        self.finish(unsafe { libc::pthread_mutex_trylock(self.ptr()) })
-    }
-
-    /// Blocks until acquired, or until `deadline` if one is given.
-    pub(crate) fn lock(&self, deadline: Option<Instant>) -> MutexLock {
-        let rc = match deadline {
-            // SAFETY: as in `try_lock`.
-            None => unsafe { libc::pthread_mutex_lock(self.ptr()) },
-            Some(d) => {
-                let abs = monotonic_timespec(d);
-                // SAFETY: as in `try_lock`; `abs` lives across the call.
-                unsafe { clock_lock(self.ptr(), &abs) }
-            }
-        };
-        self.finish(rc)
-    }
-
-    /// Unlocks; `Err(errno)` if the calling thread does not hold it (`EPERM`) or the
-    /// mutex is damaged.
-    pub(crate) fn unlock(&self) -> Result<(), i32> {
-        // SAFETY: as in `try_lock`; unlocking a mutex we do not hold is reported as
-        // EPERM by robust mutexes, not undefined.
-        match unsafe { libc::pthread_mutex_unlock(self.ptr()) } {
-            0 => Ok(()),
-            e => Err(e),
-        }
-    }
-
-    fn finish(&self, rc: libc::c_int) -> MutexLock {
-        match rc {
-            0 => MutexLock::Acquired,
-            libc::EOWNERDEAD => {
-                // SAFETY: we hold the mutex (EOWNERDEAD means acquired).
-                match unsafe { libc::pthread_mutex_consistent(self.ptr()) } {
-                    0 => MutexLock::AcquiredOwnerDied,
-                    e => MutexLock::Invalid(e),
-                }
-            }
-            libc::EBUSY => MutexLock::Busy,
-            libc::ETIMEDOUT => MutexLock::TimedOut,
-            libc::EDEADLK => MutexLock::Deadlock,
-            e => MutexLock::Invalid(e),
-        }
+extern "C" fn register_fork_handler() {
+    if !FORK_HANDLER.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        // SAFETY: registers a handler that only writes this crate's thread-local,
+        // which is safe in the child of fork.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_identity_in_child)) };
     }
 }
 
-#[cfg(target_env = "gnu")]
-unsafe fn clock_lock(m: *mut libc::pthread_mutex_t, abs: &libc::timespec) -> libc::c_int {
-    // SAFETY: forwarded from the caller.
-    unsafe { pthread_mutex_clocklock(m, libc::CLOCK_MONOTONIC, abs) }
+// Registered while the program loads, before `main` and before any thread exists:
+// registering later, under a lock, would race with a fork in another thread and
+// could leave a child waiting forever on a registration that never completes in it.
+#[used]
+#[link_section = ".init_array"]
+static REGISTER_FORK_HANDLER: extern "C" fn() = register_fork_handler;
+
+/// The calling thread's identity; one `gettid` and one `/proc` read per thread, then
+/// cached (and forgotten in a forked child, which has a new id).
+#[inline]
+pub(crate) fn current_thread() -> ThreadIdentity {
+    match CURRENT.with(|c| c.get()) {
+        Some(me) => me,
+        None => identify_current_thread(),
+    }
 }
 
-#[cfg(not(target_env = "gnu"))]
-unsafe fn clock_lock(m: *mut libc::pthread_mutex_t, abs: &libc::timespec) -> libc::c_int {
-    // Without clocklock the deadline must be on the realtime clock.
-    let left = {
-        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: `now` is writable.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-        Duration::new(abs.tv_sec as u64, abs.tv_nsec as u32)
-            .saturating_sub(Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
+#[cold]
+fn identify_current_thread() -> ThreadIdentity {
+    // Normally done at load time; this covers a linker that dropped the constructor.
+    register_fork_handler();
+    let tid = nix::unistd::gettid().as_raw() as u32;
+    let start = match thread_state(tid) {
+        ThreadState::Alive { start } => start,
+        ThreadState::Gone => 0, // /proc unmounted: fall back to the id alone
     };
-    let mut rt = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `rt` is writable.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut rt) };
-    let d = Duration::new(rt.tv_sec as u64, rt.tv_nsec as u32) + left;
-    let ts = duration_to_timespec(d);
-    // SAFETY: forwarded from the caller.
-    unsafe { libc::pthread_mutex_timedlock(m, &ts) }
+    let me = ThreadIdentity { tid, start };
+    CURRENT.with(|c| c.set(Some(me)));
+    me
 }
 
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(rc))
+pub(crate) fn fork_handler_registered() -> bool {
+    FORK_HANDLER.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Looks `tid` up in `/proc` (any thread of any process in our pid namespace).
+pub(crate) fn thread_state(tid: u32) -> ThreadState {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tid}/stat")) else {
+        return ThreadState::Gone;
+    };
+    // Fields after the command name, which is in parentheses and may itself contain
+    // spaces or parentheses: state is the first, starttime the twentieth.
+    let mut rest = match stat.rfind(')') {
+        Some(i) => stat[i + 1..].split_ascii_whitespace(),
+        None => return ThreadState::Gone,
+    };
+    match rest.next() {
+        Some("Z") | Some("X") | Some("x") | None => ThreadState::Gone,
+        Some(_) => {
+            let start = rest.nth(18).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+            ThreadState::Alive { start: start as u32 }
+        }
     }
 }
 
@@ -391,7 +296,9 @@ pub(crate) fn wait_child_exit(pid: i32, deadline: Instant) -> io::Result<bool> {
         while Instant::now() < deadline {
             if nix::sys::wait::waitid(
                 nix::sys::wait::Id::Pid(nix::unistd::Pid::from_raw(pid)),
-                nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOHANG | nix::sys::wait::WaitPidFlag::WNOWAIT,
+                nix::sys::wait::WaitPidFlag::WEXITED
+                    | nix::sys::wait::WaitPidFlag::WNOHANG
+                    | nix::sys::wait::WaitPidFlag::WNOWAIT,
             )
             .map_err(nix_err)?
                 != nix::sys::wait::WaitStatus::StillAlive
