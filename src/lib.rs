@@ -39,7 +39,7 @@ mod sys;
 #[doc(hidden)]
 pub mod testing;
 
-pub use segment::{ObjectKind, SegmentCreateError, SegmentOpenError};
+pub use segment::{remove_orphaned_segments, ObjectKind, SegmentCreateError, SegmentOpenError};
 pub use shared::{Array, ArrayError, ArrayGuard, RawArray, RawValue, Value, ValueGuard};
 pub use sync::{
     Barrier, BarrierError, BoundedSemaphore, Condition, ConditionGuard, Event, Lock, LockError, LockGuard, LockResult,

@@ -8,10 +8,11 @@
 //! | 16     | kind             | creator    | the [`ObjectKind`] the body holds               |
 //! | 20     | elem_size        | creator    | `size_of::<T>()` of the element type, or 0      |
 //! | 24     | elem_align       | creator    | `align_of::<T>()`, or 0                         |
-//! | 28     | reserved         | -          | zero                                            |
+//! | 28     | creator_pid      | creator    | the creating process (named segments; else 0)   |
 //! | 32     | type_fingerprint | creator    | a hash of the element type's name, or 0         |
 //! | 40     | elem_count       | creator    | array length, barrier parties, or 1             |
 //! | 48     | body_len         | creator    | bytes of body after the header                  |
+//! | 56     | creator_start    | creator    | low half: the creator's start time; high half: its pid namespace |
 //!
 //! The creator writes every field, initialises the body, then stores `READY` with
 //! release ordering; an opener loads `state` with acquire ordering before trusting
@@ -41,13 +42,25 @@ pub(crate) struct Header {
     kind: u32,
     elem_size: u32,
     elem_align: u32,
-    reserved: u32,
+    creator_pid: u32,
     type_fingerprint: u64,
     elem_count: u64,
     body_len: u64,
+    creator_start: u64,
 }
 
-const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN);
+const _: () = assert!(std::mem::size_of::<Header>() == HEADER_LEN);
+
+/// The process that created a named segment: its pid and start time, which tell it
+/// from a later process given the same recycled pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Creator {
+    pub(crate) pid: u32,
+    pub(crate) start: u32,
+    /// The creator's pid namespace (low 32 bits of its inode): a pid means nothing
+    /// outside it, so only segments from our own namespace are judged.
+    pub(crate) pid_ns: u32,
+}
 
 /// What a segment is meant to hold: checked against the header when attaching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,17 +71,27 @@ pub(crate) struct Expect {
 
 impl Header {
     /// Writes every field except `state`, which stays 0 until [`Header::publish`].
-    pub(crate) fn write(&mut self, expect: Expect, elem_count: u64, body_len: u64) {
+    pub(crate) fn write(&mut self, expect: Expect, elem_count: u64, body_len: u64, creator: Option<Creator>) {
+        let creator = creator.unwrap_or(Creator { pid: 0, start: 0, pid_ns: 0 });
         let elem = expect.elem.unwrap_or(TypeInfo::NONE);
         self.magic = MAGIC;
         self.version = LAYOUT_VERSION;
         self.kind = expect.kind as u32;
         self.elem_size = elem.size;
         self.elem_align = elem.align;
-        self.reserved = 0;
+        self.creator_pid = creator.pid;
+        self.creator_start = u64::from(creator.start) | (u64::from(creator.pid_ns) << 32);
         self.type_fingerprint = elem.fingerprint;
         self.elem_count = elem_count;
         self.body_len = body_len;
+    }
+
+    /// The process that created a published shmproc segment, if the bytes are one.
+    pub(crate) fn creator_of(bytes: &[u8; HEADER_LEN]) -> Option<Creator> {
+        let field = |at: usize| u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let published = bytes[..8] == MAGIC && field(12) == READY && field(28) != 0;
+        let start_and_ns = u64::from_ne_bytes(bytes[56..64].try_into().unwrap_or([0; 8]));
+        published.then(|| Creator { pid: field(28), start: start_and_ns as u32, pid_ns: (start_and_ns >> 32) as u32 })
     }
 
     pub(crate) fn publish(&self) {

@@ -12,7 +12,10 @@
 //!   random bits, which an unrelated process can open. The creating *process* unlinks it
 //!   when its handle drops; a forked copy of the handle never does (unlike
 //!   shared_memory, whose forked copies unlink the segment for everyone). A creator
-//!   killed before it drops leaves the name behind, as any named POSIX shm object does.
+//!   killed before it drops leaves the name behind, as any named POSIX shm object
+//!   does; the header records the creator's pid and start time, and
+//!   [`remove_orphaned_segments`] (which every named creation runs) unlinks the
+//!   segments of dead creators.
 //!   POSIX shm cannot be sealed: a hostile process that truncates a named segment
 //!   makes the others fault on their next access.
 //!
@@ -32,7 +35,7 @@ use std::sync::Arc;
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::sys;
-use header::Header;
+use header::{Creator, Header};
 pub(crate) use header::{Expect, HEADER_LEN};
 
 /// The kind of shared object a segment holds, recorded in its header.
@@ -262,6 +265,9 @@ impl Segment {
         let (fd, name) = match backing {
             Backing::Anonymous => (sys::memfd_create("shmproc").map_err(os_create("memfd_create"))?, None),
             Backing::Named => {
+                // Named segments are the ones a crash can leave behind: reclaim those
+                // of dead creators while we are here. Best effort by nature.
+                let _ = remove_orphaned_segments();
                 let name = random_name().map_err(os_create("getrandom"))?;
                 (sys::shm_create_exclusive(&name).map_err(os_create("shm_open"))?, Some(name))
             }
@@ -274,9 +280,10 @@ impl Segment {
         // From here on, `Drop` unlinks a named segment if anything fails.
         let seg = Segment { map, _fd: fd, unlink_in: name.as_ref().map(|_| sys::getpid()), name, elem_count, body_len };
         let header = seg.header_mut_ptr();
+        let creator = seg.name.as_ref().map(|_| this_process());
         // SAFETY: the mapping is `total >= HEADER_LEN` bytes, page aligned, and not yet
         // visible to any other process or thread, so this exclusive write is unique.
-        unsafe { (*header).write(expect, elem_count, body_len as u64) };
+        unsafe { (*header).write(expect, elem_count, body_len as u64, creator) };
         init(seg.body()).map_err(os_create("initialising the shared object"))?;
         // SAFETY: as above; `publish` is an atomic store.
         unsafe { (*header).publish() };
@@ -431,6 +438,48 @@ pub(crate) fn open_view<B>(name: &str, kind: ObjectKind) -> Result<View<B>, Segm
     Ok(unsafe { View::new(Arc::new(seg), 0) })
 }
 
+fn this_process() -> Creator {
+    let pid = sys::getpid() as u32;
+    let start = match sys::thread_state(pid) {
+        sys::ThreadState::Alive { start } => start,
+        sys::ThreadState::Gone => 0,
+    };
+    Creator { pid, start, pid_ns: sys::pid_namespace() }
+}
+
+/// Removes the named segments whose creating process has died without unlinking
+/// them (killed, crashed, or leaked its handle); returns how many it removed.
+///
+/// A named segment lives as long as its creator's handle, so once the creator is gone
+/// nobody new can rely on opening it; processes that already mapped it keep their
+/// mapping. shmproc calls this itself whenever it creates a named segment, so a
+/// crash's leftovers never pile up; call it directly after a crash if you want them
+/// gone at once. Segments of other users, and files that are not shmproc's, are left
+/// alone, and so are segments made in another pid namespace (another container
+/// sharing /dev/shm), whose creators this process cannot see.
+pub fn remove_orphaned_segments() -> io::Result<usize> {
+    let mut removed = 0;
+    for name in sys::shm_names_with_prefix(NAME_PREFIX)? {
+        let Ok(fd) = sys::shm_open_existing(&name) else { continue };
+        let Ok(bytes) = sys::read_prefix::<HEADER_LEN>(&fd) else { continue };
+        let Some(creator) = Header::creator_of(&bytes) else { continue };
+        if creator.pid_ns != sys::pid_namespace() || creator.pid_ns == 0 {
+            continue; // made in another pid namespace: its pid means nothing here
+        }
+        let alive = match sys::thread_state(creator.pid) {
+            sys::ThreadState::Gone => false,
+            sys::ThreadState::Alive { start } => creator.start == 0 || start == creator.start,
+        };
+        if !alive && sys::shm_unlink(&name).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The start of every name shmproc gives a segment (after the leading '/').
+const NAME_PREFIX: &str = "shmproc.";
+
 fn size_and_map(fd: &OwnedFd, total: usize, backing: Backing) -> Result<MmapRaw, SegmentCreateError> {
     sys::set_len(fd, total).map_err(os_create("ftruncate"))?;
     if backing == Backing::Anonymous {
@@ -440,7 +489,7 @@ fn size_and_map(fd: &OwnedFd, total: usize, backing: Backing) -> Result<MmapRaw,
 }
 
 fn random_name() -> io::Result<String> {
-    Ok(format!("/shmproc.{:032x}", sys::random_u128()?))
+    Ok(format!("/{NAME_PREFIX}{:032x}", sys::random_u128()?))
 }
 
 fn check_name(name: &str) -> Result<(), SegmentOpenError> {

@@ -47,6 +47,27 @@ pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
     nix_shm_unlink(name).map_err(nix_err)
 }
 
+/// The names (with their leading '/') of the POSIX shm objects whose names start
+/// with `prefix`. On Linux they are the files of /dev/shm.
+pub(crate) fn shm_names_with_prefix(prefix: &str) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir("/dev/shm")? {
+        if let Some(name) = entry?.file_name().to_str().filter(|n| n.starts_with(prefix)) {
+            names.push(format!("/{name}"));
+        }
+    }
+    Ok(names)
+}
+
+/// Reads the first `N` bytes of a file without mapping it.
+pub(crate) fn read_prefix<const N: usize>(fd: &OwnedFd) -> io::Result<[u8; N]> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::from(fd.try_clone()?);
+    let mut buf = [0u8; N];
+    file.read_exact_at(&mut buf, 0)?;
+    Ok(buf)
+}
+
 pub(crate) fn set_len(fd: &OwnedFd, len: usize) -> io::Result<()> {
     let len = libc::off_t::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
     nix::unistd::ftruncate(fd.as_fd(), len).map_err(nix_err)
@@ -81,6 +102,12 @@ pub(crate) fn random_u128() -> io::Result<u128> {
 
 pub(crate) fn getpid() -> i32 {
     nix::unistd::getpid().as_raw()
+}
+
+/// This process's pid namespace, as the low 32 bits of its inode; 0 if unknown.
+pub(crate) fn pid_namespace() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino() as u32)
 }
 
 /// Whether `pid` names a process that still runs. A zombie (exited, not yet reaped)

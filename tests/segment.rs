@@ -1,0 +1,88 @@
+//! Segment lifetimes across real processes: nothing left in /dev/shm, nothing leaked.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use shmproc::{RawArray, Value};
+
+/// A child makes a named segment and is killed before it can drop it: the name is
+/// left behind, and the orphan sweep removes it.
+#[test]
+fn a_killed_creators_named_segment_is_reclaimed() {
+    let name_out = RawArray::<u8>::zeroed(64).unwrap();
+    let child = {
+        let name_out = name_out.clone();
+        spawn_child(move || {
+            let v = Value::<u64>::new_named(1).unwrap();
+            let name = v.name().unwrap().as_bytes();
+            name_out.copy_from_slice(&[name, &vec![0; 64 - name.len()]].concat()).unwrap();
+            std::thread::sleep(Duration::from_secs(30));
+            0
+        })
+    };
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let name = loop {
+        let bytes: Vec<u8> = name_out.to_vec().into_iter().take_while(|b| *b != 0).collect();
+        if !bytes.is_empty() {
+            break String::from_utf8(bytes).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "child never made its segment");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    // While the creator lives, the sweep leaves its segment alone.
+    shmproc::remove_orphaned_segments().unwrap();
+    assert!(shm_path(&name).exists());
+    child.signal(libc::SIGKILL).unwrap();
+    assert_eq!(join(child), Exit::Signal(libc::SIGKILL));
+    // (A named creation in a parallel test may sweep it first: either way it goes.)
+    shmproc::remove_orphaned_segments().unwrap();
+    assert!(!shm_path(&name).exists(), "the dead creator's segment was not reclaimed");
+}
+
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[test]
+fn objects_release_their_descriptors_and_children_inherit_none_by_exec() {
+    // Other tests run in parallel threads and open descriptors of their own, so look
+    // for a leak proportional to the work, not for an exact count.
+    let before = open_descriptors();
+    for _ in 0..200 {
+        let v = Value::<u64>::new(1).unwrap();
+        let n = Value::<u64>::new_named(2).unwrap();
+        drop((v, n));
+    }
+    let after = open_descriptors();
+    assert!(after < before + 50, "descriptors leaked: {before} before, {after} after 400 segments");
+}
+
+#[test]
+fn segment_descriptors_are_close_on_exec() {
+    let v = Value::<u64>::new(1).unwrap();
+    let n = Value::<u64>::new_named(1).unwrap();
+    let ours: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            let t = target.to_string_lossy();
+            (t.contains("memfd:shmproc") || t.contains("shmproc.")).then(|| e.file_name().to_str()?.parse().ok())?
+        })
+        .collect();
+    assert!(ours.len() >= 2);
+    for fd in ours {
+        let flags = nix::fcntl::fcntl(
+            // SAFETY: only borrowed for the fcntl call; the segment owns it.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+            nix::fcntl::FcntlArg::F_GETFD,
+        );
+        // A descriptor closed by a parallel test between listing and checking is fine.
+        if let Ok(flags) = flags {
+            assert!(flags & libc::FD_CLOEXEC != 0, "fd {fd} would leak into an exec'd child");
+        }
+    }
+    drop((v, n));
+}
