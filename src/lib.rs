@@ -39,6 +39,11 @@ mod sys;
 #[doc(hidden)]
 pub mod testing;
 
+/// The README's examples, run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use segment::{remove_orphaned_segments, ObjectKind, SegmentCreateError, SegmentOpenError};
 pub use shared::{Array, ArrayError, ArrayGuard, RawArray, RawValue, Value, ValueGuard};
 pub use sync::{

@@ -52,20 +52,20 @@ impl<T: Pod> Array<T> {
     }
 
     fn create(len: usize, src: Option<&[T]>, backing: Backing) -> Result<Array<T>, SegmentCreateError> {
-        let (lock, cells) = cells::create(ObjectKind::Array, true, len, src, backing)?;
-        Ok(Array { lock: lock.expect("a locked layout has a lock"), cells })
+        let (lock, cells) = cells::create_locked(ObjectKind::Array, len, src, backing)?;
+        Ok(Array { lock, cells })
     }
 
     /// A copy of `src` guarded by `lock`, which it shares with whatever else uses it.
     pub fn with_lock(src: &[T], lock: &Lock) -> Result<Array<T>, SegmentCreateError> {
-        let (_, cells) = cells::create(ObjectKind::RawArray, false, src.len(), Some(src), Backing::Anonymous)?;
+        let cells = cells::create_raw(ObjectKind::RawArray, src.len(), Some(src), Backing::Anonymous)?;
         Ok(Array { lock: lock.clone(), cells })
     }
 
     /// Attaches to the named array `name`; its element type must be `T`.
     pub fn open(name: &str) -> Result<Array<T>, SegmentOpenError> {
-        let (lock, cells) = cells::open(name, ObjectKind::Array, true)?;
-        Ok(Array { lock: lock.expect("a locked layout has a lock"), cells })
+        let (lock, cells) = cells::open_locked(name, ObjectKind::Array)?;
+        Ok(Array { lock, cells })
     }
 
     /// The segment's name, for an array made by `from_slice_named` or `open`.
@@ -214,12 +214,12 @@ impl<T: Pod> RawArray<T> {
     }
 
     fn create(len: usize, src: Option<&[T]>, backing: Backing) -> Result<RawArray<T>, SegmentCreateError> {
-        Ok(RawArray { cells: cells::create(ObjectKind::RawArray, false, len, src, backing)?.1 })
+        Ok(RawArray { cells: cells::create_raw(ObjectKind::RawArray, len, src, backing)? })
     }
 
     /// Attaches to the named raw array `name`; its element type must be `T`.
     pub fn open(name: &str) -> Result<RawArray<T>, SegmentOpenError> {
-        Ok(RawArray { cells: cells::open(name, ObjectKind::RawArray, false)?.1 })
+        Ok(RawArray { cells: cells::open_raw(name, ObjectKind::RawArray)? })
     }
 
     /// The segment's name, for an array made by `from_slice_named` or `open`.

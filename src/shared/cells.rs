@@ -62,15 +62,48 @@ fn prefix(locked: bool) -> usize {
     }
 }
 
-/// Makes the segment of a `kind` holding `src.len()` copies of `src` (or zeroes when
-/// `src` is `None` and `n` is given), with an own lock when `locked`.
-pub(crate) fn create<T: Pod>(
+/// Makes a `Value`/`Array` segment (own lock, then the data) from `src`, or zeroes.
+pub(crate) fn create_locked<T: Pod>(
+    kind: ObjectKind,
+    n: usize,
+    src: Option<&[T]>,
+    backing: Backing,
+) -> Result<(Lock, Cells<T>), SegmentCreateError> {
+    let (seg, offset) = create::<T>(kind, true, n, src, backing)?;
+    Ok((lock_at_start(&seg), cells_at(seg, offset, n)))
+}
+
+/// Makes a `RawValue`/`RawArray` segment (the data alone) from `src`, or zeroes.
+pub(crate) fn create_raw<T: Pod>(
+    kind: ObjectKind,
+    n: usize,
+    src: Option<&[T]>,
+    backing: Backing,
+) -> Result<Cells<T>, SegmentCreateError> {
+    let (seg, offset) = create::<T>(kind, false, n, src, backing)?;
+    Ok(cells_at(seg, offset, n))
+}
+
+/// Attaches to the named `Value`/`Array` segment `name` with elements `T`.
+pub(crate) fn open_locked<T: Pod>(name: &str, kind: ObjectKind) -> Result<(Lock, Cells<T>), SegmentOpenError> {
+    let (seg, offset, n) = open::<T>(name, kind, true)?;
+    Ok((lock_at_start(&seg), cells_at(seg, offset, n)))
+}
+
+/// Attaches to the named `RawValue`/`RawArray` segment `name` with elements `T`.
+pub(crate) fn open_raw<T: Pod>(name: &str, kind: ObjectKind) -> Result<Cells<T>, SegmentOpenError> {
+    let (seg, offset, n) = open::<T>(name, kind, false)?;
+    Ok(cells_at(seg, offset, n))
+}
+
+/// The segment and the data's offset in its body.
+fn create<T: Pod>(
     kind: ObjectKind,
     locked: bool,
     n: usize,
     src: Option<&[T]>,
     backing: Backing,
-) -> Result<(Option<Lock>, Cells<T>), SegmentCreateError> {
+) -> Result<(Arc<Segment>, usize), SegmentCreateError> {
     let ty = TypeInfo::of::<T>().ok_or(SegmentCreateError::ZeroSizedType(std::any::type_name::<T>()))?;
     if n == 0 {
         return Err(SegmentCreateError::ZeroLength);
@@ -86,32 +119,32 @@ pub(crate) fn create<T: Pod>(
         }
         Ok(())
     })?;
-    Ok(finish(Arc::new(seg), locked, offset, n))
+    Ok((Arc::new(seg), offset))
 }
 
-/// Attaches to the named segment of a `kind` with elements `T`.
-pub(crate) fn open<T: Pod>(
-    name: &str,
-    kind: ObjectKind,
-    locked: bool,
-) -> Result<(Option<Lock>, Cells<T>), SegmentOpenError> {
+/// The segment, the data's offset, and the element count, checked against the layout.
+fn open<T: Pod>(name: &str, kind: ObjectKind, locked: bool) -> Result<(Arc<Segment>, usize, usize), SegmentOpenError> {
     let ty = TypeInfo::of::<T>().ok_or(SegmentOpenError::WrongType { expected: std::any::type_name::<T>() })?;
     let seg = Segment::open(name, Expect { kind, elem: Some(ty) })?;
     let n = usize::try_from(seg.elem_count()).map_err(|_| SegmentOpenError::Corrupted("element count"))?;
     match layout::<T>(prefix(locked), n) {
-        Some((offset, body_len)) if n > 0 && body_len == seg.body_len() => Ok(finish(Arc::new(seg), locked, offset, n)),
+        Some((offset, body_len)) if n > 0 && body_len == seg.body_len() => Ok((Arc::new(seg), offset, n)),
         _ => Err(SegmentOpenError::Corrupted("body length does not match the element count")),
     }
 }
 
-fn finish<T>(seg: Arc<Segment>, locked: bool, offset: usize, len: usize) -> (Option<Lock>, Cells<T>) {
-    // SAFETY: with `locked`, the body starts with a RawMutex initialised by the
-    // creator (offset 0, 64-byte aligned).
-    let lock = locked.then(|| Lock::from_view(unsafe { View::new(seg.clone(), 0) }));
+/// The lock at the start of a locked layout's body.
+fn lock_at_start(seg: &Arc<Segment>) -> Lock {
+    // SAFETY: a locked layout's body starts with a RawMutex (offset 0, aligned), which
+    // is valid for any bits.
+    Lock::from_view(unsafe { View::new(seg.clone(), 0) })
+}
+
+fn cells_at<T>(seg: Arc<Segment>, offset: usize, len: usize) -> Cells<T> {
     // SAFETY: `offset` is inside the body, aligned for T, with `len` elements after
     // it (by `layout`, checked against the real body length).
     let ptr = unsafe { NonNull::new_unchecked(seg.body().add(offset).cast::<T>()) };
-    (lock, Cells { seg, ptr, len })
+    Cells { seg, ptr, len }
 }
 
 impl<T: Pod> Cells<T> {

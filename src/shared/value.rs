@@ -45,21 +45,21 @@ impl<T: Pod> Value<T> {
     }
 
     fn create(value: T, backing: Backing) -> Result<Value<T>, SegmentCreateError> {
-        let (lock, cells) = cells::create(ObjectKind::Value, true, 1, Some(&[value]), backing)?;
-        Ok(Value { lock: lock.expect("a locked layout has a lock"), cells })
+        let (lock, cells) = cells::create_locked(ObjectKind::Value, 1, Some(&[value]), backing)?;
+        Ok(Value { lock, cells })
     }
 
     /// A value guarded by `lock`, which it shares with whatever else uses it
     /// (Python's `Value(t, v, lock=lock)`): two values behind one lock.
     pub fn with_lock(value: T, lock: &Lock) -> Result<Value<T>, SegmentCreateError> {
-        let (_, cells) = cells::create(ObjectKind::RawValue, false, 1, Some(&[value]), Backing::Anonymous)?;
+        let cells = cells::create_raw(ObjectKind::RawValue, 1, Some(&[value]), Backing::Anonymous)?;
         Ok(Value { lock: lock.clone(), cells })
     }
 
     /// Attaches to the named value `name`; its element type must be `T`.
     pub fn open(name: &str) -> Result<Value<T>, SegmentOpenError> {
-        let (lock, cells) = cells::open(name, ObjectKind::Value, true)?;
-        Ok(Value { lock: lock.expect("a locked layout has a lock"), cells })
+        let (lock, cells) = cells::open_locked(name, ObjectKind::Value)?;
+        Ok(Value { lock, cells })
     }
 
     /// The segment's name, for a value made by `new_named` or `open`.
@@ -191,12 +191,12 @@ impl<T: Pod> RawValue<T> {
     }
 
     fn create(value: T, backing: Backing) -> Result<RawValue<T>, SegmentCreateError> {
-        Ok(RawValue { cells: cells::create(ObjectKind::RawValue, false, 1, Some(&[value]), backing)?.1 })
+        Ok(RawValue { cells: cells::create_raw(ObjectKind::RawValue, 1, Some(&[value]), backing)? })
     }
 
     /// Attaches to the named raw value `name`; its element type must be `T`.
     pub fn open(name: &str) -> Result<RawValue<T>, SegmentOpenError> {
-        Ok(RawValue { cells: cells::open(name, ObjectKind::RawValue, false)?.1 })
+        Ok(RawValue { cells: cells::open_raw(name, ObjectKind::RawValue)? })
     }
 
     /// The segment's name, for a value made by `new_named` or `open`.
