@@ -30,7 +30,7 @@ fn join(mut c: Child) {
 fn value_lock_increment() {
     const N: u64 = 200_000;
     let mut rates = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..8 {
         let v = Value::<u64>::new(0).unwrap();
         let start = Barrier::new(3).unwrap();
         let children: Vec<_> = (0..2)
@@ -62,7 +62,7 @@ fn value_lock_increment() {
 fn value_lock_increment_1proc() {
     const N: u64 = 200_000;
     let mut rates = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..8 {
         let v = Value::<u64>::new(0).unwrap();
         let t = Instant::now();
         for _ in 0..N {

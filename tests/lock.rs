@@ -224,3 +224,26 @@ fn a_forked_child_is_not_mistaken_for_its_parent_thread() {
     join_ok(child);
     drop(g);
 }
+
+#[test]
+fn rlock_timeouts_across_processes() {
+    let r = RLock::new().unwrap();
+    let (holding, release) = (Event::new().unwrap(), Event::new().unwrap());
+    let child = {
+        let (r, holding, release) = (r.clone(), holding.clone(), release.clone());
+        spawn_child(move || {
+            let _a = r.acquire().unwrap();
+            let _b = r.acquire().unwrap();
+            holding.set();
+            i32::from(!release.wait_timeout(PATIENCE))
+        })
+    };
+    assert!(holding.wait_timeout(PATIENCE));
+    assert!(matches!(r.try_acquire(), Err(LockError::WouldBlock)));
+    let start = Instant::now();
+    assert!(matches!(r.acquire_timeout(Duration::from_millis(40)), Err(LockError::Timeout)));
+    assert!(start.elapsed() >= Duration::from_millis(40));
+    release.set();
+    join_ok(child);
+    assert!(r.acquire_timeout(PATIENCE).is_ok());
+}

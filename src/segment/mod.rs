@@ -354,8 +354,8 @@ impl Drop for Segment {
 
 /// A typed place inside a segment, keeping the segment mapped while it lives.
 ///
-/// `B` is the `#[repr(C)]` body (or part of one) stored there: plain integers,
-/// atomics and pthread objects, valid for any bit pattern another process may leave.
+/// `B` is the `#[repr(C)]` body (or part of one) stored there: atomics only, valid
+/// for any bit pattern another process may leave.
 pub(crate) struct View<B> {
     seg: Arc<Segment>,
     ptr: NonNull<B>,
@@ -389,8 +389,8 @@ impl<B> std::ops::Deref for View<B> {
     type Target = B;
     fn deref(&self) -> &B {
         // SAFETY: `new`'s contract makes `ptr` a valid, aligned `B` inside the mapping,
-        // which `seg` keeps alive; bodies only allow shared access through atomics and
-        // process-shared pthread objects, so `&B` aliasing other processes is sound.
+        // which `seg` keeps alive; bodies are made of atomics only, so `&B` aliasing
+        // other processes' writes is sound.
         unsafe { self.ptr.as_ref() }
     }
 }

@@ -25,9 +25,10 @@ pub enum LockError<G> {
     Timeout,
     /// The calling thread already holds this lock; waiting would never end.
     Deadlock,
-    /// The lock's state in shared memory is damaged; `code` is pthread's errno.
+    /// The lock's state in shared memory is damaged.
     Corrupted {
-        /// The errno the pthread call returned (EINVAL, ENOTRECOVERABLE, ...).
+        /// An errno naming what was found: for example `EPERM`, the lock was taken
+        /// from us while we held it; `EAGAIN`, an `RLock`'s re-entry count overflowed.
         code: i32,
     },
 }

@@ -124,7 +124,8 @@ impl fmt::Debug for Lock {
 /// Proof that the calling thread holds a [`Lock`]; releases it when dropped.
 ///
 /// Dropping it while the thread panics poisons the lock, as std's `MutexGuard` does.
-/// Not `Send`: a pthread mutex must be released by the thread that acquired it.
+/// Not `Send`: the lock belongs to the thread that acquired it, and only that thread
+/// can release it.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard<'a> {
     lock: &'a Lock,

@@ -5,9 +5,9 @@
 //! `Condition`'s lock, inside that object's segment) and works between every process
 //! that has it: inherited across `fork`, or opened by name. What this layer promises:
 //!
-//! - **Robust.** The locks are robust pthread mutexes (see `raw_mutex.rs` for why not
-//!   raw_sync or a bare futex): a holder that dies, however it dies, hands the lock to
-//!   the next waiter at once, poisoned. A `Barrier` party that dies while others wait
+//! - **Robust.** The locks are futex words that name their owner (see `raw_mutex.rs`
+//!   for why not raw_sync or a robust pthread mutex): a holder that dies, however it
+//!   dies, hands the lock to the next waiter within milliseconds, poisoned. A `Barrier` party that dies while others wait
 //!   breaks the barrier instead of stranding them.
 //! - **Every wait can be bounded.** Each blocking call has a `try_` form and a
 //!   `_timeout(Duration)` form, which is a thin call into `_deadline(Instant)`.

@@ -6,9 +6,9 @@
 //!
 //! | lock                                   | robust | uncontended | 2 processes contending |
 //! |----------------------------------------|--------|-------------|------------------------|
-//! | raw_sync's pshared pthread mutex        | no: a dead holder blocks everyone forever | 21 ns | 19 M/s |
+//! | raw_sync's pshared pthread mutex        | no: a dead holder blocks everyone forever | 21 ns | 19 M/s (DEPENDENCIES.md) |
 //! | robust pshared pthread mutex + spinning | yes, by the kernel's robust list         | 16 ns | 23 M/s |
-//! | this futex word + owner checks          | yes, by checking the owner's liveness    | ~6 ns | see `cargo bench` |
+//! | this futex word + owner checks          | yes, by checking the owner's liveness    | 10 ns | 59–86 M/s |
 //!
 //! The kernel's robust list would be the ideal owner-death detector, but each thread
 //! has exactly one, and glibc owns it for its own mutexes. So this lock records its
@@ -62,7 +62,7 @@ pub(crate) struct RawMutex {
     word: AtomicU32,
     depth: AtomicU32,
     poisoned: AtomicU32,
-    _reserved: u32,
+    _reserved: AtomicU32,
     owner_tag: AtomicU64,
 }
 

@@ -1,4 +1,4 @@
-//! Linux: memfd and POSIX shm, the futex, robust process-shared pthread mutexes,
+//! Linux: memfd and POSIX shm, the futex, thread identities from /proc,
 //! randomness, and the few process calls the layers above need.
 
 use std::io;

@@ -3,8 +3,8 @@
 //! Everything above this module is portable Rust over plain shared memory; everything
 //! here is one small file per operating system. Linux is the only one so far. A port
 //! (macOS, say) adds a file beside `linux.rs` with the same functions; macOS has no
-//! robust pthread mutexes and no futex, so it will need owner-pid checks and
-//! `os_sync_wait_on_address` instead.
+//! futex (`os_sync_wait_on_address` takes its place), no memfd (a named segment
+//! unlinked at once), and no `/proc` (`proc_pidinfo` for owner checks).
 
 #[cfg(target_os = "linux")]
 mod linux;
