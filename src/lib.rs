@@ -48,5 +48,5 @@ pub use segment::{remove_orphaned_segments, ObjectKind, SegmentCreateError, Segm
 pub use shared::{Array, ArrayError, ArrayGuard, RawArray, RawValue, Value, ValueGuard};
 pub use sync::{
     Barrier, BarrierError, BoundedSemaphore, Condition, ConditionGuard, Event, Lock, LockError, LockGuard, LockResult,
-    RLock, RLockGuard, ReleaseError, Semaphore, LIVENESS_POLL,
+    RLock, RLockGuard, ReleaseError, Semaphore,
 };

@@ -33,7 +33,7 @@ pub enum Exit {
 /// The child must not rely on locks other threads of the parent held at the time
 /// of the fork (stdout's lock included): write with `libc::write` or not at all in
 /// heavily threaded parents such as the test harness.
-pub fn fork<F: FnOnce() -> i32>(f: F) -> std::io::Result<Child> {
+pub fn fork<F: FnOnce() -> i32 + 'static>(f: F) -> std::io::Result<Child> {
     // SAFETY: the child only runs `f` and `_exit`s; see the function's docs for what
     // `f` must avoid.
     match unsafe { sys::fork()? } {

@@ -15,8 +15,8 @@ fn a_consumer_waits_for_a_producer_in_another_process() {
         let (cond, item) = (cond.clone(), item.clone());
         spawn_child(move || {
             let mut g = cond.acquire().unwrap();
-            let ok = g.wait_for(|| item.get() != 0, Some(PATIENCE)).unwrap();
-            i32::from(!(ok && item.get() == 42))
+            let ok = quickly(|| g.wait_for(|| item.get() != 0, Some(PATIENCE)).unwrap());
+            i32::from(!(ok == Some(true) && item.get() == 42))
         })
     };
     std::thread::sleep(Duration::from_millis(30));
@@ -167,7 +167,7 @@ fn named_condition_opened_elsewhere() {
         spawn_child(move || {
             let cond = Condition::open(&name).unwrap();
             let mut g = cond.acquire().unwrap();
-            i32::from(!g.wait_for(|| flag.get() == 1, Some(PATIENCE)).unwrap())
+            i32::from(quickly(|| g.wait_for(|| flag.get() == 1, Some(PATIENCE)).unwrap()) != Some(true))
         })
     };
     std::thread::sleep(Duration::from_millis(20));
@@ -176,4 +176,38 @@ fn named_condition_opened_elsewhere() {
     cond.notify_all();
     drop(_g);
     join_ok(child);
+}
+
+/// Regression: a waiter that arrives after `notify(1)` must not take the
+/// notification from the waiter it was meant for (which would then sleep forever).
+#[test]
+fn a_latecomer_cannot_steal_an_earlier_waiters_notification() {
+    let cond = Condition::new().unwrap();
+    let ready = Event::new().unwrap();
+    let first = {
+        let (cond, ready) = (cond.clone(), ready.clone());
+        spawn_child(move || {
+            let mut g = cond.acquire().unwrap();
+            ready.set();
+            i32::from(!g.wait_timeout(PATIENCE).unwrap())
+        })
+    };
+    assert!(ready.wait_timeout(PATIENCE));
+    // Holding the lock proves `first` has registered and released it in `wait`.
+    let g = cond.acquire().unwrap();
+    // Freeze `first` so that it cannot claim its notification before the latecomer runs.
+    first.signal(libc::SIGSTOP).unwrap();
+    cond.notify(1);
+    drop(g);
+    let late = {
+        let cond = cond.clone();
+        spawn_child(move || {
+            let mut g = cond.acquire().unwrap();
+            // Not notified: no notify came after it started waiting.
+            i32::from(g.wait_timeout(Duration::from_millis(300)).unwrap())
+        })
+    };
+    join_ok(late);
+    first.signal(libc::SIGCONT).unwrap();
+    join_ok(first);
 }

@@ -67,3 +67,24 @@ fn named_event_opened_elsewhere() {
     join_ok(child);
     assert!(e.is_set());
 }
+
+/// Regression: a `set` followed at once by `clear` still releases the waiters that
+/// were waiting (as Python's Event does), instead of leaving them asleep.
+#[test]
+fn set_then_clear_still_releases_waiters() {
+    let e = Event::new().unwrap();
+    let waiting = Event::new().unwrap();
+    let child = {
+        let (e, waiting) = (e.clone(), waiting.clone());
+        spawn_child(move || {
+            waiting.set();
+            i32::from(quickly(|| e.wait_timeout(PATIENCE)) != Some(true))
+        })
+    };
+    assert!(waiting.wait_timeout(PATIENCE));
+    std::thread::sleep(Duration::from_millis(50)); // let it fall asleep
+    e.set();
+    e.clear();
+    join_ok(child);
+    assert!(!e.is_set());
+}

@@ -24,22 +24,24 @@ fn kill_while_holding(acquire: impl FnOnce() + 'static) {
     assert_eq!(join(child), Exit::Signal(libc::SIGKILL));
 }
 
+/// A read-modify-write split by a yield, on memory with no lock of its own: any
+/// break in mutual exclusion loses updates, which the final count shows.
 #[test]
 fn lock_excludes_across_processes() {
+    const N: u64 = 5_000;
     let lock = Lock::new().unwrap();
-    let inside = shmproc::RawValue::<u32>::new(0).unwrap();
+    let counter = shmproc::RawValue::<u64>::new(0).unwrap();
     let children: Vec<_> = (0..2)
         .map(|_| {
-            let (lock, inside) = (lock.clone(), inside.clone());
+            let (lock, counter) = (lock.clone(), counter.clone());
             spawn_child(move || {
-                for _ in 0..2_000 {
+                for i in 0..N {
                     let _g = lock.acquire().unwrap();
-                    if inside.get() != 0 {
-                        return 1; // someone else is in the critical section
+                    let seen = counter.get();
+                    if i % 64 == 0 {
+                        std::thread::yield_now(); // invite the other process in
                     }
-                    inside.set(1);
-                    std::hint::spin_loop();
-                    inside.set(0);
+                    counter.set(seen + 1);
                 }
                 0
             })
@@ -48,6 +50,7 @@ fn lock_excludes_across_processes() {
     for c in children {
         join_ok(c);
     }
+    assert_eq!(counter.get(), 2 * N);
 }
 
 #[test]
@@ -87,12 +90,14 @@ fn named_lock_excludes_an_opener_in_another_process() {
 #[test]
 fn a_process_blocked_on_a_lock_gets_it_when_released_and_burns_no_cpu() {
     let lock = Lock::new().unwrap();
+    let waiting = Event::new().unwrap();
     let g = lock.acquire().unwrap();
     let child = {
-        let lock = lock.clone();
+        let (lock, waiting) = (lock.clone(), waiting.clone());
         spawn_child(move || {
             let before = cpu_time();
             let start = Instant::now();
+            waiting.set();
             let got = lock.acquire_timeout(PATIENCE).is_ok();
             let waited = start.elapsed();
             let cpu = cpu_time() - before;
@@ -103,6 +108,7 @@ fn a_process_blocked_on_a_lock_gets_it_when_released_and_burns_no_cpu() {
             i32::from(cpu > Duration::from_millis(30)) * 2
         })
     };
+    assert!(waiting.wait_timeout(PATIENCE));
     std::thread::sleep(Duration::from_millis(300));
     drop(g);
     join_ok(child);
@@ -202,13 +208,13 @@ fn helper_fork_handler_registered() {
 /// from other threads and left children waiting forever on the `Once`.
 #[test]
 fn the_fork_handler_is_registered_before_main() {
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "helper_fork_handler_registered", "--test-threads=1", "--quiet"])
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_fork_handler_registered", "--test-threads=1"])
         .env("SHMPROC_CHECK_FORK_HANDLER", "1")
-        .stdout(std::process::Stdio::null())
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success());
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "the helper test did not run");
 }
 
 #[test]

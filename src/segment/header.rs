@@ -98,32 +98,60 @@ impl Header {
         self.state.store(READY, Ordering::Release);
     }
 
-    /// Checks every field against `expect` and the real file length; returns
-    /// `(elem_count, body_len)` once both are known to fit in `file_len`.
-    pub(crate) fn validate(&self, expect: Expect, file_len: u64) -> Result<(u64, u64), SegmentOpenError> {
-        if self.magic != MAGIC {
+    /// Checks the header at `at` against `expect` and the real file length.
+    ///
+    /// Another process may be writing the header while we read it, so this takes one
+    /// copy (after an acquire load of `state`, which orders it after the creator's
+    /// writes) and judges only the copy: no field is read twice.
+    ///
+    /// # Safety
+    /// `at` points to at least `HEADER_LEN` readable bytes, aligned for `Header`.
+    pub(crate) unsafe fn read_and_validate(
+        at: *const Header,
+        expect: Expect,
+        file_len: u64,
+    ) -> Result<Validated, SegmentOpenError> {
+        // SAFETY: per the contract; `state` is an AtomicU32 inside the header.
+        let state = unsafe { (*at).state.load(Ordering::Acquire) };
+        // SAFETY: per the contract; every bit pattern is a valid Header (integers and
+        // an atomic), and a volatile copy is not elided or re-read by the compiler.
+        let h = unsafe { std::ptr::read_volatile(at) };
+        if h.magic != MAGIC {
             return Err(SegmentOpenError::NotShmproc);
         }
-        if self.state.load(Ordering::Acquire) != READY {
+        if state != READY {
             return Err(SegmentOpenError::Uninitialised);
         }
-        if self.version != LAYOUT_VERSION {
-            return Err(SegmentOpenError::VersionMismatch { found: self.version, expected: LAYOUT_VERSION });
+        if h.version != LAYOUT_VERSION {
+            return Err(SegmentOpenError::VersionMismatch { found: h.version, expected: LAYOUT_VERSION });
         }
-        let found = ObjectKind::from_u32(self.kind).ok_or(SegmentOpenError::Corrupted("unknown object kind"))?;
+        let found = ObjectKind::from_u32(h.kind).ok_or(SegmentOpenError::Corrupted("unknown object kind"))?;
         if found != expect.kind {
             return Err(SegmentOpenError::WrongKind { found, expected: expect.kind });
         }
         let elem = expect.elem.unwrap_or(TypeInfo::NONE);
-        if (self.elem_size, self.elem_align, self.type_fingerprint) != (elem.size, elem.align, elem.fingerprint) {
+        if (h.elem_size, h.elem_align, h.type_fingerprint) != (elem.size, elem.align, elem.fingerprint) {
             return Err(SegmentOpenError::WrongType { expected: elem.name });
         }
-        let needed = (HEADER_LEN as u64)
-            .checked_add(self.body_len)
-            .ok_or(SegmentOpenError::Corrupted("body length overflows"))?;
+        let needed =
+            (HEADER_LEN as u64).checked_add(h.body_len).ok_or(SegmentOpenError::Corrupted("body length overflows"))?;
         if needed > file_len {
             return Err(SegmentOpenError::Truncated { len: file_len, needed });
         }
-        Ok((self.elem_count, self.body_len))
+        let start_and_ns = h.creator_start;
+        let creator = (h.creator_pid != 0).then_some(Creator {
+            pid: h.creator_pid,
+            start: start_and_ns as u32,
+            pid_ns: (start_and_ns >> 32) as u32,
+        });
+        Ok(Validated { elem_count: h.elem_count, body_len: h.body_len, creator })
     }
+}
+
+/// What attaching learned from a valid header.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Validated {
+    pub(crate) elem_count: u64,
+    pub(crate) body_len: u64,
+    pub(crate) creator: Option<Creator>,
 }

@@ -205,6 +205,10 @@ pub enum SegmentOpenError {
         /// The type the caller asked for.
         expected: &'static str,
     },
+    /// Made by a process in another pid namespace (another container sharing
+    /// /dev/shm): lock ownership is recorded by thread id, which means nothing here.
+    #[error("segment made in another pid namespace; its locks cannot be shared from here")]
+    ForeignPidNamespace,
     /// A header field holds a value no shmproc writes.
     #[error("segment header corrupted: {0}")]
     Corrupted(&'static str),
@@ -307,13 +311,17 @@ impl Segment {
             .len(map_len)
             .map_raw(&fd)
             .map_err(|source| SegmentOpenError::Os { op: "mmap", source })?;
-        // SAFETY: the mapping holds at least HEADER_LEN bytes (checked above), is page
-        // aligned, and Header is plain integers plus an atomic: any bytes are a valid
-        // Header, so reading one that another process scribbled on is defined.
-        let header = unsafe { &*map.as_ptr().cast::<Header>() };
-        let (elem_count, body_len) = header.validate(expect, file_len)?;
-        let body_len = usize::try_from(body_len).map_err(|_| SegmentOpenError::Corrupted("body length"))?;
-        Ok(Segment { map, _fd: fd, name: Some(name.to_owned()), unlink_in: None, elem_count, body_len })
+        // SAFETY: the mapping holds at least HEADER_LEN bytes (checked above) and is
+        // page aligned.
+        let v = unsafe { Header::read_and_validate(map.as_ptr().cast(), expect, file_len)? };
+        if let Some(creator) = v.creator {
+            let ours = sys::pid_namespace();
+            if creator.pid_ns != 0 && ours != 0 && creator.pid_ns != ours {
+                return Err(SegmentOpenError::ForeignPidNamespace);
+            }
+        }
+        let body_len = usize::try_from(v.body_len).map_err(|_| SegmentOpenError::Corrupted("body length"))?;
+        Ok(Segment { map, _fd: fd, name: Some(name.to_owned()), unlink_in: None, elem_count: v.elem_count, body_len })
     }
 
     fn header_mut_ptr(&self) -> *mut Header {
@@ -442,7 +450,7 @@ fn this_process() -> Creator {
     let pid = sys::getpid() as u32;
     let start = match sys::thread_state(pid) {
         sys::ThreadState::Alive { start } => start,
-        sys::ThreadState::Gone => 0,
+        sys::ThreadState::Gone | sys::ThreadState::Unknown => 0,
     };
     Creator { pid, start, pid_ns: sys::pid_namespace() }
 }
@@ -468,7 +476,8 @@ pub fn remove_orphaned_segments() -> io::Result<usize> {
         }
         let alive = match sys::thread_state(creator.pid) {
             sys::ThreadState::Gone => false,
-            sys::ThreadState::Alive { start } => creator.start == 0 || start == creator.start,
+            sys::ThreadState::Unknown => true,
+            sys::ThreadState::Alive { start } => creator.start == 0 || start == 0 || start == creator.start,
         };
         if !alive && sys::shm_unlink(&name).is_ok() {
             removed += 1;

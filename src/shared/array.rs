@@ -174,10 +174,12 @@ impl<T: Pod + fmt::Debug> fmt::Debug for ArrayGuard<'_, T> {
 /// A fixed-length run of `T` in shared memory with no lock
 /// (Python's `Array(t, n, lock=False)`, `RawArray`).
 ///
-/// The safe accessors copy elements in and out; another process writing at the same
-/// time can tear an element (any bits are still a valid `T`) but cannot make an index
-/// go out of bounds: the length is this handle's own. For zero-copy access there is
-/// [`as_slice`](RawArray::as_slice) under an `unsafe` contract.
+/// The safe accessors copy elements in and out with relaxed atomic loads and stores
+/// (8 bytes at a time where `T`'s alignment allows), so other threads and processes
+/// may read and write at the same time: an element wider than that can tear (any bits
+/// are still a valid `T`), and no index can go out of bounds, the length being this
+/// handle's own. For zero-copy access there is [`as_slice`](RawArray::as_slice) under
+/// an `unsafe` contract.
 ///
 /// ```
 /// let a = shmproc::RawArray::<u32>::zeroed(4)?;
@@ -263,10 +265,10 @@ impl<T: Pod> RawArray<T> {
     /// The elements in place, without copying.
     ///
     /// # Safety
-    /// While the slice lives, no thread of this process may write the array (through
-    /// `set`, `copy_from_slice` or `as_mut_slice`). Other processes may: the values
-    /// you read can then change or tear, as with any memory shared without a lock,
-    /// but every bit pattern is a valid `T`.
+    /// While the slice lives, nothing may write the array: no thread of this process
+    /// (through `set`, `copy_from_slice` or `as_mut_slice`) and no other process.
+    /// Coordinate with the other processes first, for example by joining the writer,
+    /// or through a [`Lock`], [`Event`](crate::Event) or [`Barrier`](crate::Barrier).
     pub unsafe fn as_slice(&self) -> &[T] {
         // SAFETY: forwarded to the caller.
         unsafe { self.cells.as_slice() }
@@ -275,8 +277,8 @@ impl<T: Pod> RawArray<T> {
     /// The elements in place, writable, without copying.
     ///
     /// # Safety
-    /// While the slice lives, nothing else in this process may read or write the
-    /// array. Other processes are the caller's to coordinate.
+    /// While the slice lives, nothing else may read or write the array: no other
+    /// thread of this process and no other process (coordinate as for `as_slice`).
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn as_mut_slice(&self) -> &mut [T] {
         // SAFETY: forwarded to the caller.

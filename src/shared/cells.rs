@@ -157,30 +157,28 @@ impl<T: Pod> Cells<T> {
     }
 
     pub(crate) fn get(&self, index: usize) -> Option<T> {
-        (index < self.len).then(|| {
-            // SAFETY: in bounds; any bits are a valid T (Pod); volatile because another
-            // process may write it at any time.
-            unsafe { self.ptr.as_ptr().add(index).read_volatile() }
-        })
+        if index >= self.len {
+            return None;
+        }
+        let mut out = [T::zeroed()];
+        // SAFETY: `index < len`, so one element at `ptr + index` is inside the cells.
+        unsafe { atomic_copy(self.ptr.as_ptr().add(index), out.as_mut_ptr(), 1) };
+        Some(out[0])
     }
 
     pub(crate) fn set(&self, index: usize, value: T) -> bool {
         if index >= self.len {
             return false;
         }
-        // SAFETY: in bounds and aligned; see `get`.
-        unsafe { self.ptr.as_ptr().add(index).write_volatile(value) };
+        // SAFETY: in bounds, as in `get`.
+        unsafe { atomic_copy(&value, self.ptr.as_ptr().add(index), 1) };
         true
     }
 
     pub(crate) fn copy_to_vec(&self) -> Vec<T> {
-        let mut out = Vec::with_capacity(self.len);
-        // SAFETY: `len` elements are readable at `ptr`; `out` has room for them and
-        // they are all initialised before `set_len`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.as_ptr(), out.as_mut_ptr(), self.len);
-            out.set_len(self.len);
-        }
+        let mut out = vec![T::zeroed(); self.len];
+        // SAFETY: `len` elements are readable at `ptr` and writable in `out`.
+        unsafe { atomic_copy(self.ptr.as_ptr(), out.as_mut_ptr(), self.len) };
         out
     }
 
@@ -189,26 +187,56 @@ impl<T: Pod> Cells<T> {
         if src.len() != self.len {
             return false;
         }
-        // SAFETY: both runs have `len` elements; `src` is ours and cannot overlap the
-        // shared mapping mutably borrowed nowhere else.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr(), self.len) };
+        // SAFETY: both runs have `len` elements.
+        unsafe { atomic_copy(src.as_ptr(), self.ptr.as_ptr(), self.len) };
         true
     }
 
     /// # Safety
-    /// For as long as the slice lives, no thread of this process writes the cells
-    /// (other processes are the caller's to coordinate).
+    /// For as long as the slice lives, nothing writes the cells: no thread of this
+    /// process, and no other process.
     pub(crate) unsafe fn as_slice(&self) -> &[T] {
         // SAFETY: `len` valid, aligned elements; exclusion of writers per the contract.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
     /// # Safety
-    /// For as long as the slice lives, nothing else in this process reads or writes
-    /// the cells.
+    /// For as long as the slice lives, nothing else reads or writes the cells: no
+    /// other thread of this process, and no other process.
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn as_mut_slice(&self) -> &mut [T] {
         // SAFETY: `len` valid, aligned elements; exclusivity per the contract.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+/// Copies `n` elements of `T` with relaxed atomic loads and stores, in the widest
+/// unit `T`'s alignment allows (at most 8 bytes).
+///
+/// Either side may be shared memory that other threads or processes read and write
+/// at the same time: unlike `memcpy` or volatile accesses, atomic ones make that a
+/// defined race. An element wider than the unit can tear (any bits are a valid
+/// `T: Pod`); each unit cannot.
+///
+/// # Safety
+/// `src` is readable and `dst` writable for `n` elements, both aligned for `T`.
+unsafe fn atomic_copy<T: Pod>(src: *const T, dst: *mut T, n: usize) {
+    use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+    let bytes = n * std::mem::size_of::<T>();
+    macro_rules! copy_in {
+        ($atomic:ty, $unit:expr) => {{
+            let (s, d) = (src.cast::<$atomic>(), dst.cast::<$atomic>());
+            for i in 0..bytes / $unit {
+                // SAFETY: `i` units stay inside both runs (`bytes` is a multiple of the
+                // unit, which divides T's alignment, so every unit is aligned).
+                unsafe { (*d.add(i)).store((*s.add(i)).load(Relaxed), Relaxed) };
+            }
+        }};
+    }
+    match std::mem::align_of::<T>() {
+        8.. => copy_in!(AtomicU64, 8),
+        4 => copy_in!(AtomicU32, 4),
+        2 => copy_in!(AtomicU16, 2),
+        _ => copy_in!(AtomicU8, 1),
     }
 }

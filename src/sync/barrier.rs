@@ -30,7 +30,9 @@ use crate::segment::{Backing, Expect, ObjectKind, Segment, SegmentCreateError, S
 use crate::sys;
 
 /// How often a sleeping party checks that the parties already arrived are alive.
-pub const LIVENESS_POLL: Duration = Duration::from_millis(20);
+/// Every sleeper checks every arrived party: fine for the handful of processes a
+/// barrier usually joins, O(parties²) `/proc` reads per period for large ones.
+const LIVENESS_POLL: Duration = Duration::from_millis(20);
 
 #[repr(C)]
 pub(crate) struct BarrierBody {
@@ -218,7 +220,7 @@ impl Barrier {
             return Err(BarrierError::Corrupted);
         }
         let gen = b.generation.load(Ordering::Relaxed);
-        self.pid_slot(index).store(sys::getpid(), Ordering::Relaxed);
+        self.pid_slot(index).store(sys::getpid(), Ordering::Release);
         if index + 1 == self.parties {
             b.count.store(0, Ordering::Relaxed);
             b.generation.store(gen.wrapping_add(1), Ordering::Release);
@@ -226,7 +228,7 @@ impl Barrier {
             wake(&b.generation, u32::MAX);
             return Ok(index);
         }
-        b.count.store(index + 1, Ordering::Relaxed);
+        b.count.store(index + 1, Ordering::Release);
         self.unlock();
         self.sleep_until_passed(gen, wait).map(|()| index)
     }
@@ -250,23 +252,29 @@ impl Barrier {
             if let Some(done) = passed() {
                 return done;
             }
-            if !sleep_on(&b.generation, gen, wait, Some(LIVENESS_POLL)) || self.an_arrived_party_died() {
-                // Re-check under the mutex: the barrier may have passed meanwhile.
+            let timed_out = !sleep_on(&b.generation, gen, wait, Some(LIVENESS_POLL));
+            if timed_out || self.an_arrived_party_died() {
+                // Re-check under the mutex: the barrier may have passed meanwhile, and
+                // a party seen dead must still be one of this generation's.
                 self.lock()?;
                 let done = passed();
-                if done.is_none() {
+                let must_break = done.is_none() && (timed_out || self.an_arrived_party_died());
+                if must_break {
                     b.broken.store(1, Ordering::Release);
                 }
                 self.unlock();
                 wake(&b.generation, u32::MAX);
+                if done.is_none() && !must_break {
+                    continue;
+                }
                 return done.unwrap_or(Err(BarrierError::Broken));
             }
         }
     }
 
     fn an_arrived_party_died(&self) -> bool {
-        let arrived = self.body.count.load(Ordering::Relaxed).min(self.parties);
-        (0..arrived).any(|i| !sys::process_alive(self.pid_slot(i).load(Ordering::Relaxed)))
+        let arrived = self.body.count.load(Ordering::Acquire).min(self.parties);
+        (0..arrived).any(|i| !sys::process_alive(self.pid_slot(i).load(Ordering::Acquire)))
     }
 }
 

@@ -2,27 +2,36 @@
 //! (Python's `multiprocessing.Condition`).
 //!
 //! ## Protocol
-//! `state` packs two counters in one word, so each step is one compare-and-swap:
-//! `waiting` (high 32 bits: waiters not yet notified) and `tokens` (low 32 bits:
-//! notifications not yet claimed). `seq` is the futex word waiters sleep on.
+//! `state` packs four 16-bit fields in one word, so each step is one
+//! compare-and-swap: `epoch` (bumped by every notify that finds waiters), `old`
+//! (waiters registered before the latest such notify, not yet notified), `tokens`
+//! (notifications not yet claimed) and `new` (waiters registered since). `seq` is
+//! the futex word waiters sleep on.
 //!
-//! - *wait*: holding the lock, `waiting += 1` and read `seq`; release the lock; then
-//!   loop: claim a token (`tokens -= 1`) and return, or sleep on `seq`. On time-out,
-//!   claim a token if one is there (a notify raced the clock), else `waiting -= 1`.
-//!   Then re-acquire the lock.
-//! - *notify(n)*: move `k = min(n, waiting)` from `waiting` to `tokens`, bump `seq`,
-//!   wake `k` sleepers.
+//! - *wait*: holding the lock, `new += 1`, remember `epoch`, read `seq`; release
+//!   the lock; then loop: claim a token and return, or sleep on `seq`. Only a waiter
+//!   whose remembered epoch is no longer current, one registered *before* some
+//!   notify, may claim a token: a waiter that arrives after `notify(1)` cannot take
+//!   the notification from the waiter it was meant for. On time-out: claim a token
+//!   if one raced in, else give back our count (`old` or `new`, by epoch). Then
+//!   re-acquire the lock.
+//! - *notify(n)*: `old += new; new = 0`, then move `k = min(n, old)` from `old` to
+//!   `tokens`, bump `epoch` and `seq`, wake every sleeper (each re-checks; the futex
+//!   cannot tell old waiters from new ones).
 //!
-//! Every waiter that leaves either claims a token or gives back its `waiting` count,
-//! so `notify(n)` releases at most `n` waiters, and a notification is never lost to
-//! a waiter that has already timed out. Because the counters are atomic, `notify`
-//! does not need the lock (Python requires it; std does not).
+//! Every waiter that leaves either claims a token or gives back its count, so
+//! `notify(n)` releases at most `n` waiters, and a notification is never lost to a
+//! waiter that has already timed out. Because the counters are atomic, `notify` does
+//! not need the lock (Python requires it; std does not). Any earlier waiter may take
+//! a token, so the order among waiters is not Python's strict FIFO.
 //!
-//! **Crashes.** A waiter killed while waiting leaves its count in `waiting`; a later
-//! notification may be given to it and so be lost, or claimed early by a newcomer.
-//! Either way a waiter may wake without the condition holding: loop on the predicate,
-//! or use [`ConditionGuard::wait_for`]. The lock itself is the robust [`Lock`]: a
-//! holder that dies poisons it and the next waiter re-acquires it.
+//! **Crashes and scribbles.** A waiter killed while waiting leaves its count behind:
+//! a later notify may then make a token for it, which another earlier waiter claims
+//! (an extra, spurious wake-up), never a lost one. A wait can also return early if
+//! 65 536 notifies wrap the epoch while it sleeps. So loop on your predicate, or use
+//! [`ConditionGuard::wait_for`]. Sleepers re-check every [`SAFETY_POLL`], so damaged
+//! counters cannot strand them. The lock itself is the robust [`Lock`]: a holder that
+//! dies poisons it and the next waiter re-acquires it.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -33,7 +42,7 @@ use std::time::{Duration, Instant};
 use super::error::{lock_result, LockError, LockResult};
 use super::lock::Lock;
 use super::raw_mutex::{Acquire, RawMutex, Reentry};
-use super::wait::{sleep_on, wake, Wait};
+use super::wait::{sleep_on, wake, Wait, SAFETY_POLL};
 use crate::segment::{self, Backing, ObjectKind, SegmentCreateError, SegmentOpenError, View};
 
 #[repr(C)]
@@ -44,14 +53,26 @@ pub(crate) struct ConditionBody {
     seq: AtomicU32,
 }
 
-const ONE_WAITER: u64 = 1 << 32;
-
-fn waiting(state: u64) -> u32 {
-    (state >> 32) as u32
+/// The four counters of `state`, unpacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct State {
+    epoch: u16,
+    old: u16,
+    tokens: u16,
+    new: u16,
 }
 
-fn tokens(state: u64) -> u32 {
-    state as u32
+impl State {
+    fn unpack(s: u64) -> State {
+        State { epoch: (s >> 48) as u16, old: (s >> 32) as u16, tokens: (s >> 16) as u16, new: s as u16 }
+    }
+
+    fn pack(self) -> u64 {
+        (u64::from(self.epoch) << 48)
+            | (u64::from(self.old) << 32)
+            | (u64::from(self.tokens) << 16)
+            | u64::from(self.new)
+    }
 }
 
 /// A condition variable shared between processes, with the [`Lock`] it waits under.
@@ -135,6 +156,11 @@ impl Condition {
         self.acquire_with(Wait::timeout(timeout))
     }
 
+    /// Waits until `deadline` at the latest for the lock.
+    pub fn acquire_deadline(&self, deadline: Instant) -> LockResult<ConditionGuard<'_>> {
+        self.acquire_with(Wait::Until(deadline))
+    }
+
     fn acquire_with(&self, wait: Wait) -> LockResult<ConditionGuard<'_>> {
         let guard =
             || ConditionGuard { cond: self, held: true, panicking: std::thread::panicking(), _not_send: PhantomData };
@@ -143,14 +169,22 @@ impl Condition {
 
     /// Wakes up to `n` waiters (Python's `notify(n)`). Holding the lock is not required.
     pub fn notify(&self, n: u32) {
-        let mut moved = 0;
-        let _ = self.body.state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
-            moved = waiting(s).min(n);
-            (moved > 0).then(|| s - u64::from(moved) * ONE_WAITER + u64::from(moved))
+        let n = u16::try_from(n).unwrap_or(u16::MAX);
+        let notified = self.update(|mut st| {
+            st.old = st.old.saturating_add(st.new);
+            st.new = 0;
+            let k = st.old.min(n).min(u16::MAX - st.tokens);
+            if k == 0 {
+                return None;
+            }
+            st.old -= k;
+            st.tokens += k;
+            st.epoch = st.epoch.wrapping_add(1);
+            Some(st)
         });
-        if moved > 0 {
+        if notified.is_some() {
             self.body.seq.fetch_add(1, Ordering::Release);
-            wake(&self.body.seq, moved);
+            wake(&self.body.seq, u32::MAX);
         }
     }
 
@@ -159,39 +193,62 @@ impl Condition {
         self.notify(u32::MAX);
     }
 
-    fn register_waiter(&self) -> u32 {
-        self.body.state.fetch_add(ONE_WAITER, Ordering::AcqRel);
-        self.body.seq.load(Ordering::Acquire)
+    /// Applies `f` to the counters atomically; the state before, if `f` changed it.
+    fn update(&self, mut f: impl FnMut(State) -> Option<State>) -> Option<State> {
+        self.body
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| f(State::unpack(s)).map(State::pack))
+            .ok()
+            .map(State::unpack)
     }
 
-    fn claim_token(&self) -> bool {
-        self.body.state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| (tokens(s) > 0).then(|| s - 1)).is_ok()
+    /// Counts us as a new waiter; our epoch, or `None` if 65 535 already wait.
+    fn register_waiter(&self) -> Option<u16> {
+        let before = self.update(|mut st| {
+            st.new = st.new.checked_add(1)?;
+            Some(st)
+        })?;
+        Some(before.epoch)
+    }
+
+    /// Claims a notification made since we registered at `epoch`.
+    fn claim_token(&self, epoch: u16) -> bool {
+        self.update(|mut st| {
+            if st.epoch == epoch || st.tokens == 0 {
+                return None;
+            }
+            st.tokens -= 1;
+            Some(st)
+        })
+        .is_some()
     }
 
     /// Leaves after a time-out: take a token that raced in, or give back our count.
-    fn depart(&self) -> bool {
+    fn depart(&self, epoch: u16) -> bool {
         let mut notified = false;
-        let _ = self.body.state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
-            notified = tokens(s) > 0;
-            if notified {
-                Some(s - 1)
-            } else if waiting(s) > 0 {
-                Some(s - ONE_WAITER)
+        self.update(|mut st| {
+            notified = false;
+            if st.epoch == epoch {
+                st.new = st.new.checked_sub(1)?; // None: counters damaged, nothing to give back
+            } else if st.tokens > 0 {
+                st.tokens -= 1;
+                notified = true;
             } else {
-                None // counters damaged: nothing of ours to give back
+                st.old = st.old.checked_sub(1)?;
             }
+            Some(st)
         });
         notified
     }
 
     /// Waits for a notification with the lock released; `true` if notified.
-    fn wait_unlocked(&self, mut seq: u32, wait: Wait) -> bool {
+    fn wait_unlocked(&self, epoch: u16, mut seq: u32, wait: Wait) -> bool {
         loop {
-            if self.claim_token() {
+            if self.claim_token(epoch) {
                 return true;
             }
-            if !sleep_on(&self.body.seq, seq, wait, None) {
-                return self.depart();
+            if !sleep_on(&self.body.seq, seq, wait, Some(SAFETY_POLL)) {
+                return self.depart(epoch);
             }
             seq = self.body.seq.load(Ordering::Acquire);
         }
@@ -200,10 +257,10 @@ impl Condition {
 
 impl fmt::Debug for Condition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.body.state.load(Ordering::Relaxed);
+        let st = State::unpack(self.body.state.load(Ordering::Relaxed));
         f.debug_struct("Condition")
             .field("name", &self.name())
-            .field("waiting", &waiting(s))
+            .field("waiting", &(u32::from(st.old) + u32::from(st.new)))
             .field("lock", &self.lock)
             .finish_non_exhaustive()
     }
@@ -272,13 +329,16 @@ impl ConditionGuard<'_> {
             return Err(LockError::Corrupted { code: libc::ENOTRECOVERABLE });
         }
         let raw = self.cond.lock.raw();
-        let seq = self.cond.register_waiter();
+        let Some(epoch) = self.cond.register_waiter() else {
+            return Ok(true); // 65 535 waiters already: a spurious wake-up, allowed
+        };
+        let seq = self.cond.body.seq.load(Ordering::Acquire);
         if let Err(code) = raw.release(Reentry::Refuse) {
-            self.cond.depart();
+            self.cond.depart(epoch);
             self.held = false;
             return Err(LockError::Corrupted { code });
         }
-        let notified = self.cond.wait_unlocked(seq, wait);
+        let notified = self.cond.wait_unlocked(epoch, seq, wait);
         match raw.acquire(Wait::Forever, Reentry::Refuse) {
             Acquire::Clean => Ok(notified),
             Acquire::Poisoned => Err(LockError::Poisoned(PoisonError::new(notified))),

@@ -14,6 +14,7 @@ use super::raw_mutex::Acquire;
 /// ([`Corrupted`](Self::Corrupted)). `acquire()` / `lock()` return only `Poisoned`,
 /// `Deadlock` and `Corrupted`; `try_*` may add `WouldBlock`; `*_timeout` and
 /// `*_deadline` may add `Timeout`.
+#[non_exhaustive]
 pub enum LockError<G> {
     /// The lock *was* acquired, but a holder died (killed, crashed) or panicked while
     /// holding it. The guard is inside: take it with [`PoisonError::into_inner`] to

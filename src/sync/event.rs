@@ -1,22 +1,27 @@
 //! `Event`: a process-shared flag that waiters can sleep on (Python's `multiprocessing.Event`).
 //!
-//! `flag` (0 or 1) is the futex word; `sleepers` counts waiters that may be asleep,
-//! so that `set` skips the wake-up syscall when nobody waits. A waiter that dies
-//! asleep leaves `sleepers` too high, which costs `set` a syscall and nothing else.
-//! Any non-zero `flag` counts as set, so no scribble can strand a waiter.
+//! `word` is the futex word: bit 0 is the flag, the other bits count how many times
+//! it went from clear to set. A waiter returns `true` as soon as the word differs
+//! from what it saw while the flag was clear, so a `set` followed at once by a
+//! `clear` still releases everyone who was waiting (as Python's does). `set` wakes
+//! every sleeper whenever it changes the word, and sleepers re-check every
+//! [`SAFETY_POLL`], so no scribble can strand a waiter.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::wait::{sleep_on, spin, wake, Wait};
+use super::wait::{sleep_on, spin, wake, Wait, SAFETY_POLL};
 use crate::segment::{self, Backing, ObjectKind, SegmentCreateError, SegmentOpenError, View};
 
 #[repr(C)]
 pub(crate) struct EventBody {
-    flag: AtomicU32,
-    sleepers: AtomicU32,
+    word: AtomicU32,
 }
+
+const FLAG: u32 = 1;
+/// One more clear-to-set transition.
+const GENERATION: u32 = 2;
 
 /// A flag shared between processes: `set` wakes every process waiting on it.
 ///
@@ -61,20 +66,26 @@ impl Event {
 
     /// Whether the flag is set.
     pub fn is_set(&self) -> bool {
-        self.body.flag.load(Ordering::Acquire) != 0
+        self.body.word.load(Ordering::Acquire) & FLAG != 0
     }
 
     /// Sets the flag and wakes every waiter.
     pub fn set(&self) {
-        self.body.flag.store(1, Ordering::SeqCst);
-        if self.body.sleepers.load(Ordering::SeqCst) > 0 {
-            wake(&self.body.flag, u32::MAX);
+        let changed = self
+            .body
+            .word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w & FLAG == 0).then(|| (w | FLAG).wrapping_add(GENERATION))
+            })
+            .is_ok();
+        if changed {
+            wake(&self.body.word, u32::MAX);
         }
     }
 
     /// Clears the flag.
     pub fn clear(&self) {
-        self.body.flag.store(0, Ordering::Release);
+        self.body.word.fetch_and(!FLAG, Ordering::AcqRel);
     }
 
     /// Waits until the flag is set.
@@ -82,33 +93,37 @@ impl Event {
         self.wait_with(Wait::Forever);
     }
 
-    /// Waits at most `timeout`; `true` if the flag is set, `false` on time-out.
+    /// Waits at most `timeout`; `true` if the flag was set, `false` on time-out.
     #[must_use = "false means the event was not set in time"]
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         self.wait_with(Wait::timeout(timeout))
     }
 
-    /// Waits until `deadline` at the latest; `true` if the flag is set.
+    /// Waits until `deadline` at the latest; `true` if the flag was set.
     #[must_use = "false means the event was not set in time"]
     pub fn wait_deadline(&self, deadline: Instant) -> bool {
         self.wait_with(Wait::Until(deadline))
     }
 
     fn wait_with(&self, wait: Wait) -> bool {
-        if self.is_set() || spin(|| self.is_set().then_some(())).is_some() {
+        let seen = self.body.word.load(Ordering::Acquire);
+        if seen & FLAG != 0 {
             return true;
         }
-        self.body.sleepers.fetch_add(1, Ordering::SeqCst);
-        let set = loop {
-            if self.is_set() {
-                break true;
+        // Any change from a clear word is a set (possibly cleared again since).
+        let changed = || (self.body.word.load(Ordering::Acquire) != seen).then_some(());
+        if spin(changed).is_some() {
+            return true;
+        }
+        loop {
+            let in_time = sleep_on(&self.body.word, seen, wait, Some(SAFETY_POLL));
+            if changed().is_some() {
+                return true;
             }
-            if !sleep_on(&self.body.flag, 0, wait, None) {
-                break self.is_set();
+            if !in_time {
+                return false;
             }
-        };
-        self.body.sleepers.fetch_sub(1, Ordering::SeqCst);
-        set
+        }
     }
 }
 

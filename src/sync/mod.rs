@@ -26,7 +26,7 @@ mod rlock;
 mod semaphore;
 pub(crate) mod wait;
 
-pub use barrier::{Barrier, LIVENESS_POLL};
+pub use barrier::Barrier;
 pub use condition::{Condition, ConditionGuard};
 pub use error::{BarrierError, LockError, LockResult, ReleaseError};
 pub use event::Event;

@@ -13,9 +13,11 @@
 //! The kernel's robust list would be the ideal owner-death detector, but each thread
 //! has exactly one, and glibc owns it for its own mutexes. So this lock records its
 //! owner's thread id in the lock word and its start time beside it, and a waiter
-//! that has slept [`OWNER_CHECK`] without being woken asks `/proc` whether the owner
-//! is still alive. A dead owner's lock is taken over at once, poisoned. This also
-//! ports to macOS, which has no robust pthread mutexes.
+//! that has slept [`OWNER_CHECK`] without being woken (1 ms the first time) asks
+//! `/proc` whether the owner is still alive. A dead owner's lock is taken over at
+//! once, poisoned. `/proc` failing to answer (not mounted, out of descriptors) counts
+//! as alive: a lock is never taken from an owner that might live. This also ports to
+//! macOS, which has no robust pthread mutexes.
 //!
 //! ## The words
 //! | field       | written by        | meaning |
@@ -27,7 +29,11 @@
 //!
 //! A holder killed between taking the lock and writing `owner_tag` leaves a tag that
 //! names an older thread; checkers then judge by the thread id alone. A thread id
-//! recycled by a later thread is caught by the start time whenever the tag is current.
+//! recycled by a later thread is caught by the start time whenever the tag is current;
+//! because a live owner can be caught between its compare-exchange and its tag
+//! store, a start-time mismatch is acted on only when a second look, a check period
+//! later, sees the same word. A thread that finds its own id in the word but not its
+//! own tag knows an earlier thread with that id died holding the lock.
 //!
 //! ## Never trusting the word
 //! Any 32-bit value is a state: a free lock, or a lock held by some thread id. A
@@ -94,28 +100,52 @@ fn tag(me: ThreadIdentity) -> u64 {
     (u64::from(me.tid) << 32) | u64::from(me.start)
 }
 
+/// What a look at the owner found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// Alive, or `/proc` cannot tell.
+    Alive,
+    /// No such thread, or a zombie.
+    Dead,
+    /// A live thread with the owner's id but another start time: the id was probably
+    /// recycled, unless the owner is between taking the lock and writing its tag.
+    /// Taken over only when a second look, a check period later, agrees.
+    Recycled,
+}
+
 impl RawMutex {
     #[inline]
     pub(crate) fn acquire(&self, wait: Wait, reentry: Reentry) -> Acquire {
         let me = sys::current_thread();
         match self.word.compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed) {
             Ok(_) => return self.taken(me, false),
-            Err(cur) if cur & TID_MASK == me.tid => return self.reenter(reentry),
+            Err(cur) if cur & TID_MASK == me.tid => {
+                if let Some(a) = self.held_by_my_id(me, cur, reentry) {
+                    return a;
+                }
+            }
             Err(_) => {}
         }
         if wait == Wait::Never {
             // The only look a try gets: a dead owner's lock must not look busy forever.
-            return match self.take_from_dead_owner(me) {
-                Some(a) => a,
-                None => Acquire::WouldBlock,
-            };
+            return self.try_take_from_dead_owner(me).unwrap_or(Acquire::WouldBlock);
         }
         // No spinning here, unlike the hand-off primitives: when two processes hammer
         // one lock, a spinning waiter pulls the cache line away after every release
         // and the lock changes hands on every acquisition (28 M/s measured); a waiter
         // that sleeps at once lets the holder run on with the line in its cache
-        // (59 M/s). See the README's benchmark notes.
+        // (59-86 M/s). See the README's benchmark notes.
         self.acquire_slow(me, wait)
+    }
+
+    /// The word names our thread id. Ours if the tag says so; otherwise an earlier
+    /// thread that had our (recycled) id died holding it.
+    /// `None` if the word moved meanwhile (someone else recovered it first).
+    fn held_by_my_id(&self, me: ThreadIdentity, cur: u32, reentry: Reentry) -> Option<Acquire> {
+        if self.owner_tag.load(Ordering::Acquire) == tag(me) {
+            return Some(self.reenter(reentry));
+        }
+        self.take_over(me, cur)
     }
 
     /// One attempt to take a free lock, keeping `extra` bits (the waiters bit).
@@ -133,21 +163,30 @@ impl RawMutex {
     #[cold]
     fn acquire_slow(&self, me: ThreadIdentity, wait: Wait) -> Acquire {
         let mut next_check = Instant::now() + FIRST_OWNER_CHECK;
+        // The word at which the owner last looked recycled: a second such look at the
+        // same word, a check period later, confirms it.
+        let mut suspect = None;
         loop {
             // Having slept, we may not be the only waiter: keep the bit so that our
             // unlock wakes the next one.
             if let Some(a) = self.try_take(me, WAITERS) {
                 return a;
             }
-            if Instant::now() >= next_check {
-                if let Some(a) = self.take_from_dead_owner(me) {
-                    return a;
-                }
-                next_check = Instant::now() + OWNER_CHECK;
-            }
-            let cur = self.word.load(Ordering::Relaxed);
+            let cur = self.word.load(Ordering::Acquire);
             if cur & TID_MASK == 0 {
                 continue;
+            }
+            if Instant::now() >= next_check {
+                let verdict = self.owner(cur & TID_MASK);
+                let confirmed = verdict == Owner::Recycled && suspect == Some(cur);
+                if verdict == Owner::Dead || confirmed {
+                    if let Some(a) = self.take_over(me, cur) {
+                        return a;
+                    }
+                    continue;
+                }
+                suspect = (verdict == Owner::Recycled).then_some(cur);
+                next_check = Instant::now() + OWNER_CHECK;
             }
             if cur & WAITERS == 0
                 && self.word.compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed).is_err()
@@ -161,31 +200,51 @@ impl RawMutex {
         }
     }
 
-    /// Takes the lock over if its owner is gone; `None` if the owner lives or the
-    /// word changed under us.
-    fn take_from_dead_owner(&self, me: ThreadIdentity) -> Option<Acquire> {
+    /// For `try_*`: takes the lock if it is free or its owner is certainly gone.
+    /// Rate-limited per thread, so that a try loop on a busy lock does not turn into
+    /// a stream of `/proc` reads.
+    fn try_take_from_dead_owner(&self, me: ThreadIdentity) -> Option<Acquire> {
+        thread_local! {
+            static LAST_LOOK: std::cell::Cell<Option<(usize, u32, Instant)>> = const { std::cell::Cell::new(None) };
+        }
         let cur = self.word.load(Ordering::Acquire);
-        let owner = cur & TID_MASK;
-        if owner == 0 {
+        if cur & TID_MASK == 0 {
             return self.try_take(me, 0);
         }
-        if owner == me.tid || self.owner_alive(owner) {
+        let key = (self as *const Self as usize, cur);
+        let now = Instant::now();
+        let recent = LAST_LOOK.with(|l| {
+            l.get().is_some_and(|(addr, word, at)| (addr, word) == key && now.duration_since(at) < FIRST_OWNER_CHECK)
+        });
+        if recent {
             return None;
         }
+        LAST_LOOK.with(|l| l.set(Some((key.0, key.1, now))));
+        (self.owner(cur & TID_MASK) == Owner::Dead).then(|| self.take_over(me, cur)).flatten()
+    }
+
+    /// Replaces the dead owner in `cur` by us; `None` if the word changed meanwhile.
+    fn take_over(&self, me: ThreadIdentity, cur: u32) -> Option<Acquire> {
         self.word
             .compare_exchange(cur, me.tid | (cur & WAITERS), Ordering::Acquire, Ordering::Relaxed)
             .ok()
             .map(|_| self.taken(me, true))
     }
 
-    fn owner_alive(&self, owner: u32) -> bool {
+    fn owner(&self, owner: u32) -> Owner {
         match sys::thread_state(owner) {
-            ThreadState::Gone => false,
+            ThreadState::Gone => Owner::Dead,
+            ThreadState::Unknown => Owner::Alive,
             ThreadState::Alive { start } => {
                 let t = self.owner_tag.load(Ordering::Acquire);
-                let tag_names_owner = (t >> 32) as u32 == owner;
-                // A current tag whose start time differs: the id was recycled.
-                !(tag_names_owner && t as u32 != start)
+                let (tag_tid, tag_start) = ((t >> 32) as u32, t as u32);
+                // Start times are compared only when both are known (non-zero).
+                let recycled = tag_tid == owner && tag_start != 0 && start != 0 && tag_start != start;
+                if recycled {
+                    Owner::Recycled
+                } else {
+                    Owner::Alive
+                }
             }
         }
     }
@@ -219,11 +278,15 @@ impl RawMutex {
         }
     }
 
-    /// Releases one hold; `Err(EPERM)` when the calling thread holds none.
+    /// Releases one hold; `Err(EPERM)` when the calling thread holds none (never
+    /// did, or lost it to a takeover after being judged dead).
     #[inline]
     pub(crate) fn release(&self, reentry: Reentry) -> Result<(), i32> {
         let me = sys::current_thread();
-        if self.word.load(Ordering::Relaxed) & TID_MASK != me.tid {
+        let mut cur = self.word.load(Ordering::Relaxed);
+        // The id alone decides: a lock taken over from us names its new owner, and no
+        // two live threads share an id.
+        if cur & TID_MASK != me.tid {
             return Err(libc::EPERM);
         }
         if reentry == Reentry::Count {
@@ -232,9 +295,17 @@ impl RawMutex {
                 self.depth.store(depth - 1, Ordering::Relaxed);
                 return Ok(());
             }
+            self.depth.store(0, Ordering::Relaxed);
         }
-        self.depth.store(0, Ordering::Relaxed);
-        if self.word.swap(0, Ordering::Release) & WAITERS != 0 {
+        // A compare-exchange, not a swap: only our own hold may be released.
+        loop {
+            match self.word.compare_exchange_weak(cur, 0, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(now) if now & TID_MASK == me.tid => cur = now, // a waiter set its bit
+                Err(_) => return Err(libc::EPERM),
+            }
+        }
+        if cur & WAITERS != 0 {
             wake(&self.word, 1);
         }
         Ok(())

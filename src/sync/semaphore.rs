@@ -8,15 +8,16 @@
 //!
 //! A permit has no owner, so a process that dies holding one does not give it back
 //! (as in Python). A process that dies asleep leaves `sleepers` one too high, which
-//! costs later releases a wake-up syscall and nothing else. `max` is read once when
-//! attaching; a scribbled `value` above it is clamped by the next release's check.
+//! costs later releases a wake-up syscall and nothing else; one too low (scribbled)
+//! costs a sleeper at most [`SAFETY_POLL`] of delay. `max` is read once when
+//! attaching; a scribbled `value` above it makes the next release fail.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::error::ReleaseError;
-use super::wait::{sleep_on, spin, wake, Wait};
+use super::wait::{sleep_on, spin, wake, Wait, SAFETY_POLL};
 use crate::segment::{self, Backing, ObjectKind, SegmentCreateError, SegmentOpenError, View};
 
 #[repr(C)]
@@ -77,7 +78,7 @@ impl RawSemaphore {
             if self.try_take() {
                 break true;
             }
-            if !sleep_on(&self.body.value, 0, wait, None) {
+            if !sleep_on(&self.body.value, 0, wait, Some(SAFETY_POLL)) {
                 break self.try_take();
             }
         };

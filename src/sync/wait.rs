@@ -45,6 +45,11 @@ impl Wait {
     }
 }
 
+/// How often a sleeper re-checks its condition even without a wake-up. Waking
+/// needs counters in shared memory to be right (who sleeps, who was notified); this
+/// bounds what a scribbled or crash-damaged counter can cost a sleeper to a delay.
+pub(crate) const SAFETY_POLL: Duration = Duration::from_millis(100);
+
 /// Rounds of spinning before sleeping; round `k` spins `2^k` pause instructions, so
 /// the default whole spin is ~127 pauses, a few microseconds.
 pub(crate) const DEFAULT_SPIN_ROUNDS: u32 = 7;

@@ -185,8 +185,12 @@ pub(crate) struct ThreadIdentity {
 pub(crate) enum ThreadState {
     /// No such thread, or a zombie: it holds nothing and never will again.
     Gone,
-    /// A live thread that started at `start` (low 32 bits of its start time).
+    /// A live thread that started at `start` (low 32 bits of its start time; 0 when
+    /// unreadable, which callers treat as "unknown").
     Alive { start: u32 },
+    /// `/proc` could not tell (not mounted, out of descriptors, no permission):
+    /// callers must assume the thread lives.
+    Unknown,
 }
 
 thread_local! {
@@ -232,7 +236,8 @@ fn identify_current_thread() -> ThreadIdentity {
     let tid = nix::unistd::gettid().as_raw() as u32;
     let start = match thread_state(tid) {
         ThreadState::Alive { start } => start,
-        ThreadState::Gone => 0, // /proc unmounted: fall back to the id alone
+        // Unreadable: 0 means "unknown", and owners are then judged by id alone.
+        ThreadState::Gone | ThreadState::Unknown => 0,
     };
     let me = ThreadIdentity { tid, start };
     CURRENT.with(|c| c.set(Some(me)));
@@ -245,17 +250,23 @@ pub(crate) fn fork_handler_registered() -> bool {
 
 /// Looks `tid` up in `/proc` (any thread of any process in our pid namespace).
 pub(crate) fn thread_state(tid: u32) -> ThreadState {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tid}/stat")) else {
-        return ThreadState::Gone;
+    let stat = match std::fs::read_to_string(format!("/proc/{tid}/stat")) {
+        Ok(stat) => stat,
+        // Only "no such thread" means gone; any other failure says nothing.
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
+            return ThreadState::Gone
+        }
+        Err(_) => return ThreadState::Unknown,
     };
     // Fields after the command name, which is in parentheses and may itself contain
     // spaces or parentheses: state is the first, starttime the twentieth.
     let mut rest = match stat.rfind(')') {
         Some(i) => stat[i + 1..].split_ascii_whitespace(),
-        None => return ThreadState::Gone,
+        None => return ThreadState::Unknown,
     };
     match rest.next() {
-        Some("Z") | Some("X") | Some("x") | None => ThreadState::Gone,
+        Some("Z") | Some("X") | Some("x") => ThreadState::Gone,
+        None => ThreadState::Unknown,
         Some(_) => {
             let start = rest.nth(18).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
             ThreadState::Alive { start: start as u32 }

@@ -11,8 +11,20 @@ pub use shmproc::testing::{fork, Child, Exit, PANICKED};
 /// How long any test waits for anything that should be quick.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// How soon a wake-up that must come does come, at the latest, on a loaded machine.
+/// Waits are given [`PATIENCE`] and then checked against this, so that a lost
+/// wake-up fails the test instead of passing slowly when its own time-out fires.
+pub const PROMPT: Duration = Duration::from_secs(2);
+
+/// Runs `f`; `None` if it took longer than [`PROMPT`].
+pub fn quickly<T>(f: impl FnOnce() -> T) -> Option<T> {
+    let start = std::time::Instant::now();
+    let out = f();
+    (start.elapsed() <= PROMPT).then_some(out)
+}
+
 /// Forks a child running `f`; its return value is its exit code.
-pub fn spawn_child(f: impl FnOnce() -> i32) -> Child {
+pub fn spawn_child(f: impl FnOnce() -> i32 + 'static) -> Child {
     fork(f).expect("fork")
 }
 
