@@ -98,7 +98,8 @@ impl Header {
         self.state.store(READY, Ordering::Release);
     }
 
-    /// Checks the header at `at` against `expect` and the real file length.
+    /// Checks the header at `at` against the real file length, and says what the
+    /// segment holds; [`Expect::check`] then compares that with what the caller wants.
     ///
     /// Another process may be writing the header while we read it, so this takes one
     /// copy (after an acquire load of `state`, which orders it after the creator's
@@ -106,11 +107,7 @@ impl Header {
     ///
     /// # Safety
     /// `at` points to at least `HEADER_LEN` readable bytes, aligned for `Header`.
-    pub(crate) unsafe fn read_and_validate(
-        at: *const Header,
-        expect: Expect,
-        file_len: u64,
-    ) -> Result<Validated, SegmentOpenError> {
+    pub(crate) unsafe fn read_and_validate(at: *const Header, file_len: u64) -> Result<Validated, SegmentOpenError> {
         // SAFETY: per the contract; `state` is an AtomicU32 inside the header.
         let state = unsafe { (*at).state.load(Ordering::Acquire) };
         // SAFETY: per the contract; every bit pattern is a valid Header (integers and
@@ -125,14 +122,7 @@ impl Header {
         if h.version != LAYOUT_VERSION {
             return Err(SegmentOpenError::VersionMismatch { found: h.version, expected: LAYOUT_VERSION });
         }
-        let found = ObjectKind::from_u32(h.kind).ok_or(SegmentOpenError::Corrupted("unknown object kind"))?;
-        if found != expect.kind {
-            return Err(SegmentOpenError::WrongKind { found, expected: expect.kind });
-        }
-        let elem = expect.elem.unwrap_or(TypeInfo::NONE);
-        if (h.elem_size, h.elem_align, h.type_fingerprint) != (elem.size, elem.align, elem.fingerprint) {
-            return Err(SegmentOpenError::WrongType { expected: elem.name });
-        }
+        let kind = ObjectKind::from_u32(h.kind).ok_or(SegmentOpenError::Corrupted("unknown object kind"))?;
         let needed =
             (HEADER_LEN as u64).checked_add(h.body_len).ok_or(SegmentOpenError::Corrupted("body length overflows"))?;
         if needed > file_len {
@@ -144,13 +134,44 @@ impl Header {
             start: start_and_ns as u32,
             pid_ns: (start_and_ns >> 32) as u32,
         });
-        Ok(Validated { elem_count: h.elem_count, body_len: h.body_len, creator })
+        let elem = ElemInfo { size: h.elem_size, align: h.elem_align, fingerprint: h.type_fingerprint };
+        Ok(Validated { kind, elem, elem_count: h.elem_count, body_len: h.body_len, creator })
+    }
+}
+
+/// An element type as the header records it (a [`TypeInfo`] without the name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ElemInfo {
+    pub(crate) size: u32,
+    pub(crate) align: u32,
+    pub(crate) fingerprint: u64,
+}
+
+impl From<Option<TypeInfo>> for ElemInfo {
+    fn from(t: Option<TypeInfo>) -> ElemInfo {
+        let t = t.unwrap_or(TypeInfo::NONE);
+        ElemInfo { size: t.size, align: t.align, fingerprint: t.fingerprint }
+    }
+}
+
+impl Expect {
+    /// Whether a segment holding `kind` with elements `elem` is what was asked for.
+    pub(crate) fn check(&self, kind: ObjectKind, elem: ElemInfo) -> Result<(), SegmentOpenError> {
+        if kind != self.kind {
+            return Err(SegmentOpenError::WrongKind { found: kind, expected: self.kind });
+        }
+        if elem != ElemInfo::from(self.elem) {
+            return Err(SegmentOpenError::WrongType { expected: self.elem.unwrap_or(TypeInfo::NONE).name });
+        }
+        Ok(())
     }
 }
 
 /// What attaching learned from a valid header.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Validated {
+    pub(crate) kind: ObjectKind,
+    pub(crate) elem: ElemInfo,
     pub(crate) elem_count: u64,
     pub(crate) body_len: u64,
     pub(crate) creator: Option<Creator>,

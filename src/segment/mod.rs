@@ -35,7 +35,7 @@ use std::sync::Arc;
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::sys;
-use header::{Creator, Header};
+use header::{Creator, ElemInfo, Header};
 pub(crate) use header::{Expect, HEADER_LEN};
 
 /// The kind of shared object a segment holds, recorded in its header.
@@ -235,6 +235,8 @@ pub(crate) struct Segment {
     /// The process that must unlink `name` when this handle drops: the creator, and
     /// never a forked copy of it.
     unlink_in: Option<i32>,
+    kind: ObjectKind,
+    elem: ElemInfo,
     elem_count: u64,
     body_len: usize,
 }
@@ -282,7 +284,16 @@ impl Segment {
             }
         })?;
         // From here on, `Drop` unlinks a named segment if anything fails.
-        let seg = Segment { map, _fd: fd, unlink_in: name.as_ref().map(|_| sys::getpid()), name, elem_count, body_len };
+        let seg = Segment {
+            map,
+            _fd: fd,
+            unlink_in: name.as_ref().map(|_| sys::getpid()),
+            name,
+            kind: expect.kind,
+            elem: ElemInfo::from(expect.elem),
+            elem_count,
+            body_len,
+        };
         let header = seg.header_mut_ptr();
         let creator = seg.name.as_ref().map(|_| this_process());
         // SAFETY: the mapping is `total >= HEADER_LEN` bytes, page aligned, and not yet
@@ -302,6 +313,14 @@ impl Segment {
             io::ErrorKind::PermissionDenied => SegmentOpenError::PermissionDenied(name.to_owned()),
             _ => SegmentOpenError::Os { op: "shm_open", source: e },
         })?;
+        let seg = Segment::attach(fd, Some(name.to_owned()))?;
+        seg.check(expect)?;
+        Ok(seg)
+    }
+
+    /// Attaches to the segment behind `fd` (handed over by a parent process), checking
+    /// its header but not yet what it holds: see [`Segment::check`].
+    pub(crate) fn attach(fd: OwnedFd, name: Option<String>) -> Result<Segment, SegmentOpenError> {
         let file_len = sys::file_len(&fd).map_err(|source| SegmentOpenError::Os { op: "fstat", source })?;
         if file_len < HEADER_LEN as u64 {
             return Err(SegmentOpenError::Truncated { len: file_len, needed: HEADER_LEN as u64 });
@@ -313,7 +332,7 @@ impl Segment {
             .map_err(|source| SegmentOpenError::Os { op: "mmap", source })?;
         // SAFETY: the mapping holds at least HEADER_LEN bytes (checked above) and is
         // page aligned.
-        let v = unsafe { Header::read_and_validate(map.as_ptr().cast(), expect, file_len)? };
+        let v = unsafe { Header::read_and_validate(map.as_ptr().cast(), file_len)? };
         if let Some(creator) = v.creator {
             let ours = sys::pid_namespace();
             if creator.pid_ns != 0 && ours != 0 && creator.pid_ns != ours {
@@ -321,7 +340,30 @@ impl Segment {
             }
         }
         let body_len = usize::try_from(v.body_len).map_err(|_| SegmentOpenError::Corrupted("body length"))?;
-        Ok(Segment { map, _fd: fd, name: Some(name.to_owned()), unlink_in: None, elem_count: v.elem_count, body_len })
+        Ok(Segment {
+            map,
+            _fd: fd,
+            name,
+            unlink_in: None,
+            kind: v.kind,
+            elem: v.elem,
+            elem_count: v.elem_count,
+            body_len,
+        })
+    }
+
+    /// Whether this segment holds what `expect` says.
+    pub(crate) fn check(&self, expect: Expect) -> Result<(), SegmentOpenError> {
+        expect.check(self.kind, self.elem)
+    }
+
+    pub(crate) fn kind(&self) -> ObjectKind {
+        self.kind
+    }
+
+    /// The descriptor behind the mapping, for handing the segment to a child.
+    pub(crate) fn fd(&self) -> &OwnedFd {
+        &self._fd
     }
 
     fn header_mut_ptr(&self) -> *mut Header {
