@@ -24,6 +24,7 @@
 //! opener never re-reads a size from shared memory.
 
 mod header;
+pub(crate) mod transfer;
 
 use std::fmt;
 use std::io;
@@ -479,13 +480,21 @@ pub(crate) fn create_view<B>(
 
 /// Attaches to the named segment holding one fixed-size body `B` of `kind`.
 pub(crate) fn open_view<B>(name: &str, kind: ObjectKind) -> Result<View<B>, SegmentOpenError> {
-    let seg = Segment::open(name, Expect { kind, elem: None })?;
-    if seg.body_len() != std::mem::size_of::<B>() {
-        return Err(SegmentOpenError::Corrupted("body length does not match the object kind"));
+    view_of(Arc::new(Segment::open(name, Expect { kind, elem: None })?), &[kind])
+}
+
+/// The `B` at the start of `seg`'s body, if `seg` holds one of `kinds` (whose bodies
+/// all start with a `B`) and is long enough.
+pub(crate) fn view_of<B>(seg: Arc<Segment>, kinds: &[ObjectKind]) -> Result<View<B>, SegmentOpenError> {
+    if !kinds.contains(&seg.kind()) {
+        return Err(SegmentOpenError::WrongKind { found: seg.kind(), expected: kinds[0] });
     }
-    // SAFETY: validated: the body is exactly a B, built and published by its creator;
-    // B is valid for any bit pattern.
-    Ok(unsafe { View::new(Arc::new(seg), 0) })
+    if seg.body_len() < std::mem::size_of::<B>() {
+        return Err(SegmentOpenError::Corrupted("body too short for the object kind"));
+    }
+    // SAFETY: the header is valid and says the body starts with a B (per `kinds`),
+    // at least size_of::<B>() bytes; B is valid for any bit pattern.
+    Ok(unsafe { View::new(seg, 0) })
 }
 
 fn this_process() -> Creator {

@@ -5,9 +5,12 @@ use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::cells::{self, Cells};
 use super::ArrayError;
+use crate::segment::transfer;
 use crate::segment::{Backing, ObjectKind, SegmentCreateError, SegmentOpenError};
 use crate::sync::{Lock, LockError, LockGuard, LockResult};
 
@@ -129,6 +132,21 @@ impl<T: Pod> Array<T> {
             }
             Err(e) => Err(ArrayError::Lock(e.map(|mut g| g.copy_from_slice(src)))),
         }
+    }
+}
+
+impl<T: Pod> Serialize for Array<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        transfer::serialize_segments(&[self.cells.segment(), self.lock.segment()], s)
+    }
+}
+
+impl<'de, T: Pod> Deserialize<'de> for Array<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let [seg, lock_seg] = transfer::deserialize_segments::<D, 2>(d)?;
+        let (lock, cells) = cells::guarded_from_segments(seg, lock_seg, ObjectKind::Array, ObjectKind::RawArray)
+            .map_err(D::Error::custom)?;
+        Ok(Array { lock, cells })
     }
 }
 
@@ -283,6 +301,19 @@ impl<T: Pod> RawArray<T> {
     pub unsafe fn as_mut_slice(&self) -> &mut [T] {
         // SAFETY: forwarded to the caller.
         unsafe { self.cells.as_mut_slice() }
+    }
+}
+
+impl<T: Pod> Serialize for RawArray<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        transfer::serialize_segments(&[self.cells.segment()], s)
+    }
+}
+
+impl<'de, T: Pod> Deserialize<'de> for RawArray<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let [seg] = transfer::deserialize_segments::<D, 1>(d)?;
+        Ok(RawArray { cells: cells::raw_from_segment(seg, ObjectKind::RawArray).map_err(D::Error::custom)? })
     }
 }
 

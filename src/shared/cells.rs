@@ -86,14 +86,42 @@ pub(crate) fn create_raw<T: Pod>(
 
 /// Attaches to the named `Value`/`Array` segment `name` with elements `T`.
 pub(crate) fn open_locked<T: Pod>(name: &str, kind: ObjectKind) -> Result<(Lock, Cells<T>), SegmentOpenError> {
-    let (seg, offset, n) = open::<T>(name, kind, true)?;
+    let seg = Arc::new(Segment::open(name, expect::<T>(kind)?)?);
+    let (offset, n) = checked_layout::<T>(&seg, true)?;
     Ok((lock_at_start(&seg), cells_at(seg, offset, n)))
 }
 
 /// Attaches to the named `RawValue`/`RawArray` segment `name` with elements `T`.
 pub(crate) fn open_raw<T: Pod>(name: &str, kind: ObjectKind) -> Result<Cells<T>, SegmentOpenError> {
-    let (seg, offset, n) = open::<T>(name, kind, false)?;
+    raw_from_segment(Arc::new(Segment::open(name, expect::<T>(kind)?)?), kind)
+}
+
+/// A `RawValue`/`RawArray` (`raw_kind`) in a segment handed to this process.
+pub(crate) fn raw_from_segment<T: Pod>(seg: Arc<Segment>, raw_kind: ObjectKind) -> Result<Cells<T>, SegmentOpenError> {
+    seg.check(expect::<T>(raw_kind)?)?;
+    let (offset, n) = checked_layout::<T>(&seg, false)?;
     Ok(cells_at(seg, offset, n))
+}
+
+/// A `Value`/`Array` handed to this process: either one segment of `locked_kind`
+/// holding its own lock, or a segment of `raw_kind` guarded by the lock in `lock_seg`.
+pub(crate) fn guarded_from_segments<T: Pod>(
+    seg: Arc<Segment>,
+    lock_seg: Arc<Segment>,
+    locked_kind: ObjectKind,
+    raw_kind: ObjectKind,
+) -> Result<(Lock, Cells<T>), SegmentOpenError> {
+    if seg.kind() == raw_kind {
+        return Ok((Lock::from_segment(lock_seg)?, raw_from_segment(seg, raw_kind)?));
+    }
+    seg.check(expect::<T>(locked_kind)?)?;
+    let (offset, n) = checked_layout::<T>(&seg, true)?;
+    Ok((lock_at_start(&seg), cells_at(seg, offset, n)))
+}
+
+fn expect<T>(kind: ObjectKind) -> Result<Expect, SegmentOpenError> {
+    let ty = TypeInfo::of::<T>().ok_or(SegmentOpenError::WrongType { expected: std::any::type_name::<T>() })?;
+    Ok(Expect { kind, elem: Some(ty) })
 }
 
 /// The segment and the data's offset in its body.
@@ -122,13 +150,12 @@ fn create<T: Pod>(
     Ok((Arc::new(seg), offset))
 }
 
-/// The segment, the data's offset, and the element count, checked against the layout.
-fn open<T: Pod>(name: &str, kind: ObjectKind, locked: bool) -> Result<(Arc<Segment>, usize, usize), SegmentOpenError> {
-    let ty = TypeInfo::of::<T>().ok_or(SegmentOpenError::WrongType { expected: std::any::type_name::<T>() })?;
-    let seg = Segment::open(name, Expect { kind, elem: Some(ty) })?;
+/// The data's offset and the element count of a validated segment, checked against
+/// the layout its header implies.
+fn checked_layout<T: Pod>(seg: &Segment, locked: bool) -> Result<(usize, usize), SegmentOpenError> {
     let n = usize::try_from(seg.elem_count()).map_err(|_| SegmentOpenError::Corrupted("element count"))?;
     match layout::<T>(prefix(locked), n) {
-        Some((offset, body_len)) if n > 0 && body_len == seg.body_len() => Ok((Arc::new(seg), offset, n)),
+        Some((offset, body_len)) if n > 0 && body_len == seg.body_len() => Ok((offset, n)),
         _ => Err(SegmentOpenError::Corrupted("body length does not match the element count")),
     }
 }
@@ -148,6 +175,10 @@ fn cells_at<T>(seg: Arc<Segment>, offset: usize, len: usize) -> Cells<T> {
 }
 
 impl<T: Pod> Cells<T> {
+    pub(crate) fn segment(&self) -> &Arc<Segment> {
+        &self.seg
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.len
     }

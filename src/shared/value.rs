@@ -5,8 +5,11 @@ use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::cells::{self, Cells};
+use crate::segment::transfer;
 use crate::segment::{Backing, ObjectKind, SegmentCreateError, SegmentOpenError};
 use crate::sync::{Lock, LockError, LockGuard, LockResult};
 
@@ -122,6 +125,21 @@ impl<T: Pod> Value<T> {
     }
 }
 
+impl<T: Pod> Serialize for Value<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        transfer::serialize_segments(&[self.cells.segment(), self.lock.segment()], s)
+    }
+}
+
+impl<'de, T: Pod> Deserialize<'de> for Value<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let [seg, lock_seg] = transfer::deserialize_segments::<D, 2>(d)?;
+        let (lock, cells) = cells::guarded_from_segments(seg, lock_seg, ObjectKind::Value, ObjectKind::RawValue)
+            .map_err(D::Error::custom)?;
+        Ok(Value { lock, cells })
+    }
+}
+
 impl<T: Pod + fmt::Debug> fmt::Debug for Value<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Value").field("name", &self.name()).field("lock", &self.lock).finish_non_exhaustive()
@@ -212,6 +230,19 @@ impl<T: Pod> RawValue<T> {
     /// Overwrites the value.
     pub fn set(&self, value: T) {
         self.cells.set(0, value);
+    }
+}
+
+impl<T: Pod> Serialize for RawValue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        transfer::serialize_segments(&[self.cells.segment()], s)
+    }
+}
+
+impl<'de, T: Pod> Deserialize<'de> for RawValue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let [seg] = transfer::deserialize_segments::<D, 1>(d)?;
+        Ok(RawValue { cells: cells::raw_from_segment(seg, ObjectKind::RawValue).map_err(D::Error::custom)? })
     }
 }
 

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use super::error::BarrierError;
 use super::raw_mutex::{Acquire, RawMutex, Reentry};
 use super::wait::{sleep_on, spin, wake, Wait};
+use crate::segment::transfer::serde_as_segments;
 use crate::segment::{Backing, Expect, ObjectKind, Segment, SegmentCreateError, SegmentOpenError, View};
 use crate::sys;
 
@@ -100,12 +101,17 @@ impl Barrier {
 
     /// Attaches to the named barrier `name`.
     pub fn open(name: &str) -> Result<Barrier, SegmentOpenError> {
-        let seg = Segment::open(name, Expect { kind: ObjectKind::Barrier, elem: None })?;
+        Self::attach(Arc::new(Segment::open(name, Expect { kind: ObjectKind::Barrier, elem: None })?))
+    }
+
+    /// A barrier in a segment opened by name or handed to this process.
+    fn attach(seg: Arc<Segment>) -> Result<Barrier, SegmentOpenError> {
+        seg.check(Expect { kind: ObjectKind::Barrier, elem: None })?;
         let parties = u32::try_from(seg.elem_count()).map_err(|_| SegmentOpenError::Corrupted("barrier parties"))?;
         if parties == 0 || body_len(parties) != Some(seg.body_len()) {
             return Err(SegmentOpenError::Corrupted("barrier size does not match its parties"));
         }
-        Ok(Self::from_segment(Arc::new(seg), parties))
+        Ok(Self::from_segment(seg, parties))
     }
 
     fn from_segment(seg: Arc<Segment>, parties: u32) -> Barrier {
@@ -277,6 +283,11 @@ impl Barrier {
         (0..arrived).any(|i| !sys::process_alive(self.pid_slot(i).load(Ordering::Acquire)))
     }
 }
+
+serde_as_segments!(Barrier, 1, |b| [b.body.segment()], |segs| {
+    let [seg] = segs;
+    Barrier::attach(seg)
+});
 
 impl fmt::Debug for Barrier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

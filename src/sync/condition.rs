@@ -35,6 +35,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
@@ -43,7 +44,8 @@ use super::error::{lock_result, LockError, LockResult};
 use super::lock::Lock;
 use super::raw_mutex::{Acquire, RawMutex, Reentry};
 use super::wait::{sleep_on, wake, Wait, SAFETY_POLL};
-use crate::segment::{self, Backing, ObjectKind, SegmentCreateError, SegmentOpenError, View};
+use crate::segment::transfer::serde_as_segments;
+use crate::segment::{self, Backing, ObjectKind, Segment, SegmentCreateError, SegmentOpenError, View};
 
 #[repr(C)]
 pub(crate) struct ConditionBody {
@@ -116,6 +118,11 @@ impl Condition {
         let body: View<ConditionBody> = segment::open_view(name, ObjectKind::Condition)?;
         let lock = Lock::from_view(Self::own_lock(&body));
         Ok(Condition { body, lock })
+    }
+
+    /// A condition handed to this process: its segment, and its lock's.
+    fn attach(seg: Arc<Segment>, lock_seg: Arc<Segment>) -> Result<Condition, SegmentOpenError> {
+        Ok(Condition { body: segment::view_of(seg, &[ObjectKind::Condition])?, lock: Lock::from_segment(lock_seg)? })
     }
 
     fn create(backing: Backing, lock: Option<Lock>) -> Result<Condition, SegmentCreateError> {
@@ -254,6 +261,11 @@ impl Condition {
         }
     }
 }
+
+serde_as_segments!(Condition, 2, |c| [c.body.segment(), c.lock.segment()], |segs| {
+    let [seg, lock_seg] = segs;
+    Condition::attach(seg, lock_seg)
+});
 
 impl fmt::Debug for Condition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

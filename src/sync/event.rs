@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::wait::{sleep_on, spin, wake, Wait, SAFETY_POLL};
+use crate::segment::transfer::serde_as_segments;
 use crate::segment::{self, Backing, ObjectKind, SegmentCreateError, SegmentOpenError, View};
 
 #[repr(C)]
@@ -126,6 +127,11 @@ impl Event {
         }
     }
 }
+
+serde_as_segments!(Event, 1, |e| [e.body.segment()], |segs| {
+    let [seg] = segs;
+    Ok(Event { body: segment::view_of(seg, &[ObjectKind::Event])? })
+});
 
 impl fmt::Debug for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

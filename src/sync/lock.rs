@@ -2,12 +2,14 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::error::{lock_result, LockResult};
 use super::raw_mutex::{RawMutex, Reentry};
 use super::wait::Wait;
-use crate::segment::{self, Backing, ObjectKind, SegmentCreateError, SegmentOpenError, View};
+use crate::segment::transfer::serde_as_segments;
+use crate::segment::{self, Backing, ObjectKind, Segment, SegmentCreateError, SegmentOpenError, View};
 
 /// A lock shared between processes, robust against a holder's death.
 ///
@@ -60,9 +62,20 @@ impl Lock {
         Ok(Lock { raw })
     }
 
+    /// The lock at the start of a segment handed to this process: a `Lock`'s own, or
+    /// the one a `Value`, `Array` or `Condition` carries.
+    pub(crate) fn from_segment(seg: Arc<Segment>) -> Result<Lock, SegmentOpenError> {
+        const HOSTS: [ObjectKind; 4] = [ObjectKind::Lock, ObjectKind::Value, ObjectKind::Array, ObjectKind::Condition];
+        Ok(Lock { raw: segment::view_of(seg, &HOSTS)? })
+    }
+
     /// A lock living inside another object's segment (a `Value`'s, a `Condition`'s).
     pub(crate) fn from_view(raw: View<RawMutex>) -> Lock {
         Lock { raw }
+    }
+
+    pub(crate) fn segment(&self) -> &Arc<Segment> {
+        self.raw.segment()
     }
 
     pub(crate) fn raw(&self) -> &RawMutex {
@@ -111,6 +124,11 @@ impl Lock {
         self.raw.clear_poison();
     }
 }
+
+serde_as_segments!(Lock, 1, |l| [l.raw.segment()], |segs| {
+    let [seg] = segs;
+    Lock::from_segment(seg)
+});
 
 impl fmt::Debug for Lock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::error::{lock_result, LockResult, ReleaseError};
 use super::raw_mutex::{RawMutex, Reentry};
 use super::wait::Wait;
+use crate::segment::transfer::serde_as_segments;
 use crate::segment::{self, Backing, ObjectKind, SegmentCreateError, SegmentOpenError, View};
 
 /// A re-entrant lock shared between processes: the thread that holds it may acquire
@@ -101,6 +102,11 @@ impl RLock {
         self.raw.clear_poison();
     }
 }
+
+serde_as_segments!(RLock, 1, |l| [l.raw.segment()], |segs| {
+    let [seg] = segs;
+    Ok(RLock { raw: segment::view_of(seg, &[ObjectKind::RLock])? })
+});
 
 impl fmt::Debug for RLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -13,12 +13,14 @@
 //! attaching; a scribbled `value` above it makes the next release fail.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::error::ReleaseError;
 use super::wait::{sleep_on, spin, wake, Wait, SAFETY_POLL};
-use crate::segment::{self, Backing, ObjectKind, SegmentCreateError, SegmentOpenError, View};
+use crate::segment::transfer::serde_as_segments;
+use crate::segment::{self, Backing, ObjectKind, Segment, SegmentCreateError, SegmentOpenError, View};
 
 #[repr(C)]
 pub(crate) struct SemaphoreBody {
@@ -51,7 +53,14 @@ impl RawSemaphore {
     }
 
     fn open(name: &str, kind: ObjectKind) -> Result<RawSemaphore, SegmentOpenError> {
-        let body: View<SemaphoreBody> = segment::open_view(name, kind)?;
+        Self::from_view(segment::open_view(name, kind)?, kind)
+    }
+
+    fn from_segment(seg: Arc<Segment>, kind: ObjectKind) -> Result<RawSemaphore, SegmentOpenError> {
+        Self::from_view(segment::view_of(seg, &[kind])?, kind)
+    }
+
+    fn from_view(body: View<SemaphoreBody>, kind: ObjectKind) -> Result<RawSemaphore, SegmentOpenError> {
         let max = body.max.load(Ordering::Relaxed);
         if kind == ObjectKind::Semaphore && max != u32::MAX {
             return Err(SegmentOpenError::Corrupted("a plain semaphore's bound must be u32::MAX"));
@@ -147,6 +156,11 @@ macro_rules! semaphore_api {
                 self.raw.value()
             }
         }
+
+        serde_as_segments!($ty, 1, |s| [s.raw.body.segment()], |segs| {
+            let [seg] = segs;
+            Ok($ty { raw: RawSemaphore::from_segment(seg, $kind)? })
+        });
 
         impl fmt::Debug for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,0 +1,152 @@
+//! Handing shared objects to a child process: every shared object serializes as
+//! handles to its segments, and deserializes by attaching to them again.
+//!
+//! Serializing happens inside [`collecting`], which gathers the segments the
+//! arguments refer to (each once) and writes their slot numbers. The start method
+//! then delivers those segments to the child: a forked child already has them in
+//! its (copied) memory; a spawned or fork-server child receives their descriptors
+//! (inherited at known numbers, or by `SCM_RIGHTS`). The child deserializes inside
+//! [`receiving`], which turns slots back into segments, attaching each descriptor at
+//! most once and validating its header before any typed code looks at it.
+//!
+//! Outside those two scopes a shared object refuses to serialize: a handle means
+//! nothing without the descriptor that travels beside it.
+
+use std::cell::RefCell;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use serde::de::Error as _;
+use serde::ser::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{Segment, SegmentOpenError};
+
+#[derive(Serialize, Deserialize)]
+struct SegmentHandle {
+    slot: u32,
+    name: Option<String>,
+}
+
+/// Where a child's incoming segments come from.
+pub(crate) enum Incoming {
+    /// A forked child: the parent's own segments, in the child's copy of its memory.
+    Inherited(Vec<Arc<Segment>>),
+    /// A spawned or fork-server child: descriptors, attached on first use.
+    Received(Vec<OwnedFd>),
+}
+
+struct Receiving {
+    source: Incoming,
+    attached: Vec<Option<Arc<Segment>>>,
+}
+
+thread_local! {
+    static OUTGOING: RefCell<Option<Vec<Arc<Segment>>>> = const { RefCell::new(None) };
+    static INCOMING: RefCell<Option<Receiving>> = const { RefCell::new(None) };
+}
+
+/// Runs `serialize` with shared objects allowed to serialize, and returns what it
+/// produced with the segments (in slot order) the child must be given.
+pub(crate) fn collecting<R>(serialize: impl FnOnce() -> R) -> (R, Vec<Arc<Segment>>) {
+    let outer = OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()));
+    let out = serialize();
+    let segments = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), outer)).unwrap_or_default();
+    (out, segments)
+}
+
+/// Runs `deserialize` with the child's incoming segments available to shared objects.
+pub(crate) fn receiving<R>(source: Incoming, deserialize: impl FnOnce() -> R) -> R {
+    let n = match &source {
+        Incoming::Inherited(v) => v.len(),
+        Incoming::Received(v) => v.len(),
+    };
+    let r = Receiving { source, attached: vec![None; n] };
+    let outer = INCOMING.with(|i| i.borrow_mut().replace(r));
+    let out = deserialize();
+    INCOMING.with(|i| *i.borrow_mut() = outer);
+    out
+}
+
+/// Serializes handles to `segments` (and registers them for delivery).
+pub(crate) fn serialize_segments<S: Serializer>(segments: &[&Arc<Segment>], s: S) -> Result<S::Ok, S::Error> {
+    let handles = OUTGOING.with(|o| {
+        let mut o = o.borrow_mut();
+        let out = o.as_mut().ok_or_else(|| {
+            S::Error::custom("shmproc objects serialize only as arguments to a child process (Process::new)")
+        })?;
+        Ok(segments
+            .iter()
+            .map(|seg| {
+                let slot = match out.iter().position(|s| Arc::ptr_eq(s, seg)) {
+                    Some(i) => i,
+                    None => {
+                        out.push(Arc::clone(seg));
+                        out.len() - 1
+                    }
+                };
+                SegmentHandle { slot: slot as u32, name: seg.name().map(str::to_owned) }
+            })
+            .collect::<Vec<_>>())
+    })?;
+    handles.serialize(s)
+}
+
+/// Deserializes `N` segment handles written by [`serialize_segments`].
+pub(crate) fn deserialize_segments<'de, D: Deserializer<'de>, const N: usize>(
+    d: D,
+) -> Result<[Arc<Segment>; N], D::Error> {
+    let handles = Vec::<SegmentHandle>::deserialize(d)?;
+    if handles.len() != N {
+        return Err(D::Error::invalid_length(handles.len(), &"the handles of one shared object"));
+    }
+    let segments = INCOMING.with(|i| {
+        let mut i = i.borrow_mut();
+        let r = i.as_mut().ok_or_else(|| D::Error::custom("no shared segments were handed to this process"))?;
+        handles.into_iter().map(|h| r.segment(h).map_err(D::Error::custom)).collect::<Result<Vec<_>, _>>()
+    })?;
+    segments.try_into().map_err(|_| D::Error::custom("handle count"))
+}
+
+impl Receiving {
+    fn segment(&mut self, h: SegmentHandle) -> Result<Arc<Segment>, SegmentOpenError> {
+        let slot = h.slot as usize;
+        let cached = self.attached.get(slot).ok_or(SegmentOpenError::Corrupted("segment slot out of range"))?;
+        if let Some(seg) = cached {
+            return Ok(Arc::clone(seg));
+        }
+        let seg = match &self.source {
+            Incoming::Inherited(v) => Arc::clone(&v[slot]),
+            Incoming::Received(fds) => {
+                let fd = fds[slot].try_clone().map_err(|source| SegmentOpenError::Os { op: "dup", source })?;
+                Arc::new(Segment::attach(fd, h.name)?)
+            }
+        };
+        self.attached[slot] = Some(Arc::clone(&seg));
+        Ok(seg)
+    }
+}
+
+/// Implements `Serialize` and `Deserialize` for a shared object as handles to its
+/// segments: `|this| [segments]` lists them, `|[segments]| constructor` rebuilds the
+/// object from them (returning `Result<Self, SegmentOpenError>`).
+macro_rules! serde_as_segments {
+    ($ty:ty, $n:literal, |$this:ident| $segs:expr, |$arr:ident| $build:expr) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let $this = self;
+                $crate::segment::transfer::serialize_segments(&$segs, s)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let $arr = $crate::segment::transfer::deserialize_segments::<D, $n>(d)?;
+                let build = move || -> Result<Self, $crate::SegmentOpenError> { $build };
+                let built = build();
+                built.map_err(<D::Error as serde::de::Error>::custom)
+            }
+        }
+    };
+}
+pub(crate) use serde_as_segments;
