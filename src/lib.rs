@@ -31,6 +31,7 @@
 //! shares it. Objects made with `new_named` (or `from_slice_named`) can also be
 //! opened by name from an unrelated process with `open`.
 
+mod process;
 mod segment;
 mod shared;
 mod sync;
@@ -44,6 +45,10 @@ pub mod testing;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+pub use process::{
+    active_children, context, cpu_count, current_process, get_start_method, init, parent_process, set_start_method,
+    Context, Process, ProcessBuilder, ProcessError, ProcessInfo, StartMethod,
+};
 pub use segment::{remove_orphaned_segments, ObjectKind, SegmentCreateError, SegmentOpenError};
 pub use shared::{Array, ArrayError, ArrayGuard, RawArray, RawValue, Value, ValueGuard};
 pub use sync::{

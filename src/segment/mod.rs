@@ -66,10 +66,12 @@ pub enum ObjectKind {
     RawArray = 10,
     /// A [`BoundedSemaphore`](crate::BoundedSemaphore).
     BoundedSemaphore = 11,
+    /// Where a fork server reports how one of its children ended.
+    ProcessStatus = 12,
 }
 
 impl ObjectKind {
-    const ALL: [ObjectKind; 11] = [
+    const ALL: [ObjectKind; 12] = [
         ObjectKind::Lock,
         ObjectKind::RLock,
         ObjectKind::Semaphore,
@@ -81,6 +83,7 @@ impl ObjectKind {
         ObjectKind::RawValue,
         ObjectKind::RawArray,
         ObjectKind::BoundedSemaphore,
+        ObjectKind::ProcessStatus,
     ];
 
     fn from_u32(v: u32) -> Option<ObjectKind> {

@@ -13,8 +13,8 @@
 //! attaching; a scribbled `value` above it makes the next release fail.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::error::ReleaseError;

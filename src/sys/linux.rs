@@ -384,3 +384,295 @@ pub(crate) fn send_signal(pid: i32, signal: i32) -> io::Result<()> {
         Err(e)
     }
 }
+
+// ---------------------------------------------------------------- starting processes
+
+pub(crate) fn getppid() -> i32 {
+    nix::unistd::getppid().as_raw()
+}
+
+/// Asks the kernel to SIGKILL the calling process when the thread that created it
+/// exits (Linux ties the signal to the parent *thread*).
+pub(crate) fn die_with_parent() -> io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(nix_err)
+}
+
+/// The number of CPUs online.
+pub(crate) fn cpu_count() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).ok().filter(|n| *n > 0).unwrap_or(1)
+}
+
+/// What identifies the running executable file: device, inode, size, mtime.
+pub(crate) fn exe_identity() -> io::Result<[u64; 4]> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata("/proc/self/exe")?;
+    Ok([m.dev(), m.ino(), m.size(), m.mtime() as u64 ^ ((m.mtime_nsec() as u64) << 32)])
+}
+
+/// A memfd holding `bytes`, positioned at 0, sealed against any change.
+pub(crate) fn memfd_with(bytes: &[u8]) -> io::Result<OwnedFd> {
+    use std::io::Write;
+    let fd = memfd_create("shmproc-task")?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    let fd = OwnedFd::from(file);
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SEAL;
+    fcntl(fd.as_fd(), FcntlArg::F_ADD_SEALS(seals)).map_err(nix_err)?;
+    Ok(fd)
+}
+
+/// Reads a whole file from offset 0, at most `limit` bytes.
+pub(crate) fn read_all(fd: &OwnedFd, limit: u64) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::from(fd.try_clone()?);
+    let len = file.metadata()?.len();
+    if len > limit {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "file larger than its limit"));
+    }
+    let mut buf = vec![0; len as usize];
+    file.read_exact_at(&mut buf, 0)?;
+    Ok(buf)
+}
+
+/// Takes ownership of descriptor `n`, inherited across exec.
+///
+/// # Safety
+/// `n` must be an open descriptor that nothing else in this process owns.
+pub(crate) unsafe fn adopt_fd(n: i32) -> OwnedFd {
+    // SAFETY: forwarded to the caller.
+    unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) }
+}
+
+/// Whether descriptor `n` is open.
+pub(crate) fn fd_is_open(n: i32) -> bool {
+    // SAFETY: F_GETFD only queries the descriptor table.
+    unsafe { libc::fcntl(n, libc::F_GETFD) != -1 }
+}
+
+/// Everything `execve` needs, built before `fork` so that the child allocates nothing.
+#[derive(Debug)]
+pub(crate) struct ExecImage {
+    path: std::ffi::CString,
+    argv: Vec<std::ffi::CString>,
+    envp: Vec<std::ffi::CString>,
+}
+
+impl ExecImage {
+    /// This very executable, with this process's arguments and environment plus `extra_env`.
+    pub(crate) fn this_program(extra_env: &[(&str, String)]) -> io::Result<ExecImage> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let c = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+        let argv = std::env::args_os().map(|a| c(a.as_bytes())).collect::<io::Result<Vec<_>>>()?;
+        let mut envp = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            if extra_env.iter().any(|(name, _)| k.as_bytes() == name.as_bytes()) {
+                continue;
+            }
+            envp.push(c(&[k.as_bytes(), b"=", v.as_bytes()].concat())?);
+        }
+        for (k, v) in extra_env {
+            envp.push(c(format!("{k}={v}").as_bytes())?);
+        }
+        Ok(ExecImage { path: c(b"/proc/self/exe")?, argv, envp })
+    }
+}
+
+/// Forks and executes `image` in the child with exactly `fds` open at 3, 4, ... (and
+/// 0, 1, 2 as they are): every other descriptor is closed, close-on-exec or not.
+/// Returns the child's pid once `execve` has succeeded, or why it failed.
+pub(crate) fn spawn_exec(
+    image: &ExecImage,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+    death_signal: bool,
+) -> io::Result<i32> {
+    use std::os::fd::AsRawFd;
+    let n = fds.len() as i32;
+    // Move every descriptor above the numbers they will take, so that placing them
+    // at 3.. in the child can never overwrite one that is still to be placed.
+    let floor = 3 + n + 1;
+    let high: Vec<OwnedFd> = fds
+        .iter()
+        .map(|fd| nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(floor)).map_err(nix_err))
+        .map(|r| r.map(unsafe_adopt))
+        .collect::<io::Result<_>>()?;
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(nix_err)?;
+    let err_w_high = nix::fcntl::fcntl(&err_w, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(floor)).map_err(nix_err)?;
+    let err_w_high = unsafe_adopt(err_w_high);
+    drop(err_w);
+    let argv: Vec<*const libc::c_char> =
+        image.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envp: Vec<*const libc::c_char> =
+        image.envp.iter().map(|e| e.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let raw_high: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();
+    let err_fd = err_w_high.as_raw_fd();
+    // SAFETY: between fork and execve the child calls only async-signal-safe
+    // functions (dup2, fcntl, close_range, prctl, execve, write, _exit) on data
+    // prepared above; it allocates nothing and takes no lock.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above; this block never returns.
+        unsafe { exec_child(&raw_high, err_fd, n, death_signal, image.path.as_ptr(), &argv, &envp) }
+    }
+    drop(high);
+    drop(err_w_high);
+    let mut errno = [0u8; 4];
+    let mut got = 0;
+    let mut file = std::fs::File::from(err_r);
+    loop {
+        use std::io::Read;
+        match file.read(&mut errno[got..]) {
+            Ok(0) => break,
+            Ok(k) => {
+                got += k;
+                if got == 4 {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if got == 0 {
+        return Ok(pid); // the pipe closed on exec: the child runs the new image
+    }
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)))
+}
+
+fn unsafe_adopt(raw: i32) -> OwnedFd {
+    // SAFETY: `raw` was just returned by F_DUPFD_CLOEXEC and is owned by nobody else.
+    unsafe { adopt_fd(raw) }
+}
+
+/// The child half of [`spawn_exec`].
+///
+/// # Safety
+/// Called only in a freshly forked child; everything it touches was prepared before
+/// the fork.
+unsafe fn exec_child(
+    high: &[i32],
+    err_fd: i32,
+    n: i32,
+    death_signal: bool,
+    path: *const libc::c_char,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> ! {
+    // SAFETY: async-signal-safe calls on valid descriptors and pointers (see caller).
+    unsafe {
+        let fail = |fd: i32| -> ! {
+            let e = *libc::__errno_location();
+            libc::write(fd, (&e as *const i32).cast(), 4);
+            libc::_exit(127)
+        };
+        for (i, fd) in high.iter().enumerate() {
+            if libc::dup2(*fd, 3 + i as i32) < 0 {
+                fail(err_fd);
+            }
+        }
+        let err_at = 3 + n;
+        if libc::dup2(err_fd, err_at) < 0 || libc::fcntl(err_at, libc::F_SETFD, libc::FD_CLOEXEC) < 0 {
+            fail(err_fd);
+        }
+        // Close everything above: a child inherits no descriptor it was not given.
+        libc::syscall(libc::SYS_close_range, (err_at + 1) as u32, u32::MAX, 0u32);
+        if death_signal && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
+            fail(err_at);
+        }
+        libc::execve(path, argv.as_ptr(), envp.as_ptr());
+        fail(err_at)
+    }
+}
+
+/// A connected pair of close-on-exec `SOCK_SEQPACKET` sockets: message boundaries
+/// kept, descriptors passable.
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).map_err(nix_err)
+}
+
+/// Sends one message carrying `bytes` and the descriptors `fds`.
+pub(crate) fn send_with_fds(sock: &OwnedFd, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsgs: Vec<ControlMessage<'_>> = if raw.is_empty() { vec![] } else { vec![ControlMessage::ScmRights(&raw)] };
+    sendmsg::<()>(sock.as_raw_fd(), &[io::IoSlice::new(bytes)], &cmsgs, MsgFlags::MSG_NOSIGNAL, None)
+        .map(drop)
+        .map_err(nix_err)
+}
+
+/// The most descriptors one message may carry (the kernel's SCM_MAX_FD is 253).
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 250;
+
+/// Receives one message into `buf`; its length (0 at end of stream) and descriptors.
+pub(crate) fn recv_with_fds(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut cmsg = nix::cmsg_space!([i32; MAX_FDS_PER_MESSAGE]);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = loop {
+        match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other.map_err(nix_err)?,
+        }
+    };
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().map_err(nix_err)? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: the kernel just installed these descriptors for us.
+            fds.extend(raw.into_iter().map(|r| unsafe { adopt_fd(r) }));
+        }
+    }
+    Ok((msg.bytes, fds))
+}
+
+/// A pidfd for `pid`: readable once the process has ended (any process, not just
+/// our children).
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this descriptor.
+    Ok(unsafe { adopt_fd(fd as i32) })
+}
+
+/// Waits until one of `fds` is readable (or hung up) or `timeout` passes; which are.
+pub(crate) fn poll_readable(fds: &[std::os::fd::BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+    use std::os::fd::AsRawFd;
+    let mut pfds: Vec<libc::pollfd> =
+        fds.iter().map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
+    // SAFETY: `pfds` is a valid array of pollfd for the call's duration.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(e);
+    }
+    Ok(pfds.iter().map(|p| p.revents != 0).collect())
+}
+
+/// Reaps `pid`, waiting for it to end.
+pub(crate) fn reap_blocking(pid: i32) -> io::Result<ChildExit> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(ChildExit::Exited(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(ChildExit::Signaled(sig as i32)),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(nix_err(e)),
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! What a child process does, whichever start method made it: become the named
+//! child, run the target, and leave with Python's exit codes.
+//!
+//! Also the entry of a re-executed child: [`init`], the one line at the top of
+//! `main` that the spawn and fork-server start methods need.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use super::entry::{BinaryCheck, Entry, EntryOffsets};
+use super::registry::{self, ProcessInfo};
+use crate::segment::transfer::Incoming;
+use crate::sys;
+
+/// The environment variable that tells a re-executed binary what it is for.
+pub(crate) const ROLE_ENV: &str = "SHMPROC_ROLE";
+pub(crate) const ROLE_CHILD: &str = "child";
+pub(crate) const ROLE_FORKSERVER: &str = "forkserver";
+
+/// The largest task a child accepts (arguments included).
+const MAX_TASK: u64 = 1 << 30;
+
+static INITIALIZED: AtomicBool = AtomicBool::new(false);
+
+/// Who the child is to be.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Setup {
+    pub(crate) name: String,
+    pub(crate) identity: Vec<u32>,
+    pub(crate) parent: (String, i32),
+    pub(crate) daemon: bool,
+}
+
+/// Everything a re-executed or fork-server child needs, apart from descriptors.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Task {
+    pub(crate) binary: BinaryCheck,
+    pub(crate) entry: EntryOffsets,
+    pub(crate) setup: Setup,
+    pub(crate) args: Vec<u8>,
+    /// How many segment descriptors come with the task.
+    pub(crate) segments: u32,
+}
+
+/// Runs `body` as the child described by `setup`, then leaves the process: exit
+/// code 0 when the target returned, 1 when it panicked (the panic printed with the
+/// process's name, as Python prints a traceback) or could not be started.
+///
+/// `watch_parent` is the pid of the process a daemon child must die with, when that
+/// is still to be arranged (fork, fork server; a spawned child has it from `exec`).
+pub(crate) fn run(setup: Setup, watch_parent: Option<i32>, body: impl FnOnce() -> Result<(), String>) -> ! {
+    if let (true, Some(parent)) = (setup.daemon, watch_parent) {
+        // Then check the parent did not die before the request took effect.
+        if sys::die_with_parent().is_err() || sys::getppid() != parent {
+            sys::exit_now(1);
+        }
+    }
+    let parent = ProcessInfo { name: setup.parent.0.clone(), pid: setup.parent.1 };
+    registry::become_child(setup.name.clone(), setup.identity.clone(), parent);
+    // Already done before a fork (see there); a re-executed child is single-threaded.
+    install_panic_hook();
+    let name = setup.name;
+    let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(why)) => {
+            let _ = writeln!(std::io::stderr(), "Process {name} (pid {}): {why}", sys::getpid());
+            1
+        }
+        Err(_) => 1,
+    };
+    let _ = std::io::stdout().flush();
+    sys::exit_now(code)
+}
+
+/// Runs a task received as bytes with its segment descriptors; never returns.
+pub(crate) fn run_task(blob: &[u8], fds: Vec<OwnedFd>, watch_parent: Option<i32>) -> ! {
+    let task: Task = match postcard::from_bytes(blob) {
+        Ok(t) => t,
+        Err(e) => fail(&format!("cannot decode the task from the parent: {e}")),
+    };
+    match BinaryCheck::this_binary() {
+        Ok(me) if me == task.binary => {}
+        Ok(_) => fail("the parent runs a different executable; refusing its function offsets"),
+        Err(e) => fail(&format!("cannot identify this executable: {e}")),
+    }
+    if fds.len() != task.segments as usize {
+        fail("the task's descriptors did not all arrive");
+    }
+    // SAFETY: the offsets come from a parent running this same executable (checked
+    // just above against the file's device, inode, size and mtime).
+    let entry = unsafe { Entry::from_offsets(task.entry) };
+    let args = task.args;
+    run(task.setup, watch_parent, move || entry.run(&args, Incoming::Received(fds)))
+}
+
+/// Makes panics in a child name the process first, as Python's tracebacks do:
+/// `Process worker (pid 4242):` followed by the usual panic message.
+///
+/// Installed once, by the parent before its first fork (so that a forked child
+/// never needs the hook's lock, which another thread may have held at the fork), or
+/// by a re-executed child at start.
+pub(crate) fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let me = registry::current();
+            if me.parent.is_some() {
+                let _ = writeln!(std::io::stderr(), "Process {} (pid {}):", me.name, sys::getpid());
+            }
+            previous(info);
+        }));
+    });
+}
+
+fn fail(why: &str) -> ! {
+    let _ = writeln!(std::io::stderr(), "shmproc child (pid {}): {why}", sys::getpid());
+    sys::exit_now(1)
+}
+
+/// The one line the `Spawn` and `ForkServer` start methods need at the top of
+/// `main` (Python's `if __name__ == '__main__':`).
+///
+/// In the program itself it only records that it ran, which is how `start()` knows
+/// re-executing this binary is safe. In a copy of the program re-executed as a child,
+/// it runs the child's target and exits: the rest of `main` never runs there.
+///
+/// ```no_run
+/// # #![allow(clippy::needless_doctest_main)]
+/// fn main() {
+///     shmproc::init(); // first thing: a re-executed child stops here
+///     // ... the program ...
+/// }
+/// ```
+///
+/// For a test harness, whose `main` is not yours, put
+/// [`init_before_main!()`](crate::init_before_main) at the top of the test file.
+pub fn init() {
+    INITIALIZED.store(true, Ordering::Release);
+    let role = std::env::var(ROLE_ENV);
+    if role.is_err() {
+        return;
+    }
+    // Our own children get the variable from us again; nothing else should see it.
+    std::env::remove_var(ROLE_ENV);
+    match role.as_deref() {
+        Ok(ROLE_CHILD) => spawned_child_main(),
+        Ok(ROLE_FORKSERVER) => super::forkserver::server_main(),
+        _ => fail("unknown SHMPROC_ROLE"),
+    }
+}
+
+/// Whether [`init`] has run in this process.
+pub(crate) fn initialized() -> bool {
+    INITIALIZED.load(Ordering::Acquire)
+}
+
+/// Runs [`shmproc::init`](crate::init) before `main`, from the program's
+/// initialisers: for test harnesses and other programs whose `main` you do not write.
+///
+/// ```
+/// shmproc::init_before_main!();
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! init_before_main {
+    () => {
+        #[used]
+        #[link_section = ".init_array"]
+        static __SHMPROC_INIT_BEFORE_MAIN: extern "C" fn() = {
+            extern "C" fn __shmproc_init_before_main() {
+                $crate::init()
+            }
+            __shmproc_init_before_main
+        };
+    };
+}
+
+/// A re-executed child: the task is at descriptor 3, its segments at 4, 5, ...
+fn spawned_child_main() -> ! {
+    if !sys::fd_is_open(3) {
+        fail("started as a child but no task descriptor was handed over");
+    }
+    // SAFETY: the parent placed the task memfd at 3 for us (spawn_exec), and nothing
+    // else in this fresh process owns it.
+    let blob_fd = unsafe { sys::adopt_fd(3) };
+    let blob = match sys::read_all(&blob_fd, MAX_TASK) {
+        Ok(b) => b,
+        Err(e) => fail(&format!("cannot read the task: {e}")),
+    };
+    drop(blob_fd);
+    let count = match postcard::from_bytes::<Task>(&blob) {
+        Ok(t) => t.segments as i32,
+        Err(e) => fail(&format!("cannot decode the task from the parent: {e}")),
+    };
+    let fds = (0..count)
+        .map(|i| {
+            if !sys::fd_is_open(4 + i) {
+                fail("a segment descriptor is missing");
+            }
+            // SAFETY: the parent placed segment i at 4 + i; nobody else owns it.
+            unsafe { sys::adopt_fd(4 + i) }
+        })
+        .collect();
+    run_task(&blob, fds, None)
+}

@@ -1,0 +1,111 @@
+//! Start methods and contexts (Python's `get_context` / `set_start_method`).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{Process, ProcessBuilder, ProcessError};
+
+/// How a child process is made. See the [`process`](crate::Process) docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StartMethod {
+    /// `fork()`: fastest. The default on Linux, as in Python before 3.14.
+    ///
+    /// The child is a copy of the parent at the instant of the fork. In a
+    /// multi-threaded parent, a lock another thread held at that instant stays held
+    /// in the child forever (stdout's, an allocator's in some libraries), so the child
+    /// must not need them: prefer `ForkServer` or `Spawn` there.
+    Fork,
+    /// Re-executes this binary, which must call [`init`](crate::init) first thing in
+    /// `main`. Safe from any parent; slowest.
+    Spawn,
+    /// Asks a single-threaded fork server (started once, by spawn) to fork the child.
+    /// Safe from any parent and nearly as fast as fork; needs [`init`](crate::init)
+    /// like `Spawn`.
+    ForkServer,
+}
+
+impl StartMethod {
+    fn to_u8(self) -> u8 {
+        match self {
+            StartMethod::Fork => 1,
+            StartMethod::Spawn => 2,
+            StartMethod::ForkServer => 3,
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<StartMethod> {
+        [StartMethod::Fork, StartMethod::Spawn, StartMethod::ForkServer].into_iter().find(|m| m.to_u8() == v)
+    }
+}
+
+/// 0 while unset: `Fork` then.
+static DEFAULT: AtomicU8 = AtomicU8::new(0);
+
+/// The start method used when none is given.
+pub fn get_start_method() -> StartMethod {
+    StartMethod::from_u8(DEFAULT.load(Ordering::Acquire)).unwrap_or(StartMethod::Fork)
+}
+
+/// Sets the default start method, once (Python's `set_start_method`); setting it
+/// again is [`ProcessError::AlreadyStarted`]-like: it fails with `Err(current)`.
+pub fn set_start_method(method: StartMethod) -> Result<(), StartMethod> {
+    DEFAULT
+        .compare_exchange(0, method.to_u8(), Ordering::AcqRel, Ordering::Acquire)
+        .map(drop)
+        .map_err(|v| StartMethod::from_u8(v).unwrap_or(StartMethod::Fork))
+}
+
+/// A way of starting processes (Python's `get_context(method)`): its constructors
+/// make objects that use that start method.
+///
+/// ```
+/// use shmproc::{context, StartMethod};
+/// fn work(n: u32) { assert_eq!(n, 7); }
+/// let ctx = context(StartMethod::Fork);
+/// let mut p = ctx.process(work, 7);
+/// p.start()?;
+/// p.join()?;
+/// assert_eq!(p.exitcode(), Some(0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    method: StartMethod,
+}
+
+/// A context for `method` (Python's `get_context`).
+pub fn context(method: StartMethod) -> Context {
+    Context { method }
+}
+
+impl Context {
+    /// This context's start method.
+    pub fn start_method(&self) -> StartMethod {
+        self.method
+    }
+
+    /// A process started with this context's method (Python's `ctx.Process`).
+    pub fn process<A>(&self, target: fn(A), args: A) -> Process
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.builder(target, args).build()
+    }
+
+    /// A builder for a process started with this context's method.
+    pub fn builder<A>(&self, target: fn(A), args: A) -> ProcessBuilder
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        Process::builder(target, args).start_method(self.method)
+    }
+}
+
+impl From<ProcessError> for std::io::Error {
+    fn from(e: ProcessError) -> std::io::Error {
+        std::io::Error::other(e)
+    }
+}

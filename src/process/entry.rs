@@ -1,0 +1,93 @@
+//! Naming a target function so that a child can call it: directly after `fork`, or,
+//! in a re-executed copy of this binary, by its offset from a known function.
+//!
+//! A target is a `fn(A)`; its arguments travel serialized. The child calls a
+//! monomorphized *trampoline* that decodes `A` (attaching to the shared objects
+//! inside it) and calls the target. Both addresses are recorded relative to
+//! [`anchor`], which survives address-space randomisation because the whole image
+//! moves together; the child checks that it runs the very same executable file
+//! before it trusts an offset.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::segment::transfer::{self, Incoming};
+
+/// Decodes the arguments of `target` and calls it.
+pub(crate) type Trampoline = fn(target: usize, args: &[u8], incoming: Incoming) -> Result<(), String>;
+
+/// A target and the trampoline that knows its argument type.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry {
+    trampoline: Trampoline,
+    target: usize,
+}
+
+/// An [`Entry`] as offsets from [`anchor`], for another process running this binary.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct EntryOffsets {
+    trampoline: u64,
+    target: u64,
+}
+
+/// Identifies the executable, so that a re-executed child can refuse offsets made
+/// in a different one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BinaryCheck {
+    exe: [u64; 4],
+    probe: u64,
+}
+
+#[inline(never)]
+fn anchor() {}
+
+fn offset(addr: usize) -> u64 {
+    addr.wrapping_sub(anchor as *const () as usize) as u64
+}
+
+impl Entry {
+    pub(crate) fn new<A: DeserializeOwned + 'static>(target: fn(A)) -> Entry {
+        Entry { trampoline: trampoline::<A>, target: target as usize }
+    }
+
+    /// Decodes the arguments and runs the target, in this process.
+    pub(crate) fn run(self, args: &[u8], incoming: Incoming) -> Result<(), String> {
+        (self.trampoline)(self.target, args, incoming)
+    }
+
+    pub(crate) fn offsets(self) -> EntryOffsets {
+        EntryOffsets { trampoline: offset(self.trampoline as usize), target: offset(self.target) }
+    }
+
+    /// # Safety
+    /// `o` was made by [`Entry::offsets`] in a process running this same executable
+    /// (the caller has compared [`BinaryCheck`]s).
+    pub(crate) unsafe fn from_offsets(o: EntryOffsets) -> Entry {
+        let base = anchor as *const () as usize;
+        let trampoline_addr = base.wrapping_add(o.trampoline as usize);
+        // SAFETY: per the contract, this is the address of a `Trampoline` in this
+        // image, moved by the same ASLR slide as `anchor`.
+        let trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(trampoline_addr) };
+        Entry { trampoline, target: base.wrapping_add(o.target as usize) }
+    }
+}
+
+impl BinaryCheck {
+    pub(crate) fn this_binary() -> std::io::Result<BinaryCheck> {
+        Ok(BinaryCheck {
+            exe: crate::sys::exe_identity()?,
+            probe: offset(BinaryCheck::this_binary as *const () as usize),
+        })
+    }
+}
+
+fn trampoline<A: DeserializeOwned + 'static>(target: usize, args: &[u8], incoming: Incoming) -> Result<(), String> {
+    let args: A = transfer::receiving(incoming, || postcard::from_bytes(args))
+        .map_err(|e| format!("cannot decode the arguments as `{}`: {e}", std::any::type_name::<A>()))?;
+    // SAFETY: `target` came from `Entry::new::<A>` paired with this very
+    // `trampoline::<A>`: in this process (fork), or in a parent running the same
+    // executable, translated by `from_offsets`. So it is a `fn(A)`.
+    let target = unsafe { std::mem::transmute::<usize, fn(A)>(target) };
+    target(args);
+    Ok(())
+}

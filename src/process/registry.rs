@@ -1,0 +1,205 @@
+//! Who this process is, and the children it started.
+//!
+//! The state lives in one leaked `Current` per process, reached through an atomic
+//! pointer. A child made by `fork` installs a fresh one before running anything else:
+//! it never touches a lock that another thread of its parent might have held at the
+//! moment of the fork.
+
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::forkserver::ServerClient;
+use super::status::StatusSlot;
+use crate::sys::{self, ChildExit};
+
+/// A process as [`current_process`](crate::current_process) and friends describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Its name: `MainProcess`, `Process-1`, `Process-1:2`, or one given by the builder.
+    pub name: String,
+    /// Its process id.
+    pub pid: i32,
+}
+
+pub(crate) struct Current {
+    pub(crate) name: String,
+    identity: Vec<u32>,
+    pub(crate) parent: Option<ProcessInfo>,
+    next_child: AtomicU32,
+    children: Mutex<Vec<Arc<ChildRecord>>>,
+    pub(crate) forkserver: Mutex<Option<ServerClient>>,
+}
+
+static CURRENT: AtomicPtr<Current> = AtomicPtr::new(std::ptr::null_mut());
+
+fn install(c: Current) -> &'static Current {
+    let fresh: &'static mut Current = Box::leak(Box::new(c));
+    CURRENT.store(fresh, Ordering::Release);
+    fresh
+}
+
+/// This process's state (made on first use in the main process).
+pub(crate) fn current() -> &'static Current {
+    let p = CURRENT.load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: a non-null CURRENT always comes from `Box::leak` and is never freed.
+        return unsafe { &*p };
+    }
+    let main = Current::new("MainProcess".into(), Vec::new(), None);
+    let fresh = Box::into_raw(Box::new(main));
+    match CURRENT.compare_exchange(std::ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
+        // SAFETY: we just published our own leaked box.
+        Ok(_) => unsafe { &*fresh },
+        Err(other) => {
+            // SAFETY: we lost the race; `fresh` was never shared, so we may free it,
+            // and `other` is a leaked box like ours.
+            unsafe {
+                drop(Box::from_raw(fresh));
+                &*other
+            }
+        }
+    }
+}
+
+/// Makes this (new) process the child described, forgetting the parent's state.
+pub(crate) fn become_child(name: String, identity: Vec<u32>, parent: ProcessInfo) {
+    let inherited = CURRENT.load(Ordering::Acquire);
+    if !inherited.is_null() {
+        // SAFETY: a non-null CURRENT is a leaked box, never freed.
+        let inherited = unsafe { &*inherited };
+        // A forked child must not keep its parent's fork server alive (or talk to
+        // it). `try_lock`: another thread of the parent may have held it at the fork.
+        if let Ok(mut server) = inherited.forkserver.try_lock() {
+            drop(server.take());
+        }
+    }
+    install(Current::new(name, identity, Some(parent)));
+}
+
+impl Current {
+    fn new(name: String, identity: Vec<u32>, parent: Option<ProcessInfo>) -> Current {
+        Current {
+            name,
+            identity,
+            parent,
+            next_child: AtomicU32::new(0),
+            children: Mutex::new(Vec::new()),
+            forkserver: Mutex::new(None),
+        }
+    }
+
+    /// The identity and default name of the next child (Python's `Process-1:2`).
+    pub(crate) fn next_child(&self) -> (Vec<u32>, String) {
+        let n = self.next_child.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut identity = self.identity.clone();
+        identity.push(n);
+        let digits: Vec<String> = identity.iter().map(u32::to_string).collect();
+        let name = format!("Process-{}", digits.join(":"));
+        (identity, name)
+    }
+
+    pub(crate) fn info(&self) -> ProcessInfo {
+        ProcessInfo { name: self.name.clone(), pid: sys::getpid() }
+    }
+
+    pub(crate) fn register(&self, child: Arc<ChildRecord>) {
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        children.retain(|c| Arc::strong_count(c) > 1 || c.poll().is_none());
+        children.push(child);
+    }
+
+    pub(crate) fn active_children(&self) -> Vec<ProcessInfo> {
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        children.retain(|c| c.poll().is_none());
+        children.iter().map(|c| ProcessInfo { name: c.name.clone(), pid: c.pid }).collect()
+    }
+}
+
+/// How a child's end is observed.
+pub(crate) enum Watch {
+    /// Our own child: reaped with `waitpid`.
+    Reaped,
+    /// A fork server's child: the server reaps it and writes the status here.
+    Slot(StatusSlot),
+}
+
+/// A started child: its pid, and how it ended once known.
+pub(crate) struct ChildRecord {
+    pub(crate) pid: i32,
+    pub(crate) name: String,
+    watch: Watch,
+    /// The exit code once known: the code, or `-signal`. Reaping and signalling
+    /// happen under this lock, so a signal never reaches a recycled pid.
+    exit: Mutex<Option<i32>>,
+}
+
+impl ChildRecord {
+    pub(crate) fn new(pid: i32, name: String, watch: Watch) -> ChildRecord {
+        ChildRecord { pid, name, watch, exit: Mutex::new(None) }
+    }
+
+    pub(crate) fn is_ours(&self) -> bool {
+        matches!(self.watch, Watch::Reaped)
+    }
+
+    /// The exit code, if the child has ended (reaping it if it is ours).
+    pub(crate) fn poll(&self) -> Option<i32> {
+        let mut exit = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        if exit.is_none() {
+            *exit = match &self.watch {
+                Watch::Reaped => match sys::try_reap(self.pid) {
+                    Ok(Some(ChildExit::Exited(c))) => Some(c),
+                    Ok(Some(ChildExit::Signaled(s))) => Some(-s),
+                    Ok(None) => None,
+                    // ECHILD: someone else reaped it (waitpid(-1) elsewhere); the code
+                    // is lost, and the child is certainly gone.
+                    Err(_) => Some(-libc::SIGKILL),
+                },
+                Watch::Slot(slot) => slot.exit_code(),
+            };
+        }
+        *exit
+    }
+
+    /// Waits until the child ends or `deadline` passes; its exit code, if it ended.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> std::io::Result<Option<i32>> {
+        const SLICE: Duration = Duration::from_millis(100);
+        loop {
+            if let Some(code) = self.poll() {
+                return Ok(Some(code));
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            let until = deadline.map_or(now + SLICE, |d| d.min(now + SLICE));
+            match &self.watch {
+                Watch::Reaped => {
+                    sys::wait_child_exit(self.pid, until)?;
+                }
+                Watch::Slot(slot) => {
+                    if !slot.wait_until(until) && !sys::process_alive(self.pid) && self.poll().is_none() {
+                        // The child is gone and nobody wrote its status: its fork
+                        // server died first.
+                        if !slot.server_alive() {
+                            return Err(std::io::Error::other(format!(
+                                "the fork server died; the exit status of pid {} is lost",
+                                self.pid
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `signal`, unless the child has already ended.
+    pub(crate) fn signal(&self, signal: i32) -> std::io::Result<()> {
+        let exit = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        if exit.is_some() {
+            return Ok(());
+        }
+        sys::send_signal(self.pid, signal)
+    }
+}

@@ -1,0 +1,345 @@
+//! `Process` under every start method, across real processes.
+
+shmproc::init_before_main!();
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde::{Deserialize, Serialize};
+use shmproc::{Event, Lock, Process, ProcessError, RawValue, StartMethod, Value};
+
+const METHODS: [StartMethod; 3] = [StartMethod::Fork, StartMethod::Spawn, StartMethod::ForkServer];
+
+fn start(method: StartMethod, p: shmproc::ProcessBuilder) -> Process {
+    p.start_method(method).start().unwrap_or_else(|e| panic!("{method:?}: {e}"))
+}
+
+/// Joins with a deadline; the exit code.
+fn finish(p: &Process) -> Option<i32> {
+    assert!(p.join_timeout(PATIENCE).unwrap(), "{} overstayed", p.name());
+    p.exitcode()
+}
+
+fn returns(_: ()) {}
+
+fn panics(_: ()) {
+    panic!("deliberately");
+}
+
+fn sleeps(secs: u64) {
+    std::thread::sleep(Duration::from_secs(secs));
+}
+
+#[test]
+fn exit_codes_for_return_panic_sigterm_and_sigkill() {
+    for m in METHODS {
+        let ok = start(m, Process::builder(returns, ()));
+        let bad = start(m, Process::builder(panics, ()));
+        let term = start(m, Process::builder(sleeps, 30));
+        let kill = start(m, Process::builder(sleeps, 30));
+        term.terminate().unwrap();
+        kill.kill().unwrap();
+        assert_eq!(finish(&ok), Some(0), "{m:?}");
+        assert_eq!(finish(&bad), Some(1), "{m:?}");
+        assert_eq!(finish(&term), Some(-libc::SIGTERM), "{m:?}");
+        assert_eq!(finish(&kill), Some(-libc::SIGKILL), "{m:?}");
+        assert!(!ok.is_alive());
+    }
+}
+
+#[test]
+fn join_timeout_on_a_sleeping_child() {
+    for m in METHODS {
+        let p = start(m, Process::builder(sleeps, 30));
+        assert!(p.is_alive());
+        assert_eq!(p.exitcode(), None);
+        let t = Instant::now();
+        assert!(!p.join_timeout(Duration::from_millis(100)).unwrap(), "{m:?}");
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        p.kill().unwrap();
+        assert_eq!(finish(&p), Some(-libc::SIGKILL));
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Counting {
+    value: Value<u64>,
+    lock: Lock,
+    rounds: u64,
+}
+
+fn count_under_the_lock(c: Counting) {
+    for _ in 0..c.rounds {
+        let _g = c.lock.acquire().unwrap();
+        *c.value.lock().unwrap() += 1;
+    }
+}
+
+#[test]
+fn a_value_and_a_lock_pass_as_arguments_under_every_method() {
+    for m in METHODS {
+        let value = Value::<u64>::new(0).unwrap();
+        let lock = Lock::new().unwrap();
+        let args = || Counting { value: value.clone(), lock: lock.clone(), rounds: 10_000 };
+        let a = start(m, Process::builder(count_under_the_lock, args()));
+        let b = start(m, Process::builder(count_under_the_lock, args()));
+        assert_eq!(finish(&a), Some(0), "{m:?}");
+        assert_eq!(finish(&b), Some(0), "{m:?}");
+        assert_eq!(value.get().unwrap(), 20_000, "{m:?}");
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Everything {
+    value: Value<i32>,
+    shared_lock_value: Value<i32>,
+    array: shmproc::Array<f64>,
+    raw: shmproc::RawArray<u8>,
+    rlock: shmproc::RLock,
+    sem: shmproc::Semaphore,
+    bounded: shmproc::BoundedSemaphore,
+    cond: shmproc::Condition,
+    event: Event,
+    barrier: shmproc::Barrier,
+}
+
+fn touch_everything(e: Everything) {
+    *e.value.lock().unwrap() += 1;
+    *e.shared_lock_value.lock().unwrap() += 1; // its lock is `value`'s
+    e.array.lock().unwrap()[0] = 2.5;
+    e.raw.set(1, 9).unwrap();
+    drop(e.rlock.acquire().unwrap());
+    e.sem.release().unwrap();
+    assert!(e.bounded.try_acquire());
+    e.cond.notify_all();
+    e.event.set();
+    e.barrier.wait_timeout(PATIENCE).unwrap();
+}
+
+#[test]
+fn every_shared_object_passes_under_every_method() {
+    for m in METHODS {
+        let value = Value::new(1).unwrap();
+        let e = Everything {
+            shared_lock_value: Value::with_lock(10, value.get_lock()).unwrap(),
+            value: value.clone(),
+            array: shmproc::Array::zeroed(2).unwrap(),
+            raw: shmproc::RawArray::zeroed(2).unwrap(),
+            rlock: shmproc::RLock::new().unwrap(),
+            sem: shmproc::Semaphore::new(0).unwrap(),
+            bounded: shmproc::BoundedSemaphore::new(1).unwrap(),
+            cond: shmproc::Condition::new().unwrap(),
+            event: Event::new().unwrap(),
+            barrier: shmproc::Barrier::new(2).unwrap(),
+        };
+        let keep = (e.shared_lock_value.clone(), e.array.clone(), e.raw.clone(), e.sem.clone(), e.bounded.clone());
+        let (event, barrier) = (e.event.clone(), e.barrier.clone());
+        let p = start(m, Process::builder(touch_everything, e));
+        assert!(barrier.wait_timeout(PATIENCE).is_ok(), "{m:?}");
+        assert_eq!(finish(&p), Some(0), "{m:?}");
+        assert_eq!(value.get().unwrap(), 2);
+        assert_eq!(keep.0.get().unwrap(), 11);
+        assert_eq!(keep.1.to_vec().unwrap(), vec![2.5, 0.0]);
+        assert_eq!(keep.2.to_vec(), vec![0, 9]);
+        assert_eq!(keep.3.get_value(), 1);
+        assert_eq!(keep.4.get_value(), 0);
+        assert!(event.is_set());
+    }
+}
+
+fn report_name(out: RawValue<[u8; 32]>) {
+    let me = shmproc::current_process();
+    let parent = shmproc::parent_process().expect("a child has a parent");
+    let text = format!("{}|{}", me.name, parent.name);
+    let mut buf = [0u8; 32];
+    buf[..text.len()].copy_from_slice(text.as_bytes());
+    out.set(buf);
+    assert_eq!(me.pid, std::process::id() as i32);
+}
+
+#[test]
+fn names_current_and_parent_process_under_every_method() {
+    for m in METHODS {
+        let out = RawValue::new([0u8; 32]).unwrap();
+        let p = start(m, Process::builder(report_name, out.clone()).name("worker"));
+        assert_eq!(p.name(), "worker");
+        assert_eq!(finish(&p), Some(0), "{m:?}");
+        let text = String::from_utf8(out.get().iter().copied().take_while(|b| *b != 0).collect()).unwrap();
+        assert_eq!(text, "worker|MainProcess", "{m:?}");
+    }
+    let mut unnamed = Process::new(returns, ());
+    unnamed.start().unwrap();
+    assert!(unnamed.name().starts_with("Process-"), "{}", unnamed.name());
+    assert_eq!(finish(&unnamed), Some(0));
+    assert!(shmproc::cpu_count() >= 1);
+    assert_eq!(shmproc::current_process().name, "MainProcess");
+    assert!(shmproc::parent_process().is_none());
+}
+
+#[test]
+fn misuse_is_a_typed_error() {
+    let mut p = Process::new(sleeps, 30);
+    assert!(matches!(p.join(), Err(ProcessError::NotStarted)));
+    assert!(matches!(p.terminate(), Err(ProcessError::NotStarted)));
+    assert_eq!(p.exitcode(), None);
+    p.start().unwrap();
+    assert!(matches!(p.start(), Err(ProcessError::AlreadyStarted)));
+    assert!(matches!(p.close(), Err(ProcessError::StillRunning)));
+    p.kill().unwrap();
+    assert_eq!(finish(&p), Some(-libc::SIGKILL));
+    p.close().unwrap();
+    assert!(matches!(p.join(), Err(ProcessError::Closed)));
+    assert!(matches!(p.start(), Err(ProcessError::Closed)));
+}
+
+struct Unserializable;
+
+impl Serialize for Unserializable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("this type refuses"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Unserializable {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Ok(Unserializable)
+    }
+}
+
+fn takes_unserializable(_: Unserializable) {}
+
+#[test]
+fn arguments_that_fail_to_serialize_fail_in_the_parent() {
+    for m in METHODS {
+        let r = Process::builder(takes_unserializable, Unserializable).start_method(m).start();
+        match r {
+            Err(ProcessError::Arguments(why)) => assert!(why.contains("Unserializable"), "{why}"),
+            other => panic!("{m:?}: expected an Arguments error, got {other:?}"),
+        }
+    }
+    assert!(shmproc::active_children().iter().all(|c| c.name != "takes_unserializable"));
+}
+
+fn spawn_then_check(method: StartMethod) -> i32 {
+    let p = Process::builder(returns, ()).start_method(method).start().unwrap();
+    i32::from(p.join_timeout(PATIENCE).unwrap() && p.exitcode() == Some(0))
+}
+
+#[test]
+fn spawn_and_forkserver_from_a_multi_threaded_parent() {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Allocate and print under the stdout lock, the classic fork hazard.
+                    let s = format!("{:?}", vec![1u8; 64]);
+                    std::hint::black_box(s);
+                }
+            })
+        })
+        .collect();
+    for m in [StartMethod::Spawn, StartMethod::ForkServer] {
+        for _ in 0..5 {
+            assert_eq!(spawn_then_check(m), 1, "{m:?}");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in busy {
+        t.join().unwrap();
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Middle {
+    method: u8,
+    grandchild_pid: RawValue<i32>,
+}
+
+fn grandchild(_: ()) {
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+fn middle(m: Middle) {
+    let method = METHODS[m.method as usize];
+    let g = Process::builder(grandchild, ()).daemon(true).start_method(method).start().unwrap();
+    m.grandchild_pid.set(g.pid().unwrap());
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn a_daemon_child_dies_when_its_parent_is_killed() {
+    for (i, m) in METHODS.iter().enumerate() {
+        let pid = RawValue::new(0i32).unwrap();
+        let parent =
+            start(StartMethod::Fork, Process::builder(middle, Middle { method: i as u8, grandchild_pid: pid.clone() }));
+        let deadline = Instant::now() + PATIENCE;
+        while pid.get() == 0 {
+            assert!(Instant::now() < deadline, "{m:?}: the grandchild never started");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let g = pid.get();
+        assert!(alive(g));
+        parent.kill().unwrap();
+        assert_eq!(finish(&parent), Some(-libc::SIGKILL));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(g) {
+            assert!(Instant::now() < deadline, "{m:?}: daemon grandchild {g} outlived its parent");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+#[test]
+fn dropping_a_daemon_handle_kills_it_and_a_plain_one_is_reaped() {
+    for m in METHODS {
+        let p = start(m, Process::builder(sleeps, 60).daemon(true));
+        let pid = p.pid().unwrap();
+        drop(p);
+        assert!(!alive(pid), "{m:?}: a dropped daemon must be gone");
+
+        let p = start(m, Process::builder(sleeps, 0));
+        let pid = p.pid().unwrap();
+        drop(p); // neither killed nor left a zombie: the reaper collects it
+        let deadline = Instant::now() + PATIENCE;
+        while alive(pid) || (m != StartMethod::ForkServer && std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            assert!(Instant::now() < deadline, "{m:?}: dropped child {pid} was never reaped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn list_fds(out: RawValue<[i32; 16]>) {
+    let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort();
+    let mut buf = [-1i32; 16];
+    for (slot, fd) in buf.iter_mut().zip(fds) {
+        *slot = fd;
+    }
+    out.set(buf);
+}
+
+#[test]
+fn a_spawned_child_inherits_only_what_it_was_given() {
+    for m in [StartMethod::Spawn, StartMethod::ForkServer] {
+        let out = RawValue::new([-1i32; 16]).unwrap();
+        let p = start(m, Process::builder(list_fds, out.clone()));
+        assert_eq!(finish(&p), Some(0));
+        let fds: Vec<i32> = out.get().into_iter().filter(|fd| *fd >= 0).collect();
+        // 0, 1, 2; the one segment it was given (`out`); the directory being listed.
+        assert!(fds.len() <= 5, "{m:?}: child had descriptors {fds:?}");
+    }
+}
