@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use shmproc::testing::{fork, set_spin_rounds, Child, Exit};
-use shmproc::{Barrier, Lock, RawArray, Semaphore, Value};
+use shmproc::{Barrier, Lock, Process, RawArray, Semaphore, StartMethod, Value};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -153,17 +153,49 @@ fn semaphore_pingpong() {
     set_spin_rounds(7);
 }
 
+fn noop(_: ()) {}
+
+/// Start and join a process with a trivial target, per start method; the fork
+/// server is started (by a warm-up run) outside the timing, as on Python's side.
+fn process_start_join() {
+    for (name, method, reps) in [
+        ("process_start_join_fork", StartMethod::Fork, 50),
+        ("process_start_join_spawn", StartMethod::Spawn, 20),
+        ("process_start_join_forkserver", StartMethod::ForkServer, 50),
+    ] {
+        let ctx = shmproc::context(method);
+        let run = || {
+            let mut p: Process = ctx.process(noop, ());
+            p.start().unwrap();
+            assert!(p.join_timeout(PATIENCE).unwrap(), "{name}: the child overstayed");
+            assert_eq!(p.exitcode(), Some(0), "{name}: the child failed");
+        };
+        run();
+        let times = (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                run();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        emit(name, median(times), "ms");
+    }
+}
+
 fn main() {
+    shmproc::init();
     let prefixes: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let workloads: [(&str, fn()); 5] = [
+    let workloads: [(&str, fn()); 6] = [
         ("value_lock_increment", value_lock_increment),
         ("value_lock_increment_1proc", value_lock_increment_1proc),
         ("lock_uncontended", lock_uncontended),
         ("array_sum_1M", array_sum_1m),
         ("semaphore_pingpong", semaphore_pingpong),
+        ("process_start_join", process_start_join),
     ];
     for (name, run) in workloads {
-        if prefixes.is_empty() || prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+        // A prefix selects a group ("value_") or a single line ("process_start_join_fork").
+        if prefixes.is_empty() || prefixes.iter().any(|p| name.starts_with(p.as_str()) || p.starts_with(name)) {
             run();
         }
     }

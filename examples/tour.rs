@@ -1,26 +1,74 @@
 //! A tour of what shmproc does today, across real processes.
 //!
 //! Run it with `cargo run --release --example tour`.
-//!
-//! Children are made with `shmproc::testing::fork` (run a closure in a forked child,
-//! reap it with a deadline) until `Process` lands; everything they share lives in
-//! shared memory made by shmproc.
 
 use std::time::{Duration, Instant};
 
-use shmproc::testing::{fork, Child, Exit};
-use shmproc::{Array, Barrier, Condition, Event, LockError, RawArray, RawValue, Semaphore, Value};
+use serde::{Deserialize, Serialize};
+use shmproc::{
+    Array, Barrier, Condition, Event, LockError, Process, RawArray, RawValue, Semaphore, StartMethod, Value,
+};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-fn join(mut child: Child) -> Result<Exit> {
-    child.wait_timeout(PATIENCE)?.ok_or_else(|| "a child overstayed".into())
-}
-
 fn section(title: &str) {
     println!("\n== {title}");
+}
+
+/// Joins with a deadline, so that the tour can never hang.
+fn finish(p: &Process) -> Result<Option<i32>> {
+    if !p.join_timeout(PATIENCE)? {
+        p.kill()?;
+        return Err(format!("{} overstayed", p.name()).into());
+    }
+    Ok(p.exitcode())
+}
+
+fn hello(method: String) {
+    let me = shmproc::current_process();
+    let parent = shmproc::parent_process().map(|p| p.name).unwrap_or_default();
+    println!("  {} (pid {}), child of {parent}, started by {method}", me.name, me.pid);
+}
+
+fn boom(_: ()) {
+    panic!("a target that panics");
+}
+
+fn nap(secs: u64) {
+    std::thread::sleep(Duration::from_secs(secs));
+}
+
+/// Python: `Process(target=f, args=(...))` under each start method, and exit codes.
+fn processes() -> Result {
+    section("Process: one child per start method; exit codes as in Python");
+    for method in [StartMethod::Fork, StartMethod::Spawn, StartMethod::ForkServer] {
+        let ctx = shmproc::context(method);
+        let mut p = ctx.process(hello, format!("{method:?}"));
+        let t = Instant::now();
+        p.start()?;
+        finish(&p)?;
+        println!("  {method:?}: started and joined in {:?}, exitcode {:?}", t.elapsed(), p.exitcode());
+    }
+    let panicking = Process::builder(boom, ()).name("panicker").start()?;
+    println!("  a panicking target exits with {:?} (its panic is printed above, with its name)", finish(&panicking)?);
+    let sleeper = Process::builder(nap, 60).start()?;
+    sleeper.kill()?;
+    println!("  a killed child exits with {:?}", finish(&sleeper)?);
+    Ok(())
+}
+
+#[derive(Serialize, Deserialize)]
+struct Count {
+    counter: Value<u64>,
+    times: u64,
+}
+
+fn increment(c: Count) {
+    for _ in 0..c.times {
+        *c.counter.lock().unwrap() += 1;
+    }
 }
 
 /// Python: `Value('i', 0)` and `with v.get_lock(): v.value += 1` in two processes.
@@ -28,23 +76,28 @@ fn value_under_a_lock() -> Result {
     section("Value: two processes, 200 000 increments each, under the value's lock");
     let counter = Value::<u64>::new(0)?;
     let start = Instant::now();
-    let children = (0..2)
-        .map(|_| {
-            let counter = counter.clone();
-            fork(move || {
-                for _ in 0..200_000 {
-                    *counter.lock().unwrap() += 1;
-                }
-                0
-            })
-        })
-        .collect::<std::io::Result<Vec<_>>>()?;
-    for c in children {
-        join(c)?;
+    let ps = (0..2)
+        .map(|_| Process::builder(increment, Count { counter: counter.clone(), times: 200_000 }).start())
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    for p in &ps {
+        finish(p)?;
     }
-    let dt = start.elapsed();
-    println!("final value {} (expected 400000) in {:.1} ms", counter.get()?, dt.as_secs_f64() * 1e3);
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    println!("  final value {} (expected 400000), processes started and joined in {ms:.1} ms", counter.get()?);
     Ok(())
+}
+
+#[derive(Serialize, Deserialize)]
+struct Transfer {
+    account: Value<[i64; 2]>,
+    holding: Event,
+}
+
+fn transfer_then_hang(t: Transfer) {
+    let mut g = t.account.lock().unwrap();
+    g[0] -= 30; // debit done, credit not yet...
+    t.holding.set();
+    std::thread::sleep(Duration::from_secs(60));
 }
 
 /// Python hangs here forever; shmproc hands the lock on, poisoned.
@@ -52,88 +105,87 @@ fn a_lock_holder_killed() -> Result {
     section("Lock: the holder is killed with SIGKILL while holding it");
     let account = Value::<[i64; 2]>::new([100, 0])?;
     let holding = Event::new()?;
-    let child = {
-        let (account, holding) = (account.clone(), holding.clone());
-        fork(move || {
-            let mut g = account.lock().unwrap();
-            g[0] -= 30; // debit done, credit not yet...
-            holding.set();
-            std::thread::sleep(Duration::from_secs(60));
-            0
-        })?
-    };
+    let p = Process::builder(transfer_then_hang, Transfer { account: account.clone(), holding: holding.clone() })
+        .name("transfer")
+        .start()?;
     if !holding.wait_timeout(PATIENCE) {
         return Err("the child never took the lock".into());
     }
-    child.signal(libc::SIGKILL)?;
-    println!("child {} killed: {:?}", child.pid(), join(child)?);
+    p.kill()?;
+    println!("  {} killed: exitcode {:?}", p.name(), finish(&p)?);
     let start = Instant::now();
     match account.lock_timeout(PATIENCE) {
-        Err(LockError::Poisoned(p)) => {
-            let mut g = p.into_inner();
-            println!("lock recovered in {:?}, poisoned; the half-done transfer is visible: {:?}", start.elapsed(), *g);
+        Err(LockError::Poisoned(poisoned)) => {
+            let mut g = poisoned.into_inner();
+            println!(
+                "  lock recovered in {:?}, poisoned; the half-done transfer is visible: {:?}",
+                start.elapsed(),
+                *g
+            );
             g[1] += 30; // repair: finish the credit
-            println!("repaired to {:?}", *g);
+            println!("  repaired to {:?}", *g);
         }
-        Ok(_) => println!("unexpected: the lock was not poisoned"),
+        Ok(_) => println!("  unexpected: the lock was not poisoned"),
         Err(e) => return Err(e.to_string().into()),
     }
     account.get_lock().clear_poison();
-    println!("poison cleared; get() = {:?}", account.get()?);
+    println!("  poison cleared; get() = {:?}", account.get()?);
     Ok(())
+}
+
+fn fill(a: RawArray<f64>) {
+    // SAFETY: nothing else touches `a` while this child fills it; the parent reads
+    // only after joining.
+    for (i, x) in unsafe { a.as_mut_slice() }.iter_mut().enumerate() {
+        *x = i as f64;
+    }
+}
+
+fn scale(a: Array<f64>) {
+    for x in a.lock().unwrap().iter_mut() {
+        *x *= 10.0;
+    }
 }
 
 /// Python: `Array('d', n, lock=False)` filled by a child, summed by the parent.
 fn a_child_fills_an_array() -> Result {
-    section("RawArray: a child fills 1 000 000 f64, the parent sums them");
+    section("RawArray: a spawned child fills 1 000 000 f64, the parent sums them");
     let a = RawArray::<f64>::zeroed(1_000_000)?;
-    let child = {
-        let a = a.clone();
-        fork(move || {
-            // SAFETY: the child is single-threaded; nothing else in it touches `a`.
-            for (i, x) in unsafe { a.as_mut_slice() }.iter_mut().enumerate() {
-                *x = i as f64;
-            }
-            0
-        })?
-    };
-    join(child)?;
+    let p = Process::builder(fill, a.clone()).start_method(StartMethod::Spawn).start()?;
+    finish(&p)?;
     let start = Instant::now();
-    // SAFETY: no thread of this process writes `a` while the slice lives.
+    // SAFETY: the only writer has exited; no thread of this process writes `a`.
     let sum: f64 = unsafe { a.as_slice() }.iter().sum();
-    println!("sum = {sum} in {:.2} ms", start.elapsed().as_secs_f64() * 1e3);
+    println!("  sum = {sum} in {:.2} ms", start.elapsed().as_secs_f64() * 1e3);
 
     let locked = Array::from_slice(&[1.0f64, 2.0, 3.0])?;
-    let child = {
-        let locked = locked.clone();
-        fork(move || {
-            for x in locked.lock().unwrap().iter_mut() {
-                *x *= 10.0;
-            }
-            0
-        })?
-    };
-    join(child)?;
-    println!("Array with its lock, scaled by a child: {:?}", locked.to_vec()?);
+    let p = Process::builder(scale, locked.clone()).start_method(StartMethod::ForkServer).start()?;
+    finish(&p)?;
+    println!("  Array with its lock, scaled by a fork-server child: {:?}", locked.to_vec()?);
     Ok(())
+}
+
+#[derive(Serialize, Deserialize)]
+struct PingPong {
+    ping: Semaphore,
+    pong: Semaphore,
+    rounds: u32,
+}
+
+fn ponger(p: PingPong) {
+    for _ in 0..p.rounds {
+        if !p.ping.acquire_timeout(PATIENCE) {
+            return;
+        }
+        let _ = p.pong.release();
+    }
 }
 
 /// Two semaphores bounce a token between processes.
 fn semaphore_ping_pong() -> Result {
     section("Semaphore: 10 000 ping-pongs between two processes");
     let (ping, pong) = (Semaphore::new(0)?, Semaphore::new(0)?);
-    let child = {
-        let (ping, pong) = (ping.clone(), pong.clone());
-        fork(move || {
-            for _ in 0..10_000 {
-                if !ping.acquire_timeout(PATIENCE) {
-                    return 1;
-                }
-                let _ = pong.release();
-            }
-            0
-        })?
-    };
+    let p = Process::builder(ponger, PingPong { ping: ping.clone(), pong: pong.clone(), rounds: 10_000 }).start()?;
     let start = Instant::now();
     for _ in 0..10_000 {
         ping.release()?;
@@ -142,9 +194,36 @@ fn semaphore_ping_pong() -> Result {
         }
     }
     let per = start.elapsed() / 10_000;
-    join(child)?;
-    println!("round trip {per:?} on average (spin, then sleep on a futex)");
+    finish(&p)?;
+    println!("  round trip {per:?} on average (spin, then sleep on a futex)");
     Ok(())
+}
+
+#[derive(Serialize, Deserialize)]
+struct Consumer {
+    cond: Condition,
+    item: RawValue<u64>,
+}
+
+fn consume(c: Consumer) {
+    let mut g = c.cond.acquire().unwrap();
+    let got = g.wait_for(|| c.item.get() != 0, Some(PATIENCE)).unwrap_or(false);
+    println!("  consumer {}: woke with item {} ({got})", shmproc::current_process().name, c.item.get());
+}
+
+#[derive(Serialize, Deserialize)]
+struct Party {
+    go: Event,
+    barrier: Barrier,
+}
+
+fn party(p: Party) {
+    if !p.go.wait_timeout(PATIENCE) {
+        return;
+    }
+    if let Ok(i) = p.barrier.wait_timeout(PATIENCE) {
+        println!("  {} passed the barrier with index {i}", shmproc::current_process().name);
+    }
 }
 
 /// Producer and consumer meet under a Condition; an Event and a Barrier line up a crowd.
@@ -152,49 +231,33 @@ fn conditions_events_barriers() -> Result {
     section("Condition, Event, Barrier");
     let cond = Condition::new()?;
     let item = RawValue::<u64>::new(0)?;
-    let consumer = {
-        let (cond, item) = (cond.clone(), item.clone());
-        fork(move || {
-            let mut g = cond.acquire().unwrap();
-            let got = g.wait_for(|| item.get() != 0, Some(PATIENCE)).unwrap_or(false);
-            println!("  consumer {}: woke with item {}", std::process::id(), item.get());
-            i32::from(!got)
-        })?
-    };
+    let consumer = Process::builder(consume, Consumer { cond: cond.clone(), item: item.clone() }).start()?;
     std::thread::sleep(Duration::from_millis(20));
     {
         let _g = cond.acquire().map_err(|e| e.to_string())?;
         item.set(42);
         cond.notify(1);
     }
-    println!("producer: put 42 and notified; consumer exited {:?}", join(consumer)?);
+    println!("  producer: put 42 and notified; consumer exited with {:?}", finish(&consumer)?);
 
     let go = Event::new()?;
     let barrier = Barrier::new(3)?;
-    let children = (0..2)
-        .map(|_| {
-            let (go, barrier) = (go.clone(), barrier.clone());
-            fork(move || {
-                if !go.wait_timeout(PATIENCE) {
-                    return 1;
-                }
-                match barrier.wait_timeout(PATIENCE) {
-                    Ok(i) => {
-                        println!("  child {} passed the barrier with index {i}", std::process::id());
-                        0
-                    }
-                    Err(_) => 2,
-                }
-            })
-        })
-        .collect::<std::io::Result<Vec<_>>>()?;
+    let parties = (0..2)
+        .map(|_| Process::builder(party, Party { go: go.clone(), barrier: barrier.clone() }).start())
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     go.set();
     let mine = barrier.wait_timeout(PATIENCE)?;
-    println!("  parent passed the barrier with index {mine}");
-    for c in children {
-        join(c)?;
+    println!("  MainProcess passed the barrier with index {mine}");
+    for p in &parties {
+        finish(p)?;
     }
     Ok(())
+}
+
+fn multiply_by_name(name: String) {
+    if let Ok(v) = Value::<u64>::open(&name) {
+        *v.lock().unwrap() *= 6;
+    }
 }
 
 /// Named segments are opened by name, from any process of the same user.
@@ -202,31 +265,28 @@ fn named_segments() -> Result {
     section("Named segments: open by name from another process");
     let v = Value::<u64>::new_named(7)?;
     let name = v.name().unwrap_or_default().to_owned();
-    println!("created {name} (in /dev/shm until this handle drops)");
-    let child = fork(move || match Value::<u64>::open(&name) {
-        Ok(v) => {
-            *v.lock().unwrap() *= 6;
-            0
-        }
-        Err(_) => 1,
-    })?;
-    join(child)?;
-    println!("the child opened it by name and multiplied: {}", v.get()?);
-    match Value::<f64>::open(v.name().unwrap_or_default()) {
-        Err(e) => println!("opening it as Value<f64> fails: {e}"),
-        Ok(_) => println!("unexpected: opened with the wrong type"),
+    println!("  created {name} (in /dev/shm until this handle drops)");
+    let p = Process::builder(multiply_by_name, name.clone()).start_method(StartMethod::Spawn).start()?;
+    finish(&p)?;
+    println!("  a spawned child opened it by name and multiplied: {}", v.get()?);
+    match Value::<f64>::open(&name) {
+        Err(e) => println!("  opening it as Value<f64> fails: {e}"),
+        Ok(_) => println!("  unexpected: opened with the wrong type"),
     }
     Ok(())
 }
 
 fn main() -> Result {
+    // A re-executed child (spawn, forkserver) runs its target here instead.
+    shmproc::init();
     println!("shmproc tour: every object below lives in shared memory, shared by real processes");
+    processes()?;
     value_under_a_lock()?;
     a_lock_holder_killed()?;
     a_child_fills_an_array()?;
     semaphore_ping_pong()?;
     conditions_events_barriers()?;
     named_segments()?;
-    println!("\ndone: every child reaped, every segment unmapped (named ones unlinked)");
+    println!("\ndone: every child joined, every segment unmapped (named ones unlinked)");
     Ok(())
 }

@@ -22,14 +22,31 @@
 //! | `segment` | shared-memory mappings: anonymous (memfd) and named (POSIX shm), each with a validated header |
 //! | `sync` | `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Condition`, `Event`, `Barrier` |
 //! | `shared` | `Value<T>`, `Array<T>`, `RawValue<T>`, `RawArray<T>` for `T: bytemuck::Pod` |
+//! | `process` | `Process` with the fork, spawn and forkserver start methods, contexts |
 //! | `sys` | every call into the operating system (Linux for now) |
 //!
-//! Channels, processes, pools, executors and managers are planned; see the README.
+//! Channels, pools, executors and managers are planned; see the README.
 //!
 //! ## Sharing with a child process
-//! Every object here lives in a `MAP_SHARED` mapping, so a child made with `fork`
-//! shares it. Objects made with `new_named` (or `from_slice_named`) can also be
-//! opened by name from an unrelated process with `open`.
+//! Every object here lives in a `MAP_SHARED` mapping. Pass it to a [`Process`] as
+//! (part of) its arguments and the child gets a handle to the same memory, under
+//! every start method. Objects made with `new_named` (or `from_slice_named`) can
+//! also be opened by name from an unrelated process with `open`.
+//!
+//! ```
+//! use shmproc::{Process, Value};
+//!
+//! fn double(v: Value<u64>) {
+//!     *v.lock().unwrap() *= 2;
+//! }
+//!
+//! let v = Value::new(21u64)?;
+//! let mut p = Process::new(double, v.clone());
+//! p.start()?;
+//! p.join()?;
+//! assert_eq!(v.get()?, 42);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod process;
 mod segment;
