@@ -219,38 +219,47 @@ fn arguments_that_fail_to_serialize_fail_in_the_parent() {
             other => panic!("{m:?}: expected an Arguments error, got {other:?}"),
         }
     }
-    assert!(shmproc::active_children().iter().all(|c| c.name != "takes_unserializable"));
 }
 
-fn spawn_then_check(method: StartMethod) -> i32 {
-    let p = Process::builder(returns, ()).start_method(method).start().unwrap();
-    i32::from(p.join_timeout(PATIENCE).unwrap() && p.exitcode() == Some(0))
+fn say_hi(n: u32) {
+    println!("child {n} says hi");
 }
 
+/// Several threads print (holding stdout's lock at random moments) and start
+/// processes at once, with every method: no child may hang on a lock it inherited,
+/// and no descriptor meant for one child (a spawn's error pipe) may keep another's
+/// start waiting.
 #[test]
-fn spawn_and_forkserver_from_a_multi_threaded_parent() {
+fn starting_from_a_multi_threaded_parent_under_every_method() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let busy: Vec<_> = (0..4)
-        .map(|_| {
-            let stop = stop.clone();
+    let printer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut out = std::io::stdout().lock();
+                use std::io::Write;
+                let _ = writeln!(out, "{:?}", vec![1u8; 16]);
+            }
+        })
+    };
+    let starters: Vec<_> = METHODS
+        .into_iter()
+        .enumerate()
+        .map(|(k, m)| {
             std::thread::spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    // Allocate and print under the stdout lock, the classic fork hazard.
-                    let s = format!("{:?}", vec![1u8; 64]);
-                    std::hint::black_box(s);
+                for n in 0..5 {
+                    let p = Process::builder(say_hi, (k * 10 + n) as u32).start_method(m).start().unwrap();
+                    assert!(quickly(|| p.join_timeout(PATIENCE).unwrap()) == Some(true), "{m:?}: a child hung");
+                    assert_eq!(p.exitcode(), Some(0), "{m:?}");
                 }
             })
         })
         .collect();
-    for m in [StartMethod::Spawn, StartMethod::ForkServer] {
-        for _ in 0..5 {
-            assert_eq!(spawn_then_check(m), 1, "{m:?}");
-        }
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for t in busy {
+    for t in starters {
         t.join().unwrap();
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    printer.join().unwrap();
 }
 
 fn alive(pid: i32) -> bool {
@@ -319,27 +328,33 @@ fn dropping_a_daemon_handle_kills_it_and_a_plain_one_is_reaped() {
     }
 }
 
-fn list_fds(out: RawValue<[i32; 16]>) {
-    let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+/// Exits 0 if every descriptor above 2 is one of shmproc's segments (or the
+/// directory being listed), 2 otherwise (naming the strays on stderr).
+fn check_fds(_: RawValue<u8>) {
+    let strays: Vec<String> = std::fs::read_dir("/proc/self/fd")
         .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
+            let ok = fd <= 2 || target.starts_with("/memfd:shmproc") || target.starts_with("/proc/");
+            (!ok).then(|| format!("{fd} -> {target}"))
+        })
         .collect();
-    fds.sort();
-    let mut buf = [-1i32; 16];
-    for (slot, fd) in buf.iter_mut().zip(fds) {
-        *slot = fd;
+    if !strays.is_empty() {
+        eprintln!("stray descriptors: {strays:?}");
+        std::process::exit(2);
     }
-    out.set(buf);
 }
 
 #[test]
 fn a_spawned_child_inherits_only_what_it_was_given() {
+    // A descriptor without close-on-exec, which a careless exec would pass on.
+    let stray = nix::unistd::dup(std::io::stdin()).unwrap();
     for m in [StartMethod::Spawn, StartMethod::ForkServer] {
-        let out = RawValue::new([-1i32; 16]).unwrap();
-        let p = start(m, Process::builder(list_fds, out.clone()));
-        assert_eq!(finish(&p), Some(0));
-        let fds: Vec<i32> = out.get().into_iter().filter(|fd| *fd >= 0).collect();
-        // 0, 1, 2; the one segment it was given (`out`); the directory being listed.
-        assert!(fds.len() <= 5, "{m:?}: child had descriptors {fds:?}");
+        let given = RawValue::new(0u8).unwrap();
+        let p = start(m, Process::builder(check_fds, given));
+        assert_eq!(finish(&p), Some(0), "{m:?}: the child had descriptors it was not given");
     }
+    drop(stray);
 }

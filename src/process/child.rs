@@ -125,7 +125,9 @@ fn fail(why: &str) -> ! {
 /// `main` (Python's `if __name__ == '__main__':`).
 ///
 /// In the program itself it only records that it ran, which is how `start()` knows
-/// re-executing this binary is safe. In a copy of the program re-executed as a child,
+/// re-executing this binary is safe; it must run while the program still has a
+/// single thread (a call from a later point does not count, and spawn then reports
+/// [`ProcessError::NotInitialized`](crate::ProcessError::NotInitialized)). In a copy of the program re-executed as a child,
 /// it runs the child's target and exits: the rest of `main` never runs there.
 ///
 /// ```no_run
@@ -139,10 +141,17 @@ fn fail(why: &str) -> ! {
 /// For a test harness, whose `main` is not yours, put
 /// [`init_before_main!()`](crate::init_before_main) at the top of the test file.
 pub fn init() {
-    INITIALIZED.store(true, Ordering::Release);
     let role = std::env::var(ROLE_ENV);
     if role.is_err() {
+        // Only at the top of `main`: called later, when threads already run, a
+        // re-executed child would run whatever came before it again.
+        if sys::thread_count() == 1 {
+            INITIALIZED.store(true, Ordering::Release);
+        }
         return;
+    }
+    if sys::is_privileged() {
+        fail("refusing SHMPROC_ROLE in a setuid or privileged program");
     }
     // Our own children get the variable from us again; nothing else should see it.
     std::env::remove_var(ROLE_ENV);

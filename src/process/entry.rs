@@ -55,8 +55,14 @@ impl Entry {
         (self.trampoline)(self.target, args, incoming)
     }
 
-    pub(crate) fn offsets(self) -> EntryOffsets {
-        EntryOffsets { trampoline: offset(self.trampoline as usize), target: offset(self.target) }
+    /// The offsets, if the target and trampoline lie in the same loaded object as
+    /// the anchor (the executable); a function in a shared library has no offset that
+    /// means anything in another process.
+    pub(crate) fn offsets(self) -> Option<EntryOffsets> {
+        let base = anchor as *const () as usize;
+        let same = |addr: usize| crate::sys::same_object(base, addr);
+        (same(self.trampoline as usize) && same(self.target))
+            .then(|| EntryOffsets { trampoline: offset(self.trampoline as usize), target: offset(self.target) })
     }
 
     /// # Safety

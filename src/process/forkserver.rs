@@ -25,8 +25,25 @@ use crate::sys::{self, ExecImage, Forked};
 
 /// A client's connection to its fork server.
 pub(crate) struct ServerClient {
-    sock: OwnedFd,
+    /// `None` only while dropping.
+    sock: Option<OwnedFd>,
     pid: i32,
+}
+
+/// A request that failed: before reaching the server (safe to retry with a new
+/// one), or after (the child may be running).
+#[derive(Debug)]
+pub(crate) enum RequestError {
+    NotSent(std::io::Error),
+    Lost(std::io::Error),
+}
+
+impl From<RequestError> for std::io::Error {
+    fn from(e: RequestError) -> std::io::Error {
+        match e {
+            RequestError::NotSent(e) | RequestError::Lost(e) => e,
+        }
+    }
 }
 
 impl ServerClient {
@@ -35,7 +52,7 @@ impl ServerClient {
         let (ours, theirs) = sys::seqpacket_pair()?;
         let image = ExecImage::this_program(&[(ROLE_ENV, ROLE_FORKSERVER.to_owned())])?;
         let pid = sys::spawn_exec(&image, &[theirs.as_fd()], false)?;
-        Ok(ServerClient { sock: ours, pid })
+        Ok(ServerClient { sock: Some(ours), pid })
     }
 
     pub(crate) fn pid(&self) -> i32 {
@@ -43,17 +60,24 @@ impl ServerClient {
     }
 
     /// Asks the server to start a child; its pid.
-    pub(crate) fn request(&self, task: &OwnedFd, slot: &StatusSlot, segments: &[Arc<Segment>]) -> std::io::Result<i32> {
+    pub(crate) fn request(
+        &self,
+        task: &OwnedFd,
+        slot: &StatusSlot,
+        segments: &[Arc<Segment>],
+    ) -> Result<i32, RequestError> {
+        let gone = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the fork server is gone");
+        let sock = self.sock.as_ref().ok_or_else(|| RequestError::NotSent(gone()))?;
         let mut fds: Vec<BorrowedFd<'_>> = vec![task.as_fd(), slot.fd().as_fd()];
         fds.extend(segments.iter().map(|s| s.fd().as_fd()));
-        sys::send_with_fds(&self.sock, b"run", &fds)?;
+        sys::send_with_fds(sock, b"run", &fds).map_err(RequestError::NotSent)?;
         let mut reply = [0u8; 4];
-        match sys::recv_with_fds(&self.sock, &mut reply)? {
+        match sys::recv_with_fds(sock, &mut reply).map_err(RequestError::Lost)? {
             (4, _) => match i32::from_ne_bytes(reply) {
                 pid if pid > 0 => Ok(pid),
-                errno => Err(std::io::Error::from_raw_os_error(-errno)),
+                errno => Err(RequestError::Lost(std::io::Error::from_raw_os_error(-errno))),
             },
-            _ => Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the fork server is gone")),
+            _ => Err(RequestError::Lost(gone())),
         }
     }
 
@@ -65,9 +89,15 @@ impl ServerClient {
 
 impl Drop for ServerClient {
     fn drop(&mut self) {
-        // Closing our end (when the field drops) makes the server exit; reap it then
-        // if it already has, or leave it to finish on its own.
-        let _ = sys::try_reap(self.pid);
+        // Closing our end makes the server exit; reap it when it has. In a forked
+        // child the server is not ours to reap, and the thread finds that out at once.
+        drop(self.sock.take());
+        let pid = self.pid;
+        if matches!(sys::try_reap(pid), Ok(None)) {
+            let _ = std::thread::Builder::new().name("shmproc-reaper".into()).spawn(move || {
+                let _ = sys::reap_blocking(pid);
+            });
+        }
     }
 }
 
@@ -87,6 +117,9 @@ pub(crate) fn server_main() -> ! {
     }
     // SAFETY: the client placed our end of the socket at 3; nothing else owns it.
     let sock = unsafe { sys::adopt_fd(3) };
+    // Ctrl-C goes to the whole process group: the client decides what it means,
+    // not the server (as in Python's forkserver). Children get the default back.
+    sys::ignore_signal(libc::SIGINT, true);
     let me = sys::getpid();
     let mut children: Vec<Served> = Vec::new();
     loop {
@@ -99,12 +132,15 @@ pub(crate) fn server_main() -> ! {
         drop(watched);
         for (i, _) in ready.iter().enumerate().skip(1).filter(|(_, r)| **r).rev() {
             let c = children.swap_remove(i - 1);
-            let code = match sys::reap_blocking(c.pid) {
-                Ok(sys::ChildExit::Exited(code)) => code,
-                Ok(sys::ChildExit::Signaled(sig)) => -sig,
-                Err(_) => -libc::SIGKILL,
+            // Publish before reaping: until the reap, the pid cannot be recycled, so a
+            // client that signals a child whose slot is empty never hits a stranger.
+            let code = match sys::peek_exit(c.pid) {
+                Ok(Some(sys::ChildExit::Exited(code))) => code,
+                Ok(Some(sys::ChildExit::Signaled(sig))) => -sig,
+                Ok(None) | Err(_) => -libc::SIGKILL,
             };
             c.slot.publish(code);
+            let _ = sys::reap_blocking(c.pid);
         }
         if !ready[0] {
             continue;
@@ -138,6 +174,7 @@ pub(crate) fn server_main() -> ! {
         // SAFETY: this server is single-threaded, so the child may do anything.
         match unsafe { sys::fork() } {
             Ok(Forked::Child) => {
+                sys::ignore_signal(libc::SIGINT, false);
                 // The child keeps only its own task's descriptors.
                 drop(sock);
                 drop(children);
@@ -151,7 +188,12 @@ pub(crate) fn server_main() -> ! {
                         children.push(Served { pid, pidfd, slot });
                         pid
                     }
-                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                    Err(e) => {
+                        // A child we cannot watch must not run unreported.
+                        let _ = sys::send_signal(pid, libc::SIGKILL);
+                        let _ = sys::reap_blocking(pid);
+                        -e.raw_os_error().unwrap_or(libc::EIO)
+                    }
                 };
                 let _ = sys::send_with_fds(&sock, &reply.to_ne_bytes(), &[]);
             }

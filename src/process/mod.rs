@@ -85,6 +85,10 @@ pub enum ProcessError {
          (or `shmproc::init_before_main!()` in a test file)"
     )]
     NotInitialized,
+    /// `Spawn` and `ForkServer` find the target again in a re-executed copy of the
+    /// executable; this target lives in a shared library instead. Use `Fork`.
+    #[error("the target function is not in the executable (a shared library?): use StartMethod::Fork")]
+    TargetNotInExecutable,
     /// The arguments hold more shared objects than one start can hand over.
     #[error("{count} shared objects in the arguments; at most {max} can be handed to a child")]
     TooManySharedObjects {
@@ -102,6 +106,12 @@ pub enum ProcessError {
         source: std::io::Error,
     },
 }
+
+/// Taken for writing around a fork (start method `Fork`), and for reading while a
+/// descriptor meant for one child only is open in this process (spawn's exec, the
+/// fork server's requests): so a forked child never inherits another child's
+/// descriptors.
+static FORK_GATE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 fn os(op: &'static str) -> impl FnOnce(std::io::Error) -> ProcessError {
     move |source| ProcessError::Os { op, source }
@@ -228,6 +238,9 @@ impl Process {
 
     fn fork(&self, setup: Setup, args: Vec<u8>, segments: Vec<Arc<Segment>>) -> Result<ChildRecord, ProcessError> {
         child::install_panic_hook();
+        // No descriptor another thread has in flight (a spawn's error pipe, a fork
+        // server's socket) may leak into this child: wait for those to settle.
+        let gate = FORK_GATE.write().unwrap_or_else(|p| p.into_inner());
         // Hold stdout and stderr across the fork: the child's copies of their locks are
         // then held by its own (re-entrant) thread, never by a thread that does not
         // exist there, so printing in the child cannot hang. Flush first, or the
@@ -242,9 +255,14 @@ impl Process {
         // forking a multi-threaded parent are documented on `StartMethod::Fork`.
         let forked = unsafe { sys::fork() };
         match forked.map_err(os("fork"))? {
-            Forked::Child => child::run(setup, Some(parent), move || entry.run(&args, Incoming::Inherited(segments))),
+            Forked::Child => {
+                // This thread holds them in the child's copy: let them go, or a thread
+                // the target starts could never print.
+                drop((out, err, gate));
+                child::run(setup, Some(parent), move || entry.run(&args, Incoming::Inherited(segments)))
+            }
             Forked::Parent(pid) => {
-                drop((out, err));
+                drop((out, err, gate));
                 Ok(ChildRecord::new(pid, name, Watch::Reaped))
             }
         }
@@ -412,7 +430,7 @@ fn task_memfd(
 ) -> Result<std::os::fd::OwnedFd, ProcessError> {
     let task = Task {
         binary: BinaryCheck::this_binary().map_err(os("reading /proc/self/exe"))?,
-        entry: entry.offsets(),
+        entry: entry.offsets().ok_or(ProcessError::TargetNotInExecutable)?,
         setup,
         args,
         segments: segments as u32,
@@ -429,6 +447,7 @@ fn spawn(entry: Entry, setup: Setup, args: Vec<u8>, segments: &[Arc<Segment>]) -
     let mut fds = vec![task.as_fd()];
     fds.extend(segments.iter().map(|s| s.fd().as_fd()));
     let image = ExecImage::this_program(&[(child::ROLE_ENV, child::ROLE_CHILD.to_owned())]).map_err(os("exec"))?;
+    let _gate = FORK_GATE.read().unwrap_or_else(|p| p.into_inner());
     let pid = sys::spawn_exec(&image, &fds, daemon).map_err(os("exec"))?;
     Ok(ChildRecord::new(pid, name, Watch::Reaped))
 }
@@ -443,6 +462,7 @@ fn via_fork_server(
     let task = task_memfd(entry, setup, args, segments.len())?;
     let me = registry::current();
     let mut server = me.forkserver.lock().unwrap_or_else(|p| p.into_inner());
+    let _gate = FORK_GATE.read().unwrap_or_else(|p| p.into_inner());
     // One retry: a server that died since the last request is replaced.
     for attempt in 0..2 {
         if server.as_ref().is_none_or(|s| !s.alive()) {
@@ -455,8 +475,10 @@ fn via_fork_server(
         })?;
         match client.request(&task, &slot, segments) {
             Ok(pid) => return Ok(ChildRecord::new(pid, name, Watch::Slot(slot))),
-            Err(e) if attempt == 0 && e.kind() == std::io::ErrorKind::BrokenPipe => *server = None,
-            Err(e) => return Err(os("fork server request")(e)),
+            // Only a request that never reached the server is retried: one that did
+            // may have started the child already.
+            Err(forkserver::RequestError::NotSent(_)) if attempt == 0 => *server = None,
+            Err(e) => return Err(os("fork server request")(e.into())),
         }
     }
     Err(os("fork server request")(std::io::Error::other("the fork server keeps dying")))

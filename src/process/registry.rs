@@ -196,7 +196,12 @@ impl ChildRecord {
 
     /// Sends `signal`, unless the child has already ended.
     pub(crate) fn signal(&self, signal: i32) -> std::io::Result<()> {
-        let exit = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        let mut exit = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        if let (None, Watch::Slot(slot)) = (*exit, &self.watch) {
+            // The fork server publishes a status before it reaps, so a child whose
+            // slot is still empty has not been reaped: its pid cannot be recycled.
+            *exit = slot.exit_code();
+        }
         if exit.is_some() {
             return Ok(());
         }

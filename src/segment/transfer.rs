@@ -49,9 +49,18 @@ thread_local! {
 /// Runs `serialize` with shared objects allowed to serialize, and returns what it
 /// produced with the segments (in slot order) the child must be given.
 pub(crate) fn collecting<R>(serialize: impl FnOnce() -> R) -> (R, Vec<Arc<Segment>>) {
-    let outer = OUTGOING.with(|o| o.borrow_mut().replace(Vec::new()));
+    /// Restores the outer scope even if `serialize` panics.
+    struct Scope(Option<Vec<Arc<Segment>>>);
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            let outer = self.0.take();
+            OUTGOING.with(|o| *o.borrow_mut() = outer);
+        }
+    }
+    let scope = Scope(OUTGOING.with(|o| o.borrow_mut().replace(Vec::new())));
     let out = serialize();
-    let segments = OUTGOING.with(|o| std::mem::replace(&mut *o.borrow_mut(), outer)).unwrap_or_default();
+    let segments = OUTGOING.with(|o| o.borrow_mut().take()).unwrap_or_default();
+    drop(scope);
     (out, segments)
 }
 
@@ -61,11 +70,17 @@ pub(crate) fn receiving<R>(source: Incoming, deserialize: impl FnOnce() -> R) ->
         Incoming::Inherited(v) => v.len(),
         Incoming::Received(v) => v.len(),
     };
+    /// Restores the outer scope even if `deserialize` panics.
+    struct Scope(Option<Receiving>);
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            let outer = self.0.take();
+            INCOMING.with(|i| *i.borrow_mut() = outer);
+        }
+    }
     let r = Receiving { source, attached: vec![None; n] };
-    let outer = INCOMING.with(|i| i.borrow_mut().replace(r));
-    let out = deserialize();
-    INCOMING.with(|i| *i.borrow_mut() = outer);
-    out
+    let _scope = Scope(INCOMING.with(|i| i.borrow_mut().replace(r)));
+    deserialize()
 }
 
 /// Serializes handles to `segments` (and registers them for delivery).

@@ -328,6 +328,9 @@ pub(crate) fn wait_child_exit(pid: i32, deadline: Instant) -> io::Result<bool> {
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
         let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(true); // already reaped (by another thread): it has ended
+        }
         if e.raw_os_error() != Some(libc::ENOSYS) {
             return Err(e);
         }
@@ -490,6 +493,10 @@ pub(crate) fn spawn_exec(
     death_signal: bool,
 ) -> io::Result<i32> {
     use std::os::fd::AsRawFd;
+    let parent = getpid();
+    // For kernels without close_range: the highest descriptor number to close.
+    let fd_limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(4096, |(soft, _)| soft.min(1 << 20)) as i32;
     let n = fds.len() as i32;
     // Move every descriptor above the numbers they will take, so that placing them
     // at 3.. in the child can never overwrite one that is still to be placed.
@@ -518,7 +525,18 @@ pub(crate) fn spawn_exec(
     }
     if pid == 0 {
         // SAFETY: see above; this block never returns.
-        unsafe { exec_child(&raw_high, err_fd, n, death_signal, image.path.as_ptr(), &argv, &envp) }
+        unsafe {
+            exec_child(
+                &raw_high,
+                err_fd,
+                n,
+                death_signal.then_some(parent),
+                fd_limit,
+                image.path.as_ptr(),
+                &argv,
+                &envp,
+            )
+        }
     }
     drop(high);
     drop(err_w_high);
@@ -556,11 +574,13 @@ fn unsafe_adopt(raw: i32) -> OwnedFd {
 /// # Safety
 /// Called only in a freshly forked child; everything it touches was prepared before
 /// the fork.
+#[allow(clippy::too_many_arguments)]
 unsafe fn exec_child(
     high: &[i32],
     err_fd: i32,
     n: i32,
-    death_signal: bool,
+    die_with: Option<i32>,
+    fd_limit: i32,
     path: *const libc::c_char,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
@@ -582,9 +602,26 @@ unsafe fn exec_child(
             fail(err_fd);
         }
         // Close everything above: a child inherits no descriptor it was not given.
-        libc::syscall(libc::SYS_close_range, (err_at + 1) as u32, u32::MAX, 0u32);
-        if death_signal && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
-            fail(err_at);
+        if libc::syscall(libc::SYS_close_range, (err_at + 1) as u32, u32::MAX, 0u32) != 0 {
+            for fd in err_at + 1..fd_limit {
+                libc::close(fd);
+            }
+        }
+        // Start the new image with default signal state: a blocked SIGTERM would make
+        // terminate() useless, an ignored SIGCHLD would lose every exit status.
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        if let Some(parent) = die_with {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
+                fail(err_at);
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1); // the parent died before the request took effect
+            }
         }
         libc::execve(path, argv.as_ptr(), envp.as_ptr());
         fail(err_at)
@@ -662,6 +699,52 @@ pub(crate) fn poll_readable(fds: &[std::os::fd::BorrowedFd<'_>], timeout: Option
         return Err(e);
     }
     Ok(pfds.iter().map(|p| p.revents != 0).collect())
+}
+
+/// How `pid` (a child that has ended) ended, without reaping it yet.
+pub(crate) fn peek_exit(pid: i32) -> io::Result<Option<ChildExit>> {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid)), flags).map_err(nix_err)? {
+        WaitStatus::Exited(_, code) => Ok(Some(ChildExit::Exited(code))),
+        WaitStatus::Signaled(_, sig, _) => Ok(Some(ChildExit::Signaled(sig as i32))),
+        _ => Ok(None),
+    }
+}
+
+/// Whether this process runs with elevated privileges (setuid, setgid, file
+/// capabilities): then the environment must not steer it.
+pub(crate) fn is_privileged() -> bool {
+    // SAFETY: getauxval only reads the auxiliary vector.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
+/// The number of threads in this process, from /proc (1 if unreadable).
+pub(crate) fn thread_count() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Threads:"))?.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Whether the functions at `a` and `b` lie in the same loaded object (the
+/// executable, or one shared library).
+pub(crate) fn same_object(a: usize, b: usize) -> bool {
+    let base = |addr: usize| {
+        // SAFETY: Dl_info is plain pointers, for which all-zero is valid; dladdr only
+        // reads the loader's tables and fills it.
+        unsafe {
+            let mut info: libc::Dl_info = std::mem::zeroed();
+            (libc::dladdr(addr as *const libc::c_void, &mut info) != 0).then_some(info.dli_fbase as usize)
+        }
+    };
+    matches!((base(a), base(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Sets a signal's disposition to "ignore" or back to the default.
+pub(crate) fn ignore_signal(signal: i32, ignore: bool) {
+    // SAFETY: SIG_IGN and SIG_DFL are valid dispositions for any catchable signal.
+    unsafe { libc::signal(signal, if ignore { libc::SIG_IGN } else { libc::SIG_DFL }) };
 }
 
 /// Reaps `pid`, waiting for it to end.
