@@ -48,6 +48,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod channel;
 mod process;
 mod segment;
 mod shared;
@@ -62,6 +63,10 @@ pub mod testing;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+pub use channel::{
+    BufferTooShort, ChannelFault, Connection, JoinableQueue, Pipe, Queue, QueueBuilder, RecvError, RecvIntoError,
+    RecvTimeoutError, SendError, SendTimeoutError, TaskDoneError, TryRecvError, TrySendError, DEFAULT_CAPACITY,
+};
 pub use process::{
     active_children, context, cpu_count, current_process, get_start_method, init, parent_process, set_start_method,
     Context, Process, ProcessBuilder, ProcessError, ProcessInfo, StartMethod,

@@ -150,7 +150,7 @@ impl Ring {
     /// The ring at `offset` in `seg`'s body, checked against the segment's size.
     pub(crate) fn attach(seg: Arc<Segment>, offset: usize) -> Result<Ring, ChannelFault> {
         let fits = |len: usize| offset.checked_add(len).is_some_and(|end| end <= seg.body_len());
-        if offset % 64 != 0 || !fits(header_len()) {
+        if !offset.is_multiple_of(64) || !fits(header_len()) {
             return Err(ChannelFault::Corrupted("ring outside its segment"));
         }
         // SAFETY: `offset..offset + header_len()` is inside the body and 64-byte
@@ -158,7 +158,10 @@ impl Ring {
         let hdr = unsafe { &*seg.body().add(offset).cast::<RingHeader>() };
         let capacity = hdr.capacity.load(Ordering::Relaxed);
         let maxsize = hdr.maxsize.load(Ordering::Relaxed);
-        if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) || capacity % 8 != 0 || !fits(ring_len(capacity)) {
+        if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity)
+            || !capacity.is_multiple_of(8)
+            || !fits(ring_len(capacity))
+        {
             return Err(ChannelFault::Corrupted("ring capacity"));
         }
         // SAFETY: checked just above: header and data are inside the body.
@@ -204,7 +207,7 @@ impl Ring {
         let (tp, tc) = unpack(tail);
         let (hp, hc) = unpack(head);
         let used = tp.wrapping_sub(hp) & POS_MASK;
-        if used > self.capacity || used % 8 != 0 {
+        if used > self.capacity || !used.is_multiple_of(8) {
             return Err(ChannelFault::Corrupted("ring positions"));
         }
         Ok((used, tc.wrapping_sub(hc) & COUNT_MASK))
@@ -342,7 +345,8 @@ impl Ring {
             .done
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
                 let (_, puts) = unpack(h.tail.load(Ordering::Acquire));
-                (puts.wrapping_sub(d as u32) & COUNT_MASK != 0).then(|| u64::from((d as u32).wrapping_add(1) & COUNT_MASK))
+                (puts.wrapping_sub(d as u32) & COUNT_MASK != 0)
+                    .then(|| u64::from((d as u32).wrapping_add(1) & COUNT_MASK))
             })
             .is_ok();
         if ok && self.unfinished() == 0 {

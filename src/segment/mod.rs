@@ -68,10 +68,18 @@ pub enum ObjectKind {
     BoundedSemaphore = 11,
     /// Where a fork server reports how one of its children ended.
     ProcessStatus = 12,
+    /// A [`Queue`](crate::Queue).
+    Queue = 13,
+    /// A [`JoinableQueue`](crate::JoinableQueue).
+    JoinableQueue = 14,
+    /// A [`Pipe`](crate::Pipe): two connections.
+    Pipe = 15,
+    /// A message too large for its queue's ring, on its way to a consumer.
+    QueueSide = 16,
 }
 
 impl ObjectKind {
-    const ALL: [ObjectKind; 12] = [
+    const ALL: [ObjectKind; 16] = [
         ObjectKind::Lock,
         ObjectKind::RLock,
         ObjectKind::Semaphore,
@@ -84,6 +92,10 @@ impl ObjectKind {
         ObjectKind::RawArray,
         ObjectKind::BoundedSemaphore,
         ObjectKind::ProcessStatus,
+        ObjectKind::Queue,
+        ObjectKind::JoinableQueue,
+        ObjectKind::Pipe,
+        ObjectKind::QueueSide,
     ];
 
     fn from_u32(v: u32) -> Option<ObjectKind> {
@@ -111,6 +123,17 @@ pub(crate) struct TypeInfo {
 
 impl TypeInfo {
     pub(crate) const NONE: TypeInfo = TypeInfo { size: 0, align: 0, fingerprint: 0, name: "()" };
+
+    /// Any type, zero-sized ones included: what a channel records of its messages.
+    pub(crate) fn of_message<T>() -> TypeInfo {
+        let name = std::any::type_name::<T>();
+        TypeInfo {
+            size: u32::try_from(std::mem::size_of::<T>()).unwrap_or(u32::MAX),
+            align: std::mem::align_of::<T>() as u32,
+            fingerprint: fnv1a(name.as_bytes()),
+            name,
+        }
+    }
 
     /// `None` for zero-sized types and types too large to record.
     pub(crate) fn of<T>() -> Option<TypeInfo> {
@@ -354,6 +377,11 @@ impl Segment {
             elem_count: v.elem_count,
             body_len,
         })
+    }
+
+    /// From now on this handle never unlinks its name: another process will.
+    pub(crate) fn keep_name(&mut self) {
+        self.unlink_in = None;
     }
 
     /// Whether this segment holds what `expect` says.

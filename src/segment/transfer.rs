@@ -165,3 +165,22 @@ macro_rules! serde_as_segments {
     };
 }
 pub(crate) use serde_as_segments;
+
+/// Handles to some segments, as one serializable value (for objects that
+/// serialize other fields beside their segments).
+pub(crate) struct SegmentsOf<'a>(pub(crate) &'a [&'a Arc<Segment>]);
+
+impl Serialize for SegmentsOf<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_segments(self.0, s)
+    }
+}
+
+/// `N` segments received, as one deserializable value.
+pub(crate) struct Segments<const N: usize>(pub(crate) [Arc<Segment>; N]);
+
+impl<'de, const N: usize> Deserialize<'de> for Segments<N> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_segments::<D, N>(d).map(Segments)
+    }
+}

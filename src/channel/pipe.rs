@@ -1,0 +1,370 @@
+//! `Pipe`: two connected ends that pass messages (Python's `multiprocessing.Pipe`).
+//!
+//! One segment holds a [`PipeHeader`] and one ring per direction (one in all for a
+//! simplex pipe). Each ring has exactly one writer and one reader, so its locks are
+//! never contended and a round trip is two hand-offs through shared memory: the
+//! receiver spins a few microseconds, then sleeps on a futex.
+//!
+//! | field      | written by | meaning |
+//! |------------|------------|---------|
+//! | `owner[e]` | end `e`'s process | the process holding end `e`: the creator, then whoever received it (negated while being handed over) |
+//! | `closed[e]`| end `e`'s owner   | end `e` was closed (or dropped by its owner) |
+//!
+//! A receiver waiting on an empty ring looks every [`PEER_CHECK`] whether the other
+//! end was closed or its owner died, and then reports `Disconnected`: within 200 ms,
+//! instead of blocking forever.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::error::{BufferTooShort, ChannelFault, RecvError, RecvTimeoutError, SendError};
+use super::ring::{self, GetFail, PutFail, Ring};
+use super::signal::Waited;
+use crate::segment::{transfer, Backing, Expect, ObjectKind, Segment, SegmentCreateError, TypeInfo};
+use crate::sync::wait::Wait;
+use crate::sys;
+
+/// How often a waiting receiver checks that the other end is still there.
+const PEER_CHECK: Duration = Duration::from_millis(50);
+
+/// The byte capacity of each direction's ring: 4 MiB.
+const PIPE_CAPACITY: u64 = 4 << 20;
+
+#[repr(C)]
+pub(crate) struct PipeHeader {
+    owner: [AtomicI32; 2],
+    closed: [AtomicU32; 2],
+    duplex: AtomicU32,
+}
+
+fn header_len() -> usize {
+    std::mem::size_of::<PipeHeader>().next_multiple_of(64)
+}
+
+fn ring_offset(i: usize) -> usize {
+    header_len() + i * ring::ring_len(PIPE_CAPACITY)
+}
+
+/// Makes pipes (Python's `multiprocessing.Pipe`).
+#[derive(Debug)]
+pub struct Pipe;
+
+impl Pipe {
+    /// Two ends that both send and receive (Python's `Pipe()`).
+    ///
+    /// ```
+    /// let (a, b) = shmproc::Pipe::duplex::<String>()?;
+    /// a.send(&"ping".to_string())?;
+    /// assert_eq!(b.recv()?, "ping");
+    /// b.send(&"pong".to_string())?;
+    /// assert_eq!(a.recv()?, "pong");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn duplex<T: Serialize + DeserializeOwned>() -> Result<(Connection<T>, Connection<T>), SegmentCreateError> {
+        let seg = Self::create::<T>(true)?;
+        Ok((Connection::new(Arc::clone(&seg), 0)?, Connection::new(seg, 1)?))
+    }
+
+    /// A receiving end and a sending end (Python's `Pipe(duplex=False)`: the first
+    /// can only receive, the second only send).
+    pub fn simplex<T: Serialize + DeserializeOwned>() -> Result<(Connection<T>, Connection<T>), SegmentCreateError> {
+        let seg = Self::create::<T>(false)?;
+        Ok((Connection::new(Arc::clone(&seg), 0)?, Connection::new(seg, 1)?))
+    }
+
+    fn create<T>(duplex: bool) -> Result<Arc<Segment>, SegmentCreateError> {
+        let rings = if duplex { 2 } else { 1 };
+        let len = ring_offset(rings);
+        let expect = Expect { kind: ObjectKind::Pipe, elem: Some(TypeInfo::of_message::<T>()) };
+        let me = sys::getpid();
+        let seg = Segment::create(expect, rings as u64, len, Backing::Anonymous, |body| {
+            let hdr = body.cast::<PipeHeader>();
+            // SAFETY: the fresh, zeroed body holds the header and `rings` rings.
+            unsafe {
+                (*hdr).owner[0].store(me, Ordering::Relaxed);
+                (*hdr).owner[1].store(me, Ordering::Relaxed);
+                (*hdr).duplex.store(u32::from(duplex), Ordering::Relaxed);
+                for i in 0..rings {
+                    Ring::init(body.add(ring_offset(i)), PIPE_CAPACITY, 0);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(Arc::new(seg))
+    }
+}
+
+/// One end of a [`Pipe`]: sends to and receives from the other end.
+///
+/// Pass it to a child process as (part of) its arguments; the child then owns it.
+/// Dropping or closing it in the process that owns it tells the other end, whose
+/// `recv` then reports `Disconnected` once it has drained what was sent.
+pub struct Connection<T> {
+    seg: Arc<Segment>,
+    end: usize,
+    send: Option<Ring>,
+    recv: Option<Ring>,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+/// `recv_bytes_into` failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvIntoError {
+    /// The other end is closed or gone, and nothing is left to receive.
+    #[error("receiving on a closed, empty pipe")]
+    Disconnected,
+    /// The buffer was too short; the whole message is in the error.
+    #[error(transparent)]
+    BufferTooShort(BufferTooShort),
+    /// Another failure.
+    #[error(transparent)]
+    Failed(ChannelFault),
+}
+
+impl<T> Connection<T> {
+    fn new(seg: Arc<Segment>, end: usize) -> Result<Connection<T>, SegmentCreateError> {
+        Self::attach(seg, end).map_err(|e| SegmentCreateError::Os {
+            op: "attaching a pipe",
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
+
+    fn attach(seg: Arc<Segment>, end: usize) -> Result<Connection<T>, ChannelFault> {
+        if end > 1 || seg.body_len() < header_len() {
+            return Err(ChannelFault::Corrupted("pipe header"));
+        }
+        let duplex = match seg.elem_count() {
+            2 => true,
+            1 => false,
+            _ => return Err(ChannelFault::Corrupted("pipe ring count")),
+        };
+        let ring = |i: usize| Ring::attach(Arc::clone(&seg), ring_offset(i));
+        // Duplex: end 0 sends on ring 0 and receives on ring 1; end 1 the reverse.
+        // Simplex: ring 0 carries end 1's messages to end 0.
+        let (send, recv) = match (duplex, end) {
+            (true, 0) => (Some(ring(0)?), Some(ring(1)?)),
+            (true, _) => (Some(ring(1)?), Some(ring(0)?)),
+            (false, 0) => (None, Some(ring(0)?)),
+            (false, _) => (Some(ring(0)?), None),
+        };
+        Ok(Connection { seg, end, send, recv, _t: PhantomData })
+    }
+
+    fn header(&self) -> &PipeHeader {
+        // SAFETY: `attach` checked the body holds a PipeHeader at offset 0 (64-byte
+        // aligned); it is atomics only; the Arc keeps the mapping alive.
+        unsafe { &*self.seg.body().cast::<PipeHeader>() }
+    }
+
+    fn peer(&self) -> usize {
+        1 - self.end
+    }
+
+    /// Whether the other end was closed, or the process owning it is gone.
+    fn peer_gone(&self) -> bool {
+        let h = self.header();
+        let owner = h.owner[self.peer()].load(Ordering::Acquire);
+        h.closed[self.peer()].load(Ordering::Acquire) != 0 || !sys::process_alive(owner.saturating_abs())
+    }
+
+    /// Closes this end (Python's `close()`): the other end's `recv` reports
+    /// `Disconnected` once drained, its `send` fails.
+    pub fn close(&self) {
+        self.header().closed[self.end].store(1, Ordering::Release);
+        if let Some(r) = &self.send {
+            r.close(); // wakes a receiver waiting on it
+        }
+        if let Some(r) = &self.recv {
+            r.header().not_full.notify();
+        }
+    }
+
+    /// Whether this end was closed.
+    pub fn is_closed(&self) -> bool {
+        self.header().closed[self.end].load(Ordering::Acquire) != 0
+    }
+
+    fn send_raw(&self, bytes: &[u8]) -> Result<(), SendError<()>> {
+        let ring =
+            self.send.as_ref().ok_or(SendError::Failed { value: (), fault: ChannelFault::WrongDirection("send") })?;
+        if self.is_closed() {
+            return Err(SendError::Disconnected(()));
+        }
+        loop {
+            if self.peer_gone() {
+                return Err(SendError::Disconnected(()));
+            }
+            match ring.try_put(bytes) {
+                Ok(()) => return Ok(()),
+                Err(PutFail::Full) => {}
+                Err(PutFail::Closed) => return Err(SendError::Disconnected(())),
+                Err(PutFail::Fault(fault)) => return Err(SendError::Failed { value: (), fault }),
+            }
+            let len = bytes.len() as u64;
+            ring.header().not_full.wait_until(Wait::Forever, Some(PEER_CHECK), || ring.has_room(len));
+        }
+    }
+
+    fn recv_raw(&self, out: &mut Vec<u8>, wait: Wait) -> Result<(), RecvTimeoutError> {
+        let ring = self.recv.as_ref().ok_or(RecvTimeoutError::Failed(ChannelFault::WrongDirection("receive")))?;
+        loop {
+            match ring.try_get(out) {
+                Ok(()) => return Ok(()),
+                Err(GetFail::Empty) => {}
+                Err(GetFail::Closed) => return Err(RecvTimeoutError::Disconnected),
+                Err(GetFail::Fault(f)) => return Err(RecvTimeoutError::Failed(f)),
+            }
+            if self.peer_gone() {
+                // One more look: the peer may have sent just before it went.
+                return match ring.try_get(out) {
+                    Ok(()) => Ok(()),
+                    Err(GetFail::Fault(f)) => Err(RecvTimeoutError::Failed(f)),
+                    Err(_) => Err(RecvTimeoutError::Disconnected),
+                };
+            }
+            if ring.header().not_empty.wait_until(wait, Some(PEER_CHECK), || ring.has_data_or_closed())
+                == Waited::TimedOut
+            {
+                return Err(RecvTimeoutError::Timeout);
+            }
+        }
+    }
+
+    /// Sends raw bytes (Python's `send_bytes`).
+    pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), SendError<()>> {
+        self.send_raw(bytes)
+    }
+
+    /// Receives a message sent with `send_bytes` (Python's `recv_bytes`).
+    pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
+        let mut out = Vec::new();
+        self.recv_raw(&mut out, Wait::Forever).map_err(to_recv_error)?;
+        Ok(out)
+    }
+
+    /// Receives raw bytes into `buf`; their length (Python's `recv_bytes_into`). A
+    /// message longer than `buf` is still received, whole, inside the error.
+    pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, RecvIntoError> {
+        let mut out = Vec::new();
+        match self.recv_raw(&mut out, Wait::Forever) {
+            Ok(()) if out.len() <= buf.len() => {
+                buf[..out.len()].copy_from_slice(&out);
+                Ok(out.len())
+            }
+            Ok(()) => Err(RecvIntoError::BufferTooShort(BufferTooShort { buffer_len: buf.len(), message: out })),
+            Err(RecvTimeoutError::Failed(f)) => Err(RecvIntoError::Failed(f)),
+            Err(_) => Err(RecvIntoError::Disconnected),
+        }
+    }
+
+    /// Whether a message (or the news that the other end is gone) is there to
+    /// receive, waiting up to `timeout` for one (Python's `poll`; `None` waits forever).
+    pub fn poll(&self, timeout: Option<Duration>) -> bool {
+        let Some(ring) = &self.recv else { return false };
+        let wait = timeout.map_or(Wait::Forever, Wait::timeout);
+        loop {
+            if ring.has_data_or_closed() || self.peer_gone() {
+                return true;
+            }
+            if ring.header().not_empty.wait_until(wait, Some(PEER_CHECK), || ring.has_data_or_closed())
+                == Waited::TimedOut
+            {
+                return ring.has_data_or_closed();
+            }
+        }
+    }
+}
+
+fn to_recv_error(e: RecvTimeoutError) -> RecvError {
+    match e {
+        RecvTimeoutError::Failed(f) => RecvError::Failed(f),
+        _ => RecvError::Disconnected,
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Connection<T> {
+    /// Sends `msg` (Python's `send`).
+    pub fn send(&self, msg: &T) -> Result<(), SendError<()>> {
+        let bytes = postcard::to_stdvec(msg).map_err(|e| SendError::Failed {
+            value: (),
+            fault: ChannelFault::Encode(format!("`{}`: {e}", std::any::type_name::<T>())),
+        })?;
+        self.send_raw(&bytes)
+    }
+
+    /// Receives a message, waiting as long as it takes (Python's `recv`).
+    pub fn recv(&self) -> Result<T, RecvError> {
+        self.recv_with(Wait::Forever).map_err(to_recv_error)
+    }
+
+    /// Receives a message, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.recv_with(Wait::timeout(timeout))
+    }
+
+    /// Receives a message, waiting until `deadline` at the latest.
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<T, RecvTimeoutError> {
+        self.recv_with(Wait::Until(deadline))
+    }
+
+    fn recv_with(&self, wait: Wait) -> Result<T, RecvTimeoutError> {
+        let mut out = Vec::new();
+        self.recv_raw(&mut out, wait)?;
+        postcard::from_bytes(&out).map_err(|e| {
+            RecvTimeoutError::Failed(ChannelFault::Decode {
+                expected: std::any::type_name::<T>(),
+                reason: e.to_string(),
+            })
+        })
+    }
+}
+
+impl<T> Drop for Connection<T> {
+    fn drop(&mut self) {
+        // Only the owner's drop closes the end: a parent dropping its copy of an end
+        // it handed to a child must not close the child's.
+        if self.header().owner[self.end].load(Ordering::Acquire) == sys::getpid() {
+            self.close();
+        }
+    }
+}
+
+impl<T> Serialize for Connection<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Handed over: from now on the receiving process owns the end (it claims it
+        // on arrival), so this process dropping its copy must not close it. Until
+        // then, the negated pid says who is handing it over, and is alive.
+        self.header().owner[self.end].store(-sys::getpid(), Ordering::Release);
+        (self.end as u8, transfer::SegmentsOf(&[&self.seg])).serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Connection<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (end, transfer::Segments([seg])) = <(u8, transfer::Segments<1>)>::deserialize(d)?;
+        seg.check(Expect { kind: ObjectKind::Pipe, elem: Some(TypeInfo::of_message::<T>()) })
+            .map_err(D::Error::custom)?;
+        let conn = Connection::attach(seg, usize::from(end)).map_err(D::Error::custom)?;
+        // This process now owns the end it received.
+        conn.header().owner[conn.end].store(sys::getpid(), Ordering::Release);
+        Ok(conn)
+    }
+}
+
+impl<T> fmt::Debug for Connection<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("end", &self.end)
+            .field("can_send", &self.send.is_some())
+            .field("can_recv", &self.recv.is_some())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}

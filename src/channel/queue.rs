@@ -1,0 +1,494 @@
+//! `Queue<T>` and `JoinableQueue<T>`: bounded multi-producer, multi-consumer queues
+//! between processes (Python's `multiprocessing.Queue` and `JoinableQueue`).
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::error::{
+    ChannelFault, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TaskDoneError, TryRecvError, TrySendError,
+};
+use super::ring::{self, GetFail, PutFail, Ring};
+use super::signal::Waited;
+use crate::segment::{transfer, Backing, Expect, ObjectKind, Segment, SegmentCreateError, SegmentOpenError, TypeInfo};
+use crate::sync::wait::Wait;
+
+/// The default byte capacity of a queue's ring: 4 MiB. Messages larger than a
+/// quarter of it travel in side segments (see [`QueueBuilder::capacity`]).
+pub const DEFAULT_CAPACITY: usize = 4 << 20;
+
+/// Why a blocking or timed operation stopped early.
+enum Stop {
+    Timeout,
+    Closed,
+    Fault(ChannelFault),
+}
+
+/// The mechanism every queue flavour shares: a ring and the waiting around it,
+/// independent of the message type (so that it is compiled once, not per `T`).
+#[derive(Clone)]
+pub(crate) struct RawQueue {
+    ring: Ring,
+}
+
+impl RawQueue {
+    fn create(kind: ObjectKind, elem: TypeInfo, opts: &QueueBuilder) -> Result<RawQueue, SegmentCreateError> {
+        let capacity = (opts.capacity as u64).next_multiple_of(8);
+        if !(ring::MIN_CAPACITY..=ring::MAX_CAPACITY).contains(&capacity) {
+            return Err(SegmentCreateError::InvalidArgument("queue capacity out of range (256 bytes to 256 GiB)"));
+        }
+        let maxsize = opts.maxsize;
+        let expect = Expect { kind, elem: Some(elem) };
+        let backing = if opts.named { Backing::Named } else { Backing::Anonymous };
+        let seg = Segment::create(expect, 1, ring::ring_len(capacity), backing, |body| {
+            // SAFETY: the fresh body is exactly one ring of `capacity`, zeroed.
+            unsafe { Ring::init(body, capacity, maxsize) };
+            Ok(())
+        })?;
+        let ring = Ring::attach(Arc::new(seg), 0).map_err(|e| SegmentCreateError::Os {
+            op: "attaching the new ring",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Ok(RawQueue { ring })
+    }
+
+    fn attach(seg: Arc<Segment>, kind: ObjectKind, elem: TypeInfo) -> Result<RawQueue, SegmentOpenError> {
+        seg.check(Expect { kind, elem: Some(elem) })?;
+        let ring = Ring::attach(seg, 0).map_err(|_| SegmentOpenError::Corrupted("queue ring"))?;
+        Ok(RawQueue { ring })
+    }
+
+    /// Puts `bytes`, waiting for room per `wait`.
+    fn put(&self, bytes: &[u8], wait: Wait) -> Result<(), (PutFail, Option<Stop>)> {
+        loop {
+            match self.ring.try_put(bytes) {
+                Ok(()) => return Ok(()),
+                Err(PutFail::Full) if wait != Wait::Never => {}
+                Err(e) => return Err((e, None)),
+            }
+            let len = bytes.len() as u64;
+            match self
+                .ring
+                .header()
+                .not_full
+                .wait_until(wait, None, || self.ring.has_room(len) || self.ring.is_closed())
+            {
+                Waited::Ready | Waited::Polled => {}
+                Waited::TimedOut => return Err((PutFail::Full, Some(Stop::Timeout))),
+            }
+        }
+    }
+
+    /// Takes a message, waiting for one per `wait`.
+    fn get(&self, out: &mut Vec<u8>, wait: Wait) -> Result<(), GetFail> {
+        loop {
+            match self.ring.try_get(out) {
+                Err(GetFail::Empty) if wait != Wait::Never => {}
+                other => return other,
+            }
+            match self.ring.header().not_empty.wait_until(wait, None, || self.ring.has_data_or_closed()) {
+                Waited::Ready | Waited::Polled => {}
+                Waited::TimedOut => return Err(GetFail::Empty),
+            }
+        }
+    }
+}
+
+fn encode<T: Serialize>(item: &T) -> Result<Vec<u8>, ChannelFault> {
+    postcard::to_stdvec(item).map_err(|e| ChannelFault::Encode(format!("`{}`: {e}", std::any::type_name::<T>())))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ChannelFault> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| ChannelFault::Decode { expected: std::any::type_name::<T>(), reason: e.to_string() })
+}
+
+/// Options for a new queue: `maxsize`, byte `capacity`, named or anonymous.
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build`"]
+pub struct QueueBuilder {
+    maxsize: u32,
+    capacity: usize,
+    named: bool,
+}
+
+impl Default for QueueBuilder {
+    fn default() -> Self {
+        QueueBuilder { maxsize: 0, capacity: DEFAULT_CAPACITY, named: false }
+    }
+}
+
+impl QueueBuilder {
+    /// The most messages the queue holds (0, the default: as many as fit).
+    pub fn maxsize(mut self, maxsize: u32) -> Self {
+        self.maxsize = maxsize;
+        self
+    }
+
+    /// The ring's size in bytes (default [`DEFAULT_CAPACITY`], 256 bytes at least).
+    /// Messages over a quarter of it are passed in side segments instead of the ring.
+    pub fn capacity(mut self, bytes: usize) -> Self {
+        self.capacity = bytes;
+        self
+    }
+
+    /// Makes the queue openable by name from unrelated processes.
+    pub fn named(mut self, named: bool) -> Self {
+        self.named = named;
+        self
+    }
+
+    /// The queue.
+    pub fn build<T: Serialize + DeserializeOwned>(self) -> Result<Queue<T>, SegmentCreateError> {
+        Ok(Queue { raw: RawQueue::create(ObjectKind::Queue, TypeInfo::of_message::<T>(), &self)?, _t: PhantomData })
+    }
+
+    /// A joinable queue.
+    pub fn build_joinable<T: Serialize + DeserializeOwned>(self) -> Result<JoinableQueue<T>, SegmentCreateError> {
+        let raw = RawQueue::create(ObjectKind::JoinableQueue, TypeInfo::of_message::<T>(), &self)?;
+        Ok(JoinableQueue { queue: Queue { raw, _t: PhantomData } })
+    }
+}
+
+/// A bounded queue of `T` shared by any number of producer and consumer processes
+/// (Python's `multiprocessing.Queue`).
+///
+/// Messages are serialized with postcard (any `T: Serialize + DeserializeOwned`);
+/// `put_bytes` / `get_bytes` move raw bytes without a codec. A put is synchronous:
+/// when it returns, the message is in shared memory. There is no feeder thread, so
+/// Python's "a process that used a queue cannot be joined" deadlock and its items lost
+/// at exit cannot happen. A message larger than the ring still goes through.
+///
+/// ```
+/// let q = shmproc::Queue::<String>::new(10)?;
+/// q.put("hello".to_string())?;
+/// assert_eq!(q.qsize(), 1);
+/// assert_eq!(q.get()?, "hello");
+/// q.close();
+/// assert!(q.get().is_err()); // closed and drained
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Queue<T> {
+    raw: RawQueue,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue { raw: self.raw.clone(), _t: PhantomData }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    /// A queue holding at most `maxsize` messages (0: as many as fit in its ring).
+    pub fn new(maxsize: u32) -> Result<Queue<T>, SegmentCreateError> {
+        QueueBuilder::default().maxsize(maxsize).build()
+    }
+
+    /// Options for a new queue.
+    pub fn builder() -> QueueBuilder {
+        QueueBuilder::default()
+    }
+
+    /// Attaches to the named queue `name`; its message type must be `T`.
+    pub fn open(name: &str) -> Result<Queue<T>, SegmentOpenError> {
+        let seg =
+            Arc::new(Segment::open(name, Expect { kind: ObjectKind::Queue, elem: Some(TypeInfo::of_message::<T>()) })?);
+        Ok(Queue { raw: RawQueue::attach(seg, ObjectKind::Queue, TypeInfo::of_message::<T>())?, _t: PhantomData })
+    }
+
+    /// The segment's name, for a queue built `named`.
+    pub fn name(&self) -> Option<&str> {
+        self.raw.ring.segment().name()
+    }
+
+    /// Puts `item`, waiting for room as long as it takes.
+    pub fn put(&self, item: T) -> Result<(), SendError<T>> {
+        self.put_with(item, Wait::Forever).map_err(|(item, why)| match why {
+            Stop::Closed => SendError::Disconnected(item),
+            Stop::Fault(fault) => SendError::Failed { value: item, fault },
+            Stop::Timeout => {
+                SendError::Failed { value: item, fault: ChannelFault::Corrupted("unbounded wait timed out") }
+            }
+        })
+    }
+
+    /// Puts `item` only if there is room now (Python's `put_nowait`).
+    pub fn try_put(&self, item: T) -> Result<(), TrySendError<T>> {
+        self.put_with(item, Wait::Never).map_err(|(item, why)| match why {
+            Stop::Timeout => TrySendError::Full(item),
+            Stop::Closed => TrySendError::Disconnected(item),
+            Stop::Fault(fault) => TrySendError::Failed { value: item, fault },
+        })
+    }
+
+    /// Puts `item`, waiting at most `timeout` for room.
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        self.put_deadline_with(item, Wait::timeout(timeout))
+    }
+
+    /// Puts `item`, waiting until `deadline` at the latest for room.
+    pub fn put_deadline(&self, item: T, deadline: Instant) -> Result<(), SendTimeoutError<T>> {
+        self.put_deadline_with(item, Wait::Until(deadline))
+    }
+
+    fn put_deadline_with(&self, item: T, wait: Wait) -> Result<(), SendTimeoutError<T>> {
+        self.put_with(item, wait).map_err(|(item, why)| match why {
+            Stop::Timeout => SendTimeoutError::Timeout(item),
+            Stop::Closed => SendTimeoutError::Disconnected(item),
+            Stop::Fault(fault) => SendTimeoutError::Failed { value: item, fault },
+        })
+    }
+
+    fn put_with(&self, item: T, wait: Wait) -> Result<(), (T, Stop)> {
+        let bytes = match encode(&item) {
+            Ok(b) => b,
+            Err(fault) => return Err((item, Stop::Fault(fault))),
+        };
+        self.put_raw(&bytes, wait).map_err(|stop| (item, stop))
+    }
+
+    fn put_raw(&self, bytes: &[u8], wait: Wait) -> Result<(), Stop> {
+        self.raw.put(bytes, wait).map_err(|(fail, stop)| match (fail, stop) {
+            (_, Some(stop)) => stop,
+            (PutFail::Full, None) => Stop::Timeout,
+            (PutFail::Closed, None) => Stop::Closed,
+            (PutFail::Fault(f), None) => Stop::Fault(f),
+        })
+    }
+
+    /// Puts raw bytes, skipping the codec; a consumer takes them with `get_bytes`.
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<(), SendError<()>> {
+        self.put_raw(bytes, Wait::Forever).map_err(|stop| match stop {
+            Stop::Closed => SendError::Disconnected(()),
+            Stop::Fault(fault) => SendError::Failed { value: (), fault },
+            Stop::Timeout => {
+                SendError::Failed { value: (), fault: ChannelFault::Corrupted("unbounded wait timed out") }
+            }
+        })
+    }
+
+    /// Takes the oldest message, waiting as long as it takes.
+    pub fn get(&self) -> Result<T, RecvError> {
+        let bytes = self.get_bytes()?;
+        decode(&bytes).map_err(RecvError::Failed)
+    }
+
+    /// Takes a message only if one is there now (Python's `get_nowait`).
+    pub fn try_get(&self) -> Result<T, TryRecvError> {
+        let mut bytes = Vec::new();
+        match self.raw.get(&mut bytes, Wait::Never) {
+            Ok(()) => decode(&bytes).map_err(TryRecvError::Failed),
+            Err(GetFail::Empty) => Err(TryRecvError::Empty),
+            Err(GetFail::Closed) => Err(TryRecvError::Disconnected),
+            Err(GetFail::Fault(f)) => Err(TryRecvError::Failed(f)),
+        }
+    }
+
+    /// Takes a message, waiting at most `timeout`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.get_deadline_with(Wait::timeout(timeout))
+    }
+
+    /// Takes a message, waiting until `deadline` at the latest.
+    pub fn get_deadline(&self, deadline: Instant) -> Result<T, RecvTimeoutError> {
+        self.get_deadline_with(Wait::Until(deadline))
+    }
+
+    fn get_deadline_with(&self, wait: Wait) -> Result<T, RecvTimeoutError> {
+        let bytes = self.get_bytes_with(wait)?;
+        decode(&bytes).map_err(RecvTimeoutError::Failed)
+    }
+
+    fn get_bytes_with(&self, wait: Wait) -> Result<Vec<u8>, RecvTimeoutError> {
+        let mut bytes = Vec::new();
+        match self.raw.get(&mut bytes, wait) {
+            Ok(()) => Ok(bytes),
+            Err(GetFail::Empty) => Err(RecvTimeoutError::Timeout),
+            Err(GetFail::Closed) => Err(RecvTimeoutError::Disconnected),
+            Err(GetFail::Fault(f)) => Err(RecvTimeoutError::Failed(f)),
+        }
+    }
+
+    /// Takes the oldest message as raw bytes (see `put_bytes`).
+    pub fn get_bytes(&self) -> Result<Vec<u8>, RecvError> {
+        self.get_bytes_with(Wait::Forever).map_err(|e| match e {
+            RecvTimeoutError::Failed(f) => RecvError::Failed(f),
+            _ => RecvError::Disconnected,
+        })
+    }
+
+    /// Takes raw bytes, waiting at most `timeout`.
+    pub fn get_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvTimeoutError> {
+        self.get_bytes_with(Wait::timeout(timeout))
+    }
+
+    /// The number of messages in the queue now (Python's `qsize`; as in Python, it
+    /// may change before you act on it).
+    pub fn qsize(&self) -> usize {
+        self.raw.ring.len()
+    }
+
+    /// Whether the queue holds no message now.
+    pub fn empty(&self) -> bool {
+        self.qsize() == 0
+    }
+
+    /// Whether the queue holds `maxsize` messages now (never, for maxsize 0).
+    pub fn full(&self) -> bool {
+        let max = self.raw.ring.maxsize();
+        max != 0 && self.qsize() >= max as usize
+    }
+
+    /// The most messages the queue holds (0: as many as fit).
+    pub fn maxsize(&self) -> u32 {
+        self.raw.ring.maxsize()
+    }
+
+    /// Closes the queue, for every process: later puts fail and hand the item back;
+    /// gets drain what is left, then report `Disconnected`.
+    pub fn close(&self) {
+        self.raw.ring.close();
+    }
+
+    /// Whether the queue was closed.
+    pub fn is_closed(&self) -> bool {
+        self.raw.ring.is_closed()
+    }
+}
+
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        transfer::serialize_segments(&[self.raw.ring.segment()], s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Queue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let [seg] = transfer::deserialize_segments::<D, 1>(d)?;
+        let raw = RawQueue::attach(seg, ObjectKind::Queue, TypeInfo::of_message::<T>()).map_err(D::Error::custom)?;
+        Ok(Queue { raw, _t: PhantomData })
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("name", &self.raw.ring.segment().name())
+            .field("len", &self.raw.ring.len())
+            .field("maxsize", &self.raw.ring.maxsize())
+            .field("capacity", &self.raw.ring.capacity())
+            .finish()
+    }
+}
+
+/// A [`Queue`] whose consumers report each item done, so that a producer can wait
+/// for all of them (Python's `multiprocessing.JoinableQueue`). Everything `Queue`
+/// has is available through `Deref`.
+///
+/// ```
+/// let q = shmproc::JoinableQueue::<u32>::new(0)?;
+/// q.put(1)?;
+/// assert!(!q.join_timeout(std::time::Duration::from_millis(1))); // not done yet
+/// q.get()?;
+/// q.task_done()?;
+/// q.join();
+/// assert!(q.task_done().is_err()); // more task_done calls than items
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct JoinableQueue<T> {
+    queue: Queue<T>,
+}
+
+impl<T> Clone for JoinableQueue<T> {
+    fn clone(&self) -> Self {
+        JoinableQueue { queue: self.queue.clone() }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
+    /// A joinable queue holding at most `maxsize` messages (0: as many as fit).
+    pub fn new(maxsize: u32) -> Result<JoinableQueue<T>, SegmentCreateError> {
+        QueueBuilder::default().maxsize(maxsize).build_joinable()
+    }
+
+    /// Attaches to the named joinable queue `name`.
+    pub fn open(name: &str) -> Result<JoinableQueue<T>, SegmentOpenError> {
+        let elem = TypeInfo::of_message::<T>();
+        let seg = Arc::new(Segment::open(name, Expect { kind: ObjectKind::JoinableQueue, elem: Some(elem) })?);
+        let raw = RawQueue::attach(seg, ObjectKind::JoinableQueue, elem)?;
+        Ok(JoinableQueue { queue: Queue { raw, _t: PhantomData } })
+    }
+
+    /// Marks one item taken by `get` as processed.
+    pub fn task_done(&self) -> Result<(), TaskDoneError> {
+        if self.queue.raw.ring.task_done() {
+            Ok(())
+        } else {
+            Err(TaskDoneError)
+        }
+    }
+
+    /// Items put and not yet marked done.
+    pub fn unfinished(&self) -> usize {
+        self.queue.raw.ring.unfinished() as usize
+    }
+
+    /// Waits until every item put has been marked done.
+    pub fn join(&self) {
+        self.join_with(Wait::Forever);
+    }
+
+    /// Waits at most `timeout`; `true` if every item was marked done.
+    #[must_use = "false means items are still unfinished"]
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        self.join_with(Wait::timeout(timeout))
+    }
+
+    /// Waits until `deadline` at the latest; `true` if every item was marked done.
+    #[must_use = "false means items are still unfinished"]
+    pub fn join_deadline(&self, deadline: Instant) -> bool {
+        self.join_with(Wait::Until(deadline))
+    }
+
+    fn join_with(&self, wait: Wait) -> bool {
+        let ring = &self.queue.raw.ring;
+        ring.header().all_done.wait_until(wait, None, || ring.unfinished() == 0) == Waited::Ready
+    }
+}
+
+impl<T> Deref for JoinableQueue<T> {
+    type Target = Queue<T>;
+    fn deref(&self) -> &Queue<T> {
+        &self.queue
+    }
+}
+
+impl<T> Serialize for JoinableQueue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        transfer::serialize_segments(&[self.queue.raw.ring.segment()], s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for JoinableQueue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let [seg] = transfer::deserialize_segments::<D, 1>(d)?;
+        let raw =
+            RawQueue::attach(seg, ObjectKind::JoinableQueue, TypeInfo::of_message::<T>()).map_err(D::Error::custom)?;
+        Ok(JoinableQueue { queue: Queue { raw, _t: PhantomData } })
+    }
+}
+
+impl<T> fmt::Debug for JoinableQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinableQueue")
+            .field("queue", &self.queue)
+            .field("unfinished", &self.queue.raw.ring.unfinished())
+            .finish()
+    }
+}

@@ -1,0 +1,134 @@
+//! `Pipe` and `Connection` across real processes.
+
+shmproc::init_before_main!();
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use shmproc::{
+    ChannelFault, Connection, Pipe, Process, RecvError, RecvIntoError, RecvTimeoutError, SendError, StartMethod,
+};
+
+fn finish(p: &Process) -> Option<i32> {
+    assert!(p.join_timeout(PATIENCE).unwrap(), "{} overstayed", p.name());
+    p.exitcode()
+}
+
+fn echo(conn: Connection<u64>) {
+    while let Ok(x) = conn.recv_timeout(PATIENCE) {
+        if conn.send(&x).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn round_trips_with_an_echoing_child_under_every_method() {
+    for m in [StartMethod::Fork, StartMethod::Spawn, StartMethod::ForkServer] {
+        let (a, b) = Pipe::duplex::<u64>().unwrap();
+        let p = Process::builder(echo, b).start_method(m).start().unwrap();
+        for i in 0..2_000 {
+            a.send(&i).unwrap();
+            assert_eq!(a.recv_timeout(PATIENCE), Ok(i), "{m:?}");
+        }
+        a.close(); // the child's recv reports Disconnected and it returns
+        assert_eq!(finish(&p), Some(0), "{m:?}");
+    }
+}
+
+fn die_holding(conn: Connection<u64>) {
+    conn.send(&1).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn the_death_of_the_peer_process_is_noticed_within_200ms() {
+    let (a, b) = Pipe::duplex::<u64>().unwrap();
+    let p = Process::builder(die_holding, b).start().unwrap();
+    assert_eq!(a.recv_timeout(PATIENCE), Ok(1));
+    p.kill().unwrap();
+    assert_eq!(finish(&p), Some(-libc::SIGKILL));
+    let t = Instant::now();
+    assert_eq!(a.recv_timeout(PATIENCE), Err(RecvTimeoutError::Disconnected));
+    assert!(t.elapsed() < Duration::from_millis(200), "noticed after {:?}", t.elapsed());
+    assert!(matches!(a.send(&2), Err(SendError::Disconnected(()))));
+    assert!(a.poll(Some(Duration::ZERO)), "poll reports the end of the stream");
+}
+
+fn send_then_close(conn: Connection<String>) {
+    conn.send(&"last words".to_string()).unwrap();
+    conn.close();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn a_closed_end_drains_then_disconnects() {
+    let (a, b) = Pipe::duplex::<String>().unwrap();
+    let p = Process::builder(send_then_close, b).start().unwrap();
+    assert_eq!(a.recv_timeout(PATIENCE).unwrap(), "last words");
+    let t = Instant::now();
+    assert_eq!(a.recv(), Err(RecvError::Disconnected));
+    assert!(t.elapsed() < Duration::from_millis(200));
+    p.kill().unwrap();
+    finish(&p);
+}
+
+#[test]
+fn recv_bytes_into_a_short_buffer_hands_the_message_back() {
+    let (a, b) = Pipe::duplex::<()>().unwrap();
+    a.send_bytes(b"0123456789").unwrap();
+    let mut small = [0u8; 4];
+    match b.recv_bytes_into(&mut small) {
+        Err(RecvIntoError::BufferTooShort(e)) => assert_eq!(e.message, b"0123456789"),
+        other => panic!("{other:?}"),
+    }
+    a.send_bytes(b"abc").unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(b.recv_bytes_into(&mut buf).unwrap(), 3);
+    assert_eq!(&buf[..3], b"abc");
+}
+
+#[test]
+fn poll_and_timeouts() {
+    let (a, b) = Pipe::duplex::<u8>().unwrap();
+    let t = Instant::now();
+    assert!(!b.poll(Some(Duration::from_millis(30))));
+    assert!(t.elapsed() >= Duration::from_millis(30));
+    assert_eq!(b.recv_timeout(Duration::from_millis(10)), Err(RecvTimeoutError::Timeout));
+    a.send(&9).unwrap();
+    assert!(b.poll(Some(Duration::ZERO)));
+    assert_eq!(b.recv().unwrap(), 9);
+}
+
+#[test]
+fn a_simplex_pipe_goes_one_way() {
+    let (rx, tx) = Pipe::simplex::<u8>().unwrap();
+    tx.send(&1).unwrap();
+    assert_eq!(rx.recv().unwrap(), 1);
+    assert!(matches!(rx.send(&2), Err(SendError::Failed { fault: ChannelFault::WrongDirection(_), .. })));
+    assert!(matches!(tx.recv(), Err(RecvError::Failed(ChannelFault::WrongDirection(_)))));
+}
+
+fn sink(args: (Connection<()>, usize)) {
+    let (conn, n) = args;
+    let mut total = 0usize;
+    for _ in 0..n {
+        total += conn.recv_bytes().unwrap().len();
+    }
+    conn.send_bytes(&total.to_le_bytes()).unwrap();
+}
+
+#[test]
+fn large_messages_stream_through_a_pipe() {
+    let (a, b) = Pipe::duplex::<()>().unwrap();
+    let p = Process::builder(sink, (b, 3)).start().unwrap();
+    let big = vec![7u8; 16 << 20]; // larger than the pipe's 4 MiB ring
+    a.send_bytes(&big).unwrap();
+    a.send_bytes(&[1u8; 1 << 20]).unwrap();
+    a.send_bytes(b"x").unwrap();
+    let total = a.recv_bytes().unwrap();
+    assert_eq!(usize::from_le_bytes(total.try_into().unwrap()), (16 << 20) + (1 << 20) + 1);
+    assert_eq!(finish(&p), Some(0));
+}

@@ -1,0 +1,298 @@
+//! `Queue` and `JoinableQueue` across real processes.
+
+shmproc::init_before_main!();
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde::{Deserialize, Serialize};
+use shmproc::{
+    ChannelFault, Event, JoinableQueue, ObjectKind, Process, Queue, RawValue, RecvError, RecvTimeoutError,
+    SegmentOpenError, SendError, StartMethod, TryRecvError, TrySendError, Value,
+};
+
+fn finish(p: &Process) -> Option<i32> {
+    assert!(p.join_timeout(PATIENCE).unwrap(), "{} overstayed", p.name());
+    p.exitcode()
+}
+
+#[derive(Serialize, Deserialize)]
+struct Produce {
+    q: Queue<(u32, u64)>,
+    id: u32,
+    n: u64,
+}
+
+fn produce(p: Produce) {
+    for i in 0..p.n {
+        p.q.put_timeout((p.id, i), PATIENCE).unwrap();
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Consume {
+    q: Queue<(u32, u64)>,
+    seen: shmproc::Array<u8>,
+    count: Value<u64>,
+}
+
+/// Takes messages until the queue is closed and drained; marks each (producer, i)
+/// seen, failing on a duplicate or on a producer's messages out of order.
+fn consume(c: Consume) {
+    let mut last = [None::<u64>; 2];
+    loop {
+        match c.q.get_timeout(PATIENCE) {
+            Ok((id, i)) => {
+                let slot = id as usize * 100_000 + i as usize;
+                let mut seen = c.seen.lock().unwrap();
+                assert_eq!(seen[slot], 0, "message {id}/{i} delivered twice");
+                seen[slot] = 1;
+                drop(seen);
+                assert!(last[id as usize].is_none_or(|l| l < i), "producer {id}'s messages out of order");
+                last[id as usize] = Some(i);
+                *c.count.lock().unwrap() += 1;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn two_producers_two_consumers_every_message_once_in_order_per_producer() {
+    for m in [StartMethod::Fork, StartMethod::Spawn] {
+        const N: u64 = 20_000;
+        let q = Queue::<(u32, u64)>::new(64).unwrap();
+        let seen = shmproc::Array::<u8>::zeroed(200_000).unwrap();
+        let count = Value::new(0u64).unwrap();
+        let consumers: Vec<_> = (0..2)
+            .map(|_| {
+                let args = Consume { q: q.clone(), seen: seen.clone(), count: count.clone() };
+                Process::builder(consume, args).start_method(m).start().unwrap()
+            })
+            .collect();
+        let producers: Vec<_> = (0..2)
+            .map(|id| Process::builder(produce, Produce { q: q.clone(), id, n: N }).start_method(m).start().unwrap())
+            .collect();
+        for p in &producers {
+            assert_eq!(finish(p), Some(0));
+        }
+        q.close();
+        for c in &consumers {
+            assert_eq!(finish(c), Some(0), "{m:?}: a consumer failed");
+        }
+        assert_eq!(count.get().unwrap(), 2 * N, "{m:?}");
+        let seen = seen.to_vec().unwrap();
+        assert!(seen[..N as usize].iter().chain(&seen[100_000..100_000 + N as usize]).all(|s| *s == 1));
+    }
+}
+
+#[test]
+fn timeouts_full_and_empty() {
+    let q = Queue::<u8>::new(2).unwrap();
+    let t = Instant::now();
+    assert_eq!(q.get_timeout(Duration::from_millis(30)), Err(RecvTimeoutError::Timeout));
+    assert!(t.elapsed() >= Duration::from_millis(30));
+    assert!(matches!(q.try_get(), Err(TryRecvError::Empty)));
+    q.put(1).unwrap();
+    q.put(2).unwrap();
+    assert!(q.full());
+    assert!(matches!(q.try_put(3), Err(TrySendError::Full(3))));
+    let t = Instant::now();
+    let e = q.put_timeout(4, Duration::from_millis(30)).unwrap_err();
+    assert!(t.elapsed() >= Duration::from_millis(30));
+    assert_eq!(e.into_inner(), 4, "the value comes back");
+    assert_eq!(q.qsize(), 2);
+    assert_eq!(q.get().unwrap(), 1);
+}
+
+fn put_after(q: Queue<u64>) {
+    std::thread::sleep(Duration::from_millis(100));
+    q.put(7).unwrap();
+}
+
+#[test]
+fn a_blocked_get_is_woken_by_another_process() {
+    let q = Queue::<u64>::new(0).unwrap();
+    let p = Process::builder(put_after, q.clone()).start().unwrap();
+    assert_eq!(quickly(|| q.get_timeout(PATIENCE)), Some(Ok(7)));
+    assert_eq!(finish(&p), Some(0));
+}
+
+#[test]
+fn close_hands_items_back_and_drains() {
+    let q = Queue::<String>::new(0).unwrap();
+    q.put("a".into()).unwrap();
+    q.put("b".into()).unwrap();
+    q.close();
+    match q.put("c".into()) {
+        Err(SendError::Disconnected(v)) => assert_eq!(v, "c"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(q.get().unwrap(), "a");
+    assert_eq!(q.get().unwrap(), "b");
+    assert_eq!(q.get(), Err(RecvError::Disconnected));
+    assert_eq!(q.get_timeout(Duration::from_millis(5)), Err(RecvTimeoutError::Disconnected));
+}
+
+fn send_big(q: Queue<Vec<u8>>) {
+    let big: Vec<u8> = (0..64 << 20).map(|i: u32| (i % 251) as u8).collect();
+    q.put_bytes(&big).unwrap();
+}
+
+#[test]
+fn a_64_mib_message_through_a_1_mib_queue() {
+    let q = Queue::<Vec<u8>>::builder().capacity(1 << 20).build().unwrap();
+    let p = Process::builder(send_big, q.clone()).start().unwrap();
+    let got = q.get_bytes_timeout(PATIENCE).unwrap();
+    assert_eq!(finish(&p), Some(0));
+    assert_eq!(got.len(), 64 << 20);
+    assert!(got.iter().enumerate().all(|(i, b)| *b == (i as u32 % 251) as u8), "the message arrived damaged");
+}
+
+#[derive(Serialize, Deserialize)]
+struct Flood {
+    q: Queue<Vec<u8>>,
+    committed: RawValue<u64>,
+}
+
+/// Puts numbered 4 KiB messages as fast as it can, recording each one committed.
+fn flood(f: Flood) {
+    let mut msg = vec![0u8; 4096];
+    for i in 1.. {
+        msg[..8].copy_from_slice(&u64::to_le_bytes(i));
+        f.q.put_bytes(&msg).unwrap();
+        f.committed.set(i);
+    }
+}
+
+#[test]
+fn a_producer_killed_mid_put_loses_no_committed_message() {
+    for round in 0..10u64 {
+        let q = Queue::<Vec<u8>>::builder().capacity(64 << 20).build().unwrap();
+        let committed = RawValue::new(0u64).unwrap();
+        let p = Process::builder(flood, Flood { q: q.clone(), committed: committed.clone() }).start().unwrap();
+        while committed.get() == 0 {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        // A different moment each round.
+        std::thread::sleep(Duration::from_micros(200 + round * 397 % 3000));
+        p.kill().unwrap();
+        assert_eq!(finish(&p), Some(-libc::SIGKILL));
+        let last = committed.get();
+        let mut expect = 1u64;
+        while let Ok(msg) = q.get_bytes_timeout(Duration::from_millis(10)) {
+            assert_eq!(msg.len(), 4096, "a partial message was delivered");
+            assert_eq!(u64::from_le_bytes(msg[..8].try_into().unwrap()), expect, "a message lost or repeated");
+            expect += 1;
+        }
+        let delivered = expect - 1;
+        assert!(delivered == last || delivered == last + 1, "committed {last}, delivered {delivered}");
+        // Still usable, whatever lock the producer died holding.
+        q.put_bytes(b"after").unwrap();
+        assert_eq!(q.get_bytes_timeout(PATIENCE).unwrap(), b"after");
+    }
+}
+
+fn wait_idle(args: (Queue<u8>, Event)) {
+    let (q, waiting) = args;
+    let before = cpu_time();
+    waiting.set();
+    let got = q.get_timeout(PATIENCE);
+    let cpu = cpu_time() - before;
+    assert_eq!(got, Ok(1));
+    assert!(cpu < Duration::from_millis(30), "an idle consumer used {cpu:?} of CPU");
+}
+
+#[test]
+fn an_idle_consumer_burns_no_cpu() {
+    let q = Queue::<u8>::new(0).unwrap();
+    let waiting = Event::new().unwrap();
+    let p = Process::builder(wait_idle, (q.clone(), waiting.clone())).start().unwrap();
+    assert!(waiting.wait_timeout(PATIENCE));
+    std::thread::sleep(Duration::from_millis(500));
+    q.put(1).unwrap();
+    assert_eq!(finish(&p), Some(0));
+}
+
+#[test]
+fn opening_with_another_type_is_a_typed_error() {
+    let q = Queue::<u64>::builder().named(true).build::<u64>().unwrap();
+    let name = q.name().unwrap();
+    assert!(matches!(Queue::<String>::open(name), Err(SegmentOpenError::WrongType { .. })));
+    assert!(matches!(
+        JoinableQueue::<u64>::open(name),
+        Err(SegmentOpenError::WrongKind { found: ObjectKind::Queue, expected: ObjectKind::JoinableQueue })
+    ));
+    let same = Queue::<u64>::open(name).unwrap();
+    same.put(5).unwrap();
+    assert_eq!(q.get().unwrap(), 5);
+}
+
+fn write_at(name: &str, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(shm_path(name)).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+/// The segment: header (64 bytes), then the ring header (128), then the data.
+const TAIL_AT: u64 = 64 + 48;
+const DATA_AT: u64 = 64 + 128;
+
+#[test]
+fn corrupted_bytes_give_errors_not_ub_or_hangs() {
+    let fault =
+        |r: Result<u64, RecvTimeoutError>| matches!(r, Err(RecvTimeoutError::Failed(ChannelFault::Corrupted(_))));
+    // A damaged frame header.
+    let q = Queue::<u64>::builder().named(true).build::<u64>().unwrap();
+    q.put(1).unwrap();
+    write_at(q.name().unwrap(), DATA_AT, &[0xff; 8]);
+    assert!(fault(q.get_timeout(PATIENCE)));
+    // A tail claiming more than the ring holds.
+    let q = Queue::<u64>::builder().named(true).build::<u64>().unwrap();
+    write_at(q.name().unwrap(), TAIL_AT, &u64::MAX.to_le_bytes());
+    assert!(fault(q.get_timeout(PATIENCE)));
+    assert!(matches!(q.try_put(1), Err(TrySendError::Failed { .. })));
+    // A frame whose length runs past the committed data.
+    let q = Queue::<u64>::builder().named(true).build::<u64>().unwrap();
+    q.put(1).unwrap();
+    let header = 4096u64 | (1 << 32) | (0xA5 << 40);
+    write_at(q.name().unwrap(), DATA_AT, &header.to_le_bytes());
+    assert!(fault(q.get_timeout(PATIENCE)));
+    // Garbage payload: a decode error naming the type.
+    let q = Queue::<String>::builder().named(true).build::<String>().unwrap();
+    q.put_bytes(&[0xff, 0xff, 0xff, 0xff, 0x0f]).unwrap();
+    assert!(matches!(q.get(), Err(RecvError::Failed(ChannelFault::Decode { .. }))));
+}
+
+#[test]
+fn joinable_queue_counts_task_done_under_concurrent_consumers() {
+    // Option<u32> messages: Some(item), then None to stop.
+    let q = JoinableQueue::<Option<u32>>::new(0).unwrap();
+    let done = Value::new(0u32).unwrap();
+    let workers: Vec<_> =
+        (0..2).map(|_| Process::builder(work_opt, (q.clone(), done.clone())).start().unwrap()).collect();
+    for i in 0..5_000 {
+        q.put(Some(i)).unwrap();
+    }
+    assert!(q.join_timeout(PATIENCE), "join did not return: {} unfinished", q.unfinished());
+    assert_eq!(done.get().unwrap(), 5_000);
+    q.put(None).unwrap();
+    q.put(None).unwrap();
+    for w in &workers {
+        assert_eq!(finish(w), Some(0));
+    }
+    assert!(q.join_timeout(PATIENCE));
+    assert!(q.task_done().is_err(), "more task_done than items is an error");
+}
+
+fn work_opt(args: (JoinableQueue<Option<u32>>, Value<u32>)) {
+    let (q, done) = args;
+    while let Ok(Some(_)) = q.get_timeout(PATIENCE) {
+        *done.lock().unwrap() += 1;
+        q.task_done().unwrap();
+    }
+    q.task_done().unwrap(); // for the None that stopped us
+}
