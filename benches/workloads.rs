@@ -6,8 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use shmproc::testing::{fork, set_spin_rounds, Child, Exit};
-use shmproc::{Barrier, Lock, Process, RawArray, Semaphore, StartMethod, Value};
+use serde::{Deserialize, Serialize};
+use shmproc::testing::{fork, set_spin_rounds, Child, Exit, DEFAULT_SPIN_ROUNDS};
+use shmproc::{
+    Barrier, Connection, Event, JoinableQueue, Lock, Pipe, Process, Queue, RawArray, Semaphore, StartMethod, Value,
+};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -123,7 +126,7 @@ fn array_sum_1m() {
 /// Not in BENCHMARKS.md: what spinning before sleeping buys. A semaphore ping-pong
 /// between two processes, median round trip, with the default spin and with none.
 fn semaphore_pingpong() {
-    for (name, rounds) in [("semaphore_pingpong", 7), ("semaphore_pingpong_nospin", 0)] {
+    for (name, rounds) in [("semaphore_pingpong", DEFAULT_SPIN_ROUNDS), ("semaphore_pingpong_nospin", 0)] {
         set_spin_rounds(rounds);
         const N: usize = 20_000;
         let (ping, pong) = (Semaphore::new(0).unwrap(), Semaphore::new(0).unwrap());
@@ -150,7 +153,7 @@ fn semaphore_pingpong() {
         join(child);
         emit(name, median(rtts), "us/roundtrip(median)");
     }
-    set_spin_rounds(7);
+    set_spin_rounds(DEFAULT_SPIN_ROUNDS);
 }
 
 fn noop(_: ()) {}
@@ -182,16 +185,188 @@ fn process_start_join() {
     }
 }
 
+fn finish(p: &Process) {
+    assert!(p.join_timeout(PATIENCE).unwrap(), "{} overstayed", p.name());
+    assert_eq!(p.exitcode(), Some(0), "{} failed", p.name());
+}
+
+#[derive(Serialize, Deserialize)]
+struct QueueRun {
+    q: Queue<u64>,
+    start: Barrier,
+    n: u64,
+    size: usize,
+    done: Event,
+    total: Value<u64>,
+}
+
+fn queue_producer(r: QueueRun) {
+    r.start.wait_timeout(PATIENCE).unwrap();
+    if r.size == 0 {
+        for i in 0..r.n {
+            r.q.put(i).unwrap();
+        }
+    } else {
+        let payload = vec![0x78u8; r.size];
+        for _ in 0..r.n {
+            r.q.put_bytes(&payload).unwrap();
+        }
+    }
+}
+
+fn queue_consumer(r: QueueRun) {
+    r.start.wait_timeout(PATIENCE).unwrap();
+    let mut total = 0u64;
+    for _ in 0..r.n {
+        total += if r.size == 0 { r.q.get().unwrap() } else { r.q.get_bytes().unwrap().len() as u64 };
+    }
+    r.total.set(total).unwrap();
+    r.done.set();
+}
+
+/// One producer process, one consumer process, a queue of maxsize 1024; timed from
+/// the start barrier until the consumer has taken everything. Seconds.
+fn run_queue(n: u64, size: usize) -> f64 {
+    let q = Queue::<u64>::new(1024).unwrap();
+    let (start, done, total) = (Barrier::new(3).unwrap(), Event::new().unwrap(), Value::new(0u64).unwrap());
+    let run = || QueueRun { q: q.clone(), start: start.clone(), n, size, done: done.clone(), total: total.clone() };
+    let mut producer = Process::new(queue_producer, run());
+    let mut consumer = Process::new(queue_consumer, run());
+    producer.start().unwrap();
+    consumer.start().unwrap();
+    start.wait_timeout(PATIENCE).unwrap();
+    let t = Instant::now();
+    assert!(done.wait_timeout(PATIENCE), "queue bench timed out");
+    let dt = t.elapsed().as_secs_f64();
+    finish(&producer);
+    finish(&consumer);
+    let expect = if size == 0 { n * (n - 1) / 2 } else { n * size as u64 };
+    assert_eq!(total.get().unwrap(), expect, "queue bench lost or damaged messages");
+    dt
+}
+
+fn queue_throughput() {
+    let small: Vec<f64> = (0..4).map(|_| 200_000.0 / run_queue(200_000, 0)).skip(1).collect();
+    emit("queue_throughput_small", median(small), "msg/s");
+    let big: Vec<f64> = (0..4).map(|_| 5000.0 * 65536.0 / run_queue(5000, 65536) / 1e6).skip(1).collect();
+    emit("queue_throughput_64KiB", median(big), "MB/s");
+}
+
+fn joinable_consumer(args: (JoinableQueue<Option<u64>>, Barrier, Value<u64>)) {
+    let (q, start, count) = args;
+    start.wait_timeout(PATIENCE).unwrap();
+    let mut n = 0;
+    while let Some(_item) = q.get().unwrap() {
+        q.task_done().unwrap();
+        n += 1;
+    }
+    q.task_done().unwrap();
+    *count.lock().unwrap() += n;
+}
+
+/// The parent puts 50 000 items; 2 consumer processes get and mark each done; timed
+/// until `join()` returns.
+fn joinable_queue() {
+    const N: u64 = 50_000;
+    let mut rates = Vec::new();
+    for _ in 0..4 {
+        let q = JoinableQueue::<Option<u64>>::new(0).unwrap();
+        let start = Barrier::new(3).unwrap();
+        let count = Value::new(0u64).unwrap();
+        let consumers: Vec<Process> = (0..2)
+            .map(|_| Process::builder(joinable_consumer, (q.clone(), start.clone(), count.clone())).start().unwrap())
+            .collect();
+        start.wait_timeout(PATIENCE).unwrap();
+        let t = Instant::now();
+        for i in 0..N {
+            q.put(Some(i)).unwrap();
+        }
+        assert!(q.join_timeout(PATIENCE), "joinable bench timed out");
+        rates.push(N as f64 / t.elapsed().as_secs_f64());
+        q.put(None).unwrap();
+        q.put(None).unwrap();
+        consumers.iter().for_each(finish);
+        assert_eq!(count.get().unwrap(), N);
+    }
+    rates.remove(0);
+    emit("joinable_queue", median(rates), "items/s");
+}
+
+fn pipe_echo(args: (Connection<u64>, u64)) {
+    let (conn, n) = args;
+    for _ in 0..n {
+        let x = conn.recv().unwrap();
+        conn.send(&x).unwrap();
+    }
+}
+
+/// A child echoes a small integer; 20 000 round trips; the median.
+fn pipe_roundtrip() {
+    const N: u64 = 20_000;
+    let (a, b) = Pipe::duplex::<u64>().unwrap();
+    let p = Process::builder(pipe_echo, (b, N + 100)).start().unwrap();
+    for i in 0..100 {
+        a.send(&i).unwrap();
+        assert_eq!(a.recv().unwrap(), i);
+    }
+    let mut rtts = Vec::with_capacity(N as usize);
+    for i in 0..N {
+        let t = Instant::now();
+        a.send(&i).unwrap();
+        assert_eq!(a.recv().unwrap(), i);
+        rtts.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    finish(&p);
+    emit("pipe_roundtrip", median(rtts), "us/roundtrip(median)");
+}
+
+fn pipe_sink(args: (Connection<u64>, u64)) {
+    let (conn, n) = args;
+    let mut got = 0u64;
+    for _ in 0..n {
+        got += conn.recv_bytes().unwrap().len() as u64;
+    }
+    conn.send(&got).unwrap();
+}
+
+/// 500 × 1 MiB `send_bytes` to a child that `recv_bytes` them all.
+fn pipe_send_bytes() {
+    const N: u64 = 500;
+    const SIZE: usize = 1 << 20;
+    let buf = vec![0xabu8; SIZE];
+    let mut rates = Vec::new();
+    for _ in 0..4 {
+        let (a, b) = Pipe::duplex::<u64>().unwrap();
+        let p = Process::builder(pipe_sink, (b, N)).start().unwrap();
+        a.send_bytes(b"ping").unwrap(); // the child counts this one too
+        let t = Instant::now();
+        for _ in 0..N - 1 {
+            a.send_bytes(&buf).unwrap();
+        }
+        let got = a.recv_timeout(PATIENCE).unwrap();
+        let dt = t.elapsed().as_secs_f64();
+        finish(&p);
+        assert_eq!(got, 4 + (N - 1) * SIZE as u64);
+        rates.push((N - 1) as f64 * SIZE as f64 / dt / 1e6);
+    }
+    rates.remove(0);
+    emit("pipe_send_bytes_1MiB", median(rates), "MB/s");
+}
+
 fn main() {
     shmproc::init();
     let prefixes: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let workloads: [(&str, fn()); 6] = [
+    let workloads: [(&str, fn()); 10] = [
         ("value_lock_increment", value_lock_increment),
         ("value_lock_increment_1proc", value_lock_increment_1proc),
         ("lock_uncontended", lock_uncontended),
         ("array_sum_1M", array_sum_1m),
         ("semaphore_pingpong", semaphore_pingpong),
         ("process_start_join", process_start_join),
+        ("queue_throughput", queue_throughput),
+        ("joinable_queue", joinable_queue),
+        ("pipe_roundtrip", pipe_roundtrip),
+        ("pipe_send_bytes_1MiB", pipe_send_bytes),
     ];
     for (name, run) in workloads {
         // A prefix selects a group ("value_") or a single line ("process_start_join_fork").

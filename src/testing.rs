@@ -89,7 +89,7 @@ impl Drop for Child {
 }
 
 /// Sets how long blocking calls spin before sleeping, in rounds of doubling pauses
-/// (`0` sleeps at once; the default is 7, ~127 pauses). For benchmarks that measure
+/// (`0` sleeps at once; the default is 9, ~511 pauses). For benchmarks that measure
 /// what the spin buys; process-wide, inherited by forked children.
 pub fn set_spin_rounds(rounds: u32) {
     crate::sync::wait::set_spin_rounds(rounds);
@@ -100,3 +100,6 @@ pub fn set_spin_rounds(rounds: u32) {
 pub fn fork_handler_registered() -> bool {
     crate::sys::fork_handler_registered()
 }
+
+/// The default number of spin rounds (see [`set_spin_rounds`]).
+pub const DEFAULT_SPIN_ROUNDS: u32 = crate::sync::wait::DEFAULT_SPIN_ROUNDS;

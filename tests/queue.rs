@@ -237,9 +237,10 @@ fn write_at(name: &str, offset: u64, bytes: &[u8]) {
     f.write_all_at(bytes, offset).unwrap();
 }
 
-/// The segment: header (64 bytes), then the ring header (128), then the data.
-const TAIL_AT: u64 = 64 + 48;
-const DATA_AT: u64 = 64 + 128;
+/// The segment: header (64 bytes), then the ring header (384: the producers' line,
+/// the consumers' line, three signal lines, the rest), then the data.
+const TAIL_AT: u64 = 64 + 24;
+const DATA_AT: u64 = 64 + 384;
 
 #[test]
 fn corrupted_bytes_give_errors_not_ub_or_hangs() {

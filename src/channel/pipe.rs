@@ -16,7 +16,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,6 +110,8 @@ pub struct Connection<T> {
     end: usize,
     send: Option<Ring>,
     recv: Option<Ring>,
+    /// When `send` last looked whether the peer's process lives (coarse ms).
+    peer_looked: AtomicU64,
     _t: PhantomData<fn(T) -> T>,
 }
 
@@ -154,7 +156,7 @@ impl<T> Connection<T> {
             (false, 0) => (None, Some(ring(0)?)),
             (false, _) => (Some(ring(0)?), None),
         };
-        Ok(Connection { seg, end, send, recv, _t: PhantomData })
+        Ok(Connection { seg, end, send, recv, peer_looked: AtomicU64::new(0), _t: PhantomData })
     }
 
     fn header(&self) -> &PipeHeader {
@@ -167,7 +169,13 @@ impl<T> Connection<T> {
         1 - self.end
     }
 
-    /// Whether the other end was closed, or the process owning it is gone.
+    /// Whether the other end was closed (an atomic load: cheap).
+    fn peer_closed(&self) -> bool {
+        self.header().closed[self.peer()].load(Ordering::Acquire) != 0
+    }
+
+    /// Whether the other end was closed, or the process owning it is gone (reads
+    /// `/proc`: only for a waiter that has slept a while).
     fn peer_gone(&self) -> bool {
         let h = self.header();
         let owner = h.owner[self.peer()].load(Ordering::Acquire);
@@ -197,8 +205,20 @@ impl<T> Connection<T> {
         if self.is_closed() {
             return Err(SendError::Disconnected(()));
         }
-        loop {
+        // Like a write to a pipe whose reader is gone (EPIPE): a dead peer fails the
+        // send. Looking costs a /proc read, so a sender looks at most every PEER_CHECK
+        // (timed on the coarse clock: a precise one costs a system call on some
+        // machines, which alone doubled the round trip here).
+        let now = sys::coarse_millis();
+        let looked = self.peer_looked.load(Ordering::Relaxed);
+        if looked == 0 || now.saturating_sub(looked) >= PEER_CHECK.as_millis() as u64 {
+            self.peer_looked.store(now.max(1), Ordering::Relaxed);
             if self.peer_gone() {
+                return Err(SendError::Disconnected(()));
+            }
+        }
+        loop {
+            if self.peer_closed() {
                 return Err(SendError::Disconnected(()));
             }
             match ring.try_put(bytes) {
@@ -208,7 +228,12 @@ impl<T> Connection<T> {
                 Err(PutFail::Fault(fault)) => return Err(SendError::Failed { value: (), fault }),
             }
             let len = bytes.len() as u64;
-            ring.header().not_full.wait_until(Wait::Forever, Some(PEER_CHECK), || ring.has_room(len));
+            let ready = || ring.has_room(len) || self.peer_closed();
+            if ring.header().not_full.wait_until(Wait::Forever, Some(PEER_CHECK), ready) == Waited::Polled
+                && self.peer_gone()
+            {
+                return Err(SendError::Disconnected(()));
+            }
         }
     }
 
@@ -221,18 +246,19 @@ impl<T> Connection<T> {
                 Err(GetFail::Closed) => return Err(RecvTimeoutError::Disconnected),
                 Err(GetFail::Fault(f)) => return Err(RecvTimeoutError::Failed(f)),
             }
-            if self.peer_gone() {
+            let ready = || ring.has_data_or_closed() || self.peer_closed();
+            let gone = match ring.header().not_empty.wait_until(wait, Some(PEER_CHECK), ready) {
+                Waited::TimedOut => return Err(RecvTimeoutError::Timeout),
+                Waited::Ready => self.peer_closed(),
+                Waited::Polled => self.peer_gone(),
+            };
+            if gone {
                 // One more look: the peer may have sent just before it went.
                 return match ring.try_get(out) {
                     Ok(()) => Ok(()),
                     Err(GetFail::Fault(f)) => Err(RecvTimeoutError::Failed(f)),
                     Err(_) => Err(RecvTimeoutError::Disconnected),
                 };
-            }
-            if ring.header().not_empty.wait_until(wait, Some(PEER_CHECK), || ring.has_data_or_closed())
-                == Waited::TimedOut
-            {
-                return Err(RecvTimeoutError::Timeout);
             }
         }
     }
@@ -269,14 +295,16 @@ impl<T> Connection<T> {
     pub fn poll(&self, timeout: Option<Duration>) -> bool {
         let Some(ring) = &self.recv else { return false };
         let wait = timeout.map_or(Wait::Forever, Wait::timeout);
+        if ring.has_data_or_closed() || self.peer_gone() {
+            return true;
+        }
         loop {
-            if ring.has_data_or_closed() || self.peer_gone() {
-                return true;
-            }
-            if ring.header().not_empty.wait_until(wait, Some(PEER_CHECK), || ring.has_data_or_closed())
-                == Waited::TimedOut
-            {
-                return ring.has_data_or_closed();
+            let ready = || ring.has_data_or_closed() || self.peer_closed();
+            match ring.header().not_empty.wait_until(wait, Some(PEER_CHECK), ready) {
+                Waited::Ready => return true,
+                Waited::TimedOut => return ring.has_data_or_closed(),
+                Waited::Polled if self.peer_gone() => return true,
+                Waited::Polled => {}
             }
         }
     }

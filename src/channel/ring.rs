@@ -13,6 +13,10 @@
 //! | `get_lock` | consumers               | one consumer reads at a time |
 //! | `tail`     | the producer holding `put_lock` | bits 0–39: end of the last committed frame (a byte position, mod 2⁴⁰); bits 40–63: messages put (mod 2²⁴) |
 //! | `head`     | the consumer holding `get_lock` | the same for the first unread frame and messages taken |
+//! | `head_seen`, `tail_seen` | each side, under its lock | its last look at the other side's word, refreshed only when the ring seems full (empty) |
+//!
+//! The producers' words and the consumers' words sit on separate cache lines, so
+//! one producer and one consumer exchange only the data and, now and then, an index.
 //! | `done`     | `task_done`             | messages marked done (mod 2²⁴), for `JoinableQueue` |
 //! | `closed`   | `close`                 | no more puts |
 //!
@@ -62,19 +66,48 @@ const CHECK: u64 = 0xA5;
 const INLINE: u8 = 1;
 const SIDE: u8 = 2;
 
+/// What the producers write, on a cache line of its own: a consumer's writes never
+/// steal it from a producer, and the other way round.
+#[repr(C, align(64))]
+struct ProducerSide {
+    put_lock: RawMutex,
+    tail: AtomicU64,
+    /// The producers' last look at `head`: refreshed only when the ring seems full,
+    /// so that a put does not pull the consumers' line on every message.
+    head_seen: AtomicU64,
+}
+
+/// What the consumers write, on a cache line of its own.
+#[repr(C, align(64))]
+struct ConsumerSide {
+    get_lock: RawMutex,
+    head: AtomicU64,
+    /// The consumers' last look at `tail`, refreshed only when the ring seems empty.
+    tail_seen: AtomicU64,
+}
+
+/// A signal on a cache line of its own.
+#[repr(C, align(64))]
+pub(crate) struct Line<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 #[repr(C)]
 pub(crate) struct RingHeader {
-    put_lock: RawMutex,
-    get_lock: RawMutex,
-    tail: AtomicU64,
-    head: AtomicU64,
+    producer: ProducerSide,
+    consumer: ConsumerSide,
+    pub(crate) not_empty: Line<Signal>,
+    pub(crate) not_full: Line<Signal>,
+    pub(crate) all_done: Line<Signal>,
     done: AtomicU64,
     closed: AtomicU32,
     maxsize: AtomicU32,
     capacity: AtomicU64,
-    pub(crate) not_empty: Signal,
-    pub(crate) not_full: Signal,
-    pub(crate) all_done: Signal,
 }
 
 /// The bytes a ring of `capacity` takes, header included, 64-byte aligned.
@@ -216,13 +249,14 @@ impl Ring {
     /// Messages in the ring (Python's `qsize`).
     pub(crate) fn len(&self) -> usize {
         let h = self.header();
-        self.occupancy(h.tail.load(Ordering::Acquire), h.head.load(Ordering::Acquire)).map_or(0, |(_, n)| n as usize)
+        self.occupancy(h.producer.tail.load(Ordering::Acquire), h.consumer.head.load(Ordering::Acquire))
+            .map_or(0, |(_, n)| n as usize)
     }
 
     /// Whether a payload of `len` bytes would fit now (a hint for waiters).
     pub(crate) fn has_room(&self, len: u64) -> bool {
         let h = self.header();
-        match self.occupancy(h.tail.load(Ordering::Acquire), h.head.load(Ordering::Acquire)) {
+        match self.occupancy(h.producer.tail.load(Ordering::Acquire), h.consumer.head.load(Ordering::Acquire)) {
             Ok((used, n)) => {
                 self.capacity - used >= frame_len(self.inline_len(len)) && (self.maxsize == 0 || n < self.maxsize)
             }
@@ -233,7 +267,8 @@ impl Ring {
     /// Whether something can be taken now, or the ring is closed (a hint for waiters).
     pub(crate) fn has_data_or_closed(&self) -> bool {
         let h = self.header();
-        h.tail.load(Ordering::Acquire) & POS_MASK != h.head.load(Ordering::Acquire) & POS_MASK || self.is_closed()
+        h.producer.tail.load(Ordering::Acquire) & POS_MASK != h.consumer.head.load(Ordering::Acquire) & POS_MASK
+            || self.is_closed()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -278,33 +313,48 @@ impl Ring {
 
     fn put_frame(&self, (kind, bytes): (u8, &[u8])) -> Result<(), PutFail> {
         let h = self.header();
-        let _held = self.lock(&h.put_lock).map_err(PutFail::Fault)?;
+        let _held = self.lock(&h.producer.put_lock).map_err(PutFail::Fault)?;
         if self.is_closed() {
             return Err(PutFail::Closed);
         }
-        let tail = h.tail.load(Ordering::Relaxed);
-        let (used, count) = self.occupancy(tail, h.head.load(Ordering::Acquire)).map_err(PutFail::Fault)?;
+        let tail = h.producer.tail.load(Ordering::Relaxed);
         let len = bytes.len() as u64;
         let frame = frame_len(len);
-        if self.capacity - used < frame || (self.maxsize != 0 && count >= self.maxsize) || count == COUNT_MASK {
+        let full = |(used, count): (u64, u32)| {
+            self.capacity - used < frame || (self.maxsize != 0 && count >= self.maxsize) || count == COUNT_MASK
+        };
+        // First against the last head we saw: it only errs towards "full".
+        let mut room = self.occupancy(tail, h.producer.head_seen.load(Ordering::Relaxed));
+        if room.as_ref().map_or(true, |r| full(*r)) {
+            let head = h.consumer.head.load(Ordering::Acquire);
+            h.producer.head_seen.store(head, Ordering::Relaxed);
+            room = self.occupancy(tail, head);
+        }
+        if full(room.map_err(PutFail::Fault)?) {
             return Err(PutFail::Full);
         }
         let (pos, puts) = unpack(tail);
         let header = len | (u64::from(kind) << 32) | (CHECK << 40);
         self.write(pos, &header.to_le_bytes());
         self.write(pos + FRAME_HEADER, bytes);
-        h.tail.store(pack(pos + frame, puts.wrapping_add(1)), Ordering::Release);
+        // SeqCst: the commit also orders the `sleepers` read in `notify_after_commit`.
+        h.producer.tail.swap(pack(pos + frame, puts.wrapping_add(1)), Ordering::SeqCst);
         drop(_held);
-        h.not_empty.notify();
+        h.not_empty.notify_after_commit();
         Ok(())
     }
 
     /// Takes one message into `out` (replacing its contents), if there is one now.
     pub(crate) fn try_get(&self, out: &mut Vec<u8>) -> Result<(), GetFail> {
         let h = self.header();
-        let held = self.lock(&h.get_lock).map_err(GetFail::Fault)?;
-        let head = h.head.load(Ordering::Relaxed);
-        let tail = h.tail.load(Ordering::Acquire);
+        let held = self.lock(&h.consumer.get_lock).map_err(GetFail::Fault)?;
+        let head = h.consumer.head.load(Ordering::Relaxed);
+        // First against the last tail we saw: it only errs towards "empty".
+        let mut tail = h.consumer.tail_seen.load(Ordering::Acquire);
+        if tail & POS_MASK == head & POS_MASK || self.occupancy(tail, head).is_err() {
+            tail = h.producer.tail.load(Ordering::Acquire);
+            h.consumer.tail_seen.store(tail, Ordering::Release);
+        }
         let (used, _) = self.occupancy(tail, head).map_err(GetFail::Fault)?;
         if used == 0 {
             return Err(if self.is_closed() { GetFail::Closed } else { GetFail::Empty });
@@ -321,9 +371,9 @@ impl Ring {
         out.clear();
         out.resize(len as usize, 0);
         self.read(pos + FRAME_HEADER, out);
-        h.head.store(pack(pos + frame, gets.wrapping_add(1)), Ordering::Release);
+        h.consumer.head.swap(pack(pos + frame, gets.wrapping_add(1)), Ordering::SeqCst);
         drop(held);
-        h.not_full.notify();
+        h.not_full.notify_after_commit();
         if kind == SIDE {
             let name = std::str::from_utf8(out).map_err(|_| GetFail::Fault(ChannelFault::Corrupted("side name")))?;
             *out = SideSegment::take(name).map_err(GetFail::Fault)?;
@@ -334,7 +384,7 @@ impl Ring {
     /// Messages put and not yet marked done (`JoinableQueue`).
     pub(crate) fn unfinished(&self) -> u32 {
         let h = self.header();
-        let (_, puts) = unpack(h.tail.load(Ordering::Acquire));
+        let (_, puts) = unpack(h.producer.tail.load(Ordering::Acquire));
         puts.wrapping_sub(h.done.load(Ordering::Acquire) as u32) & COUNT_MASK
     }
 
@@ -344,7 +394,7 @@ impl Ring {
         let ok = h
             .done
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
-                let (_, puts) = unpack(h.tail.load(Ordering::Acquire));
+                let (_, puts) = unpack(h.producer.tail.load(Ordering::Acquire));
                 (puts.wrapping_sub(d as u32) & COUNT_MASK != 0)
                     .then(|| u64::from((d as u32).wrapping_add(1) & COUNT_MASK))
             })

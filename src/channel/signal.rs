@@ -37,6 +37,14 @@ impl Signal {
     #[inline]
     pub(crate) fn notify(&self) {
         fence(Ordering::SeqCst);
+        self.notify_after_commit();
+    }
+
+    /// As [`notify`](Self::notify), for a caller whose change of the condition was
+    /// itself a sequentially consistent read-modify-write (which orders the
+    /// `sleepers` read after it, as the fence would).
+    #[inline]
+    pub(crate) fn notify_after_commit(&self) {
         if self.sleepers.load(Ordering::SeqCst) != 0 {
             self.seq.fetch_add(1, Ordering::SeqCst);
             wake(&self.seq, u32::MAX);

@@ -741,6 +741,15 @@ pub(crate) fn same_object(a: usize, b: usize) -> bool {
     matches!((base(a), base(b)), (Some(x), Some(y)) if x == y)
 }
 
+/// Milliseconds on a coarse monotonic clock (a few ms resolution): always a vDSO
+/// read, even on machines whose precise clock needs a system call.
+pub(crate) fn coarse_millis() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1000).saturating_add(ts.tv_nsec as u64 / 1_000_000)
+}
+
 /// Sets a signal's disposition to "ignore" or back to the default.
 pub(crate) fn ignore_signal(signal: i32, ignore: bool) {
     // SAFETY: SIG_IGN and SIG_DFL are valid dispositions for any catchable signal.
