@@ -99,8 +99,28 @@ impl RawQueue {
     }
 }
 
-fn encode<T: Serialize>(item: &T) -> Result<Vec<u8>, ChannelFault> {
-    postcard::to_stdvec(item).map_err(|e| ChannelFault::Encode(format!("`{}`: {e}", std::any::type_name::<T>())))
+fn encode_into<T: Serialize>(item: &T, buf: Vec<u8>) -> Result<Vec<u8>, ChannelFault> {
+    postcard::to_extend(item, buf).map_err(|e| ChannelFault::Encode(format!("`{}`: {e}", std::any::type_name::<T>())))
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer (emptied), so that a small message
+/// costs no allocation. A buffer grown past 1 MiB by a large message is let go.
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            let r = f(&mut buf);
+            if buf.capacity() > 1 << 20 {
+                *buf = Vec::new();
+            }
+            r
+        }
+        Err(_) => f(&mut Vec::new()), // re-entered (from a Serialize impl, say)
+    })
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ChannelFault> {
@@ -246,11 +266,15 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn put_with(&self, item: T, wait: Wait) -> Result<(), (T, Stop)> {
-        let bytes = match encode(&item) {
-            Ok(b) => b,
-            Err(fault) => return Err((item, Stop::Fault(fault))),
-        };
-        self.put_raw(&bytes, wait).map_err(|stop| (item, stop))
+        let sent = with_scratch(|buf| match encode_into(&item, std::mem::take(buf)) {
+            Ok(bytes) => {
+                let sent = self.put_raw(&bytes, wait);
+                *buf = bytes;
+                sent
+            }
+            Err(fault) => Err(Stop::Fault(fault)),
+        });
+        sent.map_err(|stop| (item, stop))
     }
 
     fn put_raw(&self, bytes: &[u8], wait: Wait) -> Result<(), Stop> {
@@ -275,19 +299,20 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Takes the oldest message, waiting as long as it takes.
     pub fn get(&self) -> Result<T, RecvError> {
-        let bytes = self.get_bytes()?;
-        decode(&bytes).map_err(RecvError::Failed)
+        self.get_deadline_with(Wait::Forever).map_err(|e| match e {
+            RecvTimeoutError::Failed(f) => RecvError::Failed(f),
+            _ => RecvError::Disconnected,
+        })
     }
 
     /// Takes a message only if one is there now (Python's `get_nowait`).
     pub fn try_get(&self) -> Result<T, TryRecvError> {
-        let mut bytes = Vec::new();
-        match self.raw.get(&mut bytes, Wait::Never) {
-            Ok(()) => decode(&bytes).map_err(TryRecvError::Failed),
+        with_scratch(|bytes| match self.raw.get(bytes, Wait::Never) {
+            Ok(()) => decode(bytes).map_err(TryRecvError::Failed),
             Err(GetFail::Empty) => Err(TryRecvError::Empty),
             Err(GetFail::Closed) => Err(TryRecvError::Disconnected),
             Err(GetFail::Fault(f)) => Err(TryRecvError::Failed(f)),
-        }
+        })
     }
 
     /// Takes a message, waiting at most `timeout`.
@@ -301,8 +326,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn get_deadline_with(&self, wait: Wait) -> Result<T, RecvTimeoutError> {
-        let bytes = self.get_bytes_with(wait)?;
-        decode(&bytes).map_err(RecvTimeoutError::Failed)
+        with_scratch(|bytes| match self.raw.get(bytes, wait) {
+            Ok(()) => decode(bytes).map_err(RecvTimeoutError::Failed),
+            Err(GetFail::Empty) => Err(RecvTimeoutError::Timeout),
+            Err(GetFail::Closed) => Err(RecvTimeoutError::Disconnected),
+            Err(GetFail::Fault(f)) => Err(RecvTimeoutError::Failed(f)),
+        })
     }
 
     fn get_bytes_with(&self, wait: Wait) -> Result<Vec<u8>, RecvTimeoutError> {

@@ -225,7 +225,7 @@ impl Ring {
     /// Takes one of the ring's robust locks. A holder that died mid-put or mid-get
     /// left the committed state whole (see the module docs), so the poison is cleared.
     fn lock<'a>(&self, lock: &'a RawMutex) -> Result<LockHeld<'a>, ChannelFault> {
-        match lock.acquire(Wait::Forever, Reentry::Refuse) {
+        match lock.acquire_spinning(Wait::Forever) {
             Acquire::Clean => Ok(LockHeld(lock)),
             Acquire::Poisoned => {
                 lock.clear_poison();
@@ -391,15 +391,17 @@ impl Ring {
     /// Marks one message done; `false` if none is unfinished.
     pub(crate) fn task_done(&self) -> bool {
         let h = self.header();
+        let mut left = 0;
         let ok = h
             .done
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
                 let (_, puts) = unpack(h.producer.tail.load(Ordering::Acquire));
-                (puts.wrapping_sub(d as u32) & COUNT_MASK != 0)
-                    .then(|| u64::from((d as u32).wrapping_add(1) & COUNT_MASK))
+                let unfinished = puts.wrapping_sub(d as u32) & COUNT_MASK;
+                left = unfinished.saturating_sub(1);
+                (unfinished != 0).then(|| u64::from((d as u32).wrapping_add(1) & COUNT_MASK))
             })
             .is_ok();
-        if ok && self.unfinished() == 0 {
+        if ok && left == 0 {
             h.all_done.notify();
         }
         ok

@@ -58,6 +58,7 @@ impl Signal {
         if ready() || spin(|| ready().then_some(())).is_some() {
             return Waited::Ready;
         }
+
         if wait.expired() {
             return Waited::TimedOut;
         }

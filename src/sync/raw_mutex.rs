@@ -140,6 +140,23 @@ impl RawMutex {
 
     /// The word names our thread id. Ours if the tag says so; otherwise an earlier
     /// thread that had our (recycled) id died holding it.
+    /// As [`acquire`](Self::acquire), but spinning a little before sleeping: for
+    /// locks held for a few dozen nanoseconds (a channel's ring), where the holder is
+    /// almost always about to let go and a sleep would cost microseconds.
+    #[inline]
+    pub(crate) fn acquire_spinning(&self, wait: Wait) -> Acquire {
+        let me = sys::current_thread();
+        if self.word.compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            return self.taken(me, false);
+        }
+        if wait != Wait::Never {
+            if let Some(a) = super::wait::spin(|| self.try_take(me, 0)) {
+                return a;
+            }
+        }
+        self.acquire(wait, Reentry::Refuse)
+    }
+
     /// `None` if the word moved meanwhile (someone else recovered it first).
     fn held_by_my_id(&self, me: ThreadIdentity, cur: u32, reentry: Reentry) -> Option<Acquire> {
         if self.owner_tag.load(Ordering::Acquire) == tag(me) {
