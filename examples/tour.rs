@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use shmproc::{
-    Array, Barrier, Condition, Event, LockError, Process, RawArray, RawValue, Semaphore, StartMethod, Value,
+    Array, Barrier, Condition, Connection, Event, LockError, Pipe, Process, Queue, RawArray, RawValue, Semaphore,
+    StartMethod, Value,
 };
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -254,6 +255,54 @@ fn conditions_events_barriers() -> Result {
     Ok(())
 }
 
+fn produce(q: Queue<u64>) {
+    for i in 0..200_000 {
+        if q.put(i).is_err() {
+            return;
+        }
+    }
+    q.close();
+}
+
+fn echo(conn: Connection<u64>) {
+    while let Ok(x) = conn.recv_timeout(PATIENCE) {
+        if conn.send(&x).is_err() {
+            return;
+        }
+    }
+}
+
+/// Python: `Queue`, `Pipe`: messages between processes.
+fn channels() -> Result {
+    section("Queue and Pipe: messages between processes");
+    let q = Queue::<u64>::new(1024)?;
+    let producer = Process::builder(produce, q.clone()).start()?;
+    let start = Instant::now();
+    let mut sum = 0u64;
+    while let Ok(x) = q.get_timeout(PATIENCE) {
+        sum += x;
+    }
+    let dt = start.elapsed();
+    finish(&producer)?;
+    println!(
+        "  200 000 integers through a Queue(maxsize=1024) in {dt:?} ({:.1} M msg/s), sum {sum}",
+        0.2 / dt.as_secs_f64()
+    );
+
+    let (here, there) = Pipe::duplex::<u64>()?;
+    let child = Process::builder(echo, there).start()?;
+    let start = Instant::now();
+    for i in 0..10_000 {
+        here.send(&i)?;
+        here.recv_timeout(PATIENCE)?;
+    }
+    let rtt = start.elapsed() / 10_000;
+    here.close();
+    finish(&child)?;
+    println!("  10 000 round trips through a Pipe: {rtt:?} each on average");
+    Ok(())
+}
+
 fn multiply_by_name(name: String) {
     if let Ok(v) = Value::<u64>::open(&name) {
         *v.lock().unwrap() *= 6;
@@ -286,6 +335,7 @@ fn main() -> Result {
     a_child_fills_an_array()?;
     semaphore_ping_pong()?;
     conditions_events_barriers()?;
+    channels()?;
     named_segments()?;
     println!("\ndone: every child joined, every segment unmapped (named ones unlinked)");
     Ok(())
