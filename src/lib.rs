@@ -22,10 +22,11 @@
 //! | `segment` | shared-memory mappings: anonymous (memfd) and named (POSIX shm), each with a validated header |
 //! | `sync` | `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Condition`, `Event`, `Barrier` |
 //! | `shared` | `Value<T>`, `Array<T>`, `RawValue<T>`, `RawArray<T>` for `T: bytemuck::Pod` |
+//! | `channel` | `Queue<T>`, `JoinableQueue<T>`, `Pipe` / `Connection<T>` |
 //! | `process` | `Process` with the fork, spawn and forkserver start methods, contexts |
 //! | `sys` | every call into the operating system (Linux for now) |
 //!
-//! Channels, pools, executors and managers are planned; see the README.
+//! Pools, executors and managers are planned; see the README.
 //!
 //! ## Sharing with a child process
 //! Every object here lives in a `MAP_SHARED` mapping. Pass it to a [`Process`] as
