@@ -132,3 +132,49 @@ fn large_messages_stream_through_a_pipe() {
     assert_eq!(usize::from_le_bytes(total.try_into().unwrap()), (16 << 20) + (1 << 20) + 1);
     assert_eq!(finish(&p), Some(0));
 }
+
+fn echo_strings(conn: Connection<String>) {
+    while let Ok(x) = conn.recv_timeout(PATIENCE) {
+        if conn.send(&x).is_err() {
+            return;
+        }
+    }
+}
+
+/// Python's idiom: start the child with one end, then close the parent's copy of it.
+/// That closes only the copy: the child's end stays open.
+#[test]
+fn closing_the_parents_copy_of_a_handed_over_end_leaves_the_child_working() {
+    let (a, b) = Pipe::duplex::<String>().unwrap();
+    let mut p = Process::new(echo_strings, b);
+    p.start().unwrap();
+    a.send(&"one".into()).unwrap();
+    assert_eq!(a.recv_timeout(PATIENCE).unwrap(), "one");
+    a.close();
+    assert_eq!(finish(&p), Some(0));
+}
+
+fn sleep_with(conn: Connection<u64>) {
+    let _keep = conn;
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Regression: a receiver polling with timeouts shorter than the peer check still
+/// learns that the peer died.
+#[test]
+fn short_timeouts_still_notice_a_dead_peer() {
+    let (a, b) = Pipe::duplex::<u64>().unwrap();
+    let p = Process::builder(sleep_with, b).start().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    p.kill().unwrap();
+    assert_eq!(finish(&p), Some(-libc::SIGKILL));
+    let t = Instant::now();
+    loop {
+        match a.recv_timeout(Duration::from_millis(10)) {
+            Err(RecvTimeoutError::Timeout) => assert!(t.elapsed() < PATIENCE, "never noticed"),
+            Err(RecvTimeoutError::Disconnected) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(t.elapsed() < Duration::from_millis(300), "noticed after {:?}", t.elapsed());
+}

@@ -174,7 +174,9 @@ fn a_producer_killed_mid_put_loses_no_committed_message() {
         let q = Queue::<Vec<u8>>::builder().capacity(64 << 20).build().unwrap();
         let committed = RawValue::new(0u64).unwrap();
         let p = Process::builder(flood, Flood { q: q.clone(), committed: committed.clone() }).start().unwrap();
+        let deadline = Instant::now() + PATIENCE;
         while committed.get() == 0 {
+            assert!(Instant::now() < deadline, "the producer never committed a message");
             std::thread::sleep(Duration::from_micros(100));
         }
         // A different moment each round.
@@ -296,4 +298,33 @@ fn work_opt(args: (JoinableQueue<Option<u32>>, Value<u32>)) {
         q.task_done().unwrap();
     }
     q.task_done().unwrap(); // for the None that stopped us
+}
+
+fn put_big_and_exit(q: Queue<Vec<u8>>) {
+    q.put_bytes(&vec![5u8; 3 << 20]).unwrap();
+}
+
+/// Regression: a large message waits in a side segment whose producer has exited;
+/// the orphan sweep that every named creation runs must not take it.
+#[test]
+fn a_large_message_outlives_its_producer() {
+    let q = Queue::<Vec<u8>>::builder().capacity(1 << 20).build().unwrap();
+    let p = Process::builder(put_big_and_exit, q.clone()).start().unwrap();
+    assert_eq!(finish(&p), Some(0));
+    // Any named creation sweeps orphans.
+    drop(shmproc::Value::<u8>::new_named(0).unwrap());
+    shmproc::remove_orphaned_segments().unwrap();
+    let got = q.get_bytes_timeout(PATIENCE).unwrap();
+    assert_eq!(got.len(), 3 << 20);
+    assert!(got.iter().all(|b| *b == 5));
+}
+
+#[test]
+fn any_capacity_is_rounded_to_a_power_of_two_and_works() {
+    let q = Queue::<u64>::builder().capacity(1000).build().unwrap();
+    for round in 0..2_000u64 {
+        q.put(round).unwrap();
+        assert_eq!(q.get().unwrap(), round);
+    }
+    assert!(Queue::<u64>::builder().capacity(usize::MAX).build::<u64>().is_err());
 }

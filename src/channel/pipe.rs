@@ -7,7 +7,7 @@
 //!
 //! | field      | written by | meaning |
 //! |------------|------------|---------|
-//! | `owner[e]` | end `e`'s process | the process holding end `e`: the creator, then whoever received it (negated while being handed over) |
+//! | `owner[e]` | end `e`'s process | the process holding end `e`: the creator, then whoever received it |
 //! | `closed[e]`| end `e`'s owner   | end `e` was closed (or dropped by its owner) |
 //!
 //! A receiver waiting on an empty ring looks every [`PEER_CHECK`] whether the other
@@ -16,7 +16,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,8 +110,12 @@ pub struct Connection<T> {
     end: usize,
     send: Option<Ring>,
     recv: Option<Ring>,
-    /// When `send` last looked whether the peer's process lives (coarse ms).
+    /// When this handle last looked whether the peer's process lives (coarse ms).
     peer_looked: AtomicU64,
+    /// This handle was handed to another process: it no longer speaks for the end.
+    handed_over: AtomicBool,
+    /// `close` was called on this handle.
+    closed_here: AtomicBool,
     _t: PhantomData<fn(T) -> T>,
 }
 
@@ -147,7 +151,14 @@ impl<T> Connection<T> {
             1 => false,
             _ => return Err(ChannelFault::Corrupted("pipe ring count")),
         };
-        let ring = |i: usize| Ring::attach(Arc::clone(&seg), ring_offset(i));
+        let ring = |i: usize| {
+            let r = Ring::attach(Arc::clone(&seg), ring_offset(i))?;
+            // The offsets assume this capacity: another would overlap the next ring.
+            if r.capacity() != PIPE_CAPACITY {
+                return Err(ChannelFault::Corrupted("pipe ring capacity"));
+            }
+            Ok(r)
+        };
         // Duplex: end 0 sends on ring 0 and receives on ring 1; end 1 the reverse.
         // Simplex: ring 0 carries end 1's messages to end 0.
         let (send, recv) = match (duplex, end) {
@@ -156,7 +167,16 @@ impl<T> Connection<T> {
             (false, 0) => (None, Some(ring(0)?)),
             (false, _) => (Some(ring(0)?), None),
         };
-        Ok(Connection { seg, end, send, recv, peer_looked: AtomicU64::new(0), _t: PhantomData })
+        Ok(Connection {
+            seg,
+            end,
+            send,
+            recv,
+            peer_looked: AtomicU64::new(0),
+            handed_over: AtomicBool::new(false),
+            closed_here: AtomicBool::new(false),
+            _t: PhantomData,
+        })
     }
 
     fn header(&self) -> &PipeHeader {
@@ -182,9 +202,23 @@ impl<T> Connection<T> {
         h.closed[self.peer()].load(Ordering::Acquire) != 0 || !sys::process_alive(owner.saturating_abs())
     }
 
+    /// Whether this process owns the end (it made the pipe and kept it, or received
+    /// it), and this handle was not handed on.
+    fn owns_end(&self) -> bool {
+        !self.handed_over.load(Ordering::Acquire)
+            && self.header().owner[self.end].load(Ordering::Acquire) == sys::getpid()
+    }
+
     /// Closes this end (Python's `close()`): the other end's `recv` reports
     /// `Disconnected` once drained, its `send` fails.
+    ///
+    /// Closing a handle that was handed to a child (Python's `p.start();
+    /// child_conn.close()`) only closes this handle: the child's end stays open.
     pub fn close(&self) {
+        self.closed_here.store(true, Ordering::Release);
+        if !self.owns_end() {
+            return;
+        }
         self.header().closed[self.end].store(1, Ordering::Release);
         if let Some(r) = &self.send {
             r.close(); // wakes a receiver waiting on it
@@ -194,9 +228,21 @@ impl<T> Connection<T> {
         }
     }
 
-    /// Whether this end was closed.
+    /// Whether this handle or its end was closed.
     pub fn is_closed(&self) -> bool {
-        self.header().closed[self.end].load(Ordering::Acquire) != 0
+        self.closed_here.load(Ordering::Acquire) || self.header().closed[self.end].load(Ordering::Acquire) != 0
+    }
+
+    /// Whether the peer is gone, looking at its process at most every PEER_CHECK (a
+    /// /proc read), timed on the coarse clock.
+    fn peer_gone_now_and_then(&self) -> bool {
+        let now = sys::coarse_millis();
+        let looked = self.peer_looked.load(Ordering::Relaxed);
+        if looked != 0 && now.saturating_sub(looked) < PEER_CHECK.as_millis() as u64 {
+            return self.peer_closed();
+        }
+        self.peer_looked.store(now.max(1), Ordering::Relaxed);
+        self.peer_gone()
     }
 
     fn send_raw(&self, bytes: &[u8]) -> Result<(), SendError<()>> {
@@ -206,29 +252,22 @@ impl<T> Connection<T> {
             return Err(SendError::Disconnected(()));
         }
         // Like a write to a pipe whose reader is gone (EPIPE): a dead peer fails the
-        // send. Looking costs a /proc read, so a sender looks at most every PEER_CHECK
-        // (timed on the coarse clock: a precise one costs a system call on some
-        // machines, which alone doubled the round trip here).
-        let now = sys::coarse_millis();
-        let looked = self.peer_looked.load(Ordering::Relaxed);
-        if looked == 0 || now.saturating_sub(looked) >= PEER_CHECK.as_millis() as u64 {
-            self.peer_looked.store(now.max(1), Ordering::Relaxed);
-            if self.peer_gone() {
-                return Err(SendError::Disconnected(()));
-            }
+        // send.
+        if self.peer_gone_now_and_then() {
+            return Err(SendError::Disconnected(()));
         }
+        let message = ring.prepare(bytes).map_err(|fault| SendError::Failed { value: (), fault })?;
         loop {
             if self.peer_closed() {
                 return Err(SendError::Disconnected(()));
             }
-            match ring.try_put(bytes) {
+            match ring.try_put(&message, Wait::Forever) {
                 Ok(()) => return Ok(()),
                 Err(PutFail::Full) => {}
                 Err(PutFail::Closed) => return Err(SendError::Disconnected(())),
                 Err(PutFail::Fault(fault)) => return Err(SendError::Failed { value: (), fault }),
             }
-            let len = bytes.len() as u64;
-            let ready = || ring.has_room(len) || self.peer_closed();
+            let ready = || ring.has_room(&message) || self.peer_closed();
             if ring.header().not_full.wait_until(Wait::Forever, Some(PEER_CHECK), ready) == Waited::Polled
                 && self.peer_gone()
             {
@@ -238,9 +277,12 @@ impl<T> Connection<T> {
     }
 
     fn recv_raw(&self, out: &mut Vec<u8>, wait: Wait) -> Result<(), RecvTimeoutError> {
+        if self.closed_here.load(Ordering::Acquire) {
+            return Err(RecvTimeoutError::Disconnected);
+        }
         let ring = self.recv.as_ref().ok_or(RecvTimeoutError::Failed(ChannelFault::WrongDirection("receive")))?;
         loop {
-            match ring.try_get(out) {
+            match ring.try_get(out, Wait::Forever) {
                 Ok(()) => return Ok(()),
                 Err(GetFail::Empty) => {}
                 Err(GetFail::Closed) => return Err(RecvTimeoutError::Disconnected),
@@ -248,13 +290,15 @@ impl<T> Connection<T> {
             }
             let ready = || ring.has_data_or_closed() || self.peer_closed();
             let gone = match ring.header().not_empty.wait_until(wait, Some(PEER_CHECK), ready) {
-                Waited::TimedOut => return Err(RecvTimeoutError::Timeout),
+                // A short timeout never reaches a poll: look before reporting it.
+                Waited::TimedOut if !self.peer_gone_now_and_then() => return Err(RecvTimeoutError::Timeout),
+                Waited::TimedOut => true,
                 Waited::Ready => self.peer_closed(),
                 Waited::Polled => self.peer_gone(),
             };
             if gone {
                 // One more look: the peer may have sent just before it went.
-                return match ring.try_get(out) {
+                return match ring.try_get(out, Wait::Forever) {
                     Ok(()) => Ok(()),
                     Err(GetFail::Fault(f)) => Err(RecvTimeoutError::Failed(f)),
                     Err(_) => Err(RecvTimeoutError::Disconnected),
@@ -358,7 +402,7 @@ impl<T> Drop for Connection<T> {
     fn drop(&mut self) {
         // Only the owner's drop closes the end: a parent dropping its copy of an end
         // it handed to a child must not close the child's.
-        if self.header().owner[self.end].load(Ordering::Acquire) == sys::getpid() {
+        if self.owns_end() {
             self.close();
         }
     }
@@ -366,10 +410,9 @@ impl<T> Drop for Connection<T> {
 
 impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // Handed over: from now on the receiving process owns the end (it claims it
-        // on arrival), so this process dropping its copy must not close it. Until
-        // then, the negated pid says who is handing it over, and is alive.
-        self.header().owner[self.end].store(-sys::getpid(), Ordering::Release);
+        // Handed over: the receiving process claims the end on arrival, and this
+        // handle no longer closes it (on drop or `close`).
+        self.handed_over.store(true, Ordering::Release);
         (self.end as u8, transfer::SegmentsOf(&[&self.seg])).serialize(s)
     }
 }

@@ -38,7 +38,9 @@ pub(crate) struct RawQueue {
 
 impl RawQueue {
     fn create(kind: ObjectKind, elem: TypeInfo, opts: &QueueBuilder) -> Result<RawQueue, SegmentCreateError> {
-        let capacity = (opts.capacity as u64).next_multiple_of(8);
+        // A power of two, so that positions (kept modulo 2^40) map to the same offsets
+        // on both sides of their wrap-around.
+        let capacity = (opts.capacity as u64).checked_next_power_of_two().unwrap_or(u64::MAX);
         if !(ring::MIN_CAPACITY..=ring::MAX_CAPACITY).contains(&capacity) {
             return Err(SegmentCreateError::InvalidArgument("queue capacity out of range (256 bytes to 256 GiB)"));
         }
@@ -65,19 +67,15 @@ impl RawQueue {
 
     /// Puts `bytes`, waiting for room per `wait`.
     fn put(&self, bytes: &[u8], wait: Wait) -> Result<(), (PutFail, Option<Stop>)> {
+        let message = self.ring.prepare(bytes).map_err(|f| (PutFail::Fault(f), None))?;
         loop {
-            match self.ring.try_put(bytes) {
+            match self.ring.try_put(&message, wait) {
                 Ok(()) => return Ok(()),
                 Err(PutFail::Full) if wait != Wait::Never => {}
                 Err(e) => return Err((e, None)),
             }
-            let len = bytes.len() as u64;
-            match self
-                .ring
-                .header()
-                .not_full
-                .wait_until(wait, None, || self.ring.has_room(len) || self.ring.is_closed())
-            {
+            let ready = || self.ring.has_room(&message) || self.ring.is_closed();
+            match self.ring.header().not_full.wait_until(wait, None, ready) {
                 Waited::Ready | Waited::Polled => {}
                 Waited::TimedOut => return Err((PutFail::Full, Some(Stop::Timeout))),
             }
@@ -87,7 +85,7 @@ impl RawQueue {
     /// Takes a message, waiting for one per `wait`.
     fn get(&self, out: &mut Vec<u8>, wait: Wait) -> Result<(), GetFail> {
         loop {
-            match self.ring.try_get(out) {
+            match self.ring.try_get(out, wait) {
                 Err(GetFail::Empty) if wait != Wait::Never => {}
                 other => return other,
             }
@@ -150,7 +148,8 @@ impl QueueBuilder {
         self
     }
 
-    /// The ring's size in bytes (default [`DEFAULT_CAPACITY`], 256 bytes at least).
+    /// The ring's size in bytes, rounded up to a power of two (default
+    /// [`DEFAULT_CAPACITY`], 256 bytes at least).
     /// Messages over a quarter of it are passed in side segments instead of the ring.
     pub fn capacity(mut self, bytes: usize) -> Self {
         self.capacity = bytes;

@@ -192,7 +192,7 @@ impl Ring {
         let capacity = hdr.capacity.load(Ordering::Relaxed);
         let maxsize = hdr.maxsize.load(Ordering::Relaxed);
         if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity)
-            || !capacity.is_multiple_of(8)
+            || !capacity.is_power_of_two()
             || !fits(ring_len(capacity))
         {
             return Err(ChannelFault::Corrupted("ring capacity"));
@@ -222,15 +222,17 @@ impl Ring {
         self.maxsize
     }
 
-    /// Takes one of the ring's robust locks. A holder that died mid-put or mid-get
-    /// left the committed state whole (see the module docs), so the poison is cleared.
-    fn lock<'a>(&self, lock: &'a RawMutex) -> Result<LockHeld<'a>, ChannelFault> {
-        match lock.acquire_spinning(Wait::Forever) {
-            Acquire::Clean => Ok(LockHeld(lock)),
+    /// Takes one of the ring's robust locks, waiting per `wait` (`None`: not in
+    /// time). A holder that died mid-put or mid-get left the committed state whole
+    /// (see the module docs), so the poison is cleared.
+    fn lock<'a>(&self, lock: &'a RawMutex, wait: Wait) -> Result<Option<LockHeld<'a>>, ChannelFault> {
+        match lock.acquire_spinning(wait) {
+            Acquire::Clean => Ok(Some(LockHeld(lock))),
             Acquire::Poisoned => {
                 lock.clear_poison();
-                Ok(LockHeld(lock))
+                Ok(Some(LockHeld(lock)))
             }
+            Acquire::WouldBlock | Acquire::TimedOut => Ok(None),
             _ => Err(ChannelFault::Corrupted("ring lock")),
         }
     }
@@ -246,6 +248,12 @@ impl Ring {
         Ok((used, tc.wrapping_sub(hc) & COUNT_MASK))
     }
 
+    /// Whether a frame of `frame` bytes cannot go in with the ring at `occupancy`:
+    /// the one rule both `put` and its waiters use.
+    fn full(&self, (used, count): (u64, u32), frame: u64) -> bool {
+        self.capacity - used < frame || (self.maxsize != 0 && count >= self.maxsize) || count == COUNT_MASK
+    }
+
     /// Messages in the ring (Python's `qsize`).
     pub(crate) fn len(&self) -> usize {
         let h = self.header();
@@ -253,13 +261,11 @@ impl Ring {
             .map_or(0, |(_, n)| n as usize)
     }
 
-    /// Whether a payload of `len` bytes would fit now (a hint for waiters).
-    pub(crate) fn has_room(&self, len: u64) -> bool {
+    /// Whether `message` would fit now (a hint for waiters).
+    pub(crate) fn has_room(&self, message: &Outgoing<'_>) -> bool {
         let h = self.header();
         match self.occupancy(h.producer.tail.load(Ordering::Acquire), h.consumer.head.load(Ordering::Acquire)) {
-            Ok((used, n)) => {
-                self.capacity - used >= frame_len(self.inline_len(len)) && (self.maxsize == 0 || n < self.maxsize)
-            }
+            Ok(occupancy) => !self.full(occupancy, frame_len(message.frame_payload().len() as u64)),
             Err(_) => true, // let the put report the corruption
         }
     }
@@ -275,63 +281,64 @@ impl Ring {
         self.header().closed.load(Ordering::Acquire) != 0
     }
 
+    /// Closes the ring for every process. Under the put lock, so that no put that
+    /// saw it open commits after a consumer saw it closed and drained.
     pub(crate) fn close(&self) {
-        self.header().closed.store(1, Ordering::Release);
-        self.header().not_empty.notify();
-        self.header().not_full.notify();
-    }
-
-    fn side_threshold(&self) -> u64 {
-        self.capacity / 4
-    }
-
-    /// The bytes a payload of `len` takes in the ring (a side segment's name if big).
-    fn inline_len(&self, len: u64) -> u64 {
-        if len > self.side_threshold() {
-            SIDE_NAME_MAX
-        } else {
-            len
-        }
-    }
-
-    /// Puts one message, if there is room now.
-    pub(crate) fn try_put(&self, payload: &[u8]) -> Result<(), PutFail> {
-        let big = payload.len() as u64 > self.side_threshold();
-        // A big payload goes to its side segment before taking the lock.
-        let side = if big { Some(SideSegment::create(payload).map_err(PutFail::Fault)?) } else { None };
-        let result = self.put_frame(match &side {
-            Some(s) => (SIDE, s.name().as_bytes()),
-            None => (INLINE, payload),
-        });
-        if let Some(s) = side {
-            if result.is_ok() {
-                s.hand_over(); // the consumer unlinks it now
-            }
-        }
-        result
-    }
-
-    fn put_frame(&self, (kind, bytes): (u8, &[u8])) -> Result<(), PutFail> {
         let h = self.header();
-        let _held = self.lock(&h.producer.put_lock).map_err(PutFail::Fault)?;
+        let held = self.lock(&h.producer.put_lock, Wait::Forever);
+        h.closed.store(1, Ordering::SeqCst);
+        drop(held);
+        h.not_empty.notify();
+        h.not_full.notify();
+    }
+
+    /// The largest payload kept in the ring itself; larger ones travel in side
+    /// segments. Below 4 GiB whatever the capacity: a frame's length is 32 bits.
+    fn side_threshold(&self) -> u64 {
+        (self.capacity / 4).min(u64::from(u32::MAX) / 2)
+    }
+
+    /// Gets `payload` ready to put: a large one goes to its side segment now, once,
+    /// however many times the put has to wait for room.
+    pub(crate) fn prepare<'a>(&self, payload: &'a [u8]) -> Result<Outgoing<'a>, ChannelFault> {
+        if payload.len() as u64 > self.side_threshold() {
+            Ok(Outgoing::Side(SideSegment::create(payload)?))
+        } else {
+            Ok(Outgoing::Inline(payload))
+        }
+    }
+
+    /// Puts one message if there is room now, waiting per `wait` only for the lock.
+    pub(crate) fn try_put(&self, message: &Outgoing<'_>, wait: Wait) -> Result<(), PutFail> {
+        let (kind, bytes) = match message {
+            Outgoing::Inline(b) => (INLINE, *b),
+            Outgoing::Side(s) => (SIDE, s.name().as_bytes()),
+        };
+        let h = self.header();
+        let Some(held) = self.lock(&h.producer.put_lock, wait).map_err(PutFail::Fault)? else {
+            return Err(PutFail::Full);
+        };
         if self.is_closed() {
             return Err(PutFail::Closed);
         }
         let tail = h.producer.tail.load(Ordering::Relaxed);
         let len = bytes.len() as u64;
         let frame = frame_len(len);
-        let full = |(used, count): (u64, u32)| {
-            self.capacity - used < frame || (self.maxsize != 0 && count >= self.maxsize) || count == COUNT_MASK
-        };
         // First against the last head we saw: it only errs towards "full".
         let mut room = self.occupancy(tail, h.producer.head_seen.load(Ordering::Relaxed));
-        if room.as_ref().map_or(true, |r| full(*r)) {
+        if room.as_ref().map_or(true, |r| self.full(*r, frame)) {
             let head = h.consumer.head.load(Ordering::Acquire);
             h.producer.head_seen.store(head, Ordering::Relaxed);
             room = self.occupancy(tail, head);
         }
-        if full(room.map_err(PutFail::Fault)?) {
+        if self.full(room.map_err(PutFail::Fault)?, frame) {
             return Err(PutFail::Full);
+        }
+        if let Outgoing::Side(s) = message {
+            // From here the message is the queue's: no sweep may take it, even if this
+            // producer dies at once. (Dying between this line and the commit below
+            // leaks the side segment: the price of never losing a committed message.)
+            s.disown();
         }
         let (pos, puts) = unpack(tail);
         let header = len | (u64::from(kind) << 32) | (CHECK << 40);
@@ -339,15 +346,21 @@ impl Ring {
         self.write(pos + FRAME_HEADER, bytes);
         // SeqCst: the commit also orders the `sleepers` read in `notify_after_commit`.
         h.producer.tail.swap(pack(pos + frame, puts.wrapping_add(1)), Ordering::SeqCst);
-        drop(_held);
+        drop(held);
         h.not_empty.notify_after_commit();
         Ok(())
     }
 
-    /// Takes one message into `out` (replacing its contents), if there is one now.
-    pub(crate) fn try_get(&self, out: &mut Vec<u8>) -> Result<(), GetFail> {
+    /// Takes one message into `out` (replacing its contents) if there is one now,
+    /// waiting per `wait` only for the lock.
+    pub(crate) fn try_get(&self, out: &mut Vec<u8>, wait: Wait) -> Result<(), GetFail> {
         let h = self.header();
-        let held = self.lock(&h.consumer.get_lock).map_err(GetFail::Fault)?;
+        let Some(held) = self.lock(&h.consumer.get_lock, wait).map_err(GetFail::Fault)? else {
+            return Err(GetFail::Empty);
+        };
+        // `closed` before `tail`: a put that commits after this load was made before
+        // the close (close takes the put lock), so it is still seen below.
+        let closed = self.is_closed();
         let head = h.consumer.head.load(Ordering::Relaxed);
         // First against the last tail we saw: it only errs towards "empty".
         let mut tail = h.consumer.tail_seen.load(Ordering::Acquire);
@@ -357,7 +370,7 @@ impl Ring {
         }
         let (used, _) = self.occupancy(tail, head).map_err(GetFail::Fault)?;
         if used == 0 {
-            return Err(if self.is_closed() { GetFail::Closed } else { GetFail::Empty });
+            return Err(if closed { GetFail::Closed } else { GetFail::Empty });
         }
         let (pos, gets) = unpack(head);
         let mut word = [0u8; 8];
@@ -444,11 +457,24 @@ impl Drop for LockHeld<'_> {
     }
 }
 
-/// Room in a frame for a side segment's name (`/shmproc.` + 32 hex digits).
-const SIDE_NAME_MAX: u64 = 64;
+/// A message ready to put: in the ring itself, or in a side segment.
+pub(crate) enum Outgoing<'a> {
+    Inline(&'a [u8]),
+    Side(SideSegment),
+}
+
+impl Outgoing<'_> {
+    /// What the frame itself carries.
+    fn frame_payload(&self) -> &[u8] {
+        match self {
+            Outgoing::Inline(b) => b,
+            Outgoing::Side(s) => s.name().as_bytes(),
+        }
+    }
+}
 
 /// A named segment carrying one large payload from a producer to a consumer.
-struct SideSegment(Segment);
+pub(crate) struct SideSegment(Segment);
 
 impl SideSegment {
     fn expect() -> Expect {
@@ -469,9 +495,10 @@ impl SideSegment {
         self.0.name().unwrap_or_default()
     }
 
-    /// Committed: from now on the consumer owns (and unlinks) the name.
-    fn hand_over(mut self) {
-        self.0.keep_name();
+    /// About to be committed: from now on the consumer owns (and unlinks) the name,
+    /// and the orphan sweep leaves it alone whatever happens to this producer.
+    fn disown(&self) {
+        self.0.disown();
     }
 
     /// The consumer's side: open, unlink at once, copy out.

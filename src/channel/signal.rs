@@ -66,6 +66,9 @@ impl Signal {
         loop {
             let seen = self.seq.load(Ordering::SeqCst);
             self.sleepers.fetch_add(1, Ordering::SeqCst);
+            // Orders our registration before the condition's loads below on every
+            // architecture (on x86 the locked add already does).
+            fence(Ordering::SeqCst);
             let in_time = ready() || sleep_on(&self.seq, seen, wait, Some(slice));
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
             if ready() {

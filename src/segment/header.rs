@@ -94,6 +94,15 @@ impl Header {
         published.then(|| Creator { pid: field(28), start: start_and_ns as u32, pid_ns: (start_and_ns >> 32) as u32 })
     }
 
+    /// Forgets the creator, so that no orphan sweep ever removes the segment.
+    ///
+    /// # Safety
+    /// `this` points to a mapped header.
+    pub(crate) unsafe fn disown(this: *mut Header) {
+        // SAFETY: per the contract; a volatile store of a plain u32 field.
+        unsafe { std::ptr::write_volatile(&raw mut (*this).creator_pid, 0) };
+    }
+
     pub(crate) fn publish(&self) {
         self.state.store(READY, Ordering::Release);
     }

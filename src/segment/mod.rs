@@ -261,7 +261,7 @@ pub(crate) struct Segment {
     name: Option<String>,
     /// The process that must unlink `name` when this handle drops: the creator, and
     /// never a forked copy of it.
-    unlink_in: Option<i32>,
+    unlink_in: std::sync::atomic::AtomicI32,
     kind: ObjectKind,
     elem: ElemInfo,
     elem_count: u64,
@@ -314,7 +314,7 @@ impl Segment {
         let seg = Segment {
             map,
             _fd: fd,
-            unlink_in: name.as_ref().map(|_| sys::getpid()),
+            unlink_in: std::sync::atomic::AtomicI32::new(if name.is_some() { sys::getpid() } else { 0 }),
             name,
             kind: expect.kind,
             elem: ElemInfo::from(expect.elem),
@@ -371,7 +371,7 @@ impl Segment {
             map,
             _fd: fd,
             name,
-            unlink_in: None,
+            unlink_in: std::sync::atomic::AtomicI32::new(0),
             kind: v.kind,
             elem: v.elem,
             elem_count: v.elem_count,
@@ -379,9 +379,14 @@ impl Segment {
         })
     }
 
-    /// From now on this handle never unlinks its name: another process will.
-    pub(crate) fn keep_name(&mut self) {
-        self.unlink_in = None;
+    /// Gives the name away: this handle never unlinks it, and the orphan sweep
+    /// never does either (the header names no creator any more). Another process
+    /// will unlink it.
+    pub(crate) fn disown(&self) {
+        self.unlink_in.store(0, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the header is inside the mapping (at least HEADER_LEN bytes); the
+        // field is a plain u32 that only sweeps read (by copying the file's bytes).
+        unsafe { Header::disown(self.header_mut_ptr()) };
     }
 
     /// Whether this segment holds what `expect` says.
@@ -425,7 +430,8 @@ impl Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        if let (Some(name), Some(pid)) = (&self.name, self.unlink_in) {
+        let pid = self.unlink_in.load(std::sync::atomic::Ordering::Relaxed);
+        if let (Some(name), true) = (&self.name, pid != 0) {
             if pid == sys::getpid() {
                 // Already unlinked by someone else is fine: the goal is that it is gone.
                 let _ = sys::shm_unlink(name);
@@ -573,8 +579,11 @@ const NAME_PREFIX: &str = "shmproc.";
 
 fn size_and_map(fd: &OwnedFd, total: usize, backing: Backing) -> Result<MmapRaw, SegmentCreateError> {
     sys::set_len(fd, total).map_err(os_create("ftruncate"))?;
-    if backing == Backing::Anonymous {
-        sys::seal_size(fd).map_err(os_create("fcntl(F_ADD_SEALS)"))?;
+    match backing {
+        Backing::Anonymous => sys::seal_size(fd).map_err(os_create("fcntl(F_ADD_SEALS)"))?,
+        // A /dev/shm too small for the segment (64 MiB in a default container) must
+        // fail here, not raise SIGBUS at the first touch of a missing page.
+        Backing::Named => sys::allocate(fd, total).map_err(os_create("posix_fallocate"))?,
     }
     MmapOptions::new().len(total).map_raw(fd).map_err(os_create("mmap"))
 }

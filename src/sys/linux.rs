@@ -73,6 +73,13 @@ pub(crate) fn set_len(fd: &OwnedFd, len: usize) -> io::Result<()> {
     nix::unistd::ftruncate(fd.as_fd(), len).map_err(nix_err)
 }
 
+/// Reserves `len` bytes of backing store for the file, so that later page faults
+/// cannot fail for want of space.
+pub(crate) fn allocate(fd: &OwnedFd, len: usize) -> io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+    nix::fcntl::posix_fallocate(fd.as_fd(), 0, len).map_err(nix_err)
+}
+
 pub(crate) fn file_len(fd: &OwnedFd) -> io::Result<u64> {
     let st = fstat(fd.as_fd()).map_err(nix_err)?;
     Ok(u64::try_from(st.st_size).unwrap_or(0))
