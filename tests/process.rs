@@ -358,3 +358,13 @@ fn a_spawned_child_inherits_only_what_it_was_given() {
     }
     drop(stray);
 }
+
+#[test]
+fn active_children_lists_running_children_and_forgets_ended_ones() {
+    let p = start(StartMethod::Fork, Process::builder(sleeps, 30).name("lister"));
+    let pid = p.pid().unwrap();
+    assert!(shmproc::active_children().iter().any(|c| c.pid == pid && c.name == "lister"));
+    p.kill().unwrap();
+    assert_eq!(finish(&p), Some(-libc::SIGKILL));
+    assert!(shmproc::active_children().iter().all(|c| c.pid != pid));
+}
