@@ -1,9 +1,11 @@
-//! Forked children for tests, benchmarks and the tour, until `Process` lands.
+//! Support for shmproc's own tests and benchmarks; not part of the public API.
 //!
-//! Not part of the public API: `Process` (the processes issue) replaces it. It runs a
-//! closure in a forked child, leaves with `_exit` (no destructors, no atexit handlers,
-//! no double-flushed stdio), and reaps the child with a deadline, killing it if it
-//! overstays, so a test can never hang on a child and never leaves a zombie.
+//! [`fork`] runs a *capturing* closure in a forked child (which `Process`, whose
+//! targets must be found again in re-executed children, deliberately cannot), leaves
+//! with `_exit` (no destructors, no atexit handlers, no double-flushed stdio), and
+//! reaps the child with a deadline, killing it if it overstays, so a test can never
+//! hang on a child and never leaves a zombie. The rest are knobs that benchmarks
+//! turn to measure what a design choice buys.
 
 use std::time::{Duration, Instant};
 
