@@ -208,13 +208,7 @@ fn helper_fork_handler_registered() {
 /// from other threads and left children waiting forever on the `Once`.
 #[test]
 fn the_fork_handler_is_registered_before_main() {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "helper_fork_handler_registered", "--test-threads=1"])
-        .env("SHMPROC_CHECK_FORK_HANDLER", "1")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "the helper test did not run");
+    run_test_alone("helper_fork_handler_registered", ("SHMPROC_CHECK_FORK_HANDLER", "1"));
 }
 
 #[test]

@@ -69,7 +69,7 @@ fn a_closed_end_drains_then_disconnects() {
     let p = Process::builder(send_then_close, b).start().unwrap();
     assert_eq!(a.recv_timeout(PATIENCE).unwrap(), "last words");
     let t = Instant::now();
-    assert_eq!(a.recv(), Err(RecvError::Disconnected));
+    assert_eq!(a.recv_timeout(PATIENCE), Err(RecvTimeoutError::Disconnected));
     assert!(t.elapsed() < Duration::from_millis(200));
     p.kill().unwrap();
     finish(&p);
@@ -99,7 +99,7 @@ fn poll_and_timeouts() {
     assert_eq!(b.recv_timeout(Duration::from_millis(10)), Err(RecvTimeoutError::Timeout));
     a.send(&9).unwrap();
     assert!(b.poll(Some(Duration::ZERO)));
-    assert_eq!(b.recv().unwrap(), 9);
+    assert_eq!(b.recv_timeout(PATIENCE), Ok(9));
 }
 
 #[test]
@@ -128,6 +128,7 @@ fn large_messages_stream_through_a_pipe() {
     a.send_bytes(&big).unwrap();
     a.send_bytes(&[1u8; 1 << 20]).unwrap();
     a.send_bytes(b"x").unwrap();
+    assert!(a.poll(Some(PATIENCE)), "the sink never answered");
     let total = a.recv_bytes().unwrap();
     assert_eq!(usize::from_le_bytes(total.try_into().unwrap()), (16 << 20) + (1 << 20) + 1);
     assert_eq!(finish(&p), Some(0));

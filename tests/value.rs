@@ -162,13 +162,7 @@ fn helper_unrelated_opener() {
 #[test]
 fn named_value_opened_from_an_unrelated_process() {
     let v = Value::<u64>::new_named(14).unwrap();
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "helper_unrelated_opener", "--test-threads=1"])
-        .env("SHMPROC_OPEN_VALUE", v.name().unwrap())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "the helper test did not run");
+    run_test_alone("helper_unrelated_opener", ("SHMPROC_OPEN_VALUE", v.name().unwrap()));
     assert_eq!(v.get().unwrap(), 42);
 }
 

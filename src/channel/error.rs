@@ -143,6 +143,16 @@ pub enum RecvTimeoutError {
     Failed(ChannelFault),
 }
 
+impl RecvTimeoutError {
+    /// The same outcome of a wait that had no deadline, which cannot have timed out.
+    pub(crate) fn unbounded(self) -> RecvError {
+        match self {
+            RecvTimeoutError::Failed(f) => RecvError::Failed(f),
+            RecvTimeoutError::Disconnected | RecvTimeoutError::Timeout => RecvError::Disconnected,
+        }
+    }
+}
+
 impl TryRecvError {
     /// Whether this is `Empty`.
     pub fn is_empty(&self) -> bool {

@@ -199,7 +199,7 @@ impl<T> Connection<T> {
     fn peer_gone(&self) -> bool {
         let h = self.header();
         let owner = h.owner[self.peer()].load(Ordering::Acquire);
-        h.closed[self.peer()].load(Ordering::Acquire) != 0 || !sys::process_alive(owner.saturating_abs())
+        h.closed[self.peer()].load(Ordering::Acquire) != 0 || !sys::process_alive(owner)
     }
 
     /// Whether this process owns the end (it made the pipe and kept it, or received
@@ -315,7 +315,7 @@ impl<T> Connection<T> {
     /// Receives a message sent with `send_bytes` (Python's `recv_bytes`).
     pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
         let mut out = Vec::new();
-        self.recv_raw(&mut out, Wait::Forever).map_err(to_recv_error)?;
+        self.recv_raw(&mut out, Wait::Forever).map_err(RecvTimeoutError::unbounded)?;
         Ok(out)
     }
 
@@ -354,13 +354,6 @@ impl<T> Connection<T> {
     }
 }
 
-fn to_recv_error(e: RecvTimeoutError) -> RecvError {
-    match e {
-        RecvTimeoutError::Failed(f) => RecvError::Failed(f),
-        _ => RecvError::Disconnected,
-    }
-}
-
 impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// Sends `msg` (Python's `send`).
     pub fn send(&self, msg: &T) -> Result<(), SendError<()>> {
@@ -373,7 +366,7 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
 
     /// Receives a message, waiting as long as it takes (Python's `recv`).
     pub fn recv(&self) -> Result<T, RecvError> {
-        self.recv_with(Wait::Forever).map_err(to_recv_error)
+        self.recv_with(Wait::Forever).map_err(RecvTimeoutError::unbounded)
     }
 
     /// Receives a message, waiting at most `timeout`.

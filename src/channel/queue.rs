@@ -29,6 +29,18 @@ enum Stop {
     Fault(ChannelFault),
 }
 
+impl Stop {
+    /// The error of a put that had no deadline: it cannot have timed out, so a
+    /// `Timeout` here would mean the ring's state is nonsense.
+    fn unbounded<T>(self, value: T) -> SendError<T> {
+        match self {
+            Stop::Closed => SendError::Disconnected(value),
+            Stop::Fault(fault) => SendError::Failed { value, fault },
+            Stop::Timeout => SendError::Failed { value, fault: ChannelFault::Corrupted("unbounded wait timed out") },
+        }
+    }
+}
+
 /// The mechanism every queue flavour shares: a ring and the waiting around it,
 /// independent of the message type (so that it is compiled once, not per `T`).
 #[derive(Clone)]
@@ -228,13 +240,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Puts `item`, waiting for room as long as it takes.
     pub fn put(&self, item: T) -> Result<(), SendError<T>> {
-        self.put_with(item, Wait::Forever).map_err(|(item, why)| match why {
-            Stop::Closed => SendError::Disconnected(item),
-            Stop::Fault(fault) => SendError::Failed { value: item, fault },
-            Stop::Timeout => {
-                SendError::Failed { value: item, fault: ChannelFault::Corrupted("unbounded wait timed out") }
-            }
-        })
+        self.put_with(item, Wait::Forever).map_err(|(item, why)| why.unbounded(item))
     }
 
     /// Puts `item` only if there is room now (Python's `put_nowait`).
@@ -287,21 +293,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Puts raw bytes, skipping the codec; a consumer takes them with `get_bytes`.
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<(), SendError<()>> {
-        self.put_raw(bytes, Wait::Forever).map_err(|stop| match stop {
-            Stop::Closed => SendError::Disconnected(()),
-            Stop::Fault(fault) => SendError::Failed { value: (), fault },
-            Stop::Timeout => {
-                SendError::Failed { value: (), fault: ChannelFault::Corrupted("unbounded wait timed out") }
-            }
-        })
+        self.put_raw(bytes, Wait::Forever).map_err(|why| why.unbounded(()))
     }
 
     /// Takes the oldest message, waiting as long as it takes.
     pub fn get(&self) -> Result<T, RecvError> {
-        self.get_deadline_with(Wait::Forever).map_err(|e| match e {
-            RecvTimeoutError::Failed(f) => RecvError::Failed(f),
-            _ => RecvError::Disconnected,
-        })
+        self.get_deadline_with(Wait::Forever).map_err(RecvTimeoutError::unbounded)
     }
 
     /// Takes a message only if one is there now (Python's `get_nowait`).
@@ -345,10 +342,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Takes the oldest message as raw bytes (see `put_bytes`).
     pub fn get_bytes(&self) -> Result<Vec<u8>, RecvError> {
-        self.get_bytes_with(Wait::Forever).map_err(|e| match e {
-            RecvTimeoutError::Failed(f) => RecvError::Failed(f),
-            _ => RecvError::Disconnected,
-        })
+        self.get_bytes_with(Wait::Forever).map_err(RecvTimeoutError::unbounded)
     }
 
     /// Takes raw bytes, waiting at most `timeout`.

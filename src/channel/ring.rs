@@ -381,9 +381,7 @@ impl Ring {
         if check != CHECK || !(kind == INLINE || kind == SIDE) || frame > used {
             return Err(GetFail::Fault(ChannelFault::Corrupted("frame header")));
         }
-        out.clear();
-        out.resize(len as usize, 0);
-        self.read(pos + FRAME_HEADER, out);
+        self.read_into(pos + FRAME_HEADER, len as usize, out);
         h.consumer.head.swap(pack(pos + frame, gets.wrapping_add(1)), Ordering::SeqCst);
         drop(held);
         h.not_full.notify_after_commit();
@@ -431,6 +429,22 @@ impl Ring {
         unsafe {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data.as_ptr().add(at), first);
             std::ptr::copy_nonoverlapping(bytes.as_ptr().add(first), self.data.as_ptr(), bytes.len() - first);
+        }
+    }
+
+    /// Replaces `out`'s contents with the `len` bytes at ring position `pos`, without
+    /// zero-filling first (a 1 MiB message would otherwise be written twice).
+    fn read_into(&self, pos: u64, len: usize, out: &mut Vec<u8>) {
+        out.clear();
+        out.reserve(len);
+        let at = (pos % self.capacity) as usize;
+        let first = len.min(self.capacity as usize - at);
+        // SAFETY: as in `read` for the source (`len` is a checked frame's, smaller than
+        // the capacity); `out` has room for `len` bytes, all written before `set_len`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.data.as_ptr().add(at), out.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(self.data.as_ptr(), out.as_mut_ptr().add(first), len - first);
+            out.set_len(len);
         }
     }
 

@@ -86,14 +86,6 @@ impl Header {
         self.body_len = body_len;
     }
 
-    /// The process that created a published shmproc segment, if the bytes are one.
-    pub(crate) fn creator_of(bytes: &[u8; HEADER_LEN]) -> Option<Creator> {
-        let field = |at: usize| u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-        let published = bytes[..8] == MAGIC && field(12) == READY && field(28) != 0;
-        let start_and_ns = u64::from_ne_bytes(bytes[56..64].try_into().unwrap_or([0; 8]));
-        published.then(|| Creator { pid: field(28), start: start_and_ns as u32, pid_ns: (start_and_ns >> 32) as u32 })
-    }
-
     /// Forgets the creator, so that no orphan sweep ever removes the segment.
     ///
     /// # Safety

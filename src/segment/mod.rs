@@ -557,8 +557,7 @@ pub fn remove_orphaned_segments() -> io::Result<usize> {
     let mut removed = 0;
     for name in sys::shm_names_with_prefix(NAME_PREFIX)? {
         let Ok(fd) = sys::shm_open_existing(&name) else { continue };
-        let Ok(bytes) = sys::read_prefix::<HEADER_LEN>(&fd) else { continue };
-        let Some(creator) = Header::creator_of(&bytes) else { continue };
+        let Some(creator) = creator_of(&fd) else { continue };
         if creator.pid_ns != sys::pid_namespace() || creator.pid_ns == 0 {
             continue; // made in another pid namespace: its pid means nothing here
         }
@@ -572,6 +571,22 @@ pub fn remove_orphaned_segments() -> io::Result<usize> {
         }
     }
     Ok(removed)
+}
+
+/// The creator recorded in the header of the shmproc segment behind `fd`, read
+/// without mapping it (and parsed by the same code that validates on attach).
+fn creator_of(fd: &OwnedFd) -> Option<Creator> {
+    let bytes = sys::read_prefix::<HEADER_LEN>(fd).ok()?;
+    let mut header = std::mem::MaybeUninit::<Header>::uninit();
+    // SAFETY: Header is exactly HEADER_LEN bytes of integers and an atomic (asserted
+    // in header.rs), valid for any bits, so copying the file's bytes into it makes an
+    // initialised, aligned Header.
+    let header = unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), header.as_mut_ptr().cast::<u8>(), HEADER_LEN);
+        header.assume_init()
+    };
+    // SAFETY: `header` is a whole, aligned Header on our stack.
+    unsafe { Header::read_and_validate(&header, u64::MAX) }.ok()?.creator
 }
 
 /// The start of every name shmproc gives a segment (after the leading '/').

@@ -60,3 +60,32 @@ pub fn cpu_time() -> Duration {
 pub fn quiet_panics() {
     std::panic::set_hook(Box::new(|_| {}));
 }
+
+/// Runs the test `name` of this test binary alone, in a fresh process (an unrelated
+/// one: not forked from this), with `env` set; panics unless it ran and passed within
+/// [`PATIENCE`]. The test should do nothing unless `env` is set.
+pub fn run_test_alone(name: &str, env: (&str, &str)) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--test-threads=1"])
+        .env(env.0, env.1)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the helper test {name} overstayed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(status.success(), "the helper test {name} failed:\n{out}");
+    assert!(out.contains("1 passed"), "the helper test {name} did not run");
+}
