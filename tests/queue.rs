@@ -239,10 +239,11 @@ fn write_at(name: &str, offset: u64, bytes: &[u8]) {
     f.write_all_at(bytes, offset).unwrap();
 }
 
-/// The segment: header (64 bytes), then the ring header (384: the producers' line,
-/// the consumers' line, three signal lines, the rest), then the data.
-const TAIL_AT: u64 = 64 + 24;
-const DATA_AT: u64 = 64 + 384;
+/// The segment: header (64 bytes), then the ring header (nine 64-byte lines: the
+/// producers' lock, `tail`, the consumers' lock, `head`, three signals, `done`, the
+/// fixed words), then the data.
+const TAIL_AT: u64 = 64 + 64;
+const DATA_AT: u64 = 64 + 9 * 64;
 
 #[test]
 fn corrupted_bytes_give_errors_not_ub_or_hangs() {

@@ -14,6 +14,7 @@
 //! - **Never trust the ring.** Damaged positions or frames are errors, not UB.
 
 mod error;
+mod pace;
 mod pipe;
 mod queue;
 mod ring;

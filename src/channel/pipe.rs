@@ -191,7 +191,9 @@ impl<T> Connection<T> {
 
     /// Whether the other end was closed (an atomic load: cheap).
     fn peer_closed(&self) -> bool {
-        self.header().closed[self.peer()].load(Ordering::Acquire) != 0
+        // SeqCst, as the store in `close`: a waiter that asked to be woken and then
+        // looks here either sees the close or is woken after it.
+        self.header().closed[self.peer()].load(Ordering::SeqCst) != 0
     }
 
     /// Whether the other end was closed, or the process owning it is gone (reads
@@ -219,12 +221,12 @@ impl<T> Connection<T> {
         if !self.owns_end() {
             return;
         }
-        self.header().closed[self.end].store(1, Ordering::Release);
+        self.header().closed[self.end].store(1, Ordering::SeqCst);
         if let Some(r) = &self.send {
             r.close(); // wakes a receiver waiting on it
         }
         if let Some(r) = &self.recv {
-            r.header().not_full.notify();
+            r.wake_producers();
         }
     }
 
@@ -268,9 +270,7 @@ impl<T> Connection<T> {
                 Err(PutFail::Fault(fault)) => return Err(SendError::Failed { value: (), fault }),
             }
             let ready = || ring.has_room(&message) || self.peer_closed();
-            if ring.header().not_full.wait_until(Wait::Forever, Some(PEER_CHECK), ready) == Waited::Polled
-                && self.peer_gone()
-            {
+            if ring.wait_for_room(Wait::Forever, Some(PEER_CHECK), ready) == Waited::Polled && self.peer_gone() {
                 return Err(SendError::Disconnected(()));
             }
         }
@@ -289,7 +289,7 @@ impl<T> Connection<T> {
                 Err(GetFail::Fault(f)) => return Err(RecvTimeoutError::Failed(f)),
             }
             let ready = || ring.has_data_or_closed() || self.peer_closed();
-            let gone = match ring.header().not_empty.wait_until(wait, Some(PEER_CHECK), ready) {
+            let gone = match ring.wait_for_data(wait, Some(PEER_CHECK), ready) {
                 // A short timeout never reaches a poll: look before reporting it.
                 Waited::TimedOut if !self.peer_gone_now_and_then() => return Err(RecvTimeoutError::Timeout),
                 Waited::TimedOut => true,
@@ -344,7 +344,7 @@ impl<T> Connection<T> {
         }
         loop {
             let ready = || ring.has_data_or_closed() || self.peer_closed();
-            match ring.header().not_empty.wait_until(wait, Some(PEER_CHECK), ready) {
+            match ring.wait_for_data(wait, Some(PEER_CHECK), ready) {
                 Waited::Ready => return true,
                 Waited::TimedOut => return ring.has_data_or_closed(),
                 Waited::Polled if self.peer_gone() => return true,

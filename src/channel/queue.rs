@@ -87,7 +87,7 @@ impl RawQueue {
                 Err(e) => return Err((e, None)),
             }
             let ready = || self.ring.has_room(&message) || self.ring.is_closed();
-            match self.ring.header().not_full.wait_until(wait, None, ready) {
+            match self.ring.wait_for_room(wait, None, ready) {
                 Waited::Ready | Waited::Polled => {}
                 Waited::TimedOut => return Err((PutFail::Full, Some(Stop::Timeout))),
             }
@@ -101,7 +101,7 @@ impl RawQueue {
                 Err(GetFail::Empty) if wait != Wait::Never => {}
                 other => return other,
             }
-            match self.ring.header().not_empty.wait_until(wait, None, || self.ring.has_data_or_closed()) {
+            match self.ring.wait_for_data(wait, None, || self.ring.has_data_or_closed()) {
                 Waited::Ready | Waited::Polled => {}
                 Waited::TimedOut => return Err(GetFail::Empty),
             }
@@ -109,8 +109,15 @@ impl RawQueue {
     }
 }
 
+/// The largest encoding put straight from the stack.
+const SMALL_MESSAGE: usize = 128;
+
 fn encode_into<T: Serialize>(item: &T, buf: Vec<u8>) -> Result<Vec<u8>, ChannelFault> {
-    postcard::to_extend(item, buf).map_err(|e| ChannelFault::Encode(format!("`{}`: {e}", std::any::type_name::<T>())))
+    postcard::to_extend(item, buf).map_err(encode_error::<T>)
+}
+
+fn encode_error<T>(e: postcard::Error) -> ChannelFault {
+    ChannelFault::Encode(format!("`{}`: {e}", std::any::type_name::<T>()))
 }
 
 thread_local! {
@@ -271,14 +278,23 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn put_with(&self, item: T, wait: Wait) -> Result<(), (T, Stop)> {
-        let sent = with_scratch(|buf| match encode_into(&item, std::mem::take(buf)) {
-            Ok(bytes) => {
-                let sent = self.put_raw(&bytes, wait);
-                *buf = bytes;
-                sent
+        // Most messages are small: encode them on the stack, the rest in the
+        // thread's scratch buffer.
+        let mut small = [0u8; SMALL_MESSAGE];
+        let sent = match postcard::to_slice(&item, &mut small) {
+            Ok(bytes) => self.put_raw(bytes, wait),
+            Err(postcard::Error::SerializeBufferFull) => {
+                with_scratch(|buf| match encode_into(&item, std::mem::take(buf)) {
+                    Ok(bytes) => {
+                        let sent = self.put_raw(&bytes, wait);
+                        *buf = bytes;
+                        sent
+                    }
+                    Err(fault) => Err(Stop::Fault(fault)),
+                })
             }
-            Err(fault) => Err(Stop::Fault(fault)),
-        });
+            Err(e) => Err(Stop::Fault(encode_error::<T>(e))),
+        };
         sent.map_err(|stop| (item, stop))
     }
 
@@ -480,7 +496,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
 
     fn join_with(&self, wait: Wait) -> bool {
         let ring = &self.queue.raw.ring;
-        ring.header().all_done.wait_until(wait, None, || ring.unfinished() == 0) == Waited::Ready
+        ring.wait_all_done(wait)
     }
 }
 

@@ -14,11 +14,22 @@
 //! | `tail`     | the producer holding `put_lock` | bits 0–39: end of the last committed frame (a byte position, mod 2⁴⁰); bits 40–63: messages put (mod 2²⁴) |
 //! | `head`     | the consumer holding `get_lock` | the same for the first unread frame and messages taken |
 //! | `head_seen`, `tail_seen` | each side, under its lock | its last look at the other side's word, refreshed only when the ring seems full (empty) |
-//!
-//! The producers' words and the consumers' words sit on separate cache lines, so
-//! one producer and one consumer exchange only the data and, now and then, an index.
 //! | `done`     | `task_done`             | messages marked done (mod 2²⁴), for `JoinableQueue` |
 //! | `closed`   | `close`                 | no more puts |
+//!
+//! Each of these changes at its own pace, so each group has a cache line of its own
+//! ([`RingHeader`]): the producers' lock with `head_seen`, `tail`, the consumers'
+//! lock with `tail_seen`, `head`, the three signals, `done`, and the fixed words. A
+//! consumer polling `tail` then never steals the line a producer locks, and one
+//! producer and one consumer exchange only the data and the two positions.
+//!
+//! ## Waking
+//! A consumer about to sleep sets the NOTIFY bit of `put_lock`, and the producer's
+//! release of that lock reports it (see [`Signal`]); the same the other way round
+//! with `get_lock`. So a put or a get costs two locked instructions (take and release
+//! the lock) and no fence: the commit itself is a plain release store. A consumer
+//! that keeps catching up with its producer holds back before it looks again
+//! ([`pace`](super::pace)).
 //!
 //! ## Whole or nothing
 //! A producer writes its frame beyond `tail`, where no consumer looks, then commits it
@@ -46,12 +57,14 @@
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::error::ChannelFault;
-use super::signal::Signal;
+use super::pace::{self, Pace};
+use super::signal::{Asker, Signal, Waited};
 use crate::segment::{Backing, Expect, ObjectKind, Segment};
 use crate::sync::wait::Wait;
-use crate::sync::{Acquire, RawMutex, Reentry};
+use crate::sync::{Acquire, RawMutex};
 
 const POS_BITS: u32 = 40;
 const POS_MASK: u64 = (1 << POS_BITS) - 1;
@@ -66,27 +79,34 @@ const CHECK: u64 = 0xA5;
 const INLINE: u8 = 1;
 const SIDE: u8 = 2;
 
-/// What the producers write, on a cache line of its own: a consumer's writes never
-/// steal it from a producer, and the other way round.
-#[repr(C, align(64))]
+/// What only producers touch, on a cache line of its own: a consumer's reads and
+/// writes never steal it from a producer in the middle of a put.
+#[repr(C)]
 struct ProducerSide {
     put_lock: RawMutex,
-    tail: AtomicU64,
     /// The producers' last look at `head`: refreshed only when the ring seems full,
     /// so that a put does not pull the consumers' line on every message.
     head_seen: AtomicU64,
 }
 
-/// What the consumers write, on a cache line of its own.
-#[repr(C, align(64))]
+/// What only consumers touch, on a cache line of its own.
+#[repr(C)]
 struct ConsumerSide {
     get_lock: RawMutex,
-    head: AtomicU64,
     /// The consumers' last look at `tail`, refreshed only when the ring seems empty.
     tail_seen: AtomicU64,
 }
 
-/// A signal on a cache line of its own.
+/// What is set once, or once in a lifetime (`closed`): read on every put and get,
+/// so it shares its line with nothing that changes.
+#[repr(C)]
+struct Fixed {
+    closed: AtomicU32,
+    maxsize: AtomicU32,
+    capacity: AtomicU64,
+}
+
+/// A value on a cache line of its own.
 #[repr(C, align(64))]
 pub(crate) struct Line<T>(pub(crate) T);
 
@@ -97,17 +117,20 @@ impl<T> std::ops::Deref for Line<T> {
     }
 }
 
+/// Every word that changes at its own pace has its own line. `tail` and `head`,
+/// which the other side polls, are apart from the locks: a consumer spinning on
+/// `tail` does not make the producer's lock and unlock miss the cache.
 #[repr(C)]
 pub(crate) struct RingHeader {
-    producer: ProducerSide,
-    consumer: ConsumerSide,
+    producer: Line<ProducerSide>,
+    tail: Line<AtomicU64>,
+    consumer: Line<ConsumerSide>,
+    head: Line<AtomicU64>,
     pub(crate) not_empty: Line<Signal>,
     pub(crate) not_full: Line<Signal>,
     pub(crate) all_done: Line<Signal>,
-    done: AtomicU64,
-    closed: AtomicU32,
-    maxsize: AtomicU32,
-    capacity: AtomicU64,
+    done: Line<AtomicU64>,
+    fixed: Line<Fixed>,
 }
 
 /// The bytes a ring of `capacity` takes, header included, 64-byte aligned.
@@ -157,6 +180,8 @@ pub(crate) struct Ring {
     data: NonNull<u8>,
     capacity: u64,
     maxsize: u32,
+    /// How this handle's recent waits for data went.
+    pace: Pace,
 }
 
 // SAFETY: the header is atomics and robust locks; the data area is only touched
@@ -174,10 +199,9 @@ impl Ring {
     pub(crate) unsafe fn init(at: *mut u8, capacity: u64, maxsize: u32) {
         let hdr = at.cast::<RingHeader>();
         // SAFETY: per the contract; zeroed locks and signals are valid and free.
-        unsafe {
-            (*hdr).capacity.store(capacity, Ordering::Relaxed);
-            (*hdr).maxsize.store(maxsize, Ordering::Relaxed);
-        }
+        let fixed = unsafe { &(*hdr).fixed };
+        fixed.capacity.store(capacity, Ordering::Relaxed);
+        fixed.maxsize.store(maxsize, Ordering::Relaxed);
     }
 
     /// The ring at `offset` in `seg`'s body, checked against the segment's size.
@@ -189,8 +213,8 @@ impl Ring {
         // SAFETY: `offset..offset + header_len()` is inside the body and 64-byte
         // aligned (the body is); RingHeader is atomics and locks, valid for any bits.
         let hdr = unsafe { &*seg.body().add(offset).cast::<RingHeader>() };
-        let capacity = hdr.capacity.load(Ordering::Relaxed);
-        let maxsize = hdr.maxsize.load(Ordering::Relaxed);
+        let capacity = hdr.fixed.capacity.load(Ordering::Relaxed);
+        let maxsize = hdr.fixed.maxsize.load(Ordering::Relaxed);
         if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity)
             || !capacity.is_power_of_two()
             || !fits(ring_len(capacity))
@@ -202,7 +226,7 @@ impl Ring {
             let base = seg.body().add(offset);
             (NonNull::new_unchecked(base.cast()), NonNull::new_unchecked(base.add(header_len())))
         };
-        Ok(Ring { seg, hdr, data, capacity, maxsize })
+        Ok(Ring { seg, hdr, data, capacity, maxsize, pace: Pace::default() })
     }
 
     pub(crate) fn header(&self) -> &RingHeader {
@@ -225,16 +249,65 @@ impl Ring {
     /// Takes one of the ring's robust locks, waiting per `wait` (`None`: not in
     /// time). A holder that died mid-put or mid-get left the committed state whole
     /// (see the module docs), so the poison is cleared.
-    fn lock<'a>(&self, lock: &'a RawMutex, wait: Wait) -> Result<Option<LockHeld<'a>>, ChannelFault> {
+    fn lock<'a>(
+        &self,
+        lock: &'a RawMutex,
+        wakes: &'a Signal,
+        wait: Wait,
+    ) -> Result<Option<LockHeld<'a>>, ChannelFault> {
         match lock.acquire_spinning(wait) {
-            Acquire::Clean => Ok(Some(LockHeld(lock))),
+            Acquire::Clean => Ok(Some(LockHeld { lock, wakes })),
             Acquire::Poisoned => {
                 lock.clear_poison();
-                Ok(Some(LockHeld(lock)))
+                Ok(Some(LockHeld { lock, wakes }))
             }
             Acquire::WouldBlock | Acquire::TimedOut => Ok(None),
             _ => Err(ChannelFault::Corrupted("ring lock")),
         }
+    }
+
+    /// Takes the producers' lock; its release wakes consumers that asked for it.
+    fn lock_puts(&self, wait: Wait) -> Result<Option<LockHeld<'_>>, ChannelFault> {
+        let h = self.header();
+        self.lock(&h.producer.put_lock, &h.not_empty, wait)
+    }
+
+    /// Takes the consumers' lock; its release wakes producers that asked for it.
+    fn lock_gets(&self, wait: Wait) -> Result<Option<LockHeld<'_>>, ChannelFault> {
+        let h = self.header();
+        self.lock(&h.consumer.get_lock, &h.not_full, wait)
+    }
+
+    /// Waits until `ready()` (a consumer's condition): the next put wakes us. A
+    /// consumer that keeps catching up with its producer first holds back (see
+    /// [`pace`](super::pace)).
+    pub(crate) fn wait_for_data(&self, wait: Wait, poll: Option<Duration>, mut ready: impl FnMut() -> bool) -> Waited {
+        let h = self.header();
+        let held_back = self.pace.hold_back();
+        if pace::look_briefly(&mut ready) {
+            // After a pause, a lone message means the producer is not streaming.
+            self.pace.record(!held_back || self.len() >= 2);
+            return Waited::Ready;
+        }
+        self.pace.record(false);
+        h.not_empty.wait_until(wait, poll, Asker::Release(&h.producer.put_lock), ready)
+    }
+
+    /// Waits until `ready()` (a producer's condition): the next get wakes us.
+    pub(crate) fn wait_for_room(&self, wait: Wait, poll: Option<Duration>, ready: impl FnMut() -> bool) -> Waited {
+        let h = self.header();
+        h.not_full.wait_until(wait, poll, Asker::Release(&h.consumer.get_lock), ready)
+    }
+
+    /// Waits until every message put was marked done (`JoinableQueue::join`).
+    pub(crate) fn wait_all_done(&self, wait: Wait) -> bool {
+        self.header().all_done.wait_until(wait, None, Asker::Count, || self.unfinished() == 0) == Waited::Ready
+    }
+
+    /// Wakes producers waiting for room, whatever they wait for: for a change that
+    /// is not a get (the other end of a pipe closing).
+    pub(crate) fn wake_producers(&self) {
+        self.header().not_full.wake_all();
     }
 
     /// Bytes and messages in the ring now, if the words make sense.
@@ -257,14 +330,13 @@ impl Ring {
     /// Messages in the ring (Python's `qsize`).
     pub(crate) fn len(&self) -> usize {
         let h = self.header();
-        self.occupancy(h.producer.tail.load(Ordering::Acquire), h.consumer.head.load(Ordering::Acquire))
-            .map_or(0, |(_, n)| n as usize)
+        self.occupancy(h.tail.load(Ordering::Acquire), h.head.load(Ordering::Acquire)).map_or(0, |(_, n)| n as usize)
     }
 
     /// Whether `message` would fit now (a hint for waiters).
     pub(crate) fn has_room(&self, message: &Outgoing<'_>) -> bool {
         let h = self.header();
-        match self.occupancy(h.producer.tail.load(Ordering::Acquire), h.consumer.head.load(Ordering::Acquire)) {
+        match self.occupancy(h.tail.load(Ordering::Acquire), h.head.load(Ordering::Acquire)) {
             Ok(occupancy) => !self.full(occupancy, frame_len(message.frame_payload().len() as u64)),
             Err(_) => true, // let the put report the corruption
         }
@@ -273,23 +345,23 @@ impl Ring {
     /// Whether something can be taken now, or the ring is closed (a hint for waiters).
     pub(crate) fn has_data_or_closed(&self) -> bool {
         let h = self.header();
-        h.producer.tail.load(Ordering::Acquire) & POS_MASK != h.consumer.head.load(Ordering::Acquire) & POS_MASK
-            || self.is_closed()
+        h.tail.load(Ordering::Acquire) & POS_MASK != h.head.load(Ordering::Acquire) & POS_MASK || self.is_closed()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.header().closed.load(Ordering::Acquire) != 0
+        // SeqCst, as in the hints: see `Signal::wake_all`'s callers in `close`.
+        self.header().fixed.closed.load(Ordering::SeqCst) != 0
     }
 
     /// Closes the ring for every process. Under the put lock, so that no put that
     /// saw it open commits after a consumer saw it closed and drained.
     pub(crate) fn close(&self) {
         let h = self.header();
-        let held = self.lock(&h.producer.put_lock, Wait::Forever);
-        h.closed.store(1, Ordering::SeqCst);
+        // Releasing the put lock wakes the consumers; producers asked the get lock.
+        let held = self.lock_puts(Wait::Forever);
+        h.fixed.closed.store(1, Ordering::SeqCst);
         drop(held);
-        h.not_empty.notify();
-        h.not_full.notify();
+        h.not_full.wake_all();
     }
 
     /// The largest payload kept in the ring itself; larger ones travel in side
@@ -315,19 +387,19 @@ impl Ring {
             Outgoing::Side(s) => (SIDE, s.name().as_bytes()),
         };
         let h = self.header();
-        let Some(held) = self.lock(&h.producer.put_lock, wait).map_err(PutFail::Fault)? else {
+        let Some(held) = self.lock_puts(wait).map_err(PutFail::Fault)? else {
             return Err(PutFail::Full);
         };
         if self.is_closed() {
             return Err(PutFail::Closed);
         }
-        let tail = h.producer.tail.load(Ordering::Relaxed);
+        let tail = h.tail.load(Ordering::Relaxed);
         let len = bytes.len() as u64;
         let frame = frame_len(len);
         // First against the last head we saw: it only errs towards "full".
         let mut room = self.occupancy(tail, h.producer.head_seen.load(Ordering::Relaxed));
         if room.as_ref().map_or(true, |r| self.full(*r, frame)) {
-            let head = h.consumer.head.load(Ordering::Acquire);
+            let head = h.head.load(Ordering::Acquire);
             h.producer.head_seen.store(head, Ordering::Relaxed);
             room = self.occupancy(tail, head);
         }
@@ -342,12 +414,11 @@ impl Ring {
         }
         let (pos, puts) = unpack(tail);
         let header = len | (u64::from(kind) << 32) | (CHECK << 40);
-        self.write(pos, &header.to_le_bytes());
+        self.write_word(pos, header);
         self.write(pos + FRAME_HEADER, bytes);
-        // SeqCst: the commit also orders the `sleepers` read in `notify_after_commit`.
-        h.producer.tail.swap(pack(pos + frame, puts.wrapping_add(1)), Ordering::SeqCst);
-        drop(held);
-        h.not_empty.notify_after_commit();
+        h.tail.store(pack(pos + frame, puts.wrapping_add(1)), Ordering::Release);
+        drop(held); // wakes consumers that asked
+
         Ok(())
     }
 
@@ -355,17 +426,17 @@ impl Ring {
     /// waiting per `wait` only for the lock.
     pub(crate) fn try_get(&self, out: &mut Vec<u8>, wait: Wait) -> Result<(), GetFail> {
         let h = self.header();
-        let Some(held) = self.lock(&h.consumer.get_lock, wait).map_err(GetFail::Fault)? else {
+        let Some(held) = self.lock_gets(wait).map_err(GetFail::Fault)? else {
             return Err(GetFail::Empty);
         };
         // `closed` before `tail`: a put that commits after this load was made before
         // the close (close takes the put lock), so it is still seen below.
         let closed = self.is_closed();
-        let head = h.consumer.head.load(Ordering::Relaxed);
+        let head = h.head.load(Ordering::Relaxed);
         // First against the last tail we saw: it only errs towards "empty".
         let mut tail = h.consumer.tail_seen.load(Ordering::Acquire);
         if tail & POS_MASK == head & POS_MASK || self.occupancy(tail, head).is_err() {
-            tail = h.producer.tail.load(Ordering::Acquire);
+            tail = h.tail.load(Ordering::Acquire);
             h.consumer.tail_seen.store(tail, Ordering::Release);
         }
         let (used, _) = self.occupancy(tail, head).map_err(GetFail::Fault)?;
@@ -373,18 +444,15 @@ impl Ring {
             return Err(if closed { GetFail::Closed } else { GetFail::Empty });
         }
         let (pos, gets) = unpack(head);
-        let mut word = [0u8; 8];
-        self.read(pos, &mut word);
-        let word = u64::from_le_bytes(word);
+        let word = self.read_word(pos);
         let (len, kind, check) = (word & 0xFFFF_FFFF, (word >> 32) as u8, (word >> 40) & 0xFF);
         let frame = frame_len(len);
         if check != CHECK || !(kind == INLINE || kind == SIDE) || frame > used {
             return Err(GetFail::Fault(ChannelFault::Corrupted("frame header")));
         }
         self.read_into(pos + FRAME_HEADER, len as usize, out);
-        h.consumer.head.swap(pack(pos + frame, gets.wrapping_add(1)), Ordering::SeqCst);
-        drop(held);
-        h.not_full.notify_after_commit();
+        h.head.store(pack(pos + frame, gets.wrapping_add(1)), Ordering::Release);
+        drop(held); // wakes producers that asked
         if kind == SIDE {
             let name = std::str::from_utf8(out).map_err(|_| GetFail::Fault(ChannelFault::Corrupted("side name")))?;
             *out = SideSegment::take(name).map_err(GetFail::Fault)?;
@@ -395,7 +463,7 @@ impl Ring {
     /// Messages put and not yet marked done (`JoinableQueue`).
     pub(crate) fn unfinished(&self) -> u32 {
         let h = self.header();
-        let (_, puts) = unpack(h.producer.tail.load(Ordering::Acquire));
+        let (_, puts) = unpack(h.tail.load(Ordering::Acquire));
         puts.wrapping_sub(h.done.load(Ordering::Acquire) as u32) & COUNT_MASK
     }
 
@@ -406,7 +474,7 @@ impl Ring {
         let ok = h
             .done
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
-                let (_, puts) = unpack(h.producer.tail.load(Ordering::Acquire));
+                let (_, puts) = unpack(h.tail.load(Ordering::Acquire));
                 let unfinished = puts.wrapping_sub(d as u32) & COUNT_MASK;
                 left = unfinished.saturating_sub(1);
                 (unfinished != 0).then(|| u64::from((d as u32).wrapping_add(1) & COUNT_MASK))
@@ -418,9 +486,30 @@ impl Ring {
         ok
     }
 
+    /// Where ring position `pos` is in the data area: an offset below the capacity.
+    fn offset(&self, pos: u64) -> usize {
+        (pos & (self.capacity - 1)) as usize
+    }
+
+    /// Writes a frame header at ring position `pos` (a multiple of 8: never wraps).
+    fn write_word(&self, pos: u64, word: u64) {
+        // SAFETY: the offset is a multiple of 8 below the capacity (a multiple of 8),
+        // so the word is inside the data area and aligned (the area is 64-aligned).
+        // It is beyond the committed tail, where only the put_lock holder writes.
+        unsafe { self.data.as_ptr().add(self.offset(pos)).cast::<u64>().write(word.to_le()) }
+    }
+
+    /// Reads the frame header at ring position `pos` (a multiple of 8).
+    fn read_word(&self, pos: u64) -> u64 {
+        // SAFETY: as in `write_word`; committed bytes, which no producer overwrites
+        // until `head` moves past them. Volatile: another process may scribble on
+        // them, and the value is checked, not trusted.
+        u64::from_le(unsafe { self.data.as_ptr().add(self.offset(pos)).cast::<u64>().read_volatile() })
+    }
+
     /// Copies `bytes` into the data area at ring position `pos` (wrapping).
     fn write(&self, pos: u64, bytes: &[u8]) {
-        let at = (pos % self.capacity) as usize;
+        let at = self.offset(pos);
         let first = bytes.len().min(self.capacity as usize - at);
         // SAFETY: `at + first <= capacity` and the rest (< capacity, as every frame
         // fits the ring) starts at 0: both inside the data area. The bytes are beyond
@@ -428,7 +517,9 @@ impl Ring {
         // reads.
         unsafe {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data.as_ptr().add(at), first);
-            std::ptr::copy_nonoverlapping(bytes.as_ptr().add(first), self.data.as_ptr(), bytes.len() - first);
+            if first < bytes.len() {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr().add(first), self.data.as_ptr(), bytes.len() - first);
+            }
         }
     }
 
@@ -437,37 +528,33 @@ impl Ring {
     fn read_into(&self, pos: u64, len: usize, out: &mut Vec<u8>) {
         out.clear();
         out.reserve(len);
-        let at = (pos % self.capacity) as usize;
+        let at = self.offset(pos);
         let first = len.min(self.capacity as usize - at);
-        // SAFETY: as in `read` for the source (`len` is a checked frame's, smaller than
-        // the capacity); `out` has room for `len` bytes, all written before `set_len`.
+        // SAFETY: the source is inside the data area, as in `write` (`len` is a checked
+        // frame's, smaller than the capacity), in committed bytes that only the
+        // get_lock holder consumes and no producer overwrites until `head` moves;
+        // `out` has room for `len` bytes, all written before `set_len`.
         unsafe {
             std::ptr::copy_nonoverlapping(self.data.as_ptr().add(at), out.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(self.data.as_ptr(), out.as_mut_ptr().add(first), len - first);
+            if first < len {
+                std::ptr::copy_nonoverlapping(self.data.as_ptr(), out.as_mut_ptr().add(first), len - first);
+            }
             out.set_len(len);
-        }
-    }
-
-    /// Copies from ring position `pos` (wrapping) into `out`.
-    fn read(&self, pos: u64, out: &mut [u8]) {
-        let at = (pos % self.capacity) as usize;
-        let first = out.len().min(self.capacity as usize - at);
-        // SAFETY: as in `write`: inside the data area (`out` is at most a checked
-        // frame, smaller than the capacity), in committed bytes that only the
-        // get_lock holder consumes and no producer overwrites until `head` moves.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.data.as_ptr().add(at), out.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(self.data.as_ptr(), out.as_mut_ptr().add(first), out.len() - first);
         }
     }
 }
 
-/// A held ring lock, released on drop.
-struct LockHeld<'a>(&'a RawMutex);
+/// A held ring lock, released on drop, waking `wakes` when a waiter asked.
+struct LockHeld<'a> {
+    lock: &'a RawMutex,
+    wakes: &'a Signal,
+}
 
 impl Drop for LockHeld<'_> {
     fn drop(&mut self) {
-        let _ = self.0.release(Reentry::Refuse);
+        if self.lock.release_notifying() == Ok(true) {
+            self.wakes.wake_all();
+        }
     }
 }
 

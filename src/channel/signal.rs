@@ -4,18 +4,27 @@
 //! | field      | written by | meaning                                          |
 //! |------------|------------|--------------------------------------------------|
 //! | `seq`      | wakers     | bumped on every wake-up; the futex word           |
-//! | `sleepers` | waiters    | how many may be asleep on `seq`                   |
+//! | `sleepers` | waiters    | how many may be asleep on `seq` ([`Asker::Count`]) |
 //!
-//! A waiter registers in `sleepers` *before* its last check of the condition, and a
-//! waker changes the condition *before* reading `sleepers` (both sequentially
-//! consistent), so either the waiter sees the change or the waker sees the waiter.
-//! A waiter killed asleep leaves `sleepers` high (costing wakers a syscall); a
-//! scribbled `sleepers` can delay a sleeper by at most [`SAFETY_POLL`].
+//! A waiter asks to be woken *before* its last look at the condition, and a waker
+//! changes the condition *before* it finds out whether anyone asked, so either the
+//! waiter sees the change or the waker sees the waiter. There are two ways to ask:
+//!
+//! - [`Asker::Count`]: add one to `sleepers`; a waker fences and reads it. For
+//!   changes made without a lock (`task_done`).
+//! - [`Asker::Release`]: set the NOTIFY bit of the lock under which the change is
+//!   made (a ring's put or get lock); the holder's release reports it. This costs the
+//!   holder nothing beyond the release it makes anyway, which is why a put or a get
+//!   has no fence of its own.
+//!
+//! A waiter killed asleep leaves `sleepers` (or the bit) high, costing wakers a
+//! syscall; a scribbled `sleepers` can delay a sleeper by at most [`SAFETY_POLL`].
 
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::sync::wait::{sleep_on, spin, wake, Wait, SAFETY_POLL};
+use crate::sync::RawMutex;
 
 /// How a [`Signal::wait_until`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +35,15 @@ pub(crate) enum Waited {
     Polled,
 }
 
+/// How a waiter asks to be woken (see the module docs).
+#[derive(Clone, Copy)]
+pub(crate) enum Asker<'a> {
+    /// Counted in `sleepers`, for wakers that call [`Signal::notify`].
+    Count,
+    /// By the next release of this lock, whose releaser calls [`Signal::wake_all`].
+    Release(&'a RawMutex),
+}
+
 #[repr(C)]
 pub(crate) struct Signal {
     seq: AtomicU32,
@@ -33,44 +51,54 @@ pub(crate) struct Signal {
 }
 
 impl Signal {
-    /// Wakes every sleeper, if any. Call after making the condition true.
+    /// Wakes every sleeper counted in `sleepers`, if any. Call after making the
+    /// condition true.
     #[inline]
     pub(crate) fn notify(&self) {
         fence(Ordering::SeqCst);
-        self.notify_after_commit();
+        if self.sleepers.load(Ordering::SeqCst) != 0 {
+            self.wake_all();
+        }
     }
 
-    /// As [`notify`](Self::notify), for a caller whose change of the condition was
-    /// itself a sequentially consistent read-modify-write (which orders the
-    /// `sleepers` read after it, as the fence would).
-    #[inline]
-    pub(crate) fn notify_after_commit(&self) {
-        if self.sleepers.load(Ordering::SeqCst) != 0 {
-            self.seq.fetch_add(1, Ordering::SeqCst);
-            wake(&self.seq, u32::MAX);
-        }
+    /// Wakes every sleeper, however it asked. Call after making the condition true.
+    pub(crate) fn wake_all(&self) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        wake(&self.seq, u32::MAX);
     }
 
     /// Waits until `ready()` holds (spinning briefly first), `wait`'s deadline
     /// passes, or, when `poll` is given, that long has passed, so that the caller can
     /// look at what no waker will tell it (a peer process's death) and call again.
-    pub(crate) fn wait_until(&self, wait: Wait, poll: Option<Duration>, mut ready: impl FnMut() -> bool) -> Waited {
+    pub(crate) fn wait_until(
+        &self,
+        wait: Wait,
+        poll: Option<Duration>,
+        asker: Asker<'_>,
+        mut ready: impl FnMut() -> bool,
+    ) -> Waited {
         if ready() || spin(|| ready().then_some(())).is_some() {
             return Waited::Ready;
         }
-
         if wait.expired() {
             return Waited::TimedOut;
         }
         let slice = poll.map_or(SAFETY_POLL, |p| p.min(SAFETY_POLL));
         loop {
             let seen = self.seq.load(Ordering::SeqCst);
-            self.sleepers.fetch_add(1, Ordering::SeqCst);
-            // Orders our registration before the condition's loads below on every
-            // architecture (on x86 the locked add already does).
-            fence(Ordering::SeqCst);
+            match asker {
+                Asker::Count => {
+                    self.sleepers.fetch_add(1, Ordering::SeqCst);
+                    // Orders our registration before the condition's loads below on
+                    // every architecture (on x86 the locked add already does).
+                    fence(Ordering::SeqCst);
+                }
+                Asker::Release(lock) => lock.request_notify(),
+            }
             let in_time = ready() || sleep_on(&self.seq, seen, wait, Some(slice));
-            self.sleepers.fetch_sub(1, Ordering::SeqCst);
+            if let Asker::Count = asker {
+                self.sleepers.fetch_sub(1, Ordering::SeqCst);
+            }
             if ready() {
                 return Waited::Ready;
             }

@@ -31,6 +31,6 @@ pub use condition::{Condition, ConditionGuard};
 pub use error::{BarrierError, LockError, LockResult, ReleaseError};
 pub use event::Event;
 pub use lock::{Lock, LockGuard};
-pub(crate) use raw_mutex::{Acquire, RawMutex, Reentry};
+pub(crate) use raw_mutex::{Acquire, RawMutex};
 pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore};

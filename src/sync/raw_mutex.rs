@@ -22,7 +22,7 @@
 //! ## The words
 //! | field       | written by        | meaning |
 //! |-------------|-------------------|---------|
-//! | `word`      | lockers, unlocker | `0` free; else the owner's thread id (bits 0–29), bit 31 set when a waiter may sleep on it |
+//! | `word`      | lockers, unlocker | `0` free; else the owner's thread id (bits 0–29); bit 31 set when a waiter may sleep on it; bit 30 ([`NOTIFY`]) set by someone waiting for what the holder will do |
 //! | `depth`     | the owner         | re-entry depth of an `RLock` (1 for a `Lock`) |
 //! | `poisoned`  | any holder        | 1 once a holder died or panicked holding it; sticky until cleared |
 //! | `owner_tag` | the owner         | `(tid << 32) | start`, written right after taking the lock |
@@ -58,6 +58,14 @@ const FIRST_OWNER_CHECK: Duration = Duration::from_millis(1);
 
 const TID_MASK: u32 = (1 << 30) - 1;
 const WAITERS: u32 = 1 << 31;
+/// Set by a process waiting for what this lock's holders do under it (a channel's
+/// consumer waiting for a put); the release that clears it tells its caller to wake
+/// that waiter. Because setting it and releasing are read-modify-writes of one word,
+/// either the release sees the bit or the waiter, having set it, sees everything the
+/// holder did: no separate fence on the holder's path. Lockers keep the bit.
+const NOTIFY: u32 = 1 << 30;
+/// The bits a locker keeps when it takes the word.
+const KEPT: u32 = WAITERS | NOTIFY;
 
 /// All zeroes is a free, unpoisoned lock: a fresh segment needs no initialisation.
 ///
@@ -172,7 +180,7 @@ impl RawMutex {
             return None;
         }
         self.word
-            .compare_exchange(cur, me.tid | extra | (cur & WAITERS), Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(cur, me.tid | extra | (cur & KEPT), Ordering::Acquire, Ordering::Relaxed)
             .ok()
             .map(|_| self.taken(me, false))
     }
@@ -243,7 +251,7 @@ impl RawMutex {
     /// Replaces the dead owner in `cur` by us; `None` if the word changed meanwhile.
     fn take_over(&self, me: ThreadIdentity, cur: u32) -> Option<Acquire> {
         self.word
-            .compare_exchange(cur, me.tid | (cur & WAITERS), Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(cur, me.tid | (cur & KEPT), Ordering::Acquire, Ordering::Relaxed)
             .ok()
             .map(|_| self.taken(me, true))
     }
@@ -299,6 +307,28 @@ impl RawMutex {
     /// did, or lost it to a takeover after being judged dead).
     #[inline]
     pub(crate) fn release(&self, reentry: Reentry) -> Result<(), i32> {
+        self.release_word(reentry).map(|_| ())
+    }
+
+    /// As [`release`](Self::release) for a lock taken with
+    /// [`acquire_spinning`](Self::acquire_spinning): `Ok(true)` when someone had
+    /// asked, with [`request_notify`](Self::request_notify), to be woken after it.
+    #[inline]
+    pub(crate) fn release_notifying(&self) -> Result<bool, i32> {
+        self.release_word(Reentry::Refuse).map(|old| old & NOTIFY != 0)
+    }
+
+    /// Asks the next release of this lock (or the current one, if it is free: the
+    /// next holder's) to report that someone waits for what holders do under it.
+    /// Sequentially consistent, then the caller looks at the state it waits for: see
+    /// [`NOTIFY`].
+    pub(crate) fn request_notify(&self) {
+        self.word.fetch_or(NOTIFY, Ordering::SeqCst);
+    }
+
+    /// Releases one hold, returning the word as it was just before.
+    #[inline]
+    fn release_word(&self, reentry: Reentry) -> Result<u32, i32> {
         let me = sys::current_thread();
         let mut cur = self.word.load(Ordering::Relaxed);
         // The id alone decides: a lock taken over from us names its new owner, and no
@@ -310,13 +340,15 @@ impl RawMutex {
             let depth = self.depth.load(Ordering::Relaxed);
             if depth > 1 {
                 self.depth.store(depth - 1, Ordering::Relaxed);
-                return Ok(());
+                return Ok(0);
             }
             self.depth.store(0, Ordering::Relaxed);
         }
-        // A compare-exchange, not a swap: only our own hold may be released.
+        // A compare-exchange, not a swap: only our own hold may be released. AcqRel:
+        // a NOTIFY seen here was set before the notifier looked at the state, so
+        // the wake-up the caller sends comes after that look.
         loop {
-            match self.word.compare_exchange_weak(cur, 0, Ordering::Release, Ordering::Relaxed) {
+            match self.word.compare_exchange_weak(cur, 0, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(now) if now & TID_MASK == me.tid => cur = now, // a waiter set its bit
                 Err(_) => return Err(libc::EPERM),
@@ -325,7 +357,7 @@ impl RawMutex {
         if cur & WAITERS != 0 {
             wake(&self.word, 1);
         }
-        Ok(())
+        Ok(cur)
     }
 
     pub(crate) fn poison(&self) {
