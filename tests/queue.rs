@@ -121,6 +121,71 @@ fn a_blocked_get_is_woken_by_another_process() {
     assert_eq!(finish(&p), Some(0));
 }
 
+/// Puts one item every 5 ms, each once the last was taken (`acks`).
+fn put_slowly((q, acks): (Queue<u64>, Queue<()>)) {
+    for i in 0..WAKE_ROUNDS {
+        std::thread::sleep(Duration::from_millis(5));
+        q.put(i).unwrap();
+        acks.get_timeout(PATIENCE).unwrap();
+    }
+}
+
+fn get_slowly(q: Queue<u64>) {
+    for i in 0..WAKE_ROUNDS {
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(q.get_timeout(PATIENCE), Ok(i));
+    }
+}
+
+/// Wake-ups, each after the waiter has gone to sleep. A lost one would still be
+/// noticed by the sleeper's safety poll (every 100 ms): this many cost two seconds.
+const WAKE_ROUNDS: u64 = 20;
+const NO_LOST_WAKE_UPS: Duration = Duration::from_secs(1);
+
+#[test]
+fn sleeping_consumers_and_producers_are_woken_not_polled() {
+    // Consumers asleep on an empty queue.
+    let (q, acks) = (Queue::<u64>::new(0).unwrap(), Queue::<()>::new(0).unwrap());
+    let p = Process::builder(put_slowly, (q.clone(), acks.clone())).start().unwrap();
+    let t = Instant::now();
+    for i in 0..WAKE_ROUNDS {
+        assert_eq!(q.get_timeout(PATIENCE), Ok(i));
+        acks.put(()).unwrap();
+    }
+    assert!(t.elapsed() < NO_LOST_WAKE_UPS, "gets took {:?}", t.elapsed());
+    assert_eq!(finish(&p), Some(0));
+    // A producer asleep on a full one.
+    let q = Queue::<u64>::new(1).unwrap();
+    q.put(0).unwrap();
+    let p = Process::builder(get_slowly, q.clone()).start().unwrap();
+    let t = Instant::now();
+    for i in 1..WAKE_ROUNDS {
+        q.put_timeout(i, PATIENCE).unwrap();
+    }
+    assert!(t.elapsed() < NO_LOST_WAKE_UPS, "puts took {:?}", t.elapsed());
+    assert_eq!(finish(&p), Some(0));
+}
+
+fn close_after(q: Queue<u64>) {
+    std::thread::sleep(Duration::from_millis(50));
+    q.close();
+}
+
+#[test]
+fn close_wakes_sleeping_producers_and_consumers() {
+    let q = Queue::<u64>::new(0).unwrap();
+    let p = Process::builder(close_after, q.clone()).start().unwrap();
+    let t = Instant::now();
+    assert_eq!(q.get_timeout(PATIENCE), Err(RecvTimeoutError::Disconnected));
+    assert!(t.elapsed() < Duration::from_millis(50) + NO_LOST_WAKE_UPS / 20, "woken after {:?}", t.elapsed());
+    assert_eq!(finish(&p), Some(0));
+    let q = Queue::<u64>::new(1).unwrap();
+    q.put(0).unwrap();
+    let p = Process::builder(close_after, q.clone()).start().unwrap();
+    assert!(matches!(q.put_timeout(1, PATIENCE), Err(shmproc::SendTimeoutError::Disconnected(1))));
+    assert_eq!(finish(&p), Some(0));
+}
+
 #[test]
 fn close_hands_items_back_and_drains() {
     let q = Queue::<String>::new(0).unwrap();

@@ -373,3 +373,51 @@ impl RawMutex {
         self.poisoned.store(0, Ordering::Release);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn take(lock: &RawMutex) {
+        assert_eq!(lock.acquire_spinning(Wait::Never), Acquire::Clean);
+    }
+
+    #[test]
+    fn a_notify_request_is_reported_by_exactly_one_release() {
+        let lock =
+            RawMutex { word: 0.into(), depth: 0.into(), poisoned: 0.into(), _reserved: 0.into(), owner_tag: 0.into() };
+        // Asked while held: this holder's release reports it.
+        take(&lock);
+        lock.request_notify();
+        assert_eq!(lock.release_notifying(), Ok(true));
+        take(&lock);
+        assert_eq!(lock.release_notifying(), Ok(false), "the release cleared the request");
+        // Asked while free: the next holder keeps the bit and reports it.
+        lock.request_notify();
+        take(&lock);
+        assert_eq!(lock.word.load(Ordering::Relaxed) & NOTIFY, NOTIFY);
+        assert_eq!(lock.release_notifying(), Ok(true));
+        assert_eq!(lock.word.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_pending_notify_request_does_not_hide_a_free_lock() {
+        let lock = RawMutex {
+            word: NOTIFY.into(),
+            depth: 0.into(),
+            poisoned: 0.into(),
+            _reserved: 0.into(),
+            owner_tag: 0.into(),
+        };
+        assert_eq!(lock.acquire(Wait::Never, Reentry::Refuse), Acquire::Clean);
+        assert_eq!(lock.release(Reentry::Refuse), Ok(()));
+        let lock = RawMutex {
+            word: NOTIFY.into(),
+            depth: 0.into(),
+            poisoned: 0.into(),
+            _reserved: 0.into(),
+            owner_tag: 0.into(),
+        };
+        assert_eq!(lock.acquire(Wait::timeout(Duration::from_secs(5)), Reentry::Refuse), Acquire::Clean);
+    }
+}
