@@ -357,10 +357,12 @@ impl Ring {
     /// saw it open commits after a consumer saw it closed and drained.
     pub(crate) fn close(&self) {
         let h = self.header();
-        // Releasing the put lock wakes the consumers; producers asked the get lock.
+        // The release wakes the consumers that asked the put lock; the explicit
+        // wake-ups cover the rest (producers asked the get lock).
         let held = self.lock_puts(Wait::Forever);
         h.fixed.closed.store(1, Ordering::SeqCst);
         drop(held);
+        h.not_empty.wake_all();
         h.not_full.wake_all();
     }
 

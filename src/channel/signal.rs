@@ -21,7 +21,7 @@
 //! syscall; a scribbled `sleepers` can delay a sleeper by at most [`SAFETY_POLL`].
 
 use std::sync::atomic::{fence, AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::sync::wait::{sleep_on, spin, wake, Wait, SAFETY_POLL};
 use crate::sync::RawMutex;
@@ -42,6 +42,28 @@ pub(crate) enum Asker<'a> {
     Count,
     /// By the next release of this lock, whose releaser calls [`Signal::wake_all`].
     Release(&'a RawMutex),
+}
+
+/// How long a waiter whose spin ran out keeps giving its CPU away before it sleeps.
+const YIELD_TIME: Duration = Duration::from_micros(100);
+
+/// Between spinning and sleeping: yields the CPU while looking for `ready()`, for
+/// up to [`YIELD_TIME`]. A waiter sharing a CPU with the process it waits for (more
+/// processes than CPUs) thus lets it run, and is not asleep when it delivers: a
+/// sleeper, once woken, is often run on the waker's CPU, taking it from the waker.
+/// Measured with a producer and two consumers on two CPUs (`joinable_queue`): 1 to
+/// 12 M items/s from run to run, the producer preempted up to 2 700 times in a
+/// 50 000-item run, without this phase; 11.6 to 12.4 M items/s, no preemption, with.
+fn yield_until(wait: Wait, ready: &mut impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    let end = wait.deadline().map_or(start + YIELD_TIME, |d| d.min(start + YIELD_TIME));
+    while Instant::now() < end {
+        std::thread::yield_now();
+        if ready() {
+            return true;
+        }
+    }
+    false
 }
 
 #[repr(C)]
@@ -77,7 +99,7 @@ impl Signal {
         asker: Asker<'_>,
         mut ready: impl FnMut() -> bool,
     ) -> Waited {
-        if ready() || spin(|| ready().then_some(())).is_some() {
+        if ready() || spin(|| ready().then_some(())).is_some() || yield_until(wait, &mut ready) {
             return Waited::Ready;
         }
         if wait.expired() {
