@@ -270,7 +270,9 @@ impl<T> Connection<T> {
                 Err(PutFail::Fault(fault)) => return Err(SendError::Failed { value: (), fault }),
             }
             let ready = || ring.has_room(&message) || self.peer_closed();
-            if ring.wait_for_room(Wait::Forever, Some(PEER_CHECK), ready) == Waited::Polled && self.peer_gone() {
+            if ring.wait_for_room(&message, Wait::Forever, Some(PEER_CHECK), ready) == Waited::Polled
+                && self.peer_gone()
+            {
                 return Err(SendError::Disconnected(()));
             }
         }

@@ -87,7 +87,7 @@ impl RawQueue {
                 Err(e) => return Err((e, None)),
             }
             let ready = || self.ring.has_room(&message) || self.ring.is_closed();
-            match self.ring.wait_for_room(wait, None, ready) {
+            match self.ring.wait_for_room(&message, wait, None, ready) {
                 Waited::Ready | Waited::Polled => {}
                 Waited::TimedOut => return Err((PutFail::Full, Some(Stop::Timeout))),
             }

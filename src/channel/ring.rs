@@ -182,6 +182,8 @@ pub(crate) struct Ring {
     maxsize: u32,
     /// How this handle's recent waits for data went.
     pace: Pace,
+    /// How this handle's recent waits for room went.
+    room_pace: Pace,
 }
 
 // SAFETY: the header is atomics and robust locks; the data area is only touched
@@ -226,7 +228,7 @@ impl Ring {
             let base = seg.body().add(offset);
             (NonNull::new_unchecked(base.cast()), NonNull::new_unchecked(base.add(header_len())))
         };
-        Ok(Ring { seg, hdr, data, capacity, maxsize, pace: Pace::default() })
+        Ok(Ring { seg, hdr, data, capacity, maxsize, pace: Pace::default(), room_pace: Pace::default() })
     }
 
     pub(crate) fn header(&self) -> &RingHeader {
@@ -293,9 +295,25 @@ impl Ring {
         h.not_empty.wait_until(wait, poll, Asker::Release(&h.producer.put_lock), ready)
     }
 
-    /// Waits until `ready()` (a producer's condition): the next get wakes us.
-    pub(crate) fn wait_for_room(&self, wait: Wait, poll: Option<Duration>, ready: impl FnMut() -> bool) -> Waited {
+    /// Waits until `ready()` (a producer's condition, about `message`): the next get
+    /// wakes us. A producer that keeps catching up with its consumer in a full ring
+    /// first holds back, as a consumer does (see [`pace`](super::pace)).
+    pub(crate) fn wait_for_room(
+        &self,
+        message: &Outgoing<'_>,
+        wait: Wait,
+        poll: Option<Duration>,
+        mut ready: impl FnMut() -> bool,
+    ) -> Waited {
         let h = self.header();
+        let held_back = self.room_pace.hold_back();
+        if pace::look_briefly(&mut ready) {
+            // After a pause, room for a lone message means the consumer is not
+            // streaming.
+            self.room_pace.record(!held_back || self.has_room_for_two(message));
+            return Waited::Ready;
+        }
+        self.room_pace.record(false);
         h.not_full.wait_until(wait, poll, Asker::Release(&h.consumer.get_lock), ready)
     }
 
@@ -339,6 +357,16 @@ impl Ring {
         match self.occupancy(h.tail.load(Ordering::Acquire), h.head.load(Ordering::Acquire)) {
             Ok(occupancy) => !self.full(occupancy, frame_len(message.frame_payload().len() as u64)),
             Err(_) => true, // let the put report the corruption
+        }
+    }
+
+    /// Whether two messages like `message` would fit now.
+    fn has_room_for_two(&self, message: &Outgoing<'_>) -> bool {
+        let h = self.header();
+        let frame = frame_len(message.frame_payload().len() as u64);
+        match self.occupancy(h.tail.load(Ordering::Acquire), h.head.load(Ordering::Acquire)) {
+            Ok((used, count)) => !self.full((used + frame, count + 1), frame),
+            Err(_) => false,
         }
     }
 

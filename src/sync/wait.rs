@@ -51,9 +51,11 @@ impl Wait {
 pub(crate) const SAFETY_POLL: Duration = Duration::from_millis(100);
 
 /// Rounds of spinning before sleeping; round `k` spins `2^k` pause instructions, so
-/// the default whole spin is ~511 pauses, one to two microseconds: long enough to
-/// catch a pipe round trip between two processes (~0.5 µs), which 127 pauses were
-/// not (measured: 26 µs median round trip with 7 rounds, 0.55 µs with 9).
+/// the default whole spin is ~511 pauses. How long that is depends on the CPU: one
+/// to two microseconds where this was first tuned, 12 µs on the AMD EPYC this
+/// machine later ran on (a pause there is 23 ns). Either is long enough to catch a
+/// pipe round trip between two processes (~0.4 µs), which 127 short pauses were not
+/// (measured: 26 µs median round trip with 7 rounds, 0.55 µs with 9).
 pub(crate) const DEFAULT_SPIN_ROUNDS: u32 = 9;
 
 /// The spin budget in force; changed only by benchmarks that measure what spinning buys.
