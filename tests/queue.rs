@@ -186,6 +186,36 @@ fn close_wakes_sleeping_producers_and_consumers() {
     assert_eq!(finish(&p), Some(0));
 }
 
+/// Counts how often it is serialized.
+struct Counted(Vec<u64>);
+
+static SERIALIZED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Serialize for Counted {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SERIALIZED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Counted {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::deserialize(d).map(Counted)
+    }
+}
+
+#[test]
+fn typed_messages_of_any_size_are_encoded_once_and_arrive_whole() {
+    let q = Queue::<Counted>::new(0).unwrap();
+    for len in [0usize, 1, 15, 16, 17, 100, 1_000, 100_000] {
+        let v: Vec<u64> = (0..len as u64).map(|i| i * 0x0101_0101_0101).collect();
+        let before = SERIALIZED.load(std::sync::atomic::Ordering::SeqCst);
+        q.put(Counted(v.clone())).unwrap();
+        assert_eq!(SERIALIZED.load(std::sync::atomic::Ordering::SeqCst), before + 1, "{len} elements");
+        assert_eq!(q.get_timeout(PATIENCE).map(|c| c.0), Ok(v), "{len} elements");
+    }
+}
+
 #[test]
 fn close_hands_items_back_and_drains() {
     let q = Queue::<String>::new(0).unwrap();
@@ -308,6 +338,7 @@ fn write_at(name: &str, offset: u64, bytes: &[u8]) {
 /// producers' lock, `tail`, the consumers' lock, `head`, three signals, `done`, the
 /// fixed words), then the data.
 const TAIL_AT: u64 = 64 + 64;
+const HEAD_AT: u64 = 64 + 3 * 64;
 const DATA_AT: u64 = 64 + 9 * 64;
 
 #[test]
@@ -324,6 +355,15 @@ fn corrupted_bytes_give_errors_not_ub_or_hangs() {
     write_at(q.name().unwrap(), TAIL_AT, &u64::MAX.to_le_bytes());
     assert!(fault(q.get_timeout(PATIENCE)));
     assert!(matches!(q.try_put(1), Err(TrySendError::Failed { .. })));
+    // Positions that agree with each other but are not frame boundaries (a header
+    // there would be read and written misaligned, past the end of the data area).
+    for pos in [3u64, (1 << 22) - 3] {
+        let q = Queue::<u64>::builder().named(true).build::<u64>().unwrap();
+        write_at(q.name().unwrap(), TAIL_AT, &pos.to_le_bytes());
+        write_at(q.name().unwrap(), HEAD_AT, &pos.to_le_bytes());
+        assert!(fault(q.get_timeout(PATIENCE)));
+        assert!(matches!(q.try_put(1), Err(TrySendError::Failed { .. })));
+    }
     // A frame whose length runs past the committed data.
     let q = Queue::<u64>::builder().named(true).build::<u64>().unwrap();
     q.put(1).unwrap();

@@ -1,7 +1,8 @@
 //! Channels between processes: `Queue<T>`, `JoinableQueue<T>` and `Pipe`.
 //!
 //! Every channel is a [ring of bytes](ring) in a shared segment, whole messages or
-//! nothing, with the waiting (spin, then sleep on a futex) around it in [`signal`].
+//! nothing, with the waiting (spin, yield, then sleep on a futex) around it in
+//! [`signal`] and [`pace`].
 //! The typed API on top serializes with postcard and hands a failed send's value
 //! back, as std's channels do. What this layer promises:
 //!

@@ -61,8 +61,9 @@ impl Clone for Pace {
 }
 
 impl Pace {
-    /// Called when a consumer finds the ring empty and is about to wait: if it has
-    /// been chasing, pauses first, touching no shared memory. Whether it paused.
+    /// Called when a consumer finds the ring empty (a producer finds it full) and is
+    /// about to wait: if it has been chasing, pauses first, touching no shared
+    /// memory. Whether it paused.
     pub(crate) fn hold_back(&self) -> bool {
         if !self.holding_back() {
             return false;

@@ -3,7 +3,7 @@
 //! One segment holds a [`PipeHeader`] and one ring per direction (one in all for a
 //! simplex pipe). Each ring has exactly one writer and one reader, so its locks are
 //! never contended and a round trip is two hand-offs through shared memory: the
-//! receiver spins a few microseconds, then sleeps on a futex.
+//! receiver spins, then yields its CPU for up to 100 µs, then sleeps on a futex.
 //!
 //! | field      | written by | meaning |
 //! |------------|------------|---------|
@@ -25,7 +25,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::error::{BufferTooShort, ChannelFault, RecvError, RecvTimeoutError, SendError};
 use super::ring::{self, GetFail, PutFail, Ring};
-use super::signal::Waited;
+use super::signal::{Poll, Waited};
 use crate::segment::{transfer, Backing, Expect, ObjectKind, Segment, SegmentCreateError, TypeInfo};
 use crate::sync::wait::Wait;
 use crate::sys;
@@ -270,9 +270,9 @@ impl<T> Connection<T> {
                 Err(PutFail::Fault(fault)) => return Err(SendError::Failed { value: (), fault }),
             }
             let ready = || ring.has_room(&message) || self.peer_closed();
-            if ring.wait_for_room(&message, Wait::Forever, Some(PEER_CHECK), ready) == Waited::Polled
-                && self.peer_gone()
-            {
+            let mut gone = || self.peer_gone();
+            let poll = Poll { every: PEER_CHECK, gone: &mut gone };
+            if ring.wait_for_room(&message, Wait::Forever, Some(poll), ready) == Waited::Gone {
                 return Err(SendError::Disconnected(()));
             }
         }
@@ -291,12 +291,14 @@ impl<T> Connection<T> {
                 Err(GetFail::Fault(f)) => return Err(RecvTimeoutError::Failed(f)),
             }
             let ready = || ring.has_data_or_closed() || self.peer_closed();
-            let gone = match ring.wait_for_data(wait, Some(PEER_CHECK), ready) {
+            let mut gone = || self.peer_gone();
+            let poll = Poll { every: PEER_CHECK, gone: &mut gone };
+            let gone = match ring.wait_for_data(wait, Some(poll), ready) {
                 // A short timeout never reaches a poll: look before reporting it.
                 Waited::TimedOut if !self.peer_gone_now_and_then() => return Err(RecvTimeoutError::Timeout),
                 Waited::TimedOut => true,
                 Waited::Ready => self.peer_closed(),
-                Waited::Polled => self.peer_gone(),
+                Waited::Gone => true,
             };
             if gone {
                 // One more look: the peer may have sent just before it went.
@@ -344,14 +346,12 @@ impl<T> Connection<T> {
         if ring.has_data_or_closed() || self.peer_gone() {
             return true;
         }
-        loop {
-            let ready = || ring.has_data_or_closed() || self.peer_closed();
-            match ring.wait_for_data(wait, Some(PEER_CHECK), ready) {
-                Waited::Ready => return true,
-                Waited::TimedOut => return ring.has_data_or_closed(),
-                Waited::Polled if self.peer_gone() => return true,
-                Waited::Polled => {}
-            }
+        let ready = || ring.has_data_or_closed() || self.peer_closed();
+        let mut gone = || self.peer_gone();
+        let poll = Poll { every: PEER_CHECK, gone: &mut gone };
+        match ring.wait_for_data(wait, Some(poll), ready) {
+            Waited::Ready | Waited::Gone => true,
+            Waited::TimedOut => ring.has_data_or_closed(),
         }
     }
 }

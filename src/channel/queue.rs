@@ -88,7 +88,7 @@ impl RawQueue {
             }
             let ready = || self.ring.has_room(&message) || self.ring.is_closed();
             match self.ring.wait_for_room(&message, wait, None, ready) {
-                Waited::Ready | Waited::Polled => {}
+                Waited::Ready | Waited::Gone => {}
                 Waited::TimedOut => return Err((PutFail::Full, Some(Stop::Timeout))),
             }
         }
@@ -102,26 +102,118 @@ impl RawQueue {
                 other => return other,
             }
             match self.ring.wait_for_data(wait, None, || self.ring.has_data_or_closed()) {
-                Waited::Ready | Waited::Polled => {}
+                Waited::Ready | Waited::Gone => {}
                 Waited::TimedOut => return Err(GetFail::Empty),
             }
         }
     }
 }
 
-/// The largest encoding put straight from the stack.
+/// The largest encoding kept on the stack.
 const SMALL_MESSAGE: usize = 128;
 
-fn encode_into<T: Serialize>(item: &T, buf: Vec<u8>) -> Result<Vec<u8>, ChannelFault> {
-    postcard::to_extend(item, buf).map_err(encode_error::<T>)
+/// Where a message is encoded: on the stack while it fits, then in a buffer taken
+/// from this thread's scratch (moved there at the first byte that does not fit), so
+/// that a small message costs no allocation and any message is encoded in one pass
+/// (a `Serialize` impl runs once).
+struct Encoding {
+    stack: [u8; SMALL_MESSAGE],
+    len: usize,
+    heap: Option<Vec<u8>>,
 }
 
-fn encode_error<T>(e: postcard::Error) -> ChannelFault {
-    ChannelFault::Encode(format!("`{}`: {e}", std::any::type_name::<T>()))
+impl Encoding {
+    #[inline]
+    fn new() -> Encoding {
+        Encoding { stack: [0; SMALL_MESSAGE], len: 0, heap: None }
+    }
+
+    /// Encodes `item` (into an empty `Encoding`: built where it is used, not moved).
+    #[inline]
+    fn encode<T: Serialize>(&mut self, item: &T) -> Result<(), ChannelFault> {
+        postcard::serialize_with_flavor::<T, _, ()>(item, self)
+            .map_err(|e| ChannelFault::Encode(format!("`{}`: {e}", std::any::type_name::<T>())))
+    }
+
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        self.heap.as_deref().unwrap_or(&self.stack[..self.len])
+    }
+}
+
+impl Drop for Encoding {
+    /// Hands a heap buffer back to the thread's scratch for the next large message.
+    fn drop(&mut self) {
+        if let Some(buf) = self.heap.take() {
+            give_back_scratch(buf);
+        }
+    }
+}
+
+impl postcard::ser_flavors::Flavor for &mut Encoding {
+    type Output = ();
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if self.heap.is_none() {
+            if let Some(room) = self.stack.get_mut(self.len..self.len + data.len()) {
+                if data.len() <= 16 {
+                    // A varint or a short field: a loop, not a call to memcpy.
+                    room.iter_mut().zip(data).for_each(|(to, from)| *to = *from);
+                } else {
+                    room.copy_from_slice(data);
+                }
+                self.len += data.len();
+                return Ok(());
+            }
+            let mut buf = take_scratch();
+            buf.extend_from_slice(&self.stack[..self.len]);
+            self.heap = Some(buf);
+        }
+        if let Some(buf) = &mut self.heap {
+            buf.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        match (&mut self.heap, self.stack.get_mut(self.len)) {
+            (None, Some(slot)) => {
+                *slot = byte;
+                self.len += 1;
+                Ok(())
+            }
+            _ => self.try_extend(&[byte]),
+        }
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
 }
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// This thread's scratch buffer, emptied, for the caller to keep a while.
+fn take_scratch() -> Vec<u8> {
+    let mut buf = SCRATCH.with(|cell| cell.try_borrow_mut().map(|mut b| std::mem::take(&mut *b)).unwrap_or_default());
+    buf.clear();
+    buf
+}
+
+/// Gives a buffer back for the next [`take_scratch`], unless a large message grew it
+/// past 1 MiB.
+fn give_back_scratch(buf: Vec<u8>) {
+    if buf.capacity() <= 1 << 20 {
+        SCRATCH.with(|cell| {
+            if let Ok(mut b) = cell.try_borrow_mut() {
+                *b = buf;
+            }
+        });
+    }
 }
 
 /// Runs `f` with this thread's scratch buffer (emptied), so that a small message
@@ -278,22 +370,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn put_with(&self, item: T, wait: Wait) -> Result<(), (T, Stop)> {
-        // Most messages are small: encode them on the stack, the rest in the
-        // thread's scratch buffer.
-        let mut small = [0u8; SMALL_MESSAGE];
-        let sent = match postcard::to_slice(&item, &mut small) {
-            Ok(bytes) => self.put_raw(bytes, wait),
-            Err(postcard::Error::SerializeBufferFull) => {
-                with_scratch(|buf| match encode_into(&item, std::mem::take(buf)) {
-                    Ok(bytes) => {
-                        let sent = self.put_raw(&bytes, wait);
-                        *buf = bytes;
-                        sent
-                    }
-                    Err(fault) => Err(Stop::Fault(fault)),
-                })
-            }
-            Err(e) => Err(Stop::Fault(encode_error::<T>(e))),
+        let mut encoded = Encoding::new();
+        let sent = match encoded.encode(&item) {
+            Ok(()) => self.put_raw(encoded.bytes(), wait),
+            Err(fault) => Err(Stop::Fault(fault)),
         };
         sent.map_err(|stop| (item, stop))
     }

@@ -38,7 +38,8 @@
 //! put or get leaves either the old or the new state, never a half: the next holder of
 //! the (robust) lock finds it poisoned, clears the poison and carries on. A put never
 //! waits for a get or the other way round under a lock, so two producers and two
-//! consumers never deadlock, and a producer and a consumer never contend for a lock.
+//! consumers never deadlock, and a producer and a consumer never contend for a lock
+//! (a waiter only sets a bit in the other side's lock word, see Waking).
 //!
 //! ## Never trusting the ring
 //! Positions and lengths read from shared memory are checked before use: a ring
@@ -57,11 +58,10 @@
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::error::ChannelFault;
 use super::pace::{self, Pace};
-use super::signal::{Asker, Signal, Waited};
+use super::signal::{Asker, Poll, Signal, Waited};
 use crate::segment::{Backing, Expect, ObjectKind, Segment};
 use crate::sync::wait::Wait;
 use crate::sync::{Acquire, RawMutex};
@@ -251,12 +251,12 @@ impl Ring {
     /// Takes one of the ring's robust locks, waiting per `wait` (`None`: not in
     /// time). A holder that died mid-put or mid-get left the committed state whole
     /// (see the module docs), so the poison is cleared.
-    fn lock<'a>(
+    fn lock<'a, const ONE: bool>(
         &self,
         lock: &'a RawMutex,
         wakes: &'a Signal,
         wait: Wait,
-    ) -> Result<Option<LockHeld<'a>>, ChannelFault> {
+    ) -> Result<Option<LockHeld<'a, ONE>>, ChannelFault> {
         match lock.acquire_spinning(wait) {
             Acquire::Clean => Ok(Some(LockHeld { lock, wakes })),
             Acquire::Poisoned => {
@@ -268,14 +268,16 @@ impl Ring {
         }
     }
 
-    /// Takes the producers' lock; its release wakes consumers that asked for it.
-    fn lock_puts(&self, wait: Wait) -> Result<Option<LockHeld<'_>>, ChannelFault> {
+    /// Takes the producers' lock; its release wakes a consumer that asked for it
+    /// (one: any consumer can take any message).
+    fn lock_puts(&self, wait: Wait) -> Result<Option<LockHeld<'_, true>>, ChannelFault> {
         let h = self.header();
         self.lock(&h.producer.put_lock, &h.not_empty, wait)
     }
 
-    /// Takes the consumers' lock; its release wakes producers that asked for it.
-    fn lock_gets(&self, wait: Wait) -> Result<Option<LockHeld<'_>>, ChannelFault> {
+    /// Takes the consumers' lock; its release wakes the producers that asked for it
+    /// (all: each waits for room for its own message, large or small).
+    fn lock_gets(&self, wait: Wait) -> Result<Option<LockHeld<'_, false>>, ChannelFault> {
         let h = self.header();
         self.lock(&h.consumer.get_lock, &h.not_full, wait)
     }
@@ -283,7 +285,7 @@ impl Ring {
     /// Waits until `ready()` (a consumer's condition): the next put wakes us. A
     /// consumer that keeps catching up with its producer first holds back (see
     /// [`pace`](super::pace)).
-    pub(crate) fn wait_for_data(&self, wait: Wait, poll: Option<Duration>, mut ready: impl FnMut() -> bool) -> Waited {
+    pub(crate) fn wait_for_data(&self, wait: Wait, poll: Option<Poll<'_>>, mut ready: impl FnMut() -> bool) -> Waited {
         let h = self.header();
         let held_back = self.pace.hold_back();
         if pace::look_briefly(&mut ready) {
@@ -302,7 +304,7 @@ impl Ring {
         &self,
         message: &Outgoing<'_>,
         wait: Wait,
-        poll: Option<Duration>,
+        poll: Option<Poll<'_>>,
         mut ready: impl FnMut() -> bool,
     ) -> Waited {
         let h = self.header();
@@ -333,7 +335,9 @@ impl Ring {
         let (tp, tc) = unpack(tail);
         let (hp, hc) = unpack(head);
         let used = tp.wrapping_sub(hp) & POS_MASK;
-        if used > self.capacity || !used.is_multiple_of(8) {
+        // Each position a multiple of 8, not just their distance: frame headers are
+        // read and written as aligned words at them.
+        if used > self.capacity || !tp.is_multiple_of(8) || !hp.is_multiple_of(8) {
             return Err(ChannelFault::Corrupted("ring positions"));
         }
         Ok((used, tc.wrapping_sub(hc) & COUNT_MASK))
@@ -365,7 +369,9 @@ impl Ring {
         let h = self.header();
         let frame = frame_len(message.frame_payload().len() as u64);
         match self.occupancy(h.tail.load(Ordering::Acquire), h.head.load(Ordering::Acquire)) {
-            Ok((used, count)) => !self.full((used + frame, count + 1), frame),
+            Ok((used, count)) => {
+                used + frame <= self.capacity && !self.full((used + frame, count.saturating_add(1)), frame)
+            }
             Err(_) => false,
         }
     }
@@ -377,7 +383,9 @@ impl Ring {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        // SeqCst, as in the hints: see `Signal::wake_all`'s callers in `close`.
+        // SeqCst: `close` stores it SeqCst and then wakes sleepers unconditionally; a
+        // waiter that asked to be woken and then reads it here either sees the close
+        // or is woken after it.
         self.header().fixed.closed.load(Ordering::SeqCst) != 0
     }
 
@@ -574,16 +582,21 @@ impl Ring {
     }
 }
 
-/// A held ring lock, released on drop, waking `wakes` when a waiter asked.
-struct LockHeld<'a> {
+/// A held ring lock, released on drop, waking `wakes` (`ONE` sleeper, or all) when a
+/// waiter asked.
+struct LockHeld<'a, const ONE: bool> {
     lock: &'a RawMutex,
     wakes: &'a Signal,
 }
 
-impl Drop for LockHeld<'_> {
+impl<const ONE: bool> Drop for LockHeld<'_, ONE> {
     fn drop(&mut self) {
         if self.lock.release_notifying() == Ok(true) {
-            self.wakes.wake_all();
+            if ONE {
+                self.wakes.wake_one(self.lock);
+            } else {
+                self.wakes.wake_all();
+            }
         }
     }
 }

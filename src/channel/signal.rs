@@ -1,10 +1,10 @@
 //! An eventcount in shared memory: sleepers wait for "something changed", wakers
-//! skip the syscall when nobody sleeps.
+//! skip the syscall when nobody asked to be woken.
 //!
 //! | field      | written by | meaning                                          |
 //! |------------|------------|--------------------------------------------------|
 //! | `seq`      | wakers     | bumped on every wake-up; the futex word           |
-//! | `sleepers` | waiters    | how many may be asleep on `seq` ([`Asker::Count`]) |
+//! | `sleepers` | waiters    | how many may be asleep on `seq`                   |
 //!
 //! A waiter asks to be woken *before* its last look at the condition, and a waker
 //! changes the condition *before* it finds out whether anyone asked, so either the
@@ -12,8 +12,9 @@
 //!
 //! - [`Asker::Count`]: add one to `sleepers`; a waker fences and reads it. For
 //!   changes made without a lock (`task_done`).
-//! - [`Asker::Release`]: set the NOTIFY bit of the lock under which the change is
-//!   made (a ring's put or get lock); the holder's release reports it. This costs the
+//! - [`Asker::Release`]: also set the NOTIFY bit of the lock under which the change
+//!   is made (a ring's put or get lock); the holder's release reports it and wakes
+//!   all sleepers, or one ([`Signal::wake_one`], for consumers). This costs the
 //!   holder nothing beyond the release it makes anyway, which is why a put or a get
 //!   has no fence of its own.
 //!
@@ -31,8 +32,16 @@ use crate::sync::RawMutex;
 pub(crate) enum Waited {
     Ready,
     TimedOut,
-    /// A poll period passed: look around, then wait again.
-    Polled,
+    /// The [`Poll`] check said there is no point waiting any longer.
+    Gone,
+}
+
+/// What a waiter looks at now and then because no waker will tell it (a peer
+/// process's death), while it sleeps.
+pub(crate) struct Poll<'a> {
+    pub(crate) every: Duration,
+    /// `true`: stop waiting ([`Waited::Gone`]).
+    pub(crate) gone: &'a mut dyn FnMut() -> bool,
 }
 
 /// How a waiter asks to be woken (see the module docs).
@@ -89,13 +98,28 @@ impl Signal {
         wake(&self.seq, u32::MAX);
     }
 
-    /// Waits until `ready()` holds (spinning briefly first), `wait`'s deadline
-    /// passes, or, when `poll` is given, that long has passed, so that the caller can
-    /// look at what no waker will tell it (a peer process's death) and call again.
+    /// For the releaser of `lock` that found its NOTIFY bit set: wakes one sleeper,
+    /// and if any may be left, sets the bit again, so that the next release wakes
+    /// the next one. For consumers, any of whom can take any message: one message
+    /// wakes one of them, not every idle worker of a pool (each of which would spin
+    /// and yield for a hundred microseconds before sleeping again).
+    pub(crate) fn wake_one(&self, lock: &RawMutex) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        wake(&self.seq, 1);
+        // The one just woken may not have left the count yet: then the next release
+        // wakes nobody, a wasted system call, rather than leave a sleeper behind.
+        if self.sleepers.load(Ordering::SeqCst) != 0 {
+            lock.request_notify();
+        }
+    }
+
+    /// Waits until `ready()` holds (spinning, then yielding the CPU first), `wait`'s
+    /// deadline passes, or `poll`'s check, made every `poll.every` while asleep, says
+    /// to stop.
     pub(crate) fn wait_until(
         &self,
         wait: Wait,
-        poll: Option<Duration>,
+        mut poll: Option<Poll<'_>>,
         asker: Asker<'_>,
         mut ready: impl FnMut() -> bool,
     ) -> Waited {
@@ -105,31 +129,67 @@ impl Signal {
         if wait.expired() {
             return Waited::TimedOut;
         }
-        let slice = poll.map_or(SAFETY_POLL, |p| p.min(SAFETY_POLL));
+        let slice = poll.as_ref().map_or(SAFETY_POLL, |p| p.every.min(SAFETY_POLL));
         loop {
             let seen = self.seq.load(Ordering::SeqCst);
+            self.sleepers.fetch_add(1, Ordering::SeqCst);
             match asker {
-                Asker::Count => {
-                    self.sleepers.fetch_add(1, Ordering::SeqCst);
-                    // Orders our registration before the condition's loads below on
-                    // every architecture (on x86 the locked add already does).
-                    fence(Ordering::SeqCst);
-                }
+                // Orders our registration before the condition's loads below on
+                // every architecture (on x86 the locked add already does).
+                Asker::Count => fence(Ordering::SeqCst),
                 Asker::Release(lock) => lock.request_notify(),
             }
             let in_time = ready() || sleep_on(&self.seq, seen, wait, Some(slice));
-            if let Asker::Count = asker {
-                self.sleepers.fetch_sub(1, Ordering::SeqCst);
-            }
+            self.sleepers.fetch_sub(1, Ordering::SeqCst);
             if ready() {
                 return Waited::Ready;
             }
             if !in_time {
                 return Waited::TimedOut;
             }
-            if poll.is_some() {
-                return Waited::Polled;
+            if poll.as_mut().is_some_and(|p| (p.gone)()) {
+                return Waited::Gone;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    /// Two sleepers asked one lock to wake them; two releases, each after one new
+    /// token, must wake both (the first release wakes one and re-arms the bit),
+    /// long before the safety poll would have.
+    #[test]
+    fn each_notifying_release_wakes_one_more_sleeper() {
+        // SAFETY: all zeroes is a free, unpoisoned RawMutex (atomics only).
+        let lock: &'static RawMutex = Box::leak(Box::new(unsafe { std::mem::zeroed() }));
+        let signal: &'static Signal = Box::leak(Box::new(Signal { seq: 0.into(), sleepers: 0.into() }));
+        let tokens: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+        let take = || tokens.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| t.checked_sub(1)).is_ok();
+        let sleepers: Vec<_> = (0..2)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    signal.wait_until(Wait::timeout(Duration::from_secs(10)), None, Asker::Release(lock), take)
+                })
+            })
+            .collect();
+        while signal.sleepers.load(Ordering::SeqCst) < 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(20)); // both in the futex
+        let t = Instant::now();
+        for _ in 0..2 {
+            assert_eq!(lock.acquire_spinning(Wait::Forever), crate::sync::Acquire::Clean);
+            tokens.fetch_add(1, Ordering::SeqCst);
+            assert_eq!(lock.release_notifying(), Ok(true), "a sleeper asked");
+            signal.wake_one(lock);
+        }
+        for s in sleepers {
+            assert_eq!(s.join().unwrap(), Waited::Ready);
+        }
+        assert!(t.elapsed() < SAFETY_POLL / 2, "woken after {:?}", t.elapsed());
     }
 }

@@ -146,8 +146,6 @@ impl RawMutex {
         self.acquire_slow(me, wait)
     }
 
-    /// The word names our thread id. Ours if the tag says so; otherwise an earlier
-    /// thread that had our (recycled) id died holding it.
     /// As [`acquire`](Self::acquire), but spinning a little before sleeping: for
     /// locks held for a few dozen nanoseconds (a channel's ring), where the holder is
     /// almost always about to let go and a sleep would cost microseconds.
@@ -165,7 +163,9 @@ impl RawMutex {
         self.acquire(wait, Reentry::Refuse)
     }
 
-    /// `None` if the word moved meanwhile (someone else recovered it first).
+    /// The word names our thread id. Ours if the tag says so; otherwise an earlier
+    /// thread that had our (recycled) id died holding it. `None` if the word moved
+    /// meanwhile (someone else recovered it first).
     fn held_by_my_id(&self, me: ThreadIdentity, cur: u32, reentry: Reentry) -> Option<Acquire> {
         if self.owner_tag.load(Ordering::Acquire) == tag(me) {
             return Some(self.reenter(reentry));
@@ -203,14 +203,16 @@ impl RawMutex {
             }
             if Instant::now() >= next_check {
                 let verdict = self.owner(cur & TID_MASK);
-                let confirmed = verdict == Owner::Recycled && suspect == Some(cur);
+                // By owner alone: the flag bits change under us (a NOTIFY request,
+                // our own WAITERS bit) without the owner changing.
+                let confirmed = verdict == Owner::Recycled && suspect == Some(cur & TID_MASK);
                 if verdict == Owner::Dead || confirmed {
                     if let Some(a) = self.take_over(me, cur) {
                         return a;
                     }
                     continue;
                 }
-                suspect = (verdict == Owner::Recycled).then_some(cur);
+                suspect = (verdict == Owner::Recycled).then_some(cur & TID_MASK);
                 next_check = Instant::now() + OWNER_CHECK;
             }
             if cur & WAITERS == 0
@@ -236,7 +238,7 @@ impl RawMutex {
         if cur & TID_MASK == 0 {
             return self.try_take(me, 0);
         }
-        let key = (self as *const Self as usize, cur);
+        let key = (self as *const Self as usize, cur & TID_MASK);
         let now = Instant::now();
         let recent = LAST_LOOK.with(|l| {
             l.get().is_some_and(|(addr, word, at)| (addr, word) == key && now.duration_since(at) < FIRST_OWNER_CHECK)
@@ -318,10 +320,9 @@ impl RawMutex {
         self.release_word(Reentry::Refuse).map(|old| old & NOTIFY != 0)
     }
 
-    /// Asks the next release of this lock (or the current one, if it is free: the
-    /// next holder's) to report that someone waits for what holders do under it.
-    /// Sequentially consistent, then the caller looks at the state it waits for: see
-    /// [`NOTIFY`].
+    /// Asks the current holder's release (or, if the lock is free, the next
+    /// holder's) to report that someone waits for what holders do under it. The
+    /// caller looks at the state it waits for after this: see [`NOTIFY`].
     pub(crate) fn request_notify(&self) {
         self.word.fetch_or(NOTIFY, Ordering::SeqCst);
     }
