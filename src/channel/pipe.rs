@@ -270,7 +270,9 @@ impl<T> Connection<T> {
                 Err(PutFail::Fault(fault)) => return Err(SendError::Failed { value: (), fault }),
             }
             let ready = || ring.has_room(&message) || self.peer_closed();
-            let mut gone = || self.peer_gone();
+            // Woken by every get while a large message waits for room: /proc at most
+            // every PEER_CHECK.
+            let mut gone = || self.peer_gone_now_and_then();
             let poll = Poll { every: PEER_CHECK, gone: &mut gone };
             if ring.wait_for_room(&message, Wait::Forever, Some(poll), ready) == Waited::Gone {
                 return Err(SendError::Disconnected(()));

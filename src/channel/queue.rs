@@ -199,7 +199,9 @@ thread_local! {
 
 /// This thread's scratch buffer, emptied, for the caller to keep a while.
 fn take_scratch() -> Vec<u8> {
-    let mut buf = SCRATCH.with(|cell| cell.try_borrow_mut().map(|mut b| std::mem::take(&mut *b)).unwrap_or_default());
+    // `try_with`: a put from another thread-local's destructor gets a fresh buffer.
+    let taken = SCRATCH.try_with(|cell| cell.try_borrow_mut().map(|mut b| std::mem::take(&mut *b)).ok());
+    let mut buf = taken.ok().flatten().unwrap_or_default();
     buf.clear();
     buf
 }
@@ -208,7 +210,7 @@ fn take_scratch() -> Vec<u8> {
 /// past 1 MiB.
 fn give_back_scratch(buf: Vec<u8>) {
     if buf.capacity() <= 1 << 20 {
-        SCRATCH.with(|cell| {
+        let _ = SCRATCH.try_with(|cell| {
             if let Ok(mut b) = cell.try_borrow_mut() {
                 *b = buf;
             }
@@ -219,17 +221,10 @@ fn give_back_scratch(buf: Vec<u8>) {
 /// Runs `f` with this thread's scratch buffer (emptied), so that a small message
 /// costs no allocation. A buffer grown past 1 MiB by a large message is let go.
 fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            buf.clear();
-            let r = f(&mut buf);
-            if buf.capacity() > 1 << 20 {
-                *buf = Vec::new();
-            }
-            r
-        }
-        Err(_) => f(&mut Vec::new()), // re-entered (from a Serialize impl, say)
-    })
+    let mut buf = take_scratch();
+    let r = f(&mut buf);
+    give_back_scratch(buf);
+    r
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ChannelFault> {

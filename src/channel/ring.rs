@@ -491,6 +491,11 @@ impl Ring {
         self.read_into(pos + FRAME_HEADER, len as usize, out);
         h.head.store(pack(pos + frame, gets.wrapping_add(1)), Ordering::Release);
         drop(held); // wakes producers that asked
+        if frame < used {
+            // More behind this one (as far as we looked): a consumer asleep may have
+            // missed its wake-up (see `Signal::pass_on`).
+            h.not_empty.pass_on();
+        }
         if kind == SIDE {
             let name = std::str::from_utf8(out).map_err(|_| GetFail::Fault(ChannelFault::Corrupted("side name")))?;
             *out = SideSegment::take(name).map_err(GetFail::Fault)?;

@@ -18,8 +18,10 @@
 //!   holder nothing beyond the release it makes anyway, which is why a put or a get
 //!   has no fence of its own.
 //!
-//! A waiter killed asleep leaves `sleepers` (or the bit) high, costing wakers a
-//! syscall; a scribbled `sleepers` can delay a sleeper by at most [`SAFETY_POLL`].
+//! A waiter killed asleep leaves `sleepers` high: a counted signal's every notify
+//! then makes a system call, a lock's bit only the next release (`wake_one` re-arms
+//! only after waking someone). A scribbled `sleepers` can delay a sleeper by at most
+//! [`SAFETY_POLL`].
 
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -49,7 +51,8 @@ pub(crate) struct Poll<'a> {
 pub(crate) enum Asker<'a> {
     /// Counted in `sleepers`, for wakers that call [`Signal::notify`].
     Count,
-    /// By the next release of this lock, whose releaser calls [`Signal::wake_all`].
+    /// Counted, and by the next release of this lock, whose releaser calls
+    /// [`Signal::wake_all`] or [`Signal::wake_one`].
     Release(&'a RawMutex),
 }
 
@@ -105,11 +108,24 @@ impl Signal {
     /// and yield for a hundred microseconds before sleeping again).
     pub(crate) fn wake_one(&self, lock: &RawMutex) {
         self.seq.fetch_add(1, Ordering::SeqCst);
-        wake(&self.seq, 1);
-        // The one just woken may not have left the count yet: then the next release
-        // wakes nobody, a wasted system call, rather than leave a sleeper behind.
-        if self.sleepers.load(Ordering::SeqCst) != 0 {
+        // Re-armed only when someone was asleep: if nobody was, every counted waiter
+        // is about to see the new `seq` and look again itself, or is dead (a count
+        // left high must not make every later put pay a system call). The one just
+        // woken may not have left the count yet: then the next release wakes
+        // nobody, a wasted system call, rather than leave a sleeper behind.
+        if wake(&self.seq, 1) != 0 && self.sleepers.load(Ordering::SeqCst) != 0 {
             lock.request_notify();
+        }
+    }
+
+    /// For a consumer that took a message and saw more behind it: wakes one more
+    /// sleeper, if any. Two puts can commit before the first one's release wakes
+    /// anyone (the second release finds the bit already cleared); this hands the
+    /// second message to a sleeper instead of leaving it to the safety poll.
+    pub(crate) fn pass_on(&self) {
+        if self.sleepers.load(Ordering::SeqCst) != 0 {
+            self.seq.fetch_add(1, Ordering::SeqCst);
+            wake(&self.seq, 1);
         }
     }
 
@@ -159,20 +175,20 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicU32;
 
-    /// Two sleepers asked one lock to wake them; two releases, each after one new
-    /// token, must wake both (the first release wakes one and re-arms the bit),
-    /// long before the safety poll would have.
+    /// Two sleepers asked one lock to wake them. The first notifying release wakes
+    /// one and re-arms the bit (the other still sleeps), so the second release is
+    /// told to wake again.
     #[test]
     fn each_notifying_release_wakes_one_more_sleeper() {
         // SAFETY: all zeroes is a free, unpoisoned RawMutex (atomics only).
         let lock: &'static RawMutex = Box::leak(Box::new(unsafe { std::mem::zeroed() }));
         let signal: &'static Signal = Box::leak(Box::new(Signal { seq: 0.into(), sleepers: 0.into() }));
         let tokens: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
-        let take = || tokens.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| t.checked_sub(1)).is_ok();
         let sleepers: Vec<_> = (0..2)
             .map(|_| {
                 std::thread::spawn(move || {
-                    signal.wait_until(Wait::timeout(Duration::from_secs(10)), None, Asker::Release(lock), take)
+                    let ready = || tokens.load(Ordering::SeqCst) > 0;
+                    signal.wait_until(Wait::timeout(Duration::from_secs(10)), None, Asker::Release(lock), ready)
                 })
             })
             .collect();
@@ -180,16 +196,24 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_millis(20)); // both in the futex
-        let t = Instant::now();
-        for _ in 0..2 {
+        for round in 0..2 {
             assert_eq!(lock.acquire_spinning(Wait::Forever), crate::sync::Acquire::Clean);
             tokens.fetch_add(1, Ordering::SeqCst);
-            assert_eq!(lock.release_notifying(), Ok(true), "a sleeper asked");
+            assert_eq!(lock.release_notifying(), Ok(true), "round {round}: a sleeper asked");
             signal.wake_one(lock);
         }
         for s in sleepers {
             assert_eq!(s.join().unwrap(), Waited::Ready);
         }
-        assert!(t.elapsed() < SAFETY_POLL / 2, "woken after {:?}", t.elapsed());
+        // Nobody asleep any more. The second wake-up may have re-armed the bit (the
+        // one it woke was still counted); then one release pays a wake-up that
+        // wakes nobody, and does not re-arm it, even with a stale count.
+        signal.sleepers.fetch_add(1, Ordering::SeqCst); // a sleeper that died
+        lock.request_notify(); // and had asked
+        assert_eq!(lock.acquire_spinning(Wait::Forever), crate::sync::Acquire::Clean);
+        assert_eq!(lock.release_notifying(), Ok(true));
+        signal.wake_one(lock);
+        assert_eq!(lock.acquire_spinning(Wait::Forever), crate::sync::Acquire::Clean);
+        assert_eq!(lock.release_notifying(), Ok(false), "no re-arming after waking nobody");
     }
 }

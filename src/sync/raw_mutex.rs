@@ -379,14 +379,18 @@ impl RawMutex {
 mod tests {
     use super::*;
 
+    /// A lock whose word is `word`, everything else zero.
+    fn with_word(word: u32) -> RawMutex {
+        RawMutex { word: word.into(), depth: 0.into(), poisoned: 0.into(), _reserved: 0.into(), owner_tag: 0.into() }
+    }
+
     fn take(lock: &RawMutex) {
         assert_eq!(lock.acquire_spinning(Wait::Never), Acquire::Clean);
     }
 
     #[test]
     fn a_notify_request_is_reported_by_exactly_one_release() {
-        let lock =
-            RawMutex { word: 0.into(), depth: 0.into(), poisoned: 0.into(), _reserved: 0.into(), owner_tag: 0.into() };
+        let lock = with_word(0);
         // Asked while held: this holder's release reports it.
         take(&lock);
         lock.request_notify();
@@ -403,22 +407,10 @@ mod tests {
 
     #[test]
     fn a_pending_notify_request_does_not_hide_a_free_lock() {
-        let lock = RawMutex {
-            word: NOTIFY.into(),
-            depth: 0.into(),
-            poisoned: 0.into(),
-            _reserved: 0.into(),
-            owner_tag: 0.into(),
-        };
+        let lock = with_word(NOTIFY);
         assert_eq!(lock.acquire(Wait::Never, Reentry::Refuse), Acquire::Clean);
         assert_eq!(lock.release(Reentry::Refuse), Ok(()));
-        let lock = RawMutex {
-            word: NOTIFY.into(),
-            depth: 0.into(),
-            poisoned: 0.into(),
-            _reserved: 0.into(),
-            owner_tag: 0.into(),
-        };
+        let lock = with_word(NOTIFY);
         assert_eq!(lock.acquire(Wait::timeout(Duration::from_secs(5)), Reentry::Refuse), Acquire::Clean);
     }
 }

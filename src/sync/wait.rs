@@ -96,6 +96,7 @@ pub(crate) fn sleep_on(word: &AtomicU32, expected: u32, wait: Wait, poll: Option
     }
 }
 
-pub(crate) fn wake(word: &AtomicU32, n: u32) {
-    sys::futex_wake(word, n);
+/// Wakes up to `n` sleepers on `word`; how many it woke.
+pub(crate) fn wake(word: &AtomicU32, n: u32) -> u32 {
+    sys::futex_wake(word, n)
 }

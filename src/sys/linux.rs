@@ -161,12 +161,12 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, deadline: Option<Insta
 }
 
 /// Wakes up to `n` processes or threads sleeping on `word`.
-pub(crate) fn futex_wake(word: &AtomicU32, n: u32) {
+/// Wakes up to `n` threads asleep on `word`; how many it woke (0 on an error).
+pub(crate) fn futex_wake(word: &AtomicU32, n: u32) -> u32 {
     let n = i32::try_from(n).unwrap_or(i32::MAX);
     // SAFETY: FUTEX_WAKE only uses the address as a key; `word` is live and aligned.
-    unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, n);
-    }
+    let woken = unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, n) };
+    u32::try_from(woken).unwrap_or(0)
 }
 
 fn duration_to_timespec(d: Duration) -> libc::timespec {
