@@ -61,7 +61,7 @@ use std::sync::Arc;
 
 use super::error::ChannelFault;
 use super::pace::{self, Pace};
-use super::signal::{Asker, Poll, Signal, Waited};
+use super::signal::{Asker, Patience, Poll, Signal, Waited};
 use crate::segment::{Backing, Expect, ObjectKind, Segment};
 use crate::sync::wait::Wait;
 use crate::sync::{Acquire, RawMutex};
@@ -294,7 +294,10 @@ impl Ring {
             return Waited::Ready;
         }
         self.pace.record(false);
-        h.not_empty.wait_until(wait, poll, Asker::Release(&h.producer.put_lock), ready)
+        let asker = Asker::Release(&h.producer.put_lock);
+        let (waited, asleep) = h.not_empty.wait_timed(wait, poll, asker, self.pace.patience(), ready);
+        self.pace.slept(asleep);
+        waited
     }
 
     /// Waits until `ready()` (a producer's condition, about `message`): the next get
@@ -316,12 +319,16 @@ impl Ring {
             return Waited::Ready;
         }
         self.room_pace.record(false);
-        h.not_full.wait_until(wait, poll, Asker::Release(&h.consumer.get_lock), ready)
+        let asker = Asker::Release(&h.consumer.get_lock);
+        let (waited, asleep) = h.not_full.wait_timed(wait, poll, asker, self.room_pace.patience(), ready);
+        self.room_pace.slept(asleep);
+        waited
     }
 
     /// Waits until every message put was marked done (`JoinableQueue::join`).
     pub(crate) fn wait_all_done(&self, wait: Wait) -> bool {
-        self.header().all_done.wait_until(wait, None, Asker::Count, || self.unfinished() == 0) == Waited::Ready
+        let all_done = || self.unfinished() == 0;
+        self.header().all_done.wait_until(wait, None, Asker::Count, Patience::Yield, all_done) == Waited::Ready
     }
 
     /// Wakes producers waiting for room, whatever they wait for: for a change that

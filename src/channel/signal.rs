@@ -57,7 +57,17 @@ pub(crate) enum Asker<'a> {
 }
 
 /// How long a waiter whose spin ran out keeps giving its CPU away before it sleeps.
-const YIELD_TIME: Duration = Duration::from_micros(100);
+pub(crate) const YIELD_TIME: Duration = Duration::from_micros(100);
+
+/// What a waiter does between spinning and sleeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Patience {
+    /// Yields its CPU for up to [`YIELD_TIME`] first (see [`yield_until`]).
+    Yield,
+    /// Sleeps at once: for a waiter whose waits have been long (an idle worker
+    /// between sporadic tasks), where yielding would only burn CPU.
+    Sleep,
+}
 
 /// Between spinning and sleeping: yields the CPU while looking for `ready()`, for
 /// up to [`YIELD_TIME`]. A waiter sharing a CPU with the process it waits for (more
@@ -129,22 +139,52 @@ impl Signal {
         }
     }
 
-    /// Waits until `ready()` holds (spinning, then yielding the CPU first), `wait`'s
-    /// deadline passes, or `poll`'s check, made every `poll.every` while asleep, says
-    /// to stop.
+    /// Waits until `ready()` holds (spinning, then, per `patience`, yielding the CPU
+    /// first), `wait`'s deadline passes, or `poll`'s check, made every `poll.every`
+    /// while asleep, says to stop.
     pub(crate) fn wait_until(
+        &self,
+        wait: Wait,
+        poll: Option<Poll<'_>>,
+        asker: Asker<'_>,
+        patience: Patience,
+        ready: impl FnMut() -> bool,
+    ) -> Waited {
+        self.wait_timed(wait, poll, asker, patience, ready).0
+    }
+
+    /// As [`wait_until`](Self::wait_until), also telling how long the waiter slept
+    /// (zero when spinning or yielding was enough: no clock is read then).
+    pub(crate) fn wait_timed(
+        &self,
+        wait: Wait,
+        poll: Option<Poll<'_>>,
+        asker: Asker<'_>,
+        patience: Patience,
+        mut ready: impl FnMut() -> bool,
+    ) -> (Waited, Duration) {
+        if ready()
+            || spin(|| ready().then_some(())).is_some()
+            || (patience == Patience::Yield && yield_until(wait, &mut ready))
+        {
+            return (Waited::Ready, Duration::ZERO);
+        }
+        if wait.expired() {
+            return (Waited::TimedOut, Duration::ZERO);
+        }
+        let asleep = Instant::now();
+        let waited = self.sleep_until(wait, poll, asker, ready);
+        (waited, asleep.elapsed())
+    }
+
+    /// The sleeping part of a wait.
+    fn sleep_until(
         &self,
         wait: Wait,
         mut poll: Option<Poll<'_>>,
         asker: Asker<'_>,
         mut ready: impl FnMut() -> bool,
     ) -> Waited {
-        if ready() || spin(|| ready().then_some(())).is_some() || yield_until(wait, &mut ready) {
-            return Waited::Ready;
-        }
-        if wait.expired() {
-            return Waited::TimedOut;
-        }
         let slice = poll.as_ref().map_or(SAFETY_POLL, |p| p.every.min(SAFETY_POLL));
         loop {
             let seen = self.seq.load(Ordering::SeqCst);
@@ -188,7 +228,8 @@ mod tests {
             .map(|_| {
                 std::thread::spawn(move || {
                     let ready = || tokens.load(Ordering::SeqCst) > 0;
-                    signal.wait_until(Wait::timeout(Duration::from_secs(10)), None, Asker::Release(lock), ready)
+                    let wait = Wait::timeout(Duration::from_secs(10));
+                    signal.wait_until(wait, None, Asker::Release(lock), Patience::Sleep, ready)
                 })
             })
             .collect();

@@ -49,13 +49,23 @@ pub fn get_start_method() -> StartMethod {
     StartMethod::from_u8(DEFAULT.load(Ordering::Acquire)).unwrap_or(StartMethod::Fork)
 }
 
-/// Sets the default start method, once (Python's `set_start_method`); setting it
-/// again is [`ProcessError::AlreadyStarted`]-like: it fails with `Err(current)`.
-pub fn set_start_method(method: StartMethod) -> Result<(), StartMethod> {
-    DEFAULT
-        .compare_exchange(0, method.to_u8(), Ordering::AcqRel, Ordering::Acquire)
-        .map(drop)
-        .map_err(|v| StartMethod::from_u8(v).unwrap_or(StartMethod::Fork))
+/// Sets the default start method, once (Python's `set_start_method`): setting it
+/// again is [`ProcessError::StartMethodAlreadySet`], naming the method in force.
+///
+/// ```
+/// use shmproc::{get_start_method, set_start_method, ProcessError, StartMethod};
+/// set_start_method(StartMethod::Spawn)?;
+/// assert_eq!(get_start_method(), StartMethod::Spawn);
+/// assert!(matches!(
+///     set_start_method(StartMethod::Fork),
+///     Err(ProcessError::StartMethodAlreadySet { current: StartMethod::Spawn })
+/// ));
+/// # Ok::<(), ProcessError>(())
+/// ```
+pub fn set_start_method(method: StartMethod) -> Result<(), ProcessError> {
+    DEFAULT.compare_exchange(0, method.to_u8(), Ordering::AcqRel, Ordering::Acquire).map(drop).map_err(|v| {
+        ProcessError::StartMethodAlreadySet { current: StartMethod::from_u8(v).unwrap_or(StartMethod::Fork) }
+    })
 }
 
 /// A way of starting processes (Python's `get_context(method)`): its constructors

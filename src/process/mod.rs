@@ -97,6 +97,13 @@ pub enum ProcessError {
         /// The most one start can pass.
         max: usize,
     },
+    /// [`set_start_method`] after the default was already set (Python's
+    /// RuntimeError "context has already been set").
+    #[error("the start method was already set (to {current:?})")]
+    StartMethodAlreadySet {
+        /// The start method in force.
+        current: StartMethod,
+    },
     /// The operating system refused a step (`op` names it).
     #[error("{op} failed: {source}")]
     Os {
