@@ -14,6 +14,7 @@
 //! - **No feeder threads.** A put is done when it returns.
 //! - **Never trust the ring.** Damaged positions or frames are errors, not UB.
 
+mod codec;
 mod error;
 mod pace;
 mod pipe;

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::codec::{decode, with_scratch, Encoding};
 use super::error::{BufferTooShort, ChannelFault, RecvError, RecvTimeoutError, SendError};
 use super::ring::{self, GetFail, PutFail, Ring};
 use super::signal::{Poll, Waited};
@@ -361,11 +362,9 @@ impl<T> Connection<T> {
 impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// Sends `msg` (Python's `send`).
     pub fn send(&self, msg: &T) -> Result<(), SendError<()>> {
-        let bytes = postcard::to_stdvec(msg).map_err(|e| SendError::Failed {
-            value: (),
-            fault: ChannelFault::Encode(format!("`{}`: {e}", std::any::type_name::<T>())),
-        })?;
-        self.send_raw(&bytes)
+        let mut encoded = Encoding::new();
+        encoded.encode(msg).map_err(|fault| SendError::Failed { value: (), fault })?;
+        self.send_raw(encoded.bytes())
     }
 
     /// Receives a message, waiting as long as it takes (Python's `recv`).
@@ -384,13 +383,9 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     }
 
     fn recv_with(&self, wait: Wait) -> Result<T, RecvTimeoutError> {
-        let mut out = Vec::new();
-        self.recv_raw(&mut out, wait)?;
-        postcard::from_bytes(&out).map_err(|e| {
-            RecvTimeoutError::Failed(ChannelFault::Decode {
-                expected: std::any::type_name::<T>(),
-                reason: e.to_string(),
-            })
+        with_scratch(|bytes| {
+            self.recv_raw(bytes, wait)?;
+            decode(bytes).map_err(RecvTimeoutError::Failed)
         })
     }
 }
