@@ -86,19 +86,8 @@ fn notify_n_wakes_n_and_notify_all_wakes_the_rest() {
 #[test]
 fn condition_lock_holder_killed_recovers_within_100ms() {
     let cond = Condition::new().unwrap();
-    let holding = Event::new().unwrap();
-    let child = {
-        let (cond, holding) = (cond.clone(), holding.clone());
-        spawn_child(move || {
-            std::mem::forget(cond.acquire().unwrap());
-            holding.set();
-            std::thread::sleep(Duration::from_secs(30));
-            0
-        })
-    };
-    assert!(holding.wait_timeout(PATIENCE));
-    child.signal(libc::SIGKILL).unwrap();
-    assert_eq!(join(child), Exit::Signal(libc::SIGKILL));
+    let held = cond.clone();
+    kill_while_holding(move || std::mem::forget(held.acquire().unwrap()));
     let start = Instant::now();
     let r = cond.acquire_timeout(PATIENCE);
     assert!(start.elapsed() < Duration::from_millis(100));

@@ -7,23 +7,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use shmproc::{Event, Lock, LockError, RLock, ReleaseError, Semaphore};
 
-/// A child that takes `acquire`, says so on `holding`, and dies by SIGKILL.
-fn kill_while_holding(acquire: impl FnOnce() + 'static) {
-    let holding = Event::new().unwrap();
-    let child = {
-        let holding = holding.clone();
-        spawn_child(move || {
-            acquire();
-            holding.set();
-            std::thread::sleep(Duration::from_secs(30));
-            0
-        })
-    };
-    assert!(holding.wait_timeout(PATIENCE), "child never took the lock");
-    child.signal(libc::SIGKILL).unwrap();
-    assert_eq!(join(child), Exit::Signal(libc::SIGKILL));
-}
-
 /// A read-modify-write split by a yield, on memory with no lock of its own: any
 /// break in mutual exclusion loses updates, which the final count shows.
 #[test]

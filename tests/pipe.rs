@@ -8,13 +8,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shmproc::{
-    ChannelFault, Connection, Pipe, Process, RecvError, RecvIntoError, RecvTimeoutError, SendError, StartMethod,
+    ChannelFault, Connection, Pipe, Process, RecvError, RecvIntoError, RecvTimeoutError, SendError, SendTimeoutError,
+    StartMethod,
 };
-
-fn finish(p: &Process) -> Option<i32> {
-    assert!(p.join_timeout(PATIENCE).unwrap(), "{} overstayed", p.name());
-    p.exitcode()
-}
 
 fn echo(conn: Connection<u64>) {
     while let Ok(x) = conn.recv_timeout(PATIENCE) {
@@ -104,12 +100,14 @@ fn recv_bytes_into_a_short_buffer_hands_the_message_back() {
     let (a, b) = Pipe::duplex::<()>().unwrap();
     a.send_bytes(b"0123456789").unwrap();
     let mut small = [0u8; 4];
+    assert!(b.poll(Some(PATIENCE)));
     match b.recv_bytes_into(&mut small) {
         Err(RecvIntoError::BufferTooShort(e)) => assert_eq!(e.message, b"0123456789"),
         other => panic!("{other:?}"),
     }
     a.send_bytes(b"abc").unwrap();
     let mut buf = [0u8; 8];
+    assert!(b.poll(Some(PATIENCE)));
     assert_eq!(b.recv_bytes_into(&mut buf).unwrap(), 3);
     assert_eq!(&buf[..3], b"abc");
 }
@@ -124,13 +122,27 @@ fn poll_and_timeouts() {
     a.send(&9).unwrap();
     assert!(b.poll(Some(Duration::ZERO)));
     assert_eq!(b.recv_timeout(PATIENCE), Ok(9));
+    assert_eq!(b.recv_bytes_timeout(Duration::from_millis(10)), Err(RecvTimeoutError::Timeout));
+    // A reader that does not read: the 4 MiB ring fills, then a send times out and
+    // hands its value back.
+    let chunk = vec![1u8; 1 << 20];
+    let mut sent = 0;
+    while a.send_bytes_timeout(&chunk, Duration::from_millis(10)).is_ok() {
+        sent += 1;
+        assert!(sent <= 8, "a 4 MiB pipe took {sent} MiB");
+    }
+    let t = Instant::now();
+    assert!(matches!(a.send_timeout(&7, Duration::from_millis(30)), Ok(()) | Err(SendTimeoutError::Timeout(()))));
+    assert!(matches!(a.send_bytes_timeout(&chunk, Duration::from_millis(30)), Err(SendTimeoutError::Timeout(()))));
+    assert!(t.elapsed() >= Duration::from_millis(30));
+    assert_eq!(b.recv_bytes_timeout(PATIENCE).map(|m| m.len()), Ok(1 << 20), "the first chunk, whole");
 }
 
 #[test]
 fn a_simplex_pipe_goes_one_way() {
     let (rx, tx) = Pipe::simplex::<u8>().unwrap();
     tx.send(&1).unwrap();
-    assert_eq!(rx.recv().unwrap(), 1);
+    assert_eq!(rx.recv_timeout(PATIENCE), Ok(1));
     assert!(matches!(rx.send(&2), Err(SendError::Failed { fault: ChannelFault::WrongDirection(_), .. })));
     assert!(matches!(tx.recv(), Err(RecvError::Failed(ChannelFault::WrongDirection(_)))));
 }
@@ -139,7 +151,7 @@ fn sink(args: (Connection<()>, usize)) {
     let (conn, n) = args;
     let mut total = 0usize;
     for _ in 0..n {
-        total += conn.recv_bytes().unwrap().len();
+        total += conn.recv_bytes_timeout(PATIENCE).unwrap().len();
     }
     conn.send_bytes(&total.to_le_bytes()).unwrap();
 }
@@ -153,7 +165,7 @@ fn large_messages_stream_through_a_pipe() {
     a.send_bytes(&[1u8; 1 << 20]).unwrap();
     a.send_bytes(b"x").unwrap();
     assert!(a.poll(Some(PATIENCE)), "the sink never answered");
-    let total = a.recv_bytes().unwrap();
+    let total = a.recv_bytes_timeout(PATIENCE).unwrap();
     assert_eq!(usize::from_le_bytes(total.try_into().unwrap()), (16 << 20) + (1 << 20) + 1);
     assert_eq!(finish(&p), Some(0));
 }

@@ -16,12 +16,6 @@ fn start(method: StartMethod, p: shmproc::ProcessBuilder) -> Process {
     p.start_method(method).start().unwrap_or_else(|e| panic!("{method:?}: {e}"))
 }
 
-/// Joins with a deadline; the exit code.
-fn finish(p: &Process) -> Option<i32> {
-    assert!(p.join_timeout(PATIENCE).unwrap(), "{} overstayed", p.name());
-    p.exitcode()
-}
-
 fn returns(_: ()) {}
 
 fn panics(_: ()) {

@@ -10,13 +10,8 @@ use common::*;
 use serde::{Deserialize, Serialize};
 use shmproc::{
     ChannelFault, Event, JoinableQueue, ObjectKind, Process, Queue, RawValue, RecvError, RecvTimeoutError,
-    SegmentOpenError, SendError, StartMethod, TryRecvError, TrySendError, Value,
+    SegmentOpenError, SendError, SendTimeoutError, StartMethod, TryRecvError, TrySendError, Value,
 };
-
-fn finish(p: &Process) -> Option<i32> {
-    assert!(p.join_timeout(PATIENCE).unwrap(), "{} overstayed", p.name());
-    p.exitcode()
-}
 
 #[derive(Serialize, Deserialize)]
 struct Produce {
@@ -105,7 +100,10 @@ fn timeouts_full_and_empty() {
     assert!(t.elapsed() >= Duration::from_millis(30));
     assert_eq!(e.into_inner(), 4, "the value comes back");
     assert_eq!(q.qsize(), 2);
-    assert_eq!(q.get().unwrap(), 1);
+    let t = Instant::now();
+    assert!(matches!(q.put_bytes_timeout(&[1], Duration::from_millis(30)), Err(SendTimeoutError::Timeout(()))));
+    assert!(t.elapsed() >= Duration::from_millis(30));
+    assert_eq!(q.get_timeout(PATIENCE).unwrap(), 1);
 }
 
 fn put_after(q: Queue<u64>) {
@@ -226,8 +224,8 @@ fn close_hands_items_back_and_drains() {
         Err(SendError::Disconnected(v)) => assert_eq!(v, "c"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(q.get().unwrap(), "a");
-    assert_eq!(q.get().unwrap(), "b");
+    assert_eq!(q.get_timeout(PATIENCE).unwrap(), "a");
+    assert_eq!(q.get_timeout(PATIENCE).unwrap(), "b");
     assert_eq!(q.get(), Err(RecvError::Disconnected));
     assert_eq!(q.get_timeout(Duration::from_millis(5)), Err(RecvTimeoutError::Disconnected));
 }
@@ -325,7 +323,7 @@ fn opening_with_another_type_is_a_typed_error() {
     ));
     let same = Queue::<u64>::open(name).unwrap();
     same.put(5).unwrap();
-    assert_eq!(q.get().unwrap(), 5);
+    assert_eq!(q.get_timeout(PATIENCE).unwrap(), 5);
 }
 
 fn write_at(name: &str, offset: u64, bytes: &[u8]) {
@@ -430,7 +428,7 @@ fn any_capacity_is_rounded_to_a_power_of_two_and_works() {
     let q = Queue::<u64>::builder().capacity(1000).build().unwrap();
     for round in 0..2_000u64 {
         q.put(round).unwrap();
-        assert_eq!(q.get().unwrap(), round);
+        assert_eq!(q.get_timeout(PATIENCE).unwrap(), round);
     }
     assert!(Queue::<u64>::builder().capacity(usize::MAX).build::<u64>().is_err());
 }

@@ -31,20 +31,12 @@ fn two_processes_incrementing_under_the_lock_lose_no_update() {
 #[test]
 fn holder_killed_mid_update_poisons_and_the_next_lock_recovers_fast() {
     let v = Value::<[u64; 2]>::new([7, 7]).unwrap();
-    let holding = Event::new().unwrap();
-    let child = {
-        let (v, holding) = (v.clone(), holding.clone());
-        spawn_child(move || {
-            let mut g = v.lock().unwrap();
-            g[0] = 8; // half an update: the invariant g[0] == g[1] is broken
-            holding.set();
-            std::thread::sleep(Duration::from_secs(30));
-            0
-        })
-    };
-    assert!(holding.wait_timeout(PATIENCE), "child never took the lock");
-    child.signal(libc::SIGKILL).unwrap();
-    assert_eq!(join(child), Exit::Signal(libc::SIGKILL));
+    let held = v.clone();
+    kill_while_holding(move || {
+        let mut g = held.lock().unwrap();
+        g[0] = 8; // half an update: the invariant g[0] == g[1] is broken
+        std::mem::forget(g);
+    });
 
     let start = Instant::now();
     let poisoned = v.lock_timeout(PATIENCE);

@@ -101,6 +101,20 @@ send_error!(
     Disconnected }
 );
 
+impl<T> SendTimeoutError<T> {
+    /// The same outcome of a send that had no deadline, which cannot have timed out
+    /// (if it says so, the channel's state is nonsense).
+    pub(crate) fn unbounded(self) -> SendError<T> {
+        match self {
+            SendTimeoutError::Disconnected(value) => SendError::Disconnected(value),
+            SendTimeoutError::Failed { value, fault } => SendError::Failed { value, fault },
+            SendTimeoutError::Timeout(value) => {
+                SendError::Failed { value, fault: ChannelFault::Corrupted("unbounded wait timed out") }
+            }
+        }
+    }
+}
+
 /// `get` / `recv` failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -144,6 +158,11 @@ pub enum RecvTimeoutError {
 }
 
 impl RecvTimeoutError {
+    /// Whether this is `Timeout`.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, RecvTimeoutError::Timeout)
+    }
+
     /// The same outcome of a wait that had no deadline, which cannot have timed out.
     pub(crate) fn unbounded(self) -> RecvError {
         match self {
@@ -157,13 +176,6 @@ impl TryRecvError {
     /// Whether this is `Empty`.
     pub fn is_empty(&self) -> bool {
         matches!(self, TryRecvError::Empty)
-    }
-}
-
-impl RecvTimeoutError {
-    /// Whether this is `Timeout`.
-    pub fn is_timeout(&self) -> bool {
-        matches!(self, RecvTimeoutError::Timeout)
     }
 }
 

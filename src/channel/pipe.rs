@@ -24,7 +24,7 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::codec::{decode, with_scratch, Encoding};
-use super::error::{BufferTooShort, ChannelFault, RecvError, RecvTimeoutError, SendError};
+use super::error::{BufferTooShort, ChannelFault, RecvError, RecvTimeoutError, SendError, SendTimeoutError};
 use super::ring::{self, GetFail, PutFail, Ring};
 use super::signal::{Poll, Waited};
 use crate::segment::{transfer, Backing, Expect, ObjectKind, Segment, SegmentCreateError, TypeInfo};
@@ -41,7 +41,6 @@ const PIPE_CAPACITY: u64 = 4 << 20;
 pub(crate) struct PipeHeader {
     owner: [AtomicI32; 2],
     closed: [AtomicU32; 2],
-    duplex: AtomicU32,
 }
 
 fn header_len() -> usize {
@@ -90,7 +89,6 @@ impl Pipe {
             unsafe {
                 (*hdr).owner[0].store(me, Ordering::Relaxed);
                 (*hdr).owner[1].store(me, Ordering::Relaxed);
-                (*hdr).duplex.store(u32::from(duplex), Ordering::Relaxed);
                 for i in 0..rings {
                     Ring::init(body.add(ring_offset(i)), PIPE_CAPACITY, 0);
                 }
@@ -248,35 +246,37 @@ impl<T> Connection<T> {
         self.peer_gone()
     }
 
-    fn send_raw(&self, bytes: &[u8]) -> Result<(), SendError<()>> {
-        let ring =
-            self.send.as_ref().ok_or(SendError::Failed { value: (), fault: ChannelFault::WrongDirection("send") })?;
+    fn send_raw(&self, bytes: &[u8], wait: Wait) -> Result<(), SendTimeoutError<()>> {
+        let failed = |fault| SendTimeoutError::Failed { value: (), fault };
+        let ring = self.send.as_ref().ok_or(failed(ChannelFault::WrongDirection("send")))?;
         if self.is_closed() {
-            return Err(SendError::Disconnected(()));
+            return Err(SendTimeoutError::Disconnected(()));
         }
         // Like a write to a pipe whose reader is gone (EPIPE): a dead peer fails the
         // send.
         if self.peer_gone_now_and_then() {
-            return Err(SendError::Disconnected(()));
+            return Err(SendTimeoutError::Disconnected(()));
         }
-        let message = ring.prepare(bytes).map_err(|fault| SendError::Failed { value: (), fault })?;
+        let message = ring.prepare(bytes).map_err(failed)?;
         loop {
             if self.peer_closed() {
-                return Err(SendError::Disconnected(()));
+                return Err(SendTimeoutError::Disconnected(()));
             }
-            match ring.try_put(&message, Wait::Forever) {
+            match ring.try_put(&message, wait) {
                 Ok(()) => return Ok(()),
                 Err(PutFail::Full) => {}
-                Err(PutFail::Closed) => return Err(SendError::Disconnected(())),
-                Err(PutFail::Fault(fault)) => return Err(SendError::Failed { value: (), fault }),
+                Err(PutFail::Closed) => return Err(SendTimeoutError::Disconnected(())),
+                Err(PutFail::Fault(fault)) => return Err(failed(fault)),
             }
             let ready = || ring.has_room(&message) || self.peer_closed();
             // Woken by every get while a large message waits for room: /proc at most
             // every PEER_CHECK.
             let mut gone = || self.peer_gone_now_and_then();
             let poll = Poll { every: PEER_CHECK, gone: &mut gone };
-            if ring.wait_for_room(&message, Wait::Forever, Some(poll), ready) == Waited::Gone {
-                return Err(SendError::Disconnected(()));
+            match ring.wait_for_room(&message, wait, Some(poll), ready) {
+                Waited::Ready => {}
+                Waited::Gone => return Err(SendTimeoutError::Disconnected(())),
+                Waited::TimedOut => return Err(SendTimeoutError::Timeout(())),
             }
         }
     }
@@ -316,29 +316,45 @@ impl<T> Connection<T> {
 
     /// Sends raw bytes (Python's `send_bytes`).
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), SendError<()>> {
-        self.send_raw(bytes)
+        self.send_raw(bytes, Wait::Forever).map_err(SendTimeoutError::unbounded)
+    }
+
+    /// Sends raw bytes, waiting at most `timeout` for room.
+    pub fn send_bytes_timeout(&self, bytes: &[u8], timeout: Duration) -> Result<(), SendTimeoutError<()>> {
+        self.send_raw(bytes, Wait::timeout(timeout))
     }
 
     /// Receives a message sent with `send_bytes` (Python's `recv_bytes`).
     pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
+        self.recv_bytes_timeout_with(Wait::Forever).map_err(RecvTimeoutError::unbounded)
+    }
+
+    /// Receives raw bytes, waiting at most `timeout`.
+    pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvTimeoutError> {
+        self.recv_bytes_timeout_with(Wait::timeout(timeout))
+    }
+
+    fn recv_bytes_timeout_with(&self, wait: Wait) -> Result<Vec<u8>, RecvTimeoutError> {
         let mut out = Vec::new();
-        self.recv_raw(&mut out, Wait::Forever).map_err(RecvTimeoutError::unbounded)?;
+        self.recv_raw(&mut out, wait)?;
         Ok(out)
     }
 
     /// Receives raw bytes into `buf`; their length (Python's `recv_bytes_into`). A
     /// message longer than `buf` is still received, whole, inside the error.
     pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, RecvIntoError> {
-        let mut out = Vec::new();
-        match self.recv_raw(&mut out, Wait::Forever) {
+        with_scratch(|out| match self.recv_raw(out, Wait::Forever) {
             Ok(()) if out.len() <= buf.len() => {
-                buf[..out.len()].copy_from_slice(&out);
+                buf[..out.len()].copy_from_slice(out);
                 Ok(out.len())
             }
-            Ok(()) => Err(RecvIntoError::BufferTooShort(BufferTooShort { buffer_len: buf.len(), message: out })),
+            Ok(()) => {
+                let message = std::mem::take(out);
+                Err(RecvIntoError::BufferTooShort(BufferTooShort { buffer_len: buf.len(), message }))
+            }
             Err(RecvTimeoutError::Failed(f)) => Err(RecvIntoError::Failed(f)),
             Err(_) => Err(RecvIntoError::Disconnected),
-        }
+        })
     }
 
     /// Whether a message (or the news that the other end is gone) is there to
@@ -346,6 +362,8 @@ impl<T> Connection<T> {
     pub fn poll(&self, timeout: Option<Duration>) -> bool {
         let Some(ring) = &self.recv else { return false };
         let wait = timeout.map_or(Wait::Forever, Wait::timeout);
+        // A real look, not a rate-limited one: `poll(Some(ZERO))` is how a caller asks
+        // "is the peer still there?" right now.
         if ring.has_data_or_closed() || self.peer_gone() {
             return true;
         }
@@ -362,9 +380,19 @@ impl<T> Connection<T> {
 impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// Sends `msg` (Python's `send`).
     pub fn send(&self, msg: &T) -> Result<(), SendError<()>> {
+        self.send_with(msg, Wait::Forever).map_err(SendTimeoutError::unbounded)
+    }
+
+    /// Sends `msg`, waiting at most `timeout` for room (a reader that has stopped
+    /// reading with 4 MiB unread).
+    pub fn send_timeout(&self, msg: &T, timeout: Duration) -> Result<(), SendTimeoutError<()>> {
+        self.send_with(msg, Wait::timeout(timeout))
+    }
+
+    fn send_with(&self, msg: &T, wait: Wait) -> Result<(), SendTimeoutError<()>> {
         let mut encoded = Encoding::new();
-        encoded.encode(msg).map_err(|fault| SendError::Failed { value: (), fault })?;
-        self.send_raw(encoded.bytes())
+        encoded.encode(msg).map_err(|fault| SendTimeoutError::Failed { value: (), fault })?;
+        self.send_raw(encoded.bytes(), wait)
     }
 
     /// Receives a message, waiting as long as it takes (Python's `recv`).

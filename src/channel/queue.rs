@@ -78,24 +78,27 @@ impl RawQueue {
         Ok(RawQueue { ring })
     }
 
-    /// Puts `bytes`, waiting for room per `wait`.
-    fn put(&self, bytes: &[u8], wait: Wait) -> Result<(), (PutFail, Option<Stop>)> {
-        let message = self.ring.prepare(bytes).map_err(|f| (PutFail::Fault(f), None))?;
+    /// Puts `bytes`, waiting for room per `wait` (full, once it may wait no longer:
+    /// `Stop::Timeout`).
+    fn put(&self, bytes: &[u8], wait: Wait) -> Result<(), Stop> {
+        let message = self.ring.prepare(bytes).map_err(Stop::Fault)?;
         loop {
             match self.ring.try_put(&message, wait) {
                 Ok(()) => return Ok(()),
                 Err(PutFail::Full) if wait != Wait::Never => {}
-                Err(e) => return Err((e, None)),
+                Err(PutFail::Full) => return Err(Stop::Timeout),
+                Err(PutFail::Closed) => return Err(Stop::Closed),
+                Err(PutFail::Fault(f)) => return Err(Stop::Fault(f)),
             }
             let ready = || self.ring.has_room(&message) || self.ring.is_closed();
             match self.ring.wait_for_room(&message, wait, None, ready) {
                 Waited::Ready | Waited::Gone => {}
-                Waited::TimedOut => return Err((PutFail::Full, Some(Stop::Timeout))),
+                Waited::TimedOut => return Err(Stop::Timeout),
             }
         }
     }
 
-    /// Takes a message, waiting for one per `wait`.
+    /// Takes a message, waiting for one per `wait` (none in time: `GetFail::Empty`).
     fn get(&self, out: &mut Vec<u8>, wait: Wait) -> Result<(), GetFail> {
         loop {
             match self.ring.try_get(out, wait) {
@@ -245,24 +248,24 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     fn put_with(&self, item: T, wait: Wait) -> Result<(), (T, Stop)> {
         let mut encoded = Encoding::new();
         let sent = match encoded.encode(&item) {
-            Ok(()) => self.put_raw(encoded.bytes(), wait),
+            Ok(()) => self.raw.put(encoded.bytes(), wait),
             Err(fault) => Err(Stop::Fault(fault)),
         };
         sent.map_err(|stop| (item, stop))
     }
 
-    fn put_raw(&self, bytes: &[u8], wait: Wait) -> Result<(), Stop> {
-        self.raw.put(bytes, wait).map_err(|(fail, stop)| match (fail, stop) {
-            (_, Some(stop)) => stop,
-            (PutFail::Full, None) => Stop::Timeout,
-            (PutFail::Closed, None) => Stop::Closed,
-            (PutFail::Fault(f), None) => Stop::Fault(f),
-        })
-    }
-
     /// Puts raw bytes, skipping the codec; a consumer takes them with `get_bytes`.
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<(), SendError<()>> {
-        self.put_raw(bytes, Wait::Forever).map_err(|why| why.unbounded(()))
+        self.raw.put(bytes, Wait::Forever).map_err(|why| why.unbounded(()))
+    }
+
+    /// Puts raw bytes, waiting at most `timeout` for room.
+    pub fn put_bytes_timeout(&self, bytes: &[u8], timeout: Duration) -> Result<(), SendTimeoutError<()>> {
+        self.raw.put(bytes, Wait::timeout(timeout)).map_err(|why| match why {
+            Stop::Timeout => SendTimeoutError::Timeout(()),
+            Stop::Closed => SendTimeoutError::Disconnected(()),
+            Stop::Fault(fault) => SendTimeoutError::Failed { value: (), fault },
+        })
     }
 
     /// Takes the oldest message, waiting as long as it takes.
@@ -291,22 +294,16 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn get_deadline_with(&self, wait: Wait) -> Result<T, RecvTimeoutError> {
-        with_scratch(|bytes| match self.raw.get(bytes, wait) {
-            Ok(()) => decode(bytes).map_err(RecvTimeoutError::Failed),
-            Err(GetFail::Empty) => Err(RecvTimeoutError::Timeout),
-            Err(GetFail::Closed) => Err(RecvTimeoutError::Disconnected),
-            Err(GetFail::Fault(f)) => Err(RecvTimeoutError::Failed(f)),
+        with_scratch(|bytes| {
+            self.raw.get(bytes, wait)?;
+            decode(bytes).map_err(RecvTimeoutError::Failed)
         })
     }
 
     fn get_bytes_with(&self, wait: Wait) -> Result<Vec<u8>, RecvTimeoutError> {
         let mut bytes = Vec::new();
-        match self.raw.get(&mut bytes, wait) {
-            Ok(()) => Ok(bytes),
-            Err(GetFail::Empty) => Err(RecvTimeoutError::Timeout),
-            Err(GetFail::Closed) => Err(RecvTimeoutError::Disconnected),
-            Err(GetFail::Fault(f)) => Err(RecvTimeoutError::Failed(f)),
-        }
+        self.raw.get(&mut bytes, wait)?;
+        Ok(bytes)
     }
 
     /// Takes the oldest message as raw bytes (see `put_bytes`).
@@ -432,24 +429,19 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
 
     /// Waits until every item put has been marked done.
     pub fn join(&self) {
-        self.join_with(Wait::Forever);
+        self.queue.raw.ring.wait_all_done(Wait::Forever);
     }
 
     /// Waits at most `timeout`; `true` if every item was marked done.
     #[must_use = "false means items are still unfinished"]
     pub fn join_timeout(&self, timeout: Duration) -> bool {
-        self.join_with(Wait::timeout(timeout))
+        self.queue.raw.ring.wait_all_done(Wait::timeout(timeout))
     }
 
     /// Waits until `deadline` at the latest; `true` if every item was marked done.
     #[must_use = "false means items are still unfinished"]
     pub fn join_deadline(&self, deadline: Instant) -> bool {
-        self.join_with(Wait::Until(deadline))
-    }
-
-    fn join_with(&self, wait: Wait) -> bool {
-        let ring = &self.queue.raw.ring;
-        ring.wait_all_done(wait)
+        self.queue.raw.ring.wait_all_done(Wait::Until(deadline))
     }
 }
 

@@ -59,7 +59,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::error::ChannelFault;
+use super::error::{ChannelFault, RecvTimeoutError};
 use super::pace::{self, Pace};
 use super::signal::{Asker, Patience, Poll, Signal, Waited};
 use crate::segment::{Backing, Expect, ObjectKind, Segment};
@@ -169,6 +169,17 @@ pub(crate) enum GetFail {
     /// Closed and drained.
     Closed,
     Fault(ChannelFault),
+}
+
+impl From<GetFail> for RecvTimeoutError {
+    /// For a get that waited: empty means nothing came in time.
+    fn from(fail: GetFail) -> RecvTimeoutError {
+        match fail {
+            GetFail::Empty => RecvTimeoutError::Timeout,
+            GetFail::Closed => RecvTimeoutError::Disconnected,
+            GetFail::Fault(f) => RecvTimeoutError::Failed(f),
+        }
+    }
 }
 
 /// One ring inside a segment: its header, its data, and this process's own copy of
@@ -295,7 +306,7 @@ impl Ring {
         }
         self.pace.record(false);
         let asker = Asker::Release(&h.producer.put_lock);
-        let (waited, asleep) = h.not_empty.wait_timed(wait, poll, asker, self.pace.patience(), ready);
+        let (waited, asleep) = h.not_empty.wait_until(wait, poll, asker, self.pace.patience(), ready);
         self.pace.slept(asleep);
         waited
     }
@@ -320,7 +331,7 @@ impl Ring {
         }
         self.room_pace.record(false);
         let asker = Asker::Release(&h.consumer.get_lock);
-        let (waited, asleep) = h.not_full.wait_timed(wait, poll, asker, self.room_pace.patience(), ready);
+        let (waited, asleep) = h.not_full.wait_until(wait, poll, asker, self.room_pace.patience(), ready);
         self.room_pace.slept(asleep);
         waited
     }
@@ -328,7 +339,7 @@ impl Ring {
     /// Waits until every message put was marked done (`JoinableQueue::join`).
     pub(crate) fn wait_all_done(&self, wait: Wait) -> bool {
         let all_done = || self.unfinished() == 0;
-        self.header().all_done.wait_until(wait, None, Asker::Count, Patience::Yield, all_done) == Waited::Ready
+        self.header().all_done.wait_until(wait, None, Asker::Count, Patience::Yield, all_done).0 == Waited::Ready
     }
 
     /// Wakes producers waiting for room, whatever they wait for: for a change that
@@ -479,12 +490,13 @@ impl Ring {
         let closed = self.is_closed();
         let head = h.head.load(Ordering::Relaxed);
         // First against the last tail we saw: it only errs towards "empty".
-        let mut tail = h.consumer.tail_seen.load(Ordering::Acquire);
-        if tail & POS_MASK == head & POS_MASK || self.occupancy(tail, head).is_err() {
-            tail = h.tail.load(Ordering::Acquire);
+        let mut occupancy = self.occupancy(h.consumer.tail_seen.load(Ordering::Acquire), head);
+        if occupancy.as_ref().map_or(true, |(used, _)| *used == 0) {
+            let tail = h.tail.load(Ordering::Acquire);
             h.consumer.tail_seen.store(tail, Ordering::Release);
+            occupancy = self.occupancy(tail, head);
         }
-        let (used, _) = self.occupancy(tail, head).map_err(GetFail::Fault)?;
+        let (used, _) = occupancy.map_err(GetFail::Fault)?;
         if used == 0 {
             return Err(if closed { GetFail::Closed } else { GetFail::Empty });
         }

@@ -141,21 +141,9 @@ impl Signal {
 
     /// Waits until `ready()` holds (spinning, then, per `patience`, yielding the CPU
     /// first), `wait`'s deadline passes, or `poll`'s check, made every `poll.every`
-    /// while asleep, says to stop.
+    /// while asleep, says to stop. Also tells how long the waiter slept (zero when
+    /// spinning or yielding was enough: no clock is read then).
     pub(crate) fn wait_until(
-        &self,
-        wait: Wait,
-        poll: Option<Poll<'_>>,
-        asker: Asker<'_>,
-        patience: Patience,
-        ready: impl FnMut() -> bool,
-    ) -> Waited {
-        self.wait_timed(wait, poll, asker, patience, ready).0
-    }
-
-    /// As [`wait_until`](Self::wait_until), also telling how long the waiter slept
-    /// (zero when spinning or yielding was enough: no clock is read then).
-    pub(crate) fn wait_timed(
         &self,
         wait: Wait,
         poll: Option<Poll<'_>>,
@@ -229,7 +217,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let ready = || tokens.load(Ordering::SeqCst) > 0;
                     let wait = Wait::timeout(Duration::from_secs(10));
-                    signal.wait_until(wait, None, Asker::Release(lock), Patience::Sleep, ready)
+                    signal.wait_until(wait, None, Asker::Release(lock), Patience::Sleep, ready).0
                 })
             })
             .collect();

@@ -21,7 +21,7 @@ pub(crate) const ROLE_CHILD: &str = "child";
 pub(crate) const ROLE_FORKSERVER: &str = "forkserver";
 
 /// The largest task a child accepts (arguments included).
-const MAX_TASK: u64 = 1 << 30;
+pub(crate) const MAX_TASK: u64 = 1 << 30;
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
 
@@ -196,11 +196,10 @@ fn spawned_child_main() -> ! {
     // SAFETY: the parent placed the task memfd at 3 for us (spawn_exec), and nothing
     // else in this fresh process owns it.
     let blob_fd = unsafe { sys::adopt_fd(3) };
-    let blob = match sys::read_all(&blob_fd, MAX_TASK) {
+    let blob = match sys::read_all(blob_fd, MAX_TASK) {
         Ok(b) => b,
         Err(e) => fail(&format!("cannot read the task: {e}")),
     };
-    drop(blob_fd);
     let count = match postcard::from_bytes::<Task>(&blob) {
         Ok(t) => t.segments as i32,
         Err(e) => fail(&format!("cannot decode the task from the parent: {e}")),

@@ -17,7 +17,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use super::child::{self, ROLE_ENV, ROLE_FORKSERVER};
+use super::child::{self, MAX_TASK, ROLE_ENV, ROLE_FORKSERVER};
 use super::registry::{self, ProcessInfo};
 use super::status::StatusSlot;
 use crate::segment::Segment;
@@ -125,7 +125,7 @@ pub(crate) fn server_main() -> ! {
     loop {
         let mut watched: Vec<BorrowedFd<'_>> = vec![sock.as_fd()];
         watched.extend(children.iter().map(|c| c.pidfd.as_fd()));
-        let ready = match sys::poll_readable(&watched, None) {
+        let ready = match sys::poll_readable(&watched) {
             Ok(r) => r,
             Err(_) => sys::exit_now(1),
         };
@@ -135,8 +135,7 @@ pub(crate) fn server_main() -> ! {
             // Publish before reaping: until the reap, the pid cannot be recycled, so a
             // client that signals a child whose slot is empty never hits a stranger.
             let code = match sys::peek_exit(c.pid) {
-                Ok(Some(sys::ChildExit::Exited(code))) => code,
-                Ok(Some(sys::ChildExit::Signaled(sig))) => -sig,
+                Ok(Some(exit)) => exit.code(),
                 Ok(None) | Err(_) => -libc::SIGKILL,
             };
             c.slot.publish(code);
@@ -158,12 +157,12 @@ pub(crate) fn server_main() -> ! {
             continue;
         }
         let segments = fds.split_off(2);
-        let slot_fd = fds.pop();
-        let task_fd = fds.pop();
-        let (Some(task_fd), Some(slot_fd)) = (task_fd, slot_fd) else { continue };
+        let Ok([task_fd, slot_fd]) = <[OwnedFd; 2]>::try_from(fds) else {
+            unreachable!("two descriptors left after the check above")
+        };
         let prepared = StatusSlot::attach(slot_fd)
             .map_err(|_| libc::EINVAL)
-            .and_then(|slot| sys::read_all(&task_fd, 1 << 30).map(|blob| (slot, blob)).map_err(|_| libc::EIO));
+            .and_then(|slot| sys::read_all(task_fd, MAX_TASK).map(|blob| (slot, blob)).map_err(|_| libc::EIO));
         let (slot, blob) = match prepared {
             Ok(p) => p,
             Err(errno) => {
@@ -179,7 +178,6 @@ pub(crate) fn server_main() -> ! {
                 drop(sock);
                 drop(children);
                 drop(slot);
-                drop(task_fd);
                 child::run_task(&blob, segments, Some(me))
             }
             Ok(Forked::Parent(pid)) => {

@@ -56,6 +56,7 @@ use status::StatusSlot;
 
 use crate::segment::transfer::{self, Incoming};
 use crate::segment::Segment;
+use crate::sync::wait::Wait;
 use crate::sys::{self, ExecImage, Forked};
 
 /// Starting or managing a [`Process`] failed.
@@ -216,6 +217,9 @@ impl Process {
             State::Closed => return Err(ProcessError::Closed),
         }
         let method = self.method.unwrap_or_else(get_start_method);
+        if method != StartMethod::Fork && !child::initialized() {
+            return Err(ProcessError::NotInitialized);
+        }
         let (args, segments) = transfer::collecting(|| self.args.encode());
         let args = args.map_err(ProcessError::Arguments)?;
         if segments.len() > sys::MAX_FDS_PER_MESSAGE - 2 {
@@ -223,9 +227,6 @@ impl Process {
                 count: segments.len(),
                 max: sys::MAX_FDS_PER_MESSAGE - 2,
             });
-        }
-        if method != StartMethod::Fork && !child::initialized() {
-            return Err(ProcessError::NotInitialized);
         }
         let me = registry::current();
         let (identity, default_name) = me.next_child();
@@ -256,7 +257,7 @@ impl Process {
         let err = std::io::stderr().lock();
         let _ = out.flush();
         let name = setup.name.clone();
-        let parent = sys::getpid();
+        let parent = setup.parent.1;
         let entry = self.entry;
         // SAFETY: the child runs the target and leaves with `_exit`; the hazards of
         // forking a multi-threaded parent are documented on `StartMethod::Fork`.
@@ -285,21 +286,21 @@ impl Process {
 
     /// Waits for the child to end (Python's `join()`).
     pub fn join(&self) -> Result<(), ProcessError> {
-        self.record()?.wait(None).map_err(os("waitpid"))?;
-        Ok(())
+        self.join_with(Wait::Forever).map(drop)
     }
 
     /// Waits at most `timeout`; `true` if the child has ended.
     pub fn join_timeout(&self, timeout: Duration) -> Result<bool, ProcessError> {
-        match Instant::now().checked_add(timeout) {
-            Some(deadline) => self.join_deadline(deadline),
-            None => self.join().map(|()| true),
-        }
+        self.join_with(Wait::timeout(timeout))
     }
 
     /// Waits until `deadline` at the latest; `true` if the child has ended.
     pub fn join_deadline(&self, deadline: Instant) -> Result<bool, ProcessError> {
-        Ok(self.record()?.wait(Some(deadline)).map_err(os("waitpid"))?.is_some())
+        self.join_with(Wait::Until(deadline))
+    }
+
+    fn join_with(&self, wait: Wait) -> Result<bool, ProcessError> {
+        Ok(self.record()?.wait(wait).map_err(os("waitpid"))?.is_some())
     }
 
     /// Whether the child has started and not yet ended.
@@ -363,12 +364,12 @@ impl Drop for Process {
         }
         if self.daemon {
             let _ = record.signal(libc::SIGKILL);
-            let _ = record.wait(Some(Instant::now() + Duration::from_secs(5)));
+            let _ = record.wait(Wait::timeout(Duration::from_secs(5)));
         } else if record.is_ours() {
             let record = Arc::clone(record);
             // Reaped when it ends, so that it never lingers as a zombie.
             let _ = std::thread::Builder::new().name("shmproc-reaper".into()).spawn(move || {
-                let _ = record.wait(None);
+                let _ = record.wait(Wait::Forever);
             });
         }
     }

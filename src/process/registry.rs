@@ -7,10 +7,11 @@
 
 use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::forkserver::ServerClient;
 use super::status::StatusSlot;
+use crate::sync::wait::{Wait, SAFETY_POLL};
 use crate::sys::{self, ChildExit};
 
 /// A process as [`current_process`](crate::current_process) and friends describe it.
@@ -149,9 +150,7 @@ impl ChildRecord {
         if exit.is_none() {
             *exit = match &self.watch {
                 Watch::Reaped => match sys::try_reap(self.pid) {
-                    Ok(Some(ChildExit::Exited(c))) => Some(c),
-                    Ok(Some(ChildExit::Signaled(s))) => Some(-s),
-                    Ok(None) => None,
+                    Ok(exit) => exit.map(ChildExit::code),
                     // ECHILD: someone else reaped it (waitpid(-1) elsewhere); the code
                     // is lost, and the child is certainly gone.
                     Err(_) => Some(-libc::SIGKILL),
@@ -162,9 +161,10 @@ impl ChildRecord {
         *exit
     }
 
-    /// Waits until the child ends or `deadline` passes; its exit code, if it ended.
-    pub(crate) fn wait(&self, deadline: Option<Instant>) -> std::io::Result<Option<i32>> {
-        const SLICE: Duration = Duration::from_millis(100);
+    /// Waits for the child to end, as long as `wait` allows; its exit code, if it
+    /// ended. Looks again every [`SAFETY_POLL`] however it waits.
+    pub(crate) fn wait(&self, wait: Wait) -> std::io::Result<Option<i32>> {
+        let deadline = wait.deadline();
         loop {
             if let Some(code) = self.poll() {
                 return Ok(Some(code));
@@ -173,7 +173,7 @@ impl ChildRecord {
             if deadline.is_some_and(|d| now >= d) {
                 return Ok(None);
             }
-            let until = deadline.map_or(now + SLICE, |d| d.min(now + SLICE));
+            let until = deadline.map_or(now + SAFETY_POLL, |d| d.min(now + SAFETY_POLL));
             match &self.watch {
                 Watch::Reaped => {
                     sys::wait_child_exit(self.pid, until)?;

@@ -555,10 +555,11 @@ fn this_process() -> Creator {
 /// sharing /dev/shm), whose creators this process cannot see.
 pub fn remove_orphaned_segments() -> io::Result<usize> {
     let mut removed = 0;
+    let ours = sys::pid_namespace();
     for name in sys::shm_names_with_prefix(NAME_PREFIX)? {
         let Ok(fd) = sys::shm_open_existing(&name) else { continue };
-        let Some(creator) = creator_of(&fd) else { continue };
-        if creator.pid_ns != sys::pid_namespace() || creator.pid_ns == 0 {
+        let Some(creator) = creator_of(fd) else { continue };
+        if creator.pid_ns != ours || creator.pid_ns == 0 {
             continue; // made in another pid namespace: its pid means nothing here
         }
         let alive = match sys::thread_state(creator.pid) {
@@ -575,7 +576,7 @@ pub fn remove_orphaned_segments() -> io::Result<usize> {
 
 /// The creator recorded in the header of the shmproc segment behind `fd`, read
 /// without mapping it (and parsed by the same code that validates on attach).
-fn creator_of(fd: &OwnedFd) -> Option<Creator> {
+fn creator_of(fd: OwnedFd) -> Option<Creator> {
     let bytes = sys::read_prefix::<HEADER_LEN>(fd).ok()?;
     let mut header = std::mem::MaybeUninit::<Header>::uninit();
     // SAFETY: Header is exactly HEADER_LEN bytes of integers and an atomic (asserted

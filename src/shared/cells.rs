@@ -86,19 +86,28 @@ pub(crate) fn create_raw<T: Pod>(
 
 /// Attaches to the named `Value`/`Array` segment `name` with elements `T`.
 pub(crate) fn open_locked<T: Pod>(name: &str, kind: ObjectKind) -> Result<(Lock, Cells<T>), SegmentOpenError> {
-    let seg = Arc::new(Segment::open(name, expect::<T>(kind)?)?);
-    let (offset, n) = checked_layout::<T>(&seg, true)?;
-    Ok((lock_at_start(&seg), cells_at(seg, offset, n)))
+    locked_in(Arc::new(Segment::open(name, expect::<T>(kind)?)?))
 }
 
 /// Attaches to the named `RawValue`/`RawArray` segment `name` with elements `T`.
 pub(crate) fn open_raw<T: Pod>(name: &str, kind: ObjectKind) -> Result<Cells<T>, SegmentOpenError> {
-    raw_from_segment(Arc::new(Segment::open(name, expect::<T>(kind)?)?), kind)
+    raw_in(Arc::new(Segment::open(name, expect::<T>(kind)?)?))
 }
 
 /// A `RawValue`/`RawArray` (`raw_kind`) in a segment handed to this process.
 pub(crate) fn raw_from_segment<T: Pod>(seg: Arc<Segment>, raw_kind: ObjectKind) -> Result<Cells<T>, SegmentOpenError> {
     seg.check(expect::<T>(raw_kind)?)?;
+    raw_in(seg)
+}
+
+/// The lock and cells of a checked `Value`/`Array` segment.
+fn locked_in<T: Pod>(seg: Arc<Segment>) -> Result<(Lock, Cells<T>), SegmentOpenError> {
+    let (offset, n) = checked_layout::<T>(&seg, true)?;
+    Ok((lock_at_start(&seg), cells_at(seg, offset, n)))
+}
+
+/// The cells of a checked `RawValue`/`RawArray` segment.
+fn raw_in<T: Pod>(seg: Arc<Segment>) -> Result<Cells<T>, SegmentOpenError> {
     let (offset, n) = checked_layout::<T>(&seg, false)?;
     Ok(cells_at(seg, offset, n))
 }
@@ -115,8 +124,7 @@ pub(crate) fn guarded_from_segments<T: Pod>(
         return Ok((Lock::from_segment(lock_seg)?, raw_from_segment(seg, raw_kind)?));
     }
     seg.check(expect::<T>(locked_kind)?)?;
-    let (offset, n) = checked_layout::<T>(&seg, true)?;
-    Ok((lock_at_start(&seg), cells_at(seg, offset, n)))
+    locked_in(seg)
 }
 
 fn expect<T>(kind: ObjectKind) -> Result<Expect, SegmentOpenError> {

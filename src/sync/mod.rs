@@ -7,10 +7,12 @@
 //!
 //! - **Robust.** The locks are futex words that name their owner (see `raw_mutex.rs`
 //!   for why not raw_sync or a robust pthread mutex): a holder that dies, however it
-//!   dies, hands the lock to the next waiter within milliseconds, poisoned. A `Barrier` party that dies while others wait
-//!   breaks the barrier instead of stranding them.
-//! - **Every wait can be bounded.** Each blocking call has a `try_` form and a
-//!   `_timeout(Duration)` form, which is a thin call into `_deadline(Instant)`.
+//!   dies, hands the lock to the next waiter within milliseconds, poisoned. A
+//!   `Barrier` party that dies while others wait breaks the barrier instead of
+//!   stranding them.
+//! - **Every wait can be bounded.** Each blocking call has a `try_` form, a
+//!   `_timeout(Duration)` form and a `_deadline(Instant)` form, all thin calls into
+//!   one private function taking a [`Wait`](wait::Wait).
 //! - **Idle waiters sleep.** Waiting spins a few microseconds, then sleeps on a futex.
 //! - **Never trust shared memory.** A scribbled lock reports
 //!   [`LockError::Corrupted`]; a scribbled counter is read as some value, never as an

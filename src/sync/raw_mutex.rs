@@ -191,10 +191,13 @@ impl RawMutex {
         // The word at which the owner last looked recycled: a second such look at the
         // same word, a check period later, confirms it.
         let mut suspect = None;
+        // Once we have slept, we may not be the only waiter: then take the lock with
+        // the bit, so that our unlock wakes the next one. Before, a sleeper sets the
+        // bit itself (and taking keeps it): setting it would only make our unlock
+        // wake nobody.
+        let mut slept = 0;
         loop {
-            // Having slept, we may not be the only waiter: keep the bit so that our
-            // unlock wakes the next one.
-            if let Some(a) = self.try_take(me, WAITERS) {
+            if let Some(a) = self.try_take(me, slept) {
                 return a;
             }
             let cur = self.word.load(Ordering::Acquire);
@@ -224,6 +227,7 @@ impl RawMutex {
             if !sleep_on(&self.word, cur | WAITERS, wait, Some(until_check)) {
                 return self.try_take(me, WAITERS).unwrap_or(Acquire::TimedOut);
             }
+            slept = WAITERS;
         }
     }
 

@@ -13,7 +13,7 @@
 //! attaching; a scribbled `value` above it makes the next release fail.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,6 +83,9 @@ impl RawSemaphore {
             return true;
         }
         self.body.sleepers.fetch_add(1, Ordering::SeqCst);
+        // Orders the registration before `try_take`'s load on every architecture, as
+        // `release`'s fence does on its side (on x86 the locked add already does).
+        fence(Ordering::SeqCst);
         let got = loop {
             if self.try_take() {
                 break true;

@@ -59,10 +59,10 @@ pub(crate) fn shm_names_with_prefix(prefix: &str) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Reads the first `N` bytes of a file without mapping it.
-pub(crate) fn read_prefix<const N: usize>(fd: &OwnedFd) -> io::Result<[u8; N]> {
+/// Reads the first `N` bytes of a file without mapping it (and closes it).
+pub(crate) fn read_prefix<const N: usize>(fd: OwnedFd) -> io::Result<[u8; N]> {
     use std::os::unix::fs::FileExt;
-    let file = std::fs::File::from(fd.try_clone()?);
+    let file = std::fs::File::from(fd);
     let mut buf = [0u8; N];
     file.read_exact_at(&mut buf, 0)?;
     Ok(buf)
@@ -160,7 +160,6 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, deadline: Option<Insta
     }
 }
 
-/// Wakes up to `n` processes or threads sleeping on `word`.
 /// Wakes up to `n` threads asleep on `word`; how many it woke (0 on an error).
 pub(crate) fn futex_wake(word: &AtomicU32, n: u32) -> u32 {
     let n = i32::try_from(n).unwrap_or(i32::MAX);
@@ -317,53 +316,55 @@ pub(crate) enum ChildExit {
     Signaled(i32),
 }
 
+impl ChildExit {
+    /// Python's `exitcode`: the exit status, or minus the signal.
+    pub(crate) fn code(self) -> i32 {
+        match self {
+            ChildExit::Exited(code) => code,
+            ChildExit::Signaled(sig) => -sig,
+        }
+    }
+}
+
+/// How a child ended, if `status` says it has.
+fn child_exit(status: nix::sys::wait::WaitStatus) -> Option<ChildExit> {
+    use nix::sys::wait::WaitStatus;
+    match status {
+        WaitStatus::Exited(_, code) => Some(ChildExit::Exited(code)),
+        WaitStatus::Signaled(_, sig, _) => Some(ChildExit::Signaled(sig as i32)),
+        _ => None,
+    }
+}
+
 /// Reaps `pid` if it has ended, without blocking.
 pub(crate) fn try_reap(pid: i32) -> io::Result<Option<ChildExit>> {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).map_err(nix_err)? {
-        WaitStatus::Exited(_, code) => Ok(Some(ChildExit::Exited(code))),
-        WaitStatus::Signaled(_, sig, _) => Ok(Some(ChildExit::Signaled(sig as i32))),
-        _ => Ok(None),
-    }
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).map(child_exit).map_err(nix_err)
 }
 
 /// Sleeps until the child `pid` ends or `deadline` passes, without reaping it;
 /// `false` if the deadline passed. Uses a pidfd (Linux 5.3+), so the wake-up is
 /// immediate; where pidfds are missing it polls every 100 µs.
 pub(crate) fn wait_child_exit(pid: i32, deadline: Instant) -> io::Result<bool> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ESRCH) {
-            return Ok(true); // already reaped (by another thread): it has ended
-        }
-        if e.raw_os_error() != Some(libc::ENOSYS) {
-            return Err(e);
-        }
-        while Instant::now() < deadline {
-            if nix::sys::wait::waitid(
-                nix::sys::wait::Id::Pid(nix::unistd::Pid::from_raw(pid)),
-                nix::sys::wait::WaitPidFlag::WEXITED
-                    | nix::sys::wait::WaitPidFlag::WNOHANG
-                    | nix::sys::wait::WaitPidFlag::WNOWAIT,
-            )
-            .map_err(nix_err)?
-                != nix::sys::wait::WaitStatus::StillAlive
-            {
-                return Ok(true);
+    let fd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        // Already reaped (by another thread): it has ended.
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(true),
+        Err(e) if e.raw_os_error() != Some(libc::ENOSYS) => return Err(e),
+        Err(_) => {
+            while Instant::now() < deadline {
+                if peek_exit(pid)?.is_some() {
+                    return Ok(true);
+                }
+                std::thread::sleep(Duration::from_micros(100));
             }
-            std::thread::sleep(Duration::from_micros(100));
+            return Ok(false);
         }
-        return Ok(false);
-    }
-    // SAFETY: `fd` is a descriptor we just opened and own.
-    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    };
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
-        // Round up so that a sub-millisecond remainder still waits.
-        let ms = if left > Duration::from_millis(u64::from(ms.unsigned_abs())) { ms.saturating_add(1) } else { ms };
+        // Rounded up, so that a sub-millisecond remainder still waits.
+        let ms = i32::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX);
         let mut pfd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&fd), events: libc::POLLIN, revents: 0 };
         // SAFETY: `pfd` is one valid pollfd on our stack.
         let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -434,10 +435,10 @@ pub(crate) fn memfd_with(bytes: &[u8]) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Reads a whole file from offset 0, at most `limit` bytes.
-pub(crate) fn read_all(fd: &OwnedFd, limit: u64) -> io::Result<Vec<u8>> {
+/// Reads a whole file from offset 0, at most `limit` bytes (and closes it).
+pub(crate) fn read_all(fd: OwnedFd, limit: u64) -> io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
-    let file = std::fs::File::from(fd.try_clone()?);
+    let file = std::fs::File::from(fd);
     let len = file.metadata()?.len();
     if len > limit {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "file larger than its limit"));
@@ -690,14 +691,14 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { adopt_fd(fd as i32) })
 }
 
-/// Waits until one of `fds` is readable (or hung up) or `timeout` passes; which are.
-pub(crate) fn poll_readable(fds: &[std::os::fd::BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+/// Waits until one of `fds` is readable (or hung up); which are (none if a signal
+/// interrupted the wait).
+pub(crate) fn poll_readable(fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<Vec<bool>> {
     use std::os::fd::AsRawFd;
     let mut pfds: Vec<libc::pollfd> =
         fds.iter().map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
-    let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
     // SAFETY: `pfds` is a valid array of pollfd for the call's duration.
-    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
     if rc < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::Interrupted {
@@ -710,13 +711,9 @@ pub(crate) fn poll_readable(fds: &[std::os::fd::BorrowedFd<'_>], timeout: Option
 
 /// How `pid` (a child that has ended) ended, without reaping it yet.
 pub(crate) fn peek_exit(pid: i32) -> io::Result<Option<ChildExit>> {
-    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
     let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-    match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid)), flags).map_err(nix_err)? {
-        WaitStatus::Exited(_, code) => Ok(Some(ChildExit::Exited(code))),
-        WaitStatus::Signaled(_, sig, _) => Ok(Some(ChildExit::Signaled(sig as i32))),
-        _ => Ok(None),
-    }
+    waitid(Id::Pid(nix::unistd::Pid::from_raw(pid)), flags).map(child_exit).map_err(nix_err)
 }
 
 /// Whether this process runs with elevated privileges (setuid, setgid, file
@@ -765,12 +762,13 @@ pub(crate) fn ignore_signal(signal: i32, ignore: bool) {
 
 /// Reaps `pid`, waiting for it to end.
 pub(crate) fn reap_blocking(pid: i32) -> io::Result<ChildExit> {
-    use nix::sys::wait::{waitpid, WaitStatus};
     loop {
-        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(ChildExit::Exited(code)),
-            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(ChildExit::Signaled(sig as i32)),
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(status) => match child_exit(status) {
+                Some(exit) => return Ok(exit),
+                None => continue,
+            },
+            Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(nix_err(e)),
         }
     }

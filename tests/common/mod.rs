@@ -16,6 +16,30 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 /// wake-up fails the test instead of passing slowly when its own time-out fires.
 pub const PROMPT: Duration = Duration::from_secs(2);
 
+/// Joins `p` with a deadline (failing the test if it overstays); its exit code.
+pub fn finish(p: &shmproc::Process) -> Option<i32> {
+    assert!(p.join_timeout(PATIENCE).unwrap(), "{} overstayed", p.name());
+    p.exitcode()
+}
+
+/// Forks a child that runs `acquire` (taking some lock), says so, and is then
+/// killed by SIGKILL while it holds what it took.
+pub fn kill_while_holding(acquire: impl FnOnce() + 'static) {
+    let holding = shmproc::Event::new().unwrap();
+    let child = {
+        let holding = holding.clone();
+        spawn_child(move || {
+            acquire();
+            holding.set();
+            std::thread::sleep(Duration::from_secs(30));
+            0
+        })
+    };
+    assert!(holding.wait_timeout(PATIENCE), "child never took the lock");
+    child.signal(libc::SIGKILL).unwrap();
+    assert_eq!(join(child), Exit::Signal(libc::SIGKILL));
+}
+
 /// Runs `f`; `None` if it took longer than [`PROMPT`].
 pub fn quickly<T>(f: impl FnOnce() -> T) -> Option<T> {
     let start = std::time::Instant::now();
