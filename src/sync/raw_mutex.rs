@@ -191,13 +191,13 @@ impl RawMutex {
         // The word at which the owner last looked recycled: a second such look at the
         // same word, a check period later, confirms it.
         let mut suspect = None;
-        // Once we have slept, we may not be the only waiter: then take the lock with
-        // the bit, so that our unlock wakes the next one. Before, a sleeper sets the
-        // bit itself (and taking keeps it): setting it would only make our unlock
-        // wake nobody.
-        let mut slept = 0;
         loop {
-            if let Some(a) = self.try_take(me, slept) {
+            // We may not be the only waiter: keep the bit so that our unlock wakes the
+            // next one. Set even before we have slept, although a sleeper sets it
+            // itself: setting it only after sleeping (which saves the unlock a
+            // wake-up of nobody) measured 50-80 M contended increments a second
+            // against 91-96 M in four alternating runs of value_lock_increment.
+            if let Some(a) = self.try_take(me, WAITERS) {
                 return a;
             }
             let cur = self.word.load(Ordering::Acquire);
@@ -227,7 +227,6 @@ impl RawMutex {
             if !sleep_on(&self.word, cur | WAITERS, wait, Some(until_check)) {
                 return self.try_take(me, WAITERS).unwrap_or(Acquire::TimedOut);
             }
-            slept = WAITERS;
         }
     }
 
