@@ -4,6 +4,7 @@
 //! Also the entry of a re-executed child: [`init`], the one line at the top of
 //! `main` that the spawn and fork-server start methods need.
 
+use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,6 +108,16 @@ pub(crate) fn install_panic_hook() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            let quiet = CAPTURED.with(|c| match c.try_borrow_mut() {
+                Ok(mut c) => c.as_mut().map(|slot| {
+                    *slot = Some(Panic::from_hook(info));
+                    QUIET.with(Cell::get)
+                }),
+                Err(_) => None,
+            });
+            if quiet == Some(true) {
+                return;
+            }
             let me = registry::current();
             if me.parent.is_some() {
                 let _ = writeln!(std::io::stderr(), "Process {} (pid {}):", me.name, sys::getpid());
@@ -114,6 +125,57 @@ pub(crate) fn install_panic_hook() {
             previous(info);
         }));
     });
+}
+
+/// A panic caught in a child, as it crosses back to the parent: its message and
+/// where it happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Panic {
+    pub(crate) message: String,
+    pub(crate) location: String,
+}
+
+impl Panic {
+    fn from_hook(info: &std::panic::PanicHookInfo<'_>) -> Panic {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "Box<dyn Any>".to_owned());
+        let location = info.location().map_or_else(String::new, |l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        Panic { message, location }
+    }
+}
+
+thread_local! {
+    /// `Some` while [`catch_panic`] runs on this thread: where the hook puts the panic.
+    static CAPTURED: RefCell<Option<Option<Panic>>> = const { RefCell::new(None) };
+    /// Whether the hook should also stay silent (pool tasks: the error goes to the caller).
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, catching a panic as a [`Panic`] (message and location, recorded by the
+/// panic hook). With `quiet`, the panic is not printed to stderr either.
+pub(crate) fn catch_panic<R>(quiet: bool, f: impl FnOnce() -> R) -> Result<R, (Panic, Box<dyn std::any::Any + Send>)> {
+    install_panic_hook();
+    let outer = CAPTURED.with(|c| c.replace(Some(None)));
+    let was_quiet = QUIET.with(|q| q.replace(quiet));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was_quiet));
+    let captured = CAPTURED.with(|c| c.replace(outer)).flatten();
+    out.map_err(|payload| {
+        // A panic whose hook did not run (resume_unwind) still has a payload to read.
+        let panic = captured.unwrap_or_else(|| Panic {
+            message: payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "Box<dyn Any>".to_owned()),
+            location: String::new(),
+        });
+        (panic, payload)
+    })
 }
 
 fn fail(why: &str) -> ! {

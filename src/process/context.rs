@@ -105,6 +105,16 @@ impl Context {
         self.builder(target, args).build()
     }
 
+    /// [`spawn`](crate::spawn) with this context's start method.
+    pub fn spawn<F, A, R>(&self, f: F, args: A) -> Result<super::JoinHandle<R>, ProcessError>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        super::join::spawn_with(Some(self.method), f, args)
+    }
+
     /// A builder for a process started with this context's method.
     pub fn builder<A>(&self, target: fn(A), args: A) -> ProcessBuilder
     where

@@ -78,6 +78,21 @@ impl Entry {
     }
 }
 
+/// The offset of a function of this executable from [`anchor`], for a child running
+/// the same executable (a pool worker: started by us, after the [`BinaryCheck`]);
+/// `None` for a function in a shared library.
+pub(crate) fn code_offset(addr: usize) -> Option<u64> {
+    let base = anchor as *const () as usize;
+    crate::sys::same_object(base, addr).then(|| offset(addr))
+}
+
+/// The address of the function at `offset` from [`anchor`] (see [`code_offset`]).
+/// Only an address: calling it is sound only for offsets that a process running
+/// this same executable made with `code_offset`.
+pub(crate) fn code_address(offset: u64) -> usize {
+    (anchor as *const () as usize).wrapping_add(offset as usize)
+}
+
 impl BinaryCheck {
     pub(crate) fn this_binary() -> std::io::Result<BinaryCheck> {
         Ok(BinaryCheck {
@@ -96,4 +111,23 @@ fn trampoline<A: DeserializeOwned + 'static>(target: usize, args: &[u8], incomin
     let target = unsafe { std::mem::transmute::<usize, fn(A)>(target) };
     target(args);
     Ok(())
+}
+
+/// Checks, when it is instantiated, that `F` is zero-sized: a fn item or a
+/// non-capturing closure, which a child can make again from its type alone.
+pub(crate) const fn assert_zero_sized<F>() {
+    assert!(
+        std::mem::size_of::<F>() == 0,
+        "a task must be a fn item or a non-capturing closure (not a fn pointer or a capturing closure)"
+    );
+}
+
+/// A value of the zero-sized function type `F`, made from nothing: how a child calls
+/// a task that only its type names (the code is the same executable's).
+pub(crate) fn conjure<F: Copy>() -> F {
+    const { assert_zero_sized::<F>() };
+    // SAFETY: `F` is zero-sized (checked at compile time above), so it has no bytes to
+    // initialise, and it is `Copy`: the process that named the task held a value of
+    // it, so making one here is making a copy, which `Copy` allows.
+    unsafe { std::mem::zeroed::<F>() }
 }

@@ -33,6 +33,7 @@ mod child;
 mod context;
 mod entry;
 mod forkserver;
+mod join;
 mod registry;
 mod status;
 
@@ -45,6 +46,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use child::init;
+pub use join::{spawn, JoinError, JoinHandle};
+pub(crate) use child::{catch_panic, Panic};
+pub(crate) use entry::{assert_zero_sized, code_address, code_offset, conjure};
 pub use context::{context, get_start_method, set_start_method, Context, StartMethod};
 pub use registry::ProcessInfo;
 
@@ -235,7 +239,7 @@ impl Process {
             Setup { name: name.clone(), identity, parent: (me.name.clone(), sys::getpid()), daemon: self.daemon };
         let record = match method {
             StartMethod::Fork => self.fork(setup, args, segments)?,
-            StartMethod::Spawn => spawn(self.entry, setup, args, &segments)?,
+            StartMethod::Spawn => spawn_exec(self.entry, setup, args, &segments)?,
             StartMethod::ForkServer => via_fork_server(self.entry, setup, args, &segments)?,
         };
         let record = Arc::new(record);
@@ -447,7 +451,7 @@ fn task_memfd(
     sys::memfd_with(&bytes).map_err(os("memfd_create"))
 }
 
-fn spawn(entry: Entry, setup: Setup, args: Vec<u8>, segments: &[Arc<Segment>]) -> Result<ChildRecord, ProcessError> {
+fn spawn_exec(entry: Entry, setup: Setup, args: Vec<u8>, segments: &[Arc<Segment>]) -> Result<ChildRecord, ProcessError> {
     use std::os::fd::AsFd;
     let name = setup.name.clone();
     let daemon = setup.daemon;
