@@ -50,6 +50,7 @@
 //! ```
 
 mod channel;
+mod pool;
 mod process;
 mod segment;
 mod shared;
@@ -68,6 +69,7 @@ pub use channel::{
     BufferTooShort, ChannelFault, Connection, JoinableQueue, Pipe, Queue, QueueBuilder, RecvError, RecvIntoError,
     RecvTimeoutError, SendError, SendTimeoutError, TaskDoneError, TryRecvError, TrySendError, DEFAULT_CAPACITY,
 };
+pub use pool::{AsyncResult, IMap, MapResult, Pool, PoolBuilder, PoolError, StarTask, TaskError};
 pub use process::{
     active_children, context, cpu_count, current_process, get_start_method, init, parent_process, set_start_method, spawn,
     Context, JoinError, JoinHandle, Process, ProcessBuilder, ProcessError, ProcessInfo, StartMethod,

@@ -28,3 +28,4 @@ pub use error::{
 };
 pub use pipe::{Connection, Pipe, RecvIntoError};
 pub use queue::{JoinableQueue, Queue, QueueBuilder, DEFAULT_CAPACITY};
+pub(crate) use signal::YIELD_TIME;

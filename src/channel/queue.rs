@@ -316,6 +316,21 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.get_bytes_with(Wait::timeout(timeout))
     }
 
+    /// Puts raw bytes, waiting for room per `wait` (the pool's hot path).
+    pub(crate) fn put_bytes_with(&self, bytes: &[u8], wait: Wait) -> Result<(), SendTimeoutError<()>> {
+        self.raw.put(bytes, wait).map_err(|why| match why {
+            Stop::Timeout => SendTimeoutError::Timeout(()),
+            Stop::Closed => SendTimeoutError::Disconnected(()),
+            Stop::Fault(fault) => SendTimeoutError::Failed { value: (), fault },
+        })
+    }
+
+    /// Takes raw bytes into `out` (replacing its contents), waiting per `wait`
+    /// (nothing in time: `Timeout`). Reuses `out`'s allocation.
+    pub(crate) fn get_bytes_into(&self, out: &mut Vec<u8>, wait: Wait) -> Result<(), RecvTimeoutError> {
+        Ok(self.raw.get(out, wait)?)
+    }
+
     /// The number of messages in the queue now (Python's `qsize`; as in Python, it
     /// may change before you act on it).
     pub fn qsize(&self) -> usize {

@@ -115,7 +115,7 @@ fn trampoline<A: DeserializeOwned + 'static>(target: usize, args: &[u8], incomin
 
 /// Checks, when it is instantiated, that `F` is zero-sized: a fn item or a
 /// non-capturing closure, which a child can make again from its type alone.
-pub(crate) const fn assert_zero_sized<F>() {
+const fn assert_zero_sized<F>() {
     assert!(
         std::mem::size_of::<F>() == 0,
         "a task must be a fn item or a non-capturing closure (not a fn pointer or a capturing closure)"

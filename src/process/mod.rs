@@ -48,7 +48,7 @@ use serde::Serialize;
 pub use child::init;
 pub use join::{spawn, JoinError, JoinHandle};
 pub(crate) use child::{catch_panic, Panic};
-pub(crate) use entry::{assert_zero_sized, code_address, code_offset, conjure};
+pub(crate) use entry::{code_address, code_offset, conjure};
 pub use context::{context, get_start_method, set_start_method, Context, StartMethod};
 pub use registry::ProcessInfo;
 

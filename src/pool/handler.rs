@@ -1,0 +1,627 @@
+//! The pool's engine in the parent: who has which task, the backlog, and the
+//! result-handling thread that reads every reply, refills workers, runs callbacks,
+//! and replaces workers that die.
+//!
+//! ## Who has which task
+//! Each worker has a task ring of its own, fed only by the parent, and the parent
+//! records, per worker, the ids it put there in order. A worker takes its tasks in
+//! that order and replies in that order, so when a worker dies the parent knows
+//! exactly what it held: the parent first reads every reply already in the result
+//! ring, then takes back the messages still in the dead worker's ring (they never
+//! started: they go back to the front of the backlog), and what is left on the
+//! worker's list is what it was running (those tasks fail with
+//! `TaskError::WorkerDied`). Nothing is guessed, and nothing is run twice.
+//!
+//! ## How much each worker holds
+//! A worker's ring holds at most `cap` chunks: enough that a worker running tiny
+//! tasks never waits for the parent (up to [`MAX_AHEAD`]), few enough that a worker
+//! running long ones does not hoard work another worker could do (about
+//! [`QUEUED_WORK`] of queued work, judged from the time the worker reports for each
+//! chunk). The rest waits in the backlog, in the parent's memory, which is why
+//! `apply_async` never blocks.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::error::{PoolError, TaskError};
+use super::result::Sink;
+use super::task::{self, Items, Reply, RunnerRef, TagKey};
+use crate::channel::{Queue, RecvTimeoutError};
+use crate::process::{Process, ProcessError};
+use crate::sync::wait::Wait;
+use crate::sys;
+
+/// How often the result-handling thread looks at its workers' exit status.
+const CHECK_EVERY: Duration = Duration::from_millis(20);
+/// The most chunks queued in one worker's ring.
+const MAX_AHEAD: usize = 1024;
+/// About how much work (by the workers' own timing) a worker's ring holds.
+const QUEUED_WORK: u64 = 200_000; // ns
+/// Before the first reply: assume a millisecond a chunk (queue little).
+const FIRST_GUESS: u64 = 1_000_000; // ns
+/// A worker's task ring; larger messages travel in side segments.
+pub(crate) const TASK_RING: usize = 1 << 20;
+/// The pool's result ring.
+pub(crate) const RESULT_RING: usize = 4 << 20;
+/// Workers that die before they are ready, one after another, before the pool
+/// gives up starting them (an initializer that crashes the process every time).
+const STARTUP_DEATHS: u32 = 3;
+
+const RUNNING: u8 = 0;
+const CLOSED: u8 = 1;
+const TERMINATING: u8 = 2;
+const DONE: u8 = 3;
+
+/// Starts worker process number `slot` on the given rings.
+pub(crate) type Starter =
+    Box<dyn Fn(u32, Queue<Vec<u8>>, Queue<Vec<u8>>, TagKey, u64) -> Result<Process, ProcessError> + Send>;
+
+/// What the pool's handles and its result-handling thread share.
+pub(crate) struct Shared {
+    dispatch: Mutex<Dispatch>,
+    pub(crate) results: Queue<Vec<u8>>,
+    pub(crate) key: TagKey,
+    state: AtomicU8,
+    deferred: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+    runners: Mutex<Vec<(usize, Option<RunnerRef>)>>,
+    handler: Mutex<Option<std::thread::JoinHandle<()>>>,
+    handler_id: Mutex<Option<std::thread::ThreadId>>,
+}
+
+struct Dispatch {
+    workers: Vec<Option<Worker>>,
+    backlog: VecDeque<Queued>,
+    /// Pending chunks by id: `pending[id - first_id]`.
+    pending: VecDeque<Option<Pending>>,
+    first_id: u64,
+    avg_chunk_ns: u64,
+    max_tasks: u64,
+    broken: Option<String>,
+    startup_deaths: u32,
+}
+
+struct Worker {
+    process: Process,
+    tasks: Queue<Vec<u8>>,
+    /// Ids put in its ring, oldest first: the first is the one it runs.
+    held: VecDeque<u64>,
+    sent: u64,
+    ready: bool,
+    /// It said its last reply was its last (max_tasks_per_child): send no more.
+    retiring: bool,
+    closed: bool,
+}
+
+struct Queued {
+    id: u64,
+    bytes: Vec<u8>,
+}
+
+struct Pending {
+    sink: Arc<dyn Sink>,
+    base: usize,
+    count: u32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Dispatch {
+    fn pending_mut(&mut self, id: u64) -> Option<&mut Option<Pending>> {
+        let at = usize::try_from(id.checked_sub(self.first_id)?).ok()?;
+        self.pending.get_mut(at)
+    }
+
+    fn insert(&mut self, pending: Pending) -> u64 {
+        let id = self.first_id + self.pending.len() as u64;
+        self.pending.push_back(Some(pending));
+        id
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Pending> {
+        let p = self.pending_mut(id)?.take();
+        while matches!(self.pending.front(), Some(None)) {
+            self.pending.pop_front();
+            self.first_id += 1;
+        }
+        p
+    }
+
+    fn has_work(&self) -> bool {
+        self.pending.iter().any(Option::is_some)
+    }
+
+    /// How many chunks worker `w` may hold now.
+    fn cap(&self, w: &Worker) -> usize {
+        if w.retiring || w.closed {
+            return 0;
+        }
+        let by_time = (QUEUED_WORK / self.avg_chunk_ns.max(1)).clamp(2, MAX_AHEAD as u64) as usize;
+        if self.max_tasks == 0 {
+            return by_time;
+        }
+        by_time.min(self.max_tasks.saturating_sub(w.sent) as usize)
+    }
+
+    /// The worker with the most room, if any has room.
+    fn roomiest(&self) -> Option<usize> {
+        let mut best: Option<(usize, usize)> = None;
+        for (i, w) in self.workers.iter().enumerate() {
+            let Some(w) = w else { continue };
+            let room = self.cap(w).saturating_sub(w.held.len());
+            if room > 0 && best.is_none_or(|(_, r)| room > r) {
+                best = Some((i, room));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// Puts `bytes` (task `id`) into worker `i`'s ring if it fits now.
+    fn try_send(&mut self, i: usize, id: u64, bytes: &[u8]) -> bool {
+        let Some(w) = self.workers[i].as_mut() else { return false };
+        match w.tasks.put_bytes_with(bytes, Wait::Never) {
+            Ok(()) => {
+                w.held.push_back(id);
+                w.sent += 1;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Moves backlog chunks into worker `i`'s ring while it has room.
+    fn refill(&mut self, i: usize) {
+        loop {
+            let Some(w) = self.workers[i].as_ref() else { return };
+            if w.held.len() >= self.cap(w) {
+                return;
+            }
+            let Some(q) = self.backlog.pop_front() else { return };
+            if !self.try_send(i, q.id, &q.bytes) {
+                self.backlog.push_front(q);
+                return;
+            }
+        }
+    }
+
+    /// Every pending chunk, taken out (the pool stops: they all fail).
+    fn take_all(&mut self) -> Vec<Pending> {
+        self.backlog.clear();
+        for w in self.workers.iter_mut().flatten() {
+            w.held.clear();
+        }
+        self.first_id += self.pending.len() as u64;
+        self.pending.drain(..).flatten().collect()
+    }
+}
+
+fn fail_all(pending: Vec<Pending>, error: &TaskError) {
+    for p in pending {
+        p.sink.fail(p.base, p.count, error);
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(results: Queue<Vec<u8>>, key: TagKey, processes: usize, max_tasks: u64) -> Shared {
+        Shared {
+            dispatch: Mutex::new(Dispatch {
+                workers: (0..processes).map(|_| None).collect(),
+                backlog: VecDeque::new(),
+                pending: VecDeque::new(),
+                first_id: 0,
+                avg_chunk_ns: FIRST_GUESS,
+                max_tasks,
+                broken: None,
+                startup_deaths: 0,
+            }),
+            results,
+            key,
+            state: AtomicU8::new(RUNNING),
+            deferred: Mutex::new(Vec::new()),
+            runners: Mutex::new(Vec::new()),
+            handler: Mutex::new(None),
+            handler_id: Mutex::new(None),
+        }
+    }
+
+    /// The runner of task type `C` as the workers can find it (cached: finding
+    /// out whether a function lies in the executable asks the loader).
+    pub(crate) fn runner<C: task::Invoke>(&self) -> Result<RunnerRef, TaskError> {
+        let addr = task::runner_address::<C>();
+        let mut runners = lock(&self.runners);
+        let found = match runners.iter().find(|(a, _)| *a == addr) {
+            Some((_, r)) => *r,
+            None => {
+                let r = RunnerRef::at(addr);
+                runners.push((addr, r));
+                r
+            }
+        };
+        found.ok_or_else(|| {
+            TaskError::Encode("the task is not in the executable (a shared library?); pool workers cannot find it".into())
+        })
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.state.load(Ordering::Acquire) == DONE
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        self.state.load(Ordering::Acquire) == RUNNING
+    }
+
+    /// Submits a chunk whose message is in `bytes` (the id is filled in here).
+    pub(crate) fn submit(&self, sink: Arc<dyn Sink>, base: usize, count: u32, bytes: &mut [u8]) -> Result<(), TaskError> {
+        let mut d = lock(&self.dispatch);
+        if self.state.load(Ordering::Acquire) != RUNNING {
+            return Err(TaskError::PoolClosed);
+        }
+        if let Some(why) = &d.broken {
+            return Err(TaskError::Initializer(why.clone()));
+        }
+        let id = d.insert(Pending { sink, base, count });
+        task::set_task_id(bytes, id);
+        if d.backlog.is_empty() {
+            if let Some(i) = d.roomiest() {
+                if d.try_send(i, id, bytes) {
+                    return Ok(());
+                }
+            }
+        }
+        d.backlog.push_back(Queued { id, bytes: bytes.to_vec() });
+        Ok(())
+    }
+
+    /// Runs `f` on the result-handling thread (at once here if that has ended).
+    pub(crate) fn defer(&self, f: Box<dyn FnOnce() + Send>) {
+        if self.state.load(Ordering::Acquire) == DONE {
+            return f();
+        }
+        lock(&self.deferred).push(f);
+        self.nudge();
+        // It may have ended between the check and the push: then nobody else will.
+        if self.state.load(Ordering::Acquire) == DONE {
+            self.run_deferred();
+        }
+    }
+
+    fn run_deferred(&self) {
+        let jobs = std::mem::take(&mut *lock(&self.deferred));
+        for job in jobs {
+            job();
+        }
+    }
+
+    /// Wakes the result-handling thread (a reply of kind nudge).
+    fn nudge(&self) {
+        let mut msg = Vec::with_capacity(task::REPLY_HEADER);
+        task::begin_reply(&mut msg, 0, 0, task::REPLY_NUDGE);
+        let _ = self.results.put_bytes_with(&msg, Wait::Never);
+    }
+
+    pub(crate) fn close(&self) {
+        let _ = self.state.compare_exchange(RUNNING, CLOSED, Ordering::AcqRel, Ordering::Acquire);
+        self.nudge();
+    }
+
+    pub(crate) fn terminate(&self) {
+        let s = self.state.load(Ordering::Acquire);
+        if s == RUNNING || s == CLOSED {
+            let _ = self.state.compare_exchange(s, TERMINATING, Ordering::AcqRel, Ordering::Acquire);
+        }
+        self.nudge();
+    }
+
+    /// Waits for the result-handling thread to end (all workers gone). From that
+    /// thread itself (a callback calling `join`), returns at once.
+    pub(crate) fn join_handler(&self) -> Result<(), PoolError> {
+        if *lock(&self.handler_id) == Some(std::thread::current().id()) {
+            return Ok(());
+        }
+        let handle = lock(&self.handler).take();
+        match handle {
+            Some(h) => h.join().map_err(|_| PoolError::Thread("it panicked".into())),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn worker_pids(&self) -> Vec<i32> {
+        lock(&self.dispatch).workers.iter().flatten().filter_map(|w| w.process.pid()).collect()
+    }
+
+    /// Starts the result-handling thread, which starts the workers; returns once
+    /// they have started (or failed to).
+    pub(crate) fn launch(self: &Arc<Self>, starter: Starter) -> Result<(), PoolError> {
+        let (tx, rx) = mpsc::channel();
+        let me = Arc::clone(self);
+        let thread = std::thread::Builder::new()
+            .name("shmproc-pool".into())
+            .spawn(move || Handler { shared: me, starter, retired: std::cell::Cell::new(false) }.run(tx))
+            .map_err(|e| PoolError::Thread(e.to_string()))?;
+        *lock(&self.handler_id) = Some(thread.thread().id());
+        *lock(&self.handler) = Some(thread);
+        match rx.recv() {
+            Ok(r) => r,
+            Err(_) => Err(PoolError::Thread("it ended before starting the workers".into())),
+        }
+    }
+}
+
+/// The result-handling thread's own state.
+struct Handler {
+    shared: Arc<Shared>,
+    starter: Starter,
+    /// A worker said its last reply was its last: reap and replace it now rather
+    /// than at the next look.
+    retired: std::cell::Cell<bool>,
+}
+
+impl Handler {
+    fn run(self, started: mpsc::Sender<Result<(), PoolError>>) {
+        let n = lock(&self.shared.dispatch).workers.len();
+        let first = (0..n).try_for_each(|i| self.start_worker(i).map_err(PoolError::from));
+        let failed = first.is_err();
+        let _ = started.send(first);
+        if failed {
+            self.stop_workers();
+            self.shared.state.store(DONE, Ordering::Release);
+            return;
+        }
+        let mut buf = Vec::with_capacity(256);
+        let mut last_check = Instant::now();
+        loop {
+            match self.shared.state.load(Ordering::Acquire) {
+                TERMINATING => {
+                    self.stop_workers();
+                    let all = lock(&self.shared.dispatch).take_all();
+                    fail_all(all, &TaskError::Terminated);
+                    break;
+                }
+                CLOSED if self.close_idle_workers() => break,
+                _ => {}
+            }
+            let until = Instant::now() + CHECK_EVERY;
+            match self.shared.results.get_bytes_into(&mut buf, Wait::Until(until)) {
+                Ok(()) => self.on_reply(&buf),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(e) => {
+                    // The result ring is damaged: no reply can be trusted to its task.
+                    let all = lock(&self.shared.dispatch).take_all();
+                    fail_all(all, &TaskError::Decode(format!("the pool's result ring failed: {e}")));
+                    self.shared.terminate();
+                }
+            }
+            self.shared.run_deferred();
+            if self.retired.take() {
+                self.reap_retired();
+                self.check_workers();
+                last_check = Instant::now();
+            } else if last_check.elapsed() >= CHECK_EVERY {
+                self.check_workers();
+                last_check = Instant::now();
+            }
+        }
+        self.shared.state.store(DONE, Ordering::Release);
+        self.shared.run_deferred();
+    }
+
+    fn start_worker(&self, i: usize) -> Result<(), ProcessError> {
+        let tasks = Queue::<Vec<u8>>::builder().capacity(TASK_RING).build().map_err(|e| ProcessError::Os {
+            op: "creating a worker's task ring",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let max_tasks = lock(&self.shared.dispatch).max_tasks;
+        let process = (self.starter)(i as u32, tasks.clone(), self.shared.results.clone(), self.shared.key, max_tasks)?;
+        let mut d = lock(&self.shared.dispatch);
+        d.workers[i] =
+            Some(Worker { process, tasks, held: VecDeque::new(), sent: 0, ready: false, retiring: false, closed: false });
+        d.refill(i);
+        Ok(())
+    }
+
+    fn on_reply(&self, msg: &[u8]) {
+        let Some(reply) = Reply::parse(msg) else { return };
+        match reply.kind {
+            task::REPLY_READY => {
+                let mut d = lock(&self.shared.dispatch);
+                d.startup_deaths = 0;
+                if let Some(Some(w)) = usize::try_from(reply.id).ok().and_then(|i| d.workers.get_mut(i)) {
+                    w.ready = true;
+                }
+            }
+            task::REPLY_INIT_FAILED => {
+                let why = reply.init_failure();
+                let all = {
+                    let mut d = lock(&self.shared.dispatch);
+                    d.broken.get_or_insert(why.clone());
+                    d.take_all()
+                };
+                fail_all(all, &TaskError::Initializer(why));
+            }
+            task::REPLY_RESULT | task::REPLY_LAST_RESULT => self.on_result(&reply),
+            _ => {}
+        }
+    }
+
+    fn on_result(&self, reply: &Reply<'_>) {
+        let last = reply.kind == task::REPLY_LAST_RESULT;
+        let pending = {
+            let mut d = lock(&self.shared.dispatch);
+            let Some(pending) = d.remove(reply.id) else { return };
+            let sample = reply.elapsed_ns;
+            d.avg_chunk_ns = (d.avg_chunk_ns * 7 + sample) / 8;
+            let holder = d.workers.iter().position(|w| w.as_ref().is_some_and(|w| w.held.contains(&reply.id)));
+            if let Some(i) = holder {
+                if let Some(w) = d.workers[i].as_mut() {
+                    if w.held.front() == Some(&reply.id) {
+                        w.held.pop_front();
+                    } else {
+                        w.held.retain(|&id| id != reply.id);
+                    }
+                    if last {
+                        w.retiring = true;
+                        self.retired.set(true);
+                    }
+                }
+                d.refill(i);
+            }
+            pending
+        };
+        if reply.count == pending.count {
+            pending.sink.deliver(pending.base, pending.count, &mut Items::new(reply.items));
+        } else {
+            let why = TaskError::Decode("a reply's item count does not match its task (damaged message)".into());
+            pending.sink.fail(pending.base, pending.count, &why);
+        }
+    }
+
+    /// Reads every reply already in the result ring (before judging a dead
+    /// worker's tasks: it may have answered some before it died).
+    fn drain_replies(&self) {
+        let mut buf = Vec::new();
+        while self.shared.results.get_bytes_into(&mut buf, Wait::Never).is_ok() {
+            self.on_reply(&buf);
+        }
+    }
+
+    /// Waits (briefly) for retiring workers to exit: each does right after its last reply.
+    fn reap_retired(&self) {
+        let d = lock(&self.shared.dispatch);
+        for w in d.workers.iter().flatten().filter(|w| w.retiring) {
+            let _ = w.process.join_timeout(Duration::from_secs(1));
+        }
+    }
+
+    fn check_workers(&self) {
+        let ended: Vec<(usize, i32, i32)> = {
+            let d = lock(&self.shared.dispatch);
+            d.workers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, w)| {
+                    let w = w.as_ref()?;
+                    Some((i, w.process.pid()?, w.process.exitcode()?))
+                })
+                .collect()
+        };
+        if !ended.is_empty() {
+            self.drain_replies();
+        }
+        for (i, pid, code) in ended {
+            self.on_worker_exit(i, pid, code);
+        }
+        // Slots whose worker could not be started (or was not replaced yet).
+        let state = self.shared.state.load(Ordering::Acquire);
+        let empty: Vec<usize> = {
+            let d = lock(&self.shared.dispatch);
+            let wanted = d.broken.is_none() && (state == RUNNING || (state == CLOSED && d.has_work()));
+            if wanted {
+                d.workers.iter().enumerate().filter(|(_, w)| w.is_none()).map(|(i, _)| i).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        for i in empty {
+            // A failed start is tried again at the next look.
+            let _ = self.start_worker(i);
+        }
+    }
+
+    /// Worker `i`, process `pid`, has ended with `code`: its unstarted tasks go back
+    /// to the backlog, the one it was running fails, and it is replaced.
+    fn on_worker_exit(&self, i: usize, pid: i32, code: i32) {
+        let failed = {
+            let mut d = lock(&self.shared.dispatch);
+            if d.workers[i].as_ref().and_then(|w| w.process.pid()) != Some(pid) {
+                return; // already replaced
+            }
+            let Some(mut w) = d.workers[i].take() else { return };
+            // What is still in its ring never started: back to the front of the backlog.
+            let mut back = Vec::new();
+            let mut buf = Vec::new();
+            while w.tasks.qsize() > 0 {
+                let deadline = Wait::timeout(Duration::from_secs(1));
+                if w.tasks.get_bytes_into(&mut buf, deadline).is_err() {
+                    break;
+                }
+                if let Some(id) = task::task_id(&buf) {
+                    w.held.retain(|&h| h != id);
+                    back.push(Queued { id, bytes: std::mem::take(&mut buf) });
+                }
+            }
+            for q in back.into_iter().rev() {
+                d.backlog.push_front(q);
+            }
+            if !w.ready {
+                d.startup_deaths += 1;
+                if d.startup_deaths >= STARTUP_DEATHS && d.broken.is_none() {
+                    d.broken = Some(format!("pool workers keep dying while starting (last exit code {code})"));
+                }
+            }
+            let failed: Vec<Pending> = w.held.iter().filter_map(|&id| d.remove(id)).collect();
+            failed
+        };
+        fail_all(failed, &TaskError::WorkerDied { pid, exitcode: code });
+        let broken = lock(&self.shared.dispatch).broken.clone();
+        if let Some(why) = broken {
+            let all = lock(&self.shared.dispatch).take_all();
+            fail_all(all, &TaskError::Initializer(why));
+            return;
+        }
+        let state = self.shared.state.load(Ordering::Acquire);
+        let replace = state == RUNNING || (state == CLOSED && lock(&self.shared.dispatch).has_work());
+        if replace {
+            let _ = self.start_worker(i);
+        }
+    }
+
+    /// With the pool closed: closes the ring of every worker that holds nothing
+    /// once nothing is left to send, so that it exits. `true` once all are gone.
+    fn close_idle_workers(&self) -> bool {
+        let mut d = lock(&self.shared.dispatch);
+        if !d.backlog.is_empty() {
+            return false;
+        }
+        let mut all_gone = true;
+        for w in d.workers.iter_mut().flatten() {
+            if w.held.is_empty() && !w.closed {
+                w.tasks.close();
+                w.closed = true;
+            }
+            match w.process.exitcode() {
+                Some(_) if w.held.is_empty() => {}
+                _ => all_gone = false,
+            }
+        }
+        if all_gone {
+            for w in d.workers.iter_mut() {
+                *w = None;
+            }
+        }
+        all_gone && !d.has_work()
+    }
+
+    /// SIGTERM to every worker, SIGKILL to any still there a second later; all reaped.
+    fn stop_workers(&self) {
+        let workers: Vec<Worker> = lock(&self.shared.dispatch).workers.iter_mut().filter_map(Option::take).collect();
+        for w in &workers {
+            let _ = w.process.terminate();
+        }
+        for w in &workers {
+            if !matches!(w.process.join_timeout(Duration::from_secs(1)), Ok(true)) {
+                let _ = w.process.kill();
+                let _ = w.process.join_timeout(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// A fresh tag key for a pool.
+pub(crate) fn new_key() -> Result<TagKey, PoolError> {
+    let r = sys::random_u128().map_err(|e| PoolError::Start(ProcessError::Os { op: "getrandom", source: e }))?;
+    Ok(TagKey(r as u64, (r >> 64) as u64))
+}
+

@@ -1,0 +1,675 @@
+//! Pools: Python's `multiprocessing.Pool` on our rings and processes, surviving its
+//! workers' deaths.
+//!
+//! A [`Pool`] starts worker processes (any start method) and farms tasks out to
+//! them: [`apply`](Pool::apply), [`apply_async`](Pool::apply_async),
+//! [`map`](Pool::map), [`imap`](Pool::imap), [`starmap`](Pool::starmap) and their
+//! variants. A task is a fn item or a non-capturing closure (checked at compile
+//! time), called with serializable arguments; its result comes back serialized.
+//!
+//! What this layer promises:
+//! - **A task fails alone.** A panic fails that task with its message and location
+//!   ([`TaskError::Panicked`]); the worker goes on serving. A worker that dies
+//!   (killed, crashed, out of memory) fails exactly the task(s) it was running with
+//!   [`TaskError::WorkerDied`] and is replaced; every other task completes and no
+//!   call hangs *(beyond: Python's Pool hangs, gh-96062, bpo-22393)*.
+//! - **Submitting never blocks.** Tasks beyond what the workers' rings hold wait in
+//!   the parent's memory (`apply_async` in a loop of a million calls completes), and
+//!   `imap` reads its input lazily with a bounded number of tasks in flight.
+//! - **Callbacks run in the parent**, on the pool's result-handling thread.
+//! - **Nothing is left behind.** Dropping a pool terminates it (Python's with-block):
+//!   its workers are killed and reaped, and pending results fail with
+//!   [`TaskError::Terminated`].
+//!
+//! How the parent tracks tasks and workers is in `handler.rs`; the bytes that cross
+//! are in `task.rs`; a worker's loop is `worker.rs`.
+
+mod error;
+mod handler;
+mod result;
+mod task;
+mod worker;
+
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use error::{PoolError, TaskError};
+pub use result::{AsyncResult, MapResult};
+pub use task::StarTask;
+
+use handler::{Shared, Starter};
+use result::{Marker, Sink, StreamSink};
+use task::{Invoke, Plain, RunnerRef, Star, TagKey};
+use worker::{no_initializer, worker_main, WorkerArgs};
+
+use crate::channel::Queue;
+use crate::process::{Context, Process, StartMethod};
+use crate::sync::wait::Wait;
+
+/// Chunks in flight per worker for `imap`, at most.
+const IMAP_WINDOW_PER_WORKER: usize = 512;
+
+static NEXT_WORKER: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// Where a submitting thread encodes a task, so that a task costs no allocation.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A pool of worker processes (Python's `multiprocessing.Pool`).
+///
+/// ```
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+/// let pool = shmproc::Pool::new(2)?;
+/// assert_eq!(pool.apply(square, 7)?, 49);
+/// assert_eq!(pool.map(square, 0..5u64)?, vec![0, 1, 4, 9, 16]);
+/// let sum: u64 = pool.imap(square, 0..100u64).map(Result::unwrap).sum();
+/// assert_eq!(sum, 328_350);
+/// pool.close();
+/// pool.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Pool {
+    shared: Arc<Shared>,
+    processes: usize,
+}
+
+/// Options for a [`Pool`]: the number of workers, an initializer, how many tasks a
+/// worker runs before it is replaced, the start method.
+#[must_use = "a builder does nothing until `build`"]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    max_tasks: u64,
+    method: Option<StartMethod>,
+    starter: Box<dyn FnOnce(Option<StartMethod>) -> Starter>,
+}
+
+impl fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("processes", &self.processes)
+            .field("max_tasks_per_child", &self.max_tasks)
+            .field("start_method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a pool starts a worker: `worker_main` with initializer `I` and its arguments.
+fn starter<I, IA>(method: Option<StartMethod>, init_args: IA) -> Starter
+where
+    I: Fn(IA) + Copy + Send + Sync + 'static,
+    IA: Serialize + DeserializeOwned + Clone + Send + 'static,
+{
+    Box::new(move |slot, tasks, results, key, max_tasks| {
+        let n = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
+        let args = WorkerArgs { slot, tasks, results, key, max_tasks, init_args: init_args.clone() };
+        let mut b = Process::builder(worker_main::<I, IA>, args).name(format!("PoolWorker-{n}")).daemon(true);
+        if let Some(m) = method {
+            b = b.start_method(m);
+        }
+        b.start()
+    })
+}
+
+/// [`starter`] for the (unnameable) type of the fn item `_init`.
+fn starter_of<I, IA>(_init: I, method: Option<StartMethod>, init_args: IA) -> Starter
+where
+    I: Fn(IA) + Copy + Send + Sync + 'static,
+    IA: Serialize + DeserializeOwned + Clone + Send + 'static,
+{
+    starter::<I, IA>(method, init_args)
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder {
+            processes: None,
+            max_tasks: 0,
+            method: None,
+            starter: Box::new(|m| starter_of(no_initializer, m, ())),
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// The number of worker processes (default [`cpu_count`](crate::cpu_count)).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// Runs `f(args)` in every worker when it starts (Python's `initializer` and
+    /// `initargs`): the place to hand workers shared objects (`Value`, `Lock`,
+    /// queues), which cannot be task arguments. An initializer that panics makes the
+    /// pool unusable: its tasks fail with [`TaskError::Initializer`].
+    pub fn initializer<F, IA>(mut self, f: F, args: IA) -> Self
+    where
+        F: Fn(IA) + Copy + Send + Sync + 'static,
+        IA: Serialize + DeserializeOwned + Clone + Send + 'static,
+    {
+        self.starter = Box::new(move |m| starter_of(f, m, args));
+        self
+    }
+
+    /// Replaces a worker after it has run `n` tasks (chunks, as in Python's
+    /// `maxtasksperchild`); 0, the default, never.
+    pub fn max_tasks_per_child(mut self, n: u64) -> Self {
+        self.max_tasks = n;
+        self
+    }
+
+    /// The start method of the workers (default: [`get_start_method`](crate::get_start_method)).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// The start method of `ctx` (Python's `ctx.Pool()`).
+    pub fn context(self, ctx: Context) -> Self {
+        self.start_method(ctx.start_method())
+    }
+
+    /// Starts the workers.
+    pub fn build(self) -> Result<Pool, PoolError> {
+        let processes = match self.processes {
+            Some(0) => return Err(PoolError::InvalidArgument("processes must be at least 1")),
+            Some(n) => n,
+            None => crate::cpu_count().max(1),
+        };
+        let results = Queue::<Vec<u8>>::builder().capacity(handler::RESULT_RING).build()?;
+        let shared = Arc::new(Shared::new(results, handler::new_key()?, processes, self.max_tasks));
+        shared.launch((self.starter)(self.method))?;
+        Ok(Pool { shared, processes })
+    }
+}
+
+/// Encodes one chunk of task arguments into a message.
+struct Chunk<'b> {
+    buf: &'b mut Vec<u8>,
+    count: u32,
+}
+
+impl<'b> Chunk<'b> {
+    fn begin(buf: &'b mut Vec<u8>, runner: RunnerRef, key: TagKey) -> Chunk<'b> {
+        task::begin_task(buf, runner, key);
+        Chunk { buf, count: 0 }
+    }
+
+    fn push<A: Serialize>(&mut self, item: &A) -> Result<(), TaskError> {
+        task::append(item, self.buf).map_err(TaskError::Encode)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    fn finish(self) -> (&'b mut [u8], u32) {
+        task::finish_task(self.buf, self.count);
+        (self.buf.as_mut_slice(), self.count)
+    }
+}
+
+/// Python's default chunksize: the input cut into about four chunks per worker.
+fn default_chunksize(len: usize, workers: usize) -> usize {
+    len.div_ceil(workers * 4).max(1)
+}
+
+impl Pool {
+    /// A pool of `processes` workers started with the default start method.
+    pub fn new(processes: usize) -> Result<Pool, PoolError> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// Options for a pool.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// The number of workers.
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    /// The process ids of the workers running now (they change as workers are
+    /// replaced).
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.shared.worker_pids()
+    }
+
+    /// Runs `f(args)` in a worker and waits for the result (Python's `apply`).
+    pub fn apply<F, A, R>(&self, f: F, args: A) -> Result<R, TaskError>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async(f, args).get()
+    }
+
+    /// Submits `f(args)` and returns at once (Python's `apply_async`); never blocks,
+    /// however many tasks are pending. Attach callbacks with
+    /// [`AsyncResult::callback`] and [`AsyncResult::error_callback`].
+    ///
+    /// ```
+    /// let pool = shmproc::Pool::new(2)?;
+    /// let r = pool.apply_async(|x: u64| x + 1, 41).callback(|v: &u64| assert_eq!(*v, 42));
+    /// assert_eq!(r.get()?, 42);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn apply_async<F, A, R>(&self, f: F, args: A) -> AsyncResult<R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let _ = f;
+        let (result, sink) = AsyncResult::new(Arc::clone(&self.shared));
+        if let Err(e) = self.submit_one::<Plain<F, A>>(&args, Arc::clone(&sink)) {
+            sink.fail(0, 1, &e);
+        }
+        result
+    }
+
+    fn submit_one<C: Invoke>(&self, args: &C::In, sink: Arc<dyn Sink>) -> Result<(), TaskError> {
+        if !self.shared.is_running() {
+            return Err(TaskError::PoolClosed);
+        }
+        let runner = self.shared.runner::<C>()?;
+        SCRATCH.with(|scratch| {
+            let mut fresh = Vec::new();
+            let mut borrowed = scratch.try_borrow_mut();
+            let buf = match borrowed.as_deref_mut() {
+                Ok(b) => b,
+                Err(_) => &mut fresh,
+            };
+            let mut chunk = Chunk::begin(buf, runner, self.shared.key);
+            chunk.push(args)?;
+            let (bytes, count) = chunk.finish();
+            let submitted = self.shared.submit(sink, 0, count, bytes);
+            if buf.capacity() > 1 << 20 {
+                *buf = Vec::new();
+            }
+            submitted
+        })
+    }
+
+    /// `f` applied to every item, in order (Python's `map`), with Python's default
+    /// chunksize (about four chunks per worker). The first task that fails makes it
+    /// an error.
+    pub fn map<F, A, R, I>(&self, f: F, iterable: I) -> Result<Vec<R>, TaskError>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async(f, iterable).get()
+    }
+
+    /// [`map`](Pool::map) with an explicit chunksize (tasks sent to a worker together).
+    pub fn map_chunked<F, A, R, I>(&self, f: F, iterable: I, chunksize: usize) -> Result<Vec<R>, TaskError>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async_chunked(f, iterable, chunksize).get()
+    }
+
+    /// [`map`](Pool::map) without waiting (Python's `map_async`).
+    pub fn map_async<F, A, R, I>(&self, f: F, iterable: I) -> MapResult<R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let _ = f;
+        let items: Vec<A> = iterable.into_iter().collect();
+        let chunksize = default_chunksize(items.len(), self.processes);
+        self.submit_all::<Plain<F, A>>(items, chunksize)
+    }
+
+    /// [`map_async`](Pool::map_async) with an explicit chunksize.
+    pub fn map_async_chunked<F, A, R, I>(&self, f: F, iterable: I, chunksize: usize) -> MapResult<R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let _ = f;
+        self.submit_all::<Plain<F, A>>(iterable.into_iter().collect(), chunksize.max(1))
+    }
+
+    /// `f(a, b, ...)` for every tuple, in order (Python's `starmap`): `f` takes 1 to
+    /// 4 arguments.
+    ///
+    /// ```
+    /// fn add(a: u64, b: u64) -> u64 {
+    ///     a + b
+    /// }
+    /// let pool = shmproc::Pool::new(2)?;
+    /// assert_eq!(pool.starmap(add, vec![(1, 2), (3, 4)])?, vec![3, 7]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn starmap<F, Args, I>(&self, f: F, iterable: I) -> Result<Vec<F::Output>, TaskError>
+    where
+        F: StarTask<Args>,
+        Args: Serialize + DeserializeOwned + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = Args>,
+    {
+        self.starmap_async(f, iterable).get()
+    }
+
+    /// [`starmap`](Pool::starmap) with an explicit chunksize.
+    pub fn starmap_chunked<F, Args, I>(&self, f: F, iterable: I, chunksize: usize) -> Result<Vec<F::Output>, TaskError>
+    where
+        F: StarTask<Args>,
+        Args: Serialize + DeserializeOwned + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = Args>,
+    {
+        let _ = f;
+        self.submit_all::<Star<F, Args>>(iterable.into_iter().collect(), chunksize.max(1)).get()
+    }
+
+    /// [`starmap`](Pool::starmap) without waiting (Python's `starmap_async`).
+    pub fn starmap_async<F, Args, I>(&self, f: F, iterable: I) -> MapResult<F::Output>
+    where
+        F: StarTask<Args>,
+        Args: Serialize + DeserializeOwned + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = Args>,
+    {
+        let _ = f;
+        let items: Vec<Args> = iterable.into_iter().collect();
+        let chunksize = default_chunksize(items.len(), self.processes);
+        self.submit_all::<Star<F, Args>>(items, chunksize)
+    }
+
+    fn submit_all<C: Invoke>(&self, items: Vec<C::In>, chunksize: usize) -> MapResult<C::Out>
+    where
+        C::Out: Send + 'static,
+    {
+        let (result, sink) = MapResult::new(Arc::clone(&self.shared), items.len());
+        let sink: Arc<dyn Sink> = sink;
+        let runner = match self.shared.runner::<C>() {
+            Ok(r) if self.shared.is_running() => r,
+            Ok(_) => {
+                sink.fail(0, 0, &TaskError::PoolClosed);
+                return result;
+            }
+            Err(e) => {
+                sink.fail(0, 0, &e);
+                return result;
+            }
+        };
+        let mut buf = Vec::new();
+        for (k, chunk_items) in items.chunks(chunksize).enumerate() {
+            let base = k * chunksize;
+            let mut chunk = Chunk::begin(&mut buf, runner, self.shared.key);
+            for item in chunk_items {
+                if let Err(e) = chunk.push(item) {
+                    sink.fail(base, chunk_items.len() as u32, &e);
+                    return result;
+                }
+            }
+            let (bytes, count) = chunk.finish();
+            if let Err(e) = self.shared.submit(Arc::clone(&sink), base, count, bytes) {
+                sink.fail(base, count, &e);
+                return result;
+            }
+        }
+        result
+    }
+
+    /// The results of `f` over the input, in order, as an iterator (Python's
+    /// `imap`, chunksize 1): the input is read lazily and at most a bounded number
+    /// of tasks are in flight, so an endless input runs in bounded memory.
+    ///
+    /// ```
+    /// let pool = shmproc::Pool::new(2)?;
+    /// // An endless input: take what you need.
+    /// let first: Vec<u64> = pool.imap(|x: u64| x * 2, 0..).take(5).collect::<Result<_, _>>()?;
+    /// assert_eq!(first, vec![0, 2, 4, 6, 8]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn imap<F, A, R, I>(&self, f: F, iterable: I) -> IMap<'_, A, R, I::IntoIter>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.imap_chunked(f, iterable, 1)
+    }
+
+    /// [`imap`](Pool::imap) sending `chunksize` tasks to a worker at a time.
+    pub fn imap_chunked<F, A, R, I>(&self, f: F, iterable: I, chunksize: usize) -> IMap<'_, A, R, I::IntoIter>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let _ = f;
+        IMap::new(self, self.shared.runner::<Plain<F, A>>(), iterable.into_iter(), chunksize, true)
+    }
+
+    /// [`imap`](Pool::imap) yielding results as they complete (Python's
+    /// `imap_unordered`).
+    pub fn imap_unordered<F, A, R, I>(&self, f: F, iterable: I) -> IMap<'_, A, R, I::IntoIter>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.imap_unordered_chunked(f, iterable, 1)
+    }
+
+    /// [`imap_unordered`](Pool::imap_unordered) with an explicit chunksize.
+    pub fn imap_unordered_chunked<F, A, R, I>(
+        &self,
+        f: F,
+        iterable: I,
+        chunksize: usize,
+    ) -> IMap<'_, A, R, I::IntoIter>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let _ = f;
+        IMap::new(self, self.shared.runner::<Plain<F, A>>(), iterable.into_iter(), chunksize, false)
+    }
+
+    /// Stops accepting tasks (Python's `close()`); the workers exit once every
+    /// submitted task has finished. Later submissions fail with
+    /// [`TaskError::PoolClosed`].
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Stops the workers now (Python's `terminate()`): every pending result fails
+    /// with [`TaskError::Terminated`]. Returns once they are reaped.
+    pub fn terminate(&self) {
+        self.shared.terminate();
+        let _ = self.shared.join_handler();
+    }
+
+    /// Waits for the workers to exit (Python's `join()`): after [`close`](Pool::close)
+    /// (every task finishes first) or [`terminate`](Pool::terminate).
+    pub fn join(&self) -> Result<(), PoolError> {
+        if self.shared.is_running() {
+            return Err(PoolError::StillRunning);
+        }
+        self.shared.join_handler()
+    }
+
+    /// [`join`](Pool::join) for at most `timeout`; whether the workers are gone.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<bool, PoolError> {
+        if self.shared.is_running() {
+            return Err(PoolError::StillRunning);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.shared.is_done() {
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.shared.join_handler().map(|()| true)
+    }
+}
+
+impl Drop for Pool {
+    /// Terminates the pool, as leaving Python's with-block does.
+    fn drop(&mut self) {
+        self.shared.terminate();
+        let _ = self.shared.join_handler();
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool").field("processes", &self.processes).field("workers", &self.worker_pids()).finish()
+    }
+}
+
+/// The iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: one
+/// `Result<R, TaskError>` per input item (a task that failed is an `Err`; the
+/// others carry on).
+pub struct IMap<'p, A, R, I> {
+    pool: &'p Pool,
+    runner: Result<RunnerRef, TaskError>,
+    input: I,
+    chunksize: usize,
+    sink: Arc<StreamSink<R>>,
+    submitted: usize,
+    taken: usize,
+    exhausted: bool,
+    buf: Vec<u8>,
+    _types: Marker<(A, R)>,
+}
+
+impl<'p, A, R, I> IMap<'p, A, R, I>
+where
+    A: Serialize,
+    R: DeserializeOwned + Send + 'static,
+    I: Iterator<Item = A>,
+{
+    fn new(pool: &'p Pool, runner: Result<RunnerRef, TaskError>, input: I, chunksize: usize, ordered: bool) -> Self {
+        IMap {
+            pool,
+            runner,
+            input,
+            chunksize: chunksize.max(1),
+            sink: Arc::new(StreamSink::new(ordered)),
+            submitted: 0,
+            taken: 0,
+            exhausted: false,
+            buf: Vec::new(),
+            _types: std::marker::PhantomData,
+        }
+    }
+
+    /// Submits chunks while fewer than the window are in flight.
+    fn fill(&mut self) {
+        let window = IMAP_WINDOW_PER_WORKER * self.pool.processes * self.chunksize;
+        while !self.exhausted && self.submitted - self.taken < window {
+            self.submit_chunk();
+        }
+    }
+
+    fn submit_chunk(&mut self) {
+        let sink: Arc<dyn Sink> = self.sink.clone();
+        let base = self.submitted;
+        let runner = match &self.runner {
+            Ok(r) => *r,
+            Err(e) => {
+                // Every item fails the same way; the input is still read lazily.
+                if self.input.next().is_none() {
+                    self.exhausted = true;
+                } else {
+                    sink.fail(base, 1, e);
+                    self.submitted += 1;
+                }
+                return;
+            }
+        };
+        let mut chunk = Chunk::begin(&mut self.buf, runner, self.pool.shared.key);
+        let mut bad = None;
+        while (chunk.count as usize) < self.chunksize {
+            let Some(item) = self.input.next() else {
+                self.exhausted = true;
+                break;
+            };
+            if let Err(e) = chunk.push(&item) {
+                // That item fails alone: send what came before it, then report it.
+                bad = Some(e);
+                break;
+            }
+        }
+        let (bytes, count) = chunk.finish();
+        if count > 0 {
+            if let Err(e) = self.pool.shared.submit(Arc::clone(&sink), base, count, bytes) {
+                sink.fail(base, count, &e);
+            }
+            self.submitted += count as usize;
+        }
+        if let Some(e) = bad {
+            sink.fail(self.submitted, 1, &e);
+            self.submitted += 1;
+        }
+    }
+
+    fn next_with(&mut self, wait: Wait) -> Option<Result<R, TaskError>> {
+        self.fill();
+        if self.taken == self.submitted {
+            return None;
+        }
+        match self.sink.next(wait) {
+            Some(r) => {
+                self.taken += 1;
+                Some(r)
+            }
+            None => Some(Err(TaskError::Timeout)),
+        }
+    }
+
+    /// The next result, waiting at most `timeout` (Python's `next(timeout)`):
+    /// `Some(Err(TaskError::Timeout))` if it is not there yet (ask again).
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, TaskError>> {
+        self.next_with(Wait::timeout(timeout))
+    }
+}
+
+impl<A, R, I> Iterator for IMap<'_, A, R, I>
+where
+    A: Serialize,
+    R: DeserializeOwned + Send + 'static,
+    I: Iterator<Item = A>,
+{
+    type Item = Result<R, TaskError>;
+
+    fn next(&mut self) -> Option<Result<R, TaskError>> {
+        self.next_with(Wait::Forever)
+    }
+}
+
+impl<A, R, I> fmt::Debug for IMap<'_, A, R, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IMap").field("submitted", &self.submitted).field("taken", &self.taken).finish_non_exhaustive()
+    }
+}

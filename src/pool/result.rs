@@ -1,0 +1,499 @@
+//! Where results land in the parent: a sink per submission (one task, a map, an
+//! imap stream), filled by the pool's result-handling thread, and the handles that
+//! wait on them (`AsyncResult`, `MapResult`, the imap iterators).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use super::error::TaskError;
+use super::handler::Shared;
+use super::task::Items;
+use crate::channel::YIELD_TIME;
+use crate::sync::wait::{sleep_on, spin, wake, Wait, SAFETY_POLL};
+
+/// Where the result-handling thread puts what a chunk of tasks produced.
+pub(crate) trait Sink: Send + Sync {
+    /// The replies of tasks `base..base + count`, one item each.
+    fn deliver(&self, base: usize, count: u32, items: &mut Items<'_>);
+    /// Tasks `base..base + count` failed, all with `error`.
+    fn fail(&self, base: usize, count: u32, error: &TaskError);
+}
+
+/// An event count: waiters wait for `seq` to move past what they saw, spinning,
+/// then yielding, then asleep on a futex; a notifier makes a syscall only when
+/// someone sleeps.
+#[derive(Default)]
+pub(crate) struct Latch {
+    seq: AtomicU32,
+    sleepers: AtomicU32,
+}
+
+impl Latch {
+    pub(crate) fn notify(&self) {
+        // SeqCst pairs with the waiter's: either it sees the new `seq` or we see it
+        // registered as a sleeper (and the futex compares `seq` before sleeping).
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        if self.sleepers.load(Ordering::SeqCst) != 0 {
+            wake(&self.seq, u32::MAX);
+        }
+    }
+
+    /// Waits until `ready` returns `Some`, at most as long as `wait` allows.
+    pub(crate) fn wait_for<T>(&self, wait: Wait, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+        loop {
+            let seen = self.seq.load(Ordering::Acquire);
+            if let Some(t) = ready() {
+                return Some(t);
+            }
+            if !self.wait_change(seen, wait) {
+                return ready();
+            }
+        }
+    }
+
+    /// Waits for `seq` to leave `seen`; `false` once `wait` has run out.
+    fn wait_change(&self, seen: u32, wait: Wait) -> bool {
+        let moved = || self.seq.load(Ordering::Acquire) != seen;
+        if wait == Wait::Never {
+            return moved();
+        }
+        if spin(|| moved().then_some(())).is_some() {
+            return true;
+        }
+        // Then give the CPU away for a while (with more threads than CPUs, the one
+        // that would notify us may be waiting for this one).
+        let yield_end = Instant::now() + YIELD_TIME;
+        while Instant::now() < yield_end {
+            if moved() {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        loop {
+            self.sleepers.fetch_add(1, Ordering::SeqCst);
+            if self.seq.load(Ordering::SeqCst) != seen {
+                self.sleepers.fetch_sub(1, Ordering::SeqCst);
+                return true;
+            }
+            let in_time = sleep_on(&self.seq, seen, wait, Some(SAFETY_POLL));
+            self.sleepers.fetch_sub(1, Ordering::SeqCst);
+            if moved() {
+                return true;
+            }
+            if !in_time {
+                return false;
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs a user's callback, so that one that panics does not take the pool's
+/// result-handling thread with it (the panic is printed, as any panic is).
+fn run_callback(f: impl FnOnce()) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+}
+
+type Callback<T> = Box<dyn FnOnce(&T) + Send>;
+type ErrorCallback = Box<dyn FnOnce(&TaskError) + Send>;
+
+/// A completion: the outcome once there, callbacks until it is.
+struct Completion<T> {
+    outcome: Option<Result<T, TaskError>>,
+    taken: bool,
+    callback: Option<Callback<T>>,
+    error_callback: Option<ErrorCallback>,
+}
+
+impl<T> Completion<T> {
+    fn new() -> Completion<T> {
+        Completion { outcome: None, taken: false, callback: None, error_callback: None }
+    }
+
+    fn complete(&mut self, outcome: Result<T, TaskError>) {
+        match &outcome {
+            Ok(v) => {
+                if let Some(cb) = self.callback.take() {
+                    run_callback(|| cb(v));
+                }
+            }
+            Err(e) => {
+                if let Some(cb) = self.error_callback.take() {
+                    run_callback(|| cb(e));
+                }
+            }
+        }
+        self.callback = None;
+        self.error_callback = None;
+        self.outcome = Some(outcome);
+    }
+
+    fn take(&mut self) -> Result<T, TaskError> {
+        match self.outcome.take() {
+            Some(r) => {
+                self.taken = true;
+                r
+            }
+            None if self.taken => Err(TaskError::AlreadyTaken),
+            None => Err(TaskError::Timeout),
+        }
+    }
+}
+
+/// The state behind an [`AsyncResult`] or a [`MapResult`].
+pub(crate) struct Cell<T> {
+    state: Mutex<Completion<T>>,
+    done: AtomicBool,
+    latch: Latch,
+}
+
+impl<T> Cell<T> {
+    fn new() -> Cell<T> {
+        Cell { state: Mutex::new(Completion::new()), done: AtomicBool::new(false), latch: Latch::default() }
+    }
+
+    fn complete(&self, outcome: Result<T, TaskError>) {
+        let mut s = lock(&self.state);
+        if s.outcome.is_some() || s.taken {
+            return;
+        }
+        s.complete(outcome);
+        drop(s);
+        self.done.store(true, Ordering::Release);
+        self.latch.notify();
+    }
+
+    fn wait(&self, wait: Wait) -> bool {
+        self.latch.wait_for(wait, || self.done.load(Ordering::Acquire).then_some(())).is_some()
+    }
+
+    fn ready(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    fn successful(&self) -> Option<bool> {
+        if !self.ready() {
+            return None;
+        }
+        let s = lock(&self.state);
+        s.outcome.as_ref().map(|o| o.is_ok())
+    }
+
+    fn get(&self, wait: Wait) -> Result<T, TaskError> {
+        self.wait(wait);
+        lock(&self.state).take()
+    }
+}
+
+impl<T: Send + 'static> Cell<T> {
+    /// Registers a callback, run on the result-handling thread: when the outcome
+    /// arrives, or at once (on that thread) if it is already there.
+    fn on_ok(self: &Arc<Self>, pool: &Shared, cb: Callback<T>) {
+        let mut s = lock(&self.state);
+        if s.outcome.is_none() && !s.taken {
+            s.callback = Some(cb);
+            return;
+        }
+        drop(s);
+        let me = Arc::clone(self);
+        pool.defer(Box::new(move || {
+            if let Some(Ok(v)) = &lock(&me.state).outcome {
+                run_callback(|| cb(v));
+            }
+        }));
+    }
+
+    fn on_err(self: &Arc<Self>, pool: &Shared, cb: ErrorCallback) {
+        let mut s = lock(&self.state);
+        if s.outcome.is_none() && !s.taken {
+            s.error_callback = Some(cb);
+            return;
+        }
+        drop(s);
+        let me = Arc::clone(self);
+        pool.defer(Box::new(move || {
+            if let Some(Err(e)) = &lock(&me.state).outcome {
+                run_callback(|| cb(e));
+            }
+        }));
+    }
+}
+
+/// One task's sink.
+pub(crate) struct OneSink<R> {
+    cell: Arc<Cell<R>>,
+}
+
+impl<R: DeserializeOwned + Send + 'static> Sink for OneSink<R> {
+    fn deliver(&self, _base: usize, _count: u32, items: &mut Items<'_>) {
+        self.cell.complete(items.next::<R>());
+    }
+
+    fn fail(&self, _base: usize, _count: u32, error: &TaskError) {
+        self.cell.complete(Err(error.clone()));
+    }
+}
+
+/// A map's sink: results by index, complete when the last arrives (or at the first
+/// failure, as Python's `map` raises the first exception).
+pub(crate) struct MapSink<R> {
+    slots: Mutex<(Vec<Option<R>>, usize)>,
+    cell: Arc<Cell<Vec<R>>>,
+}
+
+impl<R> MapSink<R> {
+    fn finish_if_full(&self, slots: &mut (Vec<Option<R>>, usize)) {
+        if slots.1 == 0 {
+            let values = std::mem::take(&mut slots.0).into_iter().map(|v| v.expect("every slot filled")).collect();
+            self.cell.complete(Ok(values));
+        }
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> Sink for MapSink<R> {
+    fn deliver(&self, base: usize, count: u32, items: &mut Items<'_>) {
+        let mut slots = lock(&self.slots);
+        for i in base..base + count as usize {
+            match items.next::<R>() {
+                Ok(v) => {
+                    if let Some(slot) = slots.0.get_mut(i) {
+                        if slot.replace(v).is_none() {
+                            slots.1 -= 1;
+                        }
+                    }
+                }
+                Err(e) => {
+                    drop(slots);
+                    return self.cell.complete(Err(e));
+                }
+            }
+        }
+        self.finish_if_full(&mut slots);
+    }
+
+    fn fail(&self, _base: usize, _count: u32, error: &TaskError) {
+        self.cell.complete(Err(error.clone()));
+    }
+}
+
+/// An imap stream's sink: results in order (by index) or as they come.
+pub(crate) struct StreamSink<R> {
+    state: Mutex<Stream<R>>,
+    latch: Latch,
+}
+
+struct Stream<R> {
+    ordered: bool,
+    /// In order: `slots[i]` holds the result of task `head + i` once it came.
+    slots: VecDeque<Option<Result<R, TaskError>>>,
+    head: usize,
+    /// As they come.
+    arrived: VecDeque<Result<R, TaskError>>,
+}
+
+impl<R> Stream<R> {
+    fn put(&mut self, index: usize, r: Result<R, TaskError>) {
+        if !self.ordered {
+            return self.arrived.push_back(r);
+        }
+        let Some(at) = index.checked_sub(self.head) else { return };
+        if self.slots.len() <= at {
+            self.slots.resize_with(at + 1, || None);
+        }
+        self.slots[at] = Some(r);
+    }
+
+    fn take(&mut self) -> Option<Result<R, TaskError>> {
+        if !self.ordered {
+            return self.arrived.pop_front();
+        }
+        if !matches!(self.slots.front(), Some(Some(_))) {
+            return None;
+        }
+        self.head += 1;
+        self.slots.pop_front().flatten()
+    }
+}
+
+impl<R> StreamSink<R> {
+    pub(crate) fn new(ordered: bool) -> StreamSink<R> {
+        StreamSink {
+            state: Mutex::new(Stream { ordered, slots: VecDeque::new(), head: 0, arrived: VecDeque::new() }),
+            latch: Latch::default(),
+        }
+    }
+
+    pub(crate) fn next(&self, wait: Wait) -> Option<Result<R, TaskError>> {
+        self.latch.wait_for(wait, || lock(&self.state).take())
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> Sink for StreamSink<R> {
+    fn deliver(&self, base: usize, count: u32, items: &mut Items<'_>) {
+        let mut s = lock(&self.state);
+        for i in 0..count as usize {
+            s.put(base + i, items.next::<R>());
+        }
+        drop(s);
+        self.latch.notify();
+    }
+
+    fn fail(&self, base: usize, count: u32, error: &TaskError) {
+        let mut s = lock(&self.state);
+        for i in 0..count as usize {
+            s.put(base + i, Err(error.clone()));
+        }
+        drop(s);
+        self.latch.notify();
+    }
+}
+
+/// The result of [`Pool::apply_async`](crate::Pool::apply_async) (Python's
+/// `AsyncResult`): wait for it, ask whether it is there, or take it.
+#[must_use = "an AsyncResult does nothing unless you get its value (the task runs anyway)"]
+pub struct AsyncResult<R> {
+    cell: Arc<Cell<R>>,
+    pool: Arc<Shared>,
+}
+
+impl<R: DeserializeOwned + Send + 'static> AsyncResult<R> {
+    pub(crate) fn new(pool: Arc<Shared>) -> (AsyncResult<R>, Arc<dyn Sink>) {
+        let cell = Arc::new(Cell::new());
+        let sink: Arc<dyn Sink> = Arc::new(OneSink { cell: Arc::clone(&cell) });
+        (AsyncResult { cell, pool }, sink)
+    }
+
+    /// Runs `callback` with the value when the task succeeds, in this process on the
+    /// pool's result-handling thread (never in a worker). Register it right after
+    /// `apply_async`: one registered once the value was taken never runs.
+    pub fn callback(self, callback: impl FnOnce(&R) + Send + 'static) -> Self {
+        self.cell.on_ok(&self.pool, Box::new(callback));
+        self
+    }
+
+    /// Runs `callback` with the error when the task fails, on the pool's
+    /// result-handling thread.
+    pub fn error_callback(self, callback: impl FnOnce(&TaskError) + Send + 'static) -> Self {
+        self.cell.on_err(&self.pool, Box::new(callback));
+        self
+    }
+
+    /// Waits for the task and returns its value (Python's `get()`).
+    pub fn get(self) -> Result<R, TaskError> {
+        self.cell.get(Wait::Forever)
+    }
+
+    /// Waits at most `timeout`: the value, or `TaskError::Timeout` if it is not
+    /// there yet (ask again later). Takes the value: a later `get` returns
+    /// `TaskError::AlreadyTaken`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<R, TaskError> {
+        self.cell.get(Wait::timeout(timeout))
+    }
+
+    /// Waits for the task to finish.
+    pub fn wait(&self) {
+        self.cell.wait(Wait::Forever);
+    }
+
+    /// Waits at most `timeout`; whether the task has finished.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.cell.wait(Wait::timeout(timeout))
+    }
+
+    /// Whether the task has finished (Python's `ready()`).
+    pub fn ready(&self) -> bool {
+        self.cell.ready()
+    }
+
+    /// `Some(true)` if it finished with a value, `Some(false)` with an error, `None`
+    /// while it runs (where Python raises `ValueError`).
+    pub fn successful(&self) -> Option<bool> {
+        self.cell.successful()
+    }
+}
+
+impl<R> fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncResult").field("ready", &self.cell.done.load(Ordering::Relaxed)).finish()
+    }
+}
+
+/// The result of [`Pool::map_async`](crate::Pool::map_async) and
+/// [`starmap_async`](crate::Pool::starmap_async): every value in input order, or
+/// the first error.
+#[must_use = "a MapResult does nothing unless you get its values (the tasks run anyway)"]
+pub struct MapResult<R> {
+    cell: Arc<Cell<Vec<R>>>,
+    pool: Arc<Shared>,
+}
+
+impl<R: DeserializeOwned + Send + 'static> MapResult<R> {
+    pub(crate) fn new(pool: Arc<Shared>, len: usize) -> (MapResult<R>, Arc<MapSink<R>>) {
+        let cell = Arc::new(Cell::new());
+        let sink = Arc::new(MapSink { slots: Mutex::new(((0..len).map(|_| None).collect(), len)), cell: Arc::clone(&cell) });
+        sink.finish_if_full(&mut lock(&sink.slots));
+        (MapResult { cell, pool }, sink)
+    }
+
+    /// Runs `callback` with all the values once every task succeeded, on the pool's
+    /// result-handling thread.
+    pub fn callback(self, callback: impl FnOnce(&[R]) + Send + 'static) -> Self {
+        self.cell.on_ok(&self.pool, Box::new(move |v: &Vec<R>| callback(v)));
+        self
+    }
+
+    /// Runs `callback` with the first error, on the pool's result-handling thread.
+    pub fn error_callback(self, callback: impl FnOnce(&TaskError) + Send + 'static) -> Self {
+        self.cell.on_err(&self.pool, Box::new(callback));
+        self
+    }
+
+    /// Waits for every task; the values in input order, or the first error.
+    pub fn get(self) -> Result<Vec<R>, TaskError> {
+        self.cell.get(Wait::Forever)
+    }
+
+    /// Waits at most `timeout` (`TaskError::Timeout` if not done; ask again).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<Vec<R>, TaskError> {
+        self.cell.get(Wait::timeout(timeout))
+    }
+
+    /// Waits for every task to finish (or the first to fail).
+    pub fn wait(&self) {
+        self.cell.wait(Wait::Forever);
+    }
+
+    /// Waits at most `timeout`; whether it has finished.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.cell.wait(Wait::timeout(timeout))
+    }
+
+    /// Whether it has finished.
+    pub fn ready(&self) -> bool {
+        self.cell.ready()
+    }
+
+    /// `Some(true)` if every task succeeded, `Some(false)` if one failed, `None`
+    /// while they run.
+    pub fn successful(&self) -> Option<bool> {
+        self.cell.successful()
+    }
+}
+
+impl<R> fmt::Debug for MapResult<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MapResult").field("ready", &self.cell.done.load(Ordering::Relaxed)).finish()
+    }
+}
+
+/// Keeps the `R` of an imap iterator without owning one.
+pub(crate) type Marker<R> = PhantomData<fn() -> R>;

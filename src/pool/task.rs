@@ -1,0 +1,483 @@
+//! What crosses between the pool and its workers: tasks named by their type, the
+//! bytes of a chunk of task arguments and of its results.
+//!
+//! A task is a zero-sized function type (a fn item or a non-capturing closure), so
+//! a worker can call it knowing only its type. The parent sends, with each chunk,
+//! the offset of `run_chunk::<C>` (the monomorphized runner for that task type) from
+//! an anchor in the executable; a worker (always this same executable, checked when
+//! it started) adds its own anchor address. The ring that carries the offset is
+//! shared memory that another process could scribble on, so the offset travels
+//! with a tag, SipHash-2-4 of it under a key that only the parent and its workers
+//! hold (it came to each worker in its start arguments, never through shared
+//! memory): a damaged offset fails its tag and the chunk fails with
+//! `TaskError::Decode`, instead of sending the worker to an arbitrary address.
+//!
+//! ## Messages (little-endian)
+//! Task, parent to worker: `id: u64 | runner offset: u64 | tag: u64 | count: u32 |
+//! count postcard-encoded arguments`.
+//!
+//! Reply, worker to parent: `id: u64 | count: u32 | kind: u32 | elapsed ns: u64 |
+//! count items`, each item a status byte and a postcard payload (the result, a
+//! [`Panic`], or an error message). Kinds besides a result: a worker ready after its
+//! initializer, one whose initializer failed (its panic as the payload), a result
+//! that is its sender's last (it retires at `max_tasks_per_child`), and a nudge
+//! the parent sends itself.
+
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::error::TaskError;
+use crate::process::{catch_panic, code_address, code_offset, conjure, Panic};
+
+pub(crate) const TASK_HEADER: usize = 28;
+pub(crate) const REPLY_HEADER: usize = 24;
+
+/// Reply kinds.
+pub(crate) const REPLY_RESULT: u32 = 0;
+pub(crate) const REPLY_LAST_RESULT: u32 = 1;
+pub(crate) const REPLY_READY: u32 = 2;
+pub(crate) const REPLY_INIT_FAILED: u32 = 3;
+pub(crate) const REPLY_NUDGE: u32 = 4;
+
+/// Item statuses.
+const ITEM_OK: u8 = 0;
+const ITEM_PANICKED: u8 = 1;
+const ITEM_ENCODE_FAILED: u8 = 2;
+const ITEM_DECODE_FAILED: u8 = 3;
+
+/// A function of several arguments that `starmap` can call with a tuple: any fn item
+/// or non-capturing closure of 1 to 4 arguments (implemented for you).
+pub trait StarTask<Args>: Copy + Send + Sync + 'static {
+    /// What the function returns.
+    type Output;
+    /// Calls the function with the tuple's fields as its arguments.
+    #[doc(hidden)]
+    fn call_with(self, args: Args) -> Self::Output;
+}
+
+macro_rules! star_task {
+    ($($a:ident),+) => {
+        impl<F, R, $($a),+> StarTask<($($a,)+)> for F
+        where
+            F: Fn($($a),+) -> R + Copy + Send + Sync + 'static,
+        {
+            type Output = R;
+            #[allow(non_snake_case)]
+            fn call_with(self, ($($a,)+): ($($a,)+)) -> R {
+                self($($a),+)
+            }
+        }
+    };
+}
+star_task!(A);
+star_task!(A, B);
+star_task!(A, B, C);
+star_task!(A, B, C, D);
+
+/// A task as a worker calls it: one input, one output, no value needed.
+pub(crate) trait Invoke: 'static {
+    type In: Serialize + DeserializeOwned;
+    type Out: Serialize + DeserializeOwned;
+    fn invoke(input: Self::In) -> Self::Out;
+}
+
+/// `f(a)` for a task `F: Fn(A) -> R`.
+pub(crate) struct Plain<F, A>(PhantomData<fn(A) -> F>);
+
+impl<F, A, R> Invoke for Plain<F, A>
+where
+    F: Fn(A) -> R + Copy + 'static,
+    A: Serialize + DeserializeOwned + 'static,
+    R: Serialize + DeserializeOwned,
+{
+    type In = A;
+    type Out = R;
+    fn invoke(input: A) -> R {
+        conjure::<F>()(input)
+    }
+}
+
+/// `f(a, b, ...)` for a task called with a tuple.
+pub(crate) struct Star<F, Args>(PhantomData<fn(Args) -> F>);
+
+impl<F, Args> Invoke for Star<F, Args>
+where
+    F: StarTask<Args>,
+    Args: Serialize + DeserializeOwned + 'static,
+    F::Output: Serialize + DeserializeOwned,
+{
+    type In = Args;
+    type Out = F::Output;
+    fn invoke(input: Args) -> F::Output {
+        conjure::<F>().call_with(input)
+    }
+}
+
+/// Runs a chunk: `count` arguments in `args`, each item's outcome appended to `out`.
+type Runner = fn(args: &[u8], count: u32, out: &mut Vec<u8>);
+
+/// The runner of task type `C`, as the parent names it to its workers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunnerRef {
+    offset: u64,
+}
+
+/// The address of the runner of task type `C` in this process.
+pub(crate) fn runner_address<C: Invoke>() -> usize {
+    let runner: Runner = run_chunk::<C>;
+    runner as usize
+}
+
+impl RunnerRef {
+    /// The runner at `addr` (from [`runner_address`]); `None` when it lives in a
+    /// shared library (no offset means anything in a re-executed worker).
+    pub(crate) fn at(addr: usize) -> Option<RunnerRef> {
+        code_offset(addr).map(|offset| RunnerRef { offset })
+    }
+}
+
+/// The key of the runner tags, made once per pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct TagKey(pub(crate) u64, pub(crate) u64);
+
+impl TagKey {
+    pub(crate) fn tag(self, offset: u64) -> u64 {
+        siphash24(self.0, self.1, offset)
+    }
+}
+
+/// SipHash-2-4 of one 8-byte message (Aumasson and Bernstein, "SipHash: a fast
+/// short-input PRF", 2012): enough to make a tag no scribbler can forge without the key.
+fn siphash24(k0: u64, k1: u64, m: u64) -> u64 {
+    let mut v = [k0 ^ 0x736f_6d65_7073_6575, k1 ^ 0x646f_7261_6e64_6f6d, k0 ^ 0x6c79_6765_6e65_7261, k1 ^ 0x7465_6462_7974_6573];
+    fn round(v: &mut [u64; 4]) {
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+    }
+    let mut compress = |word: u64| {
+        v[3] ^= word;
+        round(&mut v);
+        round(&mut v);
+        v[0] ^= word;
+    };
+    compress(m);
+    compress(8u64 << 56); // the length byte, no tail
+    v[2] ^= 0xff;
+    for _ in 0..4 {
+        round(&mut v);
+    }
+    v[0] ^ v[1] ^ v[2] ^ v[3]
+}
+
+/// Appends postcard encodings to a `Vec` without giving it up on failure.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Appends `value`'s encoding to `out`; on failure `out` is as it was.
+pub(crate) fn append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
+    let mark = out.len();
+    postcard::serialize_with_flavor::<T, _, ()>(value, Append(out)).map_err(|e| {
+        out.truncate(mark);
+        format!("`{}`: {e}", std::any::type_name::<T>())
+    })
+}
+
+/// Starts a task message in `out`: the header, with the id left for the dispatcher
+/// to fill in and the count to be set by [`finish_task`].
+pub(crate) fn begin_task(out: &mut Vec<u8>, runner: RunnerRef, key: TagKey) {
+    out.clear();
+    out.extend_from_slice(&0u64.to_le_bytes());
+    out.extend_from_slice(&runner.offset.to_le_bytes());
+    out.extend_from_slice(&key.tag(runner.offset).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+}
+
+pub(crate) fn finish_task(out: &mut [u8], count: u32) {
+    out[24..28].copy_from_slice(&count.to_le_bytes());
+}
+
+pub(crate) fn set_task_id(out: &mut [u8], id: u64) {
+    out[0..8].copy_from_slice(&id.to_le_bytes());
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// The id of a task message (the parent reading back one it sent).
+pub(crate) fn task_id(msg: &[u8]) -> Option<u64> {
+    (msg.len() >= TASK_HEADER).then(|| u64_at(msg, 0)).flatten()
+}
+
+/// A worker's view of a task message.
+pub(crate) struct TaskMsg<'a> {
+    pub(crate) id: u64,
+    pub(crate) count: u32,
+    offset: u64,
+    tag: u64,
+    args: &'a [u8],
+}
+
+impl<'a> TaskMsg<'a> {
+    pub(crate) fn parse(msg: &'a [u8]) -> Option<TaskMsg<'a>> {
+        Some(TaskMsg {
+            id: u64_at(msg, 0)?,
+            offset: u64_at(msg, 8)?,
+            tag: u64_at(msg, 16)?,
+            count: u32_at(msg, 24)?,
+            args: msg.get(TASK_HEADER..)?,
+        })
+    }
+
+    /// Runs the chunk, appending its items to `out`, if its runner's tag checks out
+    /// under `key` (`verified` remembers the last offset that did); otherwise every
+    /// item is a decode failure.
+    pub(crate) fn run(&self, key: TagKey, verified: &mut Option<u64>, out: &mut Vec<u8>) {
+        if *verified != Some(self.offset) {
+            if key.tag(self.offset) != self.tag {
+                return fail_items(self.count, "the task's function reference failed its check (damaged message)", out);
+            }
+            *verified = Some(self.offset);
+        }
+        let addr = code_address(self.offset);
+        // SAFETY: the offset carries a valid tag under a key only our own processes
+        // hold, so it was made by `RunnerRef::of` in the parent, which runs this same
+        // executable (checked when this worker started): it is the offset of a
+        // `run_chunk::<C>`, a `Runner`.
+        let runner = unsafe { std::mem::transmute::<usize, Runner>(addr) };
+        runner(self.args, self.count, out);
+    }
+}
+
+fn fail_items(count: u32, why: &str, out: &mut Vec<u8>) {
+    for _ in 0..count {
+        out.push(ITEM_DECODE_FAILED);
+        let _ = append(why, out);
+    }
+}
+
+/// The runner of task type `C`: decodes every argument first (a damaged chunk
+/// fails whole, before anything runs), then calls the task on each, catching a
+/// panic per item.
+fn run_chunk<C: Invoke>(args: &[u8], count: u32, out: &mut Vec<u8>) {
+    if count == 1 {
+        match postcard::take_from_bytes::<C::In>(args) {
+            Ok((input, [])) => call::<C>(input, out),
+            Ok(_) => fail_items(1, "trailing bytes after the task's arguments", out),
+            Err(e) => fail_items(1, &decode_message::<C::In>(e), out),
+        }
+        return;
+    }
+    let mut inputs = Vec::with_capacity((count as usize).min(args.len()));
+    let mut rest = args;
+    for _ in 0..count {
+        match postcard::take_from_bytes::<C::In>(rest) {
+            Ok((input, tail)) => {
+                inputs.push(input);
+                rest = tail;
+            }
+            Err(e) => return fail_items(count, &decode_message::<C::In>(e), out),
+        }
+    }
+    if !rest.is_empty() {
+        return fail_items(count, "trailing bytes after the chunk's arguments", out);
+    }
+    for input in inputs {
+        call::<C>(input, out);
+    }
+}
+
+fn decode_message<T>(e: postcard::Error) -> String {
+    format!("cannot decode the arguments as `{}`: {e}", std::any::type_name::<T>())
+}
+
+fn call<C: Invoke>(input: C::In, out: &mut Vec<u8>) {
+    match catch_panic(true, move || C::invoke(input)) {
+        Ok(value) => {
+            out.push(ITEM_OK);
+            if let Err(e) = append(&value, out) {
+                out.pop();
+                out.push(ITEM_ENCODE_FAILED);
+                let _ = append(&format!("cannot serialize the result: {e}"), out);
+            }
+        }
+        Err((panic, _payload)) => {
+            out.push(ITEM_PANICKED);
+            let _ = append(&panic, out);
+        }
+    }
+}
+
+/// Starts a reply in `out`.
+pub(crate) fn begin_reply(out: &mut Vec<u8>, id: u64, count: u32, kind: u32) {
+    out.clear();
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&kind.to_le_bytes());
+    out.extend_from_slice(&0u64.to_le_bytes());
+}
+
+pub(crate) fn set_reply_elapsed(out: &mut [u8], nanos: u64) {
+    out[16..24].copy_from_slice(&nanos.to_le_bytes());
+}
+
+/// The parent's view of a reply.
+pub(crate) struct Reply<'a> {
+    pub(crate) id: u64,
+    pub(crate) count: u32,
+    pub(crate) kind: u32,
+    pub(crate) elapsed_ns: u64,
+    pub(crate) items: &'a [u8],
+}
+
+impl<'a> Reply<'a> {
+    pub(crate) fn parse(msg: &'a [u8]) -> Option<Reply<'a>> {
+        Some(Reply {
+            id: u64_at(msg, 0)?,
+            count: u32_at(msg, 8)?,
+            kind: u32_at(msg, 12)?,
+            elapsed_ns: u64_at(msg, 16)?,
+            items: msg.get(REPLY_HEADER..)?,
+        })
+    }
+
+    /// The panic of an initializer-failed reply.
+    pub(crate) fn init_failure(&self) -> String {
+        match postcard::from_bytes::<Panic>(self.items) {
+            Ok(p) => format!("panicked at {}: {}", p.location, p.message),
+            Err(_) => "the worker's initializer failed".to_owned(),
+        }
+    }
+}
+
+/// Reads the items of a reply one by one, as the task's result type.
+pub(crate) struct Items<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Items<'a> {
+    pub(crate) fn new(items: &'a [u8]) -> Items<'a> {
+        Items { rest: items }
+    }
+
+    /// The next item. A damaged one leaves the reader at the end, so every later
+    /// item fails too.
+    pub(crate) fn next<R: DeserializeOwned>(&mut self) -> Result<R, TaskError> {
+        let Some((&status, payload)) = self.rest.split_first() else {
+            return Err(TaskError::Decode("a reply holds fewer items than it says".into()));
+        };
+        let damaged = |this: &mut Items<'_>, e: postcard::Error, what: &str| {
+            this.rest = &[];
+            TaskError::Decode(format!("cannot decode {what}: {e}"))
+        };
+        match status {
+            ITEM_OK => match postcard::take_from_bytes::<R>(payload) {
+                Ok((value, rest)) => {
+                    self.rest = rest;
+                    Ok(value)
+                }
+                Err(e) => Err(damaged(self, e, &format!("the result as `{}`", std::any::type_name::<R>()))),
+            },
+            ITEM_PANICKED => match postcard::take_from_bytes::<Panic>(payload) {
+                Ok((p, rest)) => {
+                    self.rest = rest;
+                    Err(TaskError::Panicked { message: p.message, location: p.location })
+                }
+                Err(e) => Err(damaged(self, e, "a panic")),
+            },
+            ITEM_ENCODE_FAILED | ITEM_DECODE_FAILED => match postcard::take_from_bytes::<String>(payload) {
+                Ok((why, rest)) => {
+                    self.rest = rest;
+                    Err(if status == ITEM_ENCODE_FAILED { TaskError::Encode(why) } else { TaskError::Decode(why) })
+                }
+                Err(e) => Err(damaged(self, e, "an error message")),
+            },
+            _ => {
+                self.rest = &[];
+                Err(TaskError::Decode("a reply item has an unknown status (damaged message)".into()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn siphash_matches_the_reference_vector() {
+        // The paper's key 00..0f; message 00..07 (one word) gives this output
+        // (the reference implementation's vectors, entry 8).
+        let k0 = u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]);
+        let k1 = u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]);
+        let m = u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(siphash24(k0, k1, m), u64::from_le_bytes([0x62, 0x24, 0x93, 0x9a, 0x79, 0xf5, 0xf5, 0x93]));
+    }
+
+    #[test]
+    fn a_damaged_item_fails_that_item_and_the_rest() {
+        let mut out = Vec::new();
+        out.push(ITEM_OK);
+        append(&7u64, &mut out).unwrap();
+        out.push(9); // unknown status
+        let mut items = Items::new(&out);
+        assert_eq!(items.next::<u64>(), Ok(7));
+        assert!(matches!(items.next::<u64>(), Err(TaskError::Decode(_))));
+        assert!(matches!(items.next::<u64>(), Err(TaskError::Decode(_))));
+    }
+
+    #[test]
+    fn a_chunk_runs_each_item_and_catches_each_panic() {
+        fn halve(x: u64) -> u64 {
+            assert!(x % 2 == 0, "odd: {x}");
+            x / 2
+        }
+        fn runner<F: Fn(u64) -> u64 + Copy + 'static>(_: F) -> Runner {
+            run_chunk::<Plain<F, u64>>
+        }
+        let mut args = Vec::new();
+        for x in [4u64, 5, 6] {
+            append(&x, &mut args).unwrap();
+        }
+        let mut out = Vec::new();
+        runner(halve)(&args, 3, &mut out);
+        let mut items = Items::new(&out);
+        assert_eq!(items.next::<u64>(), Ok(2));
+        assert!(matches!(items.next::<u64>(), Err(TaskError::Panicked { message, .. }) if message == "odd: 5"));
+        assert_eq!(items.next::<u64>(), Ok(3));
+        // A trailing byte fails the whole chunk before anything runs.
+        args.push(0);
+        out.clear();
+        runner(halve)(&args, 3, &mut out);
+        let mut items = Items::new(&out);
+        assert!((0..3).all(|_| matches!(items.next::<u64>(), Err(TaskError::Decode(_)))));
+    }
+}

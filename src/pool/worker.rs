@@ -1,0 +1,75 @@
+//! What a pool worker process runs: the initializer, then chunks from its own task
+//! ring, each chunk's reply into the pool's result ring, until its ring is closed
+//! or it has run `max_tasks_per_child` chunks.
+
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::task::{self, TagKey, TaskMsg};
+use crate::channel::{Queue, RecvTimeoutError};
+use crate::process::{catch_panic, conjure};
+use crate::sync::wait::Wait;
+
+/// A worker's start arguments (they travel as a `Process`'s arguments, never
+/// through a ring: the tag key stays private to the pool's processes).
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "IA: Serialize + DeserializeOwned")]
+pub(crate) struct WorkerArgs<IA> {
+    pub(crate) slot: u32,
+    pub(crate) tasks: Queue<Vec<u8>>,
+    pub(crate) results: Queue<Vec<u8>>,
+    pub(crate) key: TagKey,
+    /// Chunks to run before retiring; 0 for no limit.
+    pub(crate) max_tasks: u64,
+    pub(crate) init_args: IA,
+}
+
+/// The initializer of a pool without one.
+pub(crate) fn no_initializer(_: ()) {}
+
+/// The worker's body; `I` is the initializer's (zero-sized) function type.
+pub(crate) fn worker_main<I, IA>(args: WorkerArgs<IA>)
+where
+    I: Fn(IA) + Copy + 'static,
+    IA: Serialize + DeserializeOwned,
+{
+    let WorkerArgs { slot, tasks, results, key, max_tasks, init_args } = args;
+    let mut out = Vec::with_capacity(256);
+    if let Err((panic, _)) = catch_panic(true, move || conjure::<I>()(init_args)) {
+        task::begin_reply(&mut out, u64::from(slot), 0, task::REPLY_INIT_FAILED);
+        let _ = task::append(&panic, &mut out);
+        let _ = results.put_bytes_with(&out, Wait::Forever);
+        return;
+    }
+    task::begin_reply(&mut out, u64::from(slot), 0, task::REPLY_READY);
+    if results.put_bytes_with(&out, Wait::Forever).is_err() {
+        return;
+    }
+    let mut msg = Vec::with_capacity(256);
+    let mut verified = None;
+    let mut done = 0u64;
+    loop {
+        match tasks.get_bytes_into(&mut msg, Wait::Forever) {
+            Ok(()) => {}
+            // Closed: the pool is closing, and everything sent to us has been run.
+            Err(RecvTimeoutError::Disconnected) => return,
+            Err(e) => panic!("pool worker {slot}: the task ring failed: {e}"),
+        }
+        let Some(chunk) = TaskMsg::parse(&msg) else {
+            // No id to answer to: the parent fails whatever we held when we exit.
+            panic!("pool worker {slot}: a task message too short for its header (damaged ring)");
+        };
+        done += 1;
+        let last = max_tasks != 0 && done >= max_tasks;
+        let kind = if last { task::REPLY_LAST_RESULT } else { task::REPLY_RESULT };
+        task::begin_reply(&mut out, chunk.id, chunk.count, kind);
+        let start = Instant::now();
+        chunk.run(key, &mut verified, &mut out);
+        task::set_reply_elapsed(&mut out, start.elapsed().as_nanos() as u64);
+        if results.put_bytes_with(&out, Wait::Forever).is_err() || last {
+            return;
+        }
+    }
+}
