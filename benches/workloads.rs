@@ -4,12 +4,14 @@
 //! Run with `cargo bench --bench workloads -- [PREFIX ...]`; compare with Python's
 //! using `../shared/bench/compare`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use shmproc::testing::{fork, set_spin_rounds, Child, Exit, DEFAULT_SPIN_ROUNDS};
 use shmproc::{
-    Barrier, Connection, Event, JoinableQueue, Lock, Pipe, Process, Queue, RawArray, Semaphore, StartMethod, Value,
+    Barrier, Connection, Event, JoinableQueue, Lock, Pipe, Pool, Process, Queue, RawArray, Semaphore, StartMethod, Value,
 };
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -353,6 +355,125 @@ fn pipe_send_bytes() {
     emit("pipe_send_bytes_1MiB", median(rates), "MB/s");
 }
 
+// ---------------------------------------------------------------- pools
+
+const N_POOL: u64 = 20_000;
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn star_add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+/// Times `run` 5 times after a warm-up, in milliseconds, checking each result.
+fn timed_ms<T>(mut run: impl FnMut() -> T, check: impl Fn(&T)) -> f64 {
+    check(&run());
+    let times = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let out = run();
+            let dt = t.elapsed().as_secs_f64() * 1e3;
+            check(&out);
+            dt
+        })
+        .collect();
+    median(times)
+}
+
+/// The map family on one started, warmed 2-worker pool, as Python's side does.
+fn pool_family(prefixes: &[String]) {
+    let wanted = |name: &str| prefixes.is_empty() || prefixes.iter().any(|p| name.starts_with(p.as_str()));
+    let pool = Pool::new(2).unwrap();
+    pool.map(square, 0..1000u64).unwrap();
+    let expect: Vec<u64> = (0..N_POOL).map(|x| x * x).collect();
+    let same = |v: &Vec<u64>| assert!(*v == expect, "wrong results");
+    let same_sorted = |v: &Vec<u64>| {
+        let mut v = v.clone();
+        v.sort_unstable();
+        assert!(v == expect, "wrong results");
+    };
+    if wanted("pool_map_20000") {
+        emit("pool_map_20000", timed_ms(|| pool.map(square, 0..N_POOL).unwrap(), same), "ms");
+    }
+    if wanted("pool_map_async_20000") {
+        let t = timed_ms(|| pool.map_async(square, 0..N_POOL).get_timeout(PATIENCE).unwrap(), same);
+        emit("pool_map_async_20000", t, "ms");
+    }
+    if wanted("pool_imap_20000") {
+        let t = timed_ms(|| pool.imap(square, 0..N_POOL).map(Result::unwrap).collect::<Vec<u64>>(), same);
+        emit("pool_imap_20000", t, "ms");
+    }
+    if wanted("pool_imap_unordered_20000") {
+        let t =
+            timed_ms(|| pool.imap_unordered(square, 0..N_POOL).map(Result::unwrap).collect::<Vec<u64>>(), same_sorted);
+        emit("pool_imap_unordered_20000", t, "ms");
+    }
+    if wanted("pool_starmap_20000") {
+        let args: Vec<(u64, u64)> = (0..N_POOL).map(|i| (i, i)).collect();
+        let t = timed_ms(
+            || pool.starmap(star_add, args.clone()).unwrap(),
+            |v: &Vec<u64>| assert_eq!(v[N_POOL as usize - 1], 2 * (N_POOL - 1)),
+        );
+        emit("pool_starmap_20000", t, "ms");
+    }
+    if wanted("pool_apply_sync_2000") {
+        let t = timed_ms(
+            || (0..2000u64).map(|i| pool.apply(square, i).unwrap()).sum::<u64>(),
+            |s: &u64| assert_eq!(*s, (0..2000u64).map(|i| i * i).sum::<u64>()),
+        );
+        emit("pool_apply_sync_2000", t * 1e3 / 2000.0, "us/call");
+    }
+    pool.terminate();
+}
+
+/// A fresh pool each repetition; 20 000 `apply_async` with a callback, until every
+/// callback ran.
+fn pool_apply_async() {
+    let mut times = Vec::new();
+    for _ in 0..4 {
+        let pool = Pool::new(2).unwrap();
+        pool.apply(square, 0).unwrap();
+        let got = Arc::new(AtomicU64::new(0));
+        let sum = Arc::new(AtomicU64::new(0));
+        let done = Event::new().unwrap();
+        let t = Instant::now();
+        for i in 0..N_POOL {
+            let (got, sum, done) = (Arc::clone(&got), Arc::clone(&sum), done.clone());
+            let _ = pool.apply_async(square, i).callback(move |r: &u64| {
+                sum.fetch_add(*r, Ordering::Relaxed);
+                if got.fetch_add(1, Ordering::AcqRel) + 1 == N_POOL {
+                    done.set();
+                }
+            });
+        }
+        assert!(done.wait_timeout(PATIENCE), "apply_async timed out");
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(sum.load(Ordering::Relaxed), (0..N_POOL).map(|x| x * x).sum::<u64>());
+        pool.close();
+        pool.join().unwrap();
+    }
+    times.remove(0);
+    emit("pool_apply_async_20000", median(times), "ms");
+}
+
+/// Create a 2-worker pool, run one task, terminate and join.
+fn pool_startup() {
+    let times = (0..6)
+        .map(|_| {
+            let t = Instant::now();
+            let pool = Pool::new(2).unwrap();
+            assert_eq!(pool.apply(square, 3).unwrap(), 9);
+            pool.terminate();
+            pool.join().unwrap();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .skip(1)
+        .collect();
+    emit("pool_startup", median(times), "ms");
+}
+
 fn main() {
     shmproc::init();
     let prefixes: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
@@ -368,6 +489,27 @@ fn main() {
         ("pipe_roundtrip", pipe_roundtrip),
         ("pipe_send_bytes_1MiB", pipe_send_bytes),
     ];
+    let pool_family_names = [
+        "pool_map_20000",
+        "pool_map_async_20000",
+        "pool_imap_20000",
+        "pool_imap_unordered_20000",
+        "pool_starmap_20000",
+        "pool_apply_sync_2000",
+    ];
+    let selected = |name: &str| {
+        prefixes.is_empty() || prefixes.iter().any(|p| name.starts_with(p.as_str()) || p.starts_with(name))
+    };
+    let family: Vec<String> = pool_family_names.iter().filter(|n| selected(n)).map(|n| n.to_string()).collect();
+    if !family.is_empty() {
+        pool_family(&family);
+    }
+    if selected("pool_apply_async_20000") {
+        pool_apply_async();
+    }
+    if selected("pool_startup") {
+        pool_startup();
+    }
     for (name, run) in workloads {
         // A prefix selects a group ("value_") or a single line ("process_start_join_fork").
         if prefixes.is_empty() || prefixes.iter().any(|p| name.starts_with(p.as_str()) || p.starts_with(name)) {

@@ -316,6 +316,13 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.get_bytes_with(Wait::timeout(timeout))
     }
 
+    /// This handle spins `rounds` (see [`spin_rounds`](crate::sync::wait::spin_rounds))
+    /// before it yields in its waits.
+    pub(crate) fn spinning(mut self, rounds: u32) -> Self {
+        self.raw.ring.set_spin(rounds);
+        self
+    }
+
     /// Puts raw bytes, waiting for room per `wait` (the pool's hot path).
     pub(crate) fn put_bytes_with(&self, bytes: &[u8], wait: Wait) -> Result<(), SendTimeoutError<()>> {
         self.raw.put(bytes, wait).map_err(|why| match why {

@@ -195,6 +195,9 @@ pub(crate) struct Ring {
     pace: Pace,
     /// How this handle's recent waits for room went.
     room_pace: Pace,
+    /// This handle's spin budget before yielding, if not the default (see
+    /// [`spin_rounds`](crate::sync::wait::spin_rounds)).
+    spin: Option<u32>,
 }
 
 // SAFETY: the header is atomics and robust locks; the data area is only touched
@@ -239,7 +242,13 @@ impl Ring {
             let base = seg.body().add(offset);
             (NonNull::new_unchecked(base.cast()), NonNull::new_unchecked(base.add(header_len())))
         };
-        Ok(Ring { seg, hdr, data, capacity, maxsize, pace: Pace::default(), room_pace: Pace::default() })
+        Ok(Ring { seg, hdr, data, capacity, maxsize, pace: Pace::default(), room_pace: Pace::default(), spin: None })
+    }
+
+    /// Spins `rounds` before yielding in this handle's waits (a pool, whose
+    /// processes outnumber the CPUs, wants its waiters off the CPU soon).
+    pub(crate) fn set_spin(&mut self, rounds: u32) {
+        self.spin = Some(rounds);
     }
 
     pub(crate) fn header(&self) -> &RingHeader {
@@ -306,7 +315,7 @@ impl Ring {
         }
         self.pace.record(false);
         let asker = Asker::Release(&h.producer.put_lock);
-        let (waited, asleep) = h.not_empty.wait_until(wait, poll, asker, self.pace.patience(), ready);
+        let (waited, asleep) = h.not_empty.wait_until_spinning(self.spin, wait, poll, asker, self.pace.patience(), ready);
         self.pace.slept(asleep);
         waited
     }
@@ -331,7 +340,8 @@ impl Ring {
         }
         self.room_pace.record(false);
         let asker = Asker::Release(&h.consumer.get_lock);
-        let (waited, asleep) = h.not_full.wait_until(wait, poll, asker, self.room_pace.patience(), ready);
+        let (waited, asleep) =
+            h.not_full.wait_until_spinning(self.spin, wait, poll, asker, self.room_pace.patience(), ready);
         self.room_pace.slept(asleep);
         waited
     }

@@ -26,7 +26,7 @@
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::sync::wait::{sleep_on, spin, wake, Wait, SAFETY_POLL};
+use crate::sync::wait::{sleep_on, spin, spin_rounds, wake, Wait, SAFETY_POLL};
 use crate::sync::RawMutex;
 
 /// How a [`Signal::wait_until`] ended.
@@ -149,10 +149,28 @@ impl Signal {
         poll: Option<Poll<'_>>,
         asker: Asker<'_>,
         patience: Patience,
+        ready: impl FnMut() -> bool,
+    ) -> (Waited, Duration) {
+        self.wait_until_spinning(None, wait, poll, asker, patience, ready)
+    }
+
+    /// [`wait_until`](Signal::wait_until) spinning `rounds` (see
+    /// [`spin_rounds`]) instead of the default budget, when given.
+    pub(crate) fn wait_until_spinning(
+        &self,
+        rounds: Option<u32>,
+        wait: Wait,
+        poll: Option<Poll<'_>>,
+        asker: Asker<'_>,
+        patience: Patience,
         mut ready: impl FnMut() -> bool,
     ) -> (Waited, Duration) {
+        let spun = match rounds {
+            Some(r) => spin_rounds(r, || ready().then_some(())).is_some(),
+            None => spin(|| ready().then_some(())).is_some(),
+        };
         if ready()
-            || spin(|| ready().then_some(())).is_some()
+            || spun
             || (patience == Patience::Yield && yield_until(wait, &mut ready))
         {
             return (Waited::Ready, Duration::ZERO);

@@ -65,7 +65,9 @@ pub(crate) struct Shared {
     pub(crate) key: TagKey,
     state: AtomicU8,
     deferred: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
-    runners: Mutex<Vec<(usize, Option<RunnerRef>)>>,
+    /// Whether `deferred` may hold something (read on every reply, locked rarely).
+    has_deferred: std::sync::atomic::AtomicBool,
+    runners: Mutex<Vec<(usize, Option<task::TaggedRunner>)>>,
     handler: Mutex<Option<std::thread::JoinHandle<()>>>,
     handler_id: Mutex<Option<std::thread::ThreadId>>,
 }
@@ -221,6 +223,7 @@ impl Shared {
             key,
             state: AtomicU8::new(RUNNING),
             deferred: Mutex::new(Vec::new()),
+            has_deferred: std::sync::atomic::AtomicBool::new(false),
             runners: Mutex::new(Vec::new()),
             handler: Mutex::new(None),
             handler_id: Mutex::new(None),
@@ -229,13 +232,13 @@ impl Shared {
 
     /// The runner of task type `C` as the workers can find it (cached: finding
     /// out whether a function lies in the executable asks the loader).
-    pub(crate) fn runner<C: task::Invoke>(&self) -> Result<RunnerRef, TaskError> {
+    pub(crate) fn runner<C: task::Invoke>(&self) -> Result<task::TaggedRunner, TaskError> {
         let addr = task::runner_address::<C>();
         let mut runners = lock(&self.runners);
         let found = match runners.iter().find(|(a, _)| *a == addr) {
             Some((_, r)) => *r,
             None => {
-                let r = RunnerRef::at(addr);
+                let r = RunnerRef::at(addr).map(|r| r.tagged(self.key));
                 runners.push((addr, r));
                 r
             }
@@ -281,6 +284,7 @@ impl Shared {
             return f();
         }
         lock(&self.deferred).push(f);
+        self.has_deferred.store(true, Ordering::Release);
         self.nudge();
         // It may have ended between the check and the push: then nobody else will.
         if self.state.load(Ordering::Acquire) == DONE {
@@ -289,6 +293,9 @@ impl Shared {
     }
 
     fn run_deferred(&self) {
+        if !self.has_deferred.swap(false, Ordering::AcqRel) {
+            return;
+        }
         let jobs = std::mem::take(&mut *lock(&self.deferred));
         for job in jobs {
             job();
@@ -371,7 +378,7 @@ impl Handler {
             return;
         }
         let mut buf = Vec::with_capacity(256);
-        let mut last_check = Instant::now();
+        let mut last_check = sys::coarse_millis();
         loop {
             match self.shared.state.load(Ordering::Acquire) {
                 TERMINATING => {
@@ -383,8 +390,13 @@ impl Handler {
                 CLOSED if self.close_idle_workers() => break,
                 _ => {}
             }
-            let until = Instant::now() + CHECK_EVERY;
-            match self.shared.results.get_bytes_into(&mut buf, Wait::Until(until)) {
+            // A reply waiting costs no clock read; an empty ring is waited on until
+            // the next look at the workers.
+            let mut got = self.shared.results.get_bytes_into(&mut buf, Wait::Never);
+            if matches!(got, Err(RecvTimeoutError::Timeout)) {
+                got = self.shared.results.get_bytes_into(&mut buf, Wait::Until(Instant::now() + CHECK_EVERY));
+            }
+            match got {
                 Ok(()) => self.on_reply(&buf),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(e) => {
@@ -395,13 +407,14 @@ impl Handler {
                 }
             }
             self.shared.run_deferred();
+            let now = sys::coarse_millis();
             if self.retired.take() {
                 self.reap_retired();
                 self.check_workers();
-                last_check = Instant::now();
-            } else if last_check.elapsed() >= CHECK_EVERY {
+                last_check = now;
+            } else if now.saturating_sub(last_check) >= CHECK_EVERY.as_millis() as u64 {
                 self.check_workers();
-                last_check = Instant::now();
+                last_check = now;
             }
         }
         self.shared.state.store(DONE, Ordering::Release);
@@ -451,9 +464,14 @@ impl Handler {
         let pending = {
             let mut d = lock(&self.shared.dispatch);
             let Some(pending) = d.remove(reply.id) else { return };
-            let sample = reply.elapsed_ns;
-            d.avg_chunk_ns = (d.avg_chunk_ns * 7 + sample) / 8;
-            let holder = d.workers.iter().position(|w| w.as_ref().is_some_and(|w| w.held.contains(&reply.id)));
+            if reply.elapsed_ns != 0 {
+                d.avg_chunk_ns = (d.avg_chunk_ns * 3 + reply.elapsed_ns) / 4;
+            }
+            // Replies come in the order each worker took its tasks: the holder has
+            // the id first in its list (anything else is a damaged reply's id).
+            let first = |w: &Option<Worker>| w.as_ref().is_some_and(|w| w.held.front() == Some(&reply.id));
+            let any = |w: &Option<Worker>| w.as_ref().is_some_and(|w| w.held.contains(&reply.id));
+            let holder = d.workers.iter().position(first).or_else(|| d.workers.iter().position(any));
             if let Some(i) = holder {
                 if let Some(w) = d.workers[i].as_mut() {
                     if w.held.front() == Some(&reply.id) {

@@ -15,7 +15,10 @@ use super::error::TaskError;
 use super::handler::Shared;
 use super::task::Items;
 use crate::channel::YIELD_TIME;
-use crate::sync::wait::{sleep_on, spin, wake, Wait, SAFETY_POLL};
+use crate::sync::wait::{sleep_on, spin_rounds, wake, Wait, SAFETY_POLL};
+
+/// Maps of this many tasks or more are waited for asleep (no yield phase).
+const LONG_MAP: usize = 1000;
 
 /// Where the result-handling thread puts what a chunk of tasks produced.
 pub(crate) trait Sink: Send + Sync {
@@ -45,30 +48,37 @@ impl Latch {
     }
 
     /// Waits until `ready` returns `Some`, at most as long as `wait` allows.
-    pub(crate) fn wait_for<T>(&self, wait: Wait, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+    pub(crate) fn wait_for<T>(&self, wait: Wait, ready: impl FnMut() -> Option<T>) -> Option<T> {
+        self.wait_for_with(wait, true, ready)
+    }
+
+    /// [`wait_for`](Latch::wait_for), yielding the CPU for a while before sleeping
+    /// when `yielding` (a wait that should be short), or sleeping soon (a wait for
+    /// a long job, whose CPU the workers need meanwhile).
+    pub(crate) fn wait_for_with<T>(&self, wait: Wait, yielding: bool, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
         loop {
             let seen = self.seq.load(Ordering::Acquire);
             if let Some(t) = ready() {
                 return Some(t);
             }
-            if !self.wait_change(seen, wait) {
+            if !self.wait_change(seen, wait, yielding) {
                 return ready();
             }
         }
     }
 
     /// Waits for `seq` to leave `seen`; `false` once `wait` has run out.
-    fn wait_change(&self, seen: u32, wait: Wait) -> bool {
+    fn wait_change(&self, seen: u32, wait: Wait, yielding: bool) -> bool {
         let moved = || self.seq.load(Ordering::Acquire) != seen;
         if wait == Wait::Never {
             return moved();
         }
-        if spin(|| moved().then_some(())).is_some() {
+        if spin_rounds(super::SPIN_ROUNDS, || moved().then_some(())).is_some() {
             return true;
         }
         // Then give the CPU away for a while (with more threads than CPUs, the one
         // that would notify us may be waiting for this one).
-        let yield_end = Instant::now() + YIELD_TIME;
+        let yield_end = Instant::now() + if yielding { YIELD_TIME } else { Duration::ZERO };
         while Instant::now() < yield_end {
             if moved() {
                 return true;
@@ -154,11 +164,13 @@ pub(crate) struct Cell<T> {
     state: Mutex<Completion<T>>,
     done: AtomicBool,
     latch: Latch,
+    /// Whether a waiter yields its CPU before sleeping (see [`Latch::wait_for_with`]).
+    yielding: bool,
 }
 
 impl<T> Cell<T> {
-    fn new() -> Cell<T> {
-        Cell { state: Mutex::new(Completion::new()), done: AtomicBool::new(false), latch: Latch::default() }
+    fn new(yielding: bool) -> Cell<T> {
+        Cell { state: Mutex::new(Completion::new()), done: AtomicBool::new(false), latch: Latch::default(), yielding }
     }
 
     fn complete(&self, outcome: Result<T, TaskError>) {
@@ -173,7 +185,7 @@ impl<T> Cell<T> {
     }
 
     fn wait(&self, wait: Wait) -> bool {
-        self.latch.wait_for(wait, || self.done.load(Ordering::Acquire).then_some(())).is_some()
+        self.latch.wait_for_with(wait, self.yielding, || self.done.load(Ordering::Acquire).then_some(())).is_some()
     }
 
     fn ready(&self) -> bool {
@@ -228,18 +240,14 @@ impl<T: Send + 'static> Cell<T> {
     }
 }
 
-/// One task's sink.
-pub(crate) struct OneSink<R> {
-    cell: Arc<Cell<R>>,
-}
-
-impl<R: DeserializeOwned + Send + 'static> Sink for OneSink<R> {
+/// One task's sink is its cell.
+impl<R: DeserializeOwned + Send + 'static> Sink for Cell<R> {
     fn deliver(&self, _base: usize, _count: u32, items: &mut Items<'_>) {
-        self.cell.complete(items.next::<R>());
+        self.complete(items.next::<R>());
     }
 
     fn fail(&self, _base: usize, _count: u32, error: &TaskError) {
-        self.cell.complete(Err(error.clone()));
+        self.complete(Err(error.clone()));
     }
 }
 
@@ -367,8 +375,8 @@ pub struct AsyncResult<R> {
 
 impl<R: DeserializeOwned + Send + 'static> AsyncResult<R> {
     pub(crate) fn new(pool: Arc<Shared>) -> (AsyncResult<R>, Arc<dyn Sink>) {
-        let cell = Arc::new(Cell::new());
-        let sink: Arc<dyn Sink> = Arc::new(OneSink { cell: Arc::clone(&cell) });
+        let cell = Arc::new(Cell::new(true));
+        let sink: Arc<dyn Sink> = cell.clone();
         (AsyncResult { cell, pool }, sink)
     }
 
@@ -438,7 +446,8 @@ pub struct MapResult<R> {
 
 impl<R: DeserializeOwned + Send + 'static> MapResult<R> {
     pub(crate) fn new(pool: Arc<Shared>, len: usize) -> (MapResult<R>, Arc<MapSink<R>>) {
-        let cell = Arc::new(Cell::new());
+        // A large map takes a while: its waiter sleeps soon, leaving the CPU to the workers.
+        let cell = Arc::new(Cell::new(len < LONG_MAP));
         let sink = Arc::new(MapSink { slots: Mutex::new(((0..len).map(|_| None).collect(), len)), cell: Arc::clone(&cell) });
         sink.finish_if_full(&mut lock(&sink.slots));
         (MapResult { cell, pool }, sink)

@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::TaskError;
-use crate::process::{catch_panic, code_address, code_offset, conjure, Panic};
+use crate::process::{code_address, code_offset, conjure, Panic, PanicCapture};
 
 pub(crate) const TASK_HEADER: usize = 28;
 pub(crate) const REPLY_HEADER: usize = 24;
@@ -124,6 +124,19 @@ pub(crate) struct RunnerRef {
     offset: u64,
 }
 
+/// A runner and its tag under one pool's key, computed once per submission.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TaggedRunner {
+    offset: u64,
+    tag: u64,
+}
+
+impl RunnerRef {
+    pub(crate) fn tagged(self, key: TagKey) -> TaggedRunner {
+        TaggedRunner { offset: self.offset, tag: key.tag(self.offset) }
+    }
+}
+
 /// The address of the runner of task type `C` in this process.
 pub(crate) fn runner_address<C: Invoke>() -> usize {
     let runner: Runner = run_chunk::<C>;
@@ -184,10 +197,18 @@ struct Append<'a>(&'a mut Vec<u8>);
 
 impl postcard::ser_flavors::Flavor for Append<'_> {
     type Output = ();
+    #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
+        if data.len() <= 16 {
+            // A varint or a short field: a loop, not a call to memcpy.
+            self.0.reserve(data.len());
+            data.iter().for_each(|&b| self.0.push(b));
+        } else {
+            self.0.extend_from_slice(data);
+        }
         Ok(())
     }
+    #[inline]
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
         self.0.push(data);
         Ok(())
@@ -208,11 +229,11 @@ pub(crate) fn append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Res
 
 /// Starts a task message in `out`: the header, with the id left for the dispatcher
 /// to fill in and the count to be set by [`finish_task`].
-pub(crate) fn begin_task(out: &mut Vec<u8>, runner: RunnerRef, key: TagKey) {
+pub(crate) fn begin_task(out: &mut Vec<u8>, runner: TaggedRunner) {
     out.clear();
     out.extend_from_slice(&0u64.to_le_bytes());
     out.extend_from_slice(&runner.offset.to_le_bytes());
-    out.extend_from_slice(&key.tag(runner.offset).to_le_bytes());
+    out.extend_from_slice(&runner.tag.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
 }
 
@@ -288,9 +309,10 @@ fn fail_items(count: u32, why: &str, out: &mut Vec<u8>) {
 /// fails whole, before anything runs), then calls the task on each, catching a
 /// panic per item.
 fn run_chunk<C: Invoke>(args: &[u8], count: u32, out: &mut Vec<u8>) {
+    let capture = PanicCapture::begin(true);
     if count == 1 {
         match postcard::take_from_bytes::<C::In>(args) {
-            Ok((input, [])) => call::<C>(input, out),
+            Ok((input, [])) => call::<C>(&capture, input, out),
             Ok(_) => fail_items(1, "trailing bytes after the task's arguments", out),
             Err(e) => fail_items(1, &decode_message::<C::In>(e), out),
         }
@@ -310,8 +332,9 @@ fn run_chunk<C: Invoke>(args: &[u8], count: u32, out: &mut Vec<u8>) {
     if !rest.is_empty() {
         return fail_items(count, "trailing bytes after the chunk's arguments", out);
     }
+    out.reserve(inputs.len() * (1 + std::mem::size_of::<C::Out>()));
     for input in inputs {
-        call::<C>(input, out);
+        call::<C>(&capture, input, out);
     }
 }
 
@@ -319,8 +342,8 @@ fn decode_message<T>(e: postcard::Error) -> String {
     format!("cannot decode the arguments as `{}`: {e}", std::any::type_name::<T>())
 }
 
-fn call<C: Invoke>(input: C::In, out: &mut Vec<u8>) {
-    match catch_panic(true, move || C::invoke(input)) {
+fn call<C: Invoke>(capture: &PanicCapture, input: C::In, out: &mut Vec<u8>) {
+    match capture.catch(move || C::invoke(input)) {
         Ok(value) => {
             out.push(ITEM_OK);
             if let Err(e) = append(&value, out) {

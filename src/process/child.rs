@@ -158,24 +158,47 @@ thread_local! {
 /// Runs `f`, catching a panic as a [`Panic`] (message and location, recorded by the
 /// panic hook). With `quiet`, the panic is not printed to stderr either.
 pub(crate) fn catch_panic<R>(quiet: bool, f: impl FnOnce() -> R) -> Result<R, (Panic, Box<dyn std::any::Any + Send>)> {
-    install_panic_hook();
-    let outer = CAPTURED.with(|c| c.replace(Some(None)));
-    let was_quiet = QUIET.with(|q| q.replace(quiet));
-    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    QUIET.with(|q| q.set(was_quiet));
-    let captured = CAPTURED.with(|c| c.replace(outer)).flatten();
-    out.map_err(|payload| {
-        // A panic whose hook did not run (resume_unwind) still has a payload to read.
-        let panic = captured.unwrap_or_else(|| Panic {
-            message: payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "Box<dyn Any>".to_owned()),
-            location: String::new(),
-        });
-        (panic, payload)
-    })
+    PanicCapture::begin(quiet).catch(f)
+}
+
+/// While it lives, panics on this thread are recorded for [`PanicCapture::catch`]
+/// (set up once for a whole chunk of pool tasks, not once per task).
+pub(crate) struct PanicCapture {
+    outer: Option<Option<Panic>>,
+    was_quiet: bool,
+}
+
+impl PanicCapture {
+    pub(crate) fn begin(quiet: bool) -> PanicCapture {
+        install_panic_hook();
+        let outer = CAPTURED.with(|c| c.replace(Some(None)));
+        let was_quiet = QUIET.with(|q| q.replace(quiet));
+        PanicCapture { outer, was_quiet }
+    }
+
+    /// Runs `f`, catching a panic with what the hook recorded of it.
+    pub(crate) fn catch<R>(&self, f: impl FnOnce() -> R) -> Result<R, (Panic, Box<dyn std::any::Any + Send>)> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+            let captured = CAPTURED.with(|c| c.replace(Some(None))).flatten();
+            // A panic whose hook did not run (resume_unwind) still has a payload to read.
+            let panic = captured.unwrap_or_else(|| Panic {
+                message: payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "Box<dyn Any>".to_owned()),
+                location: String::new(),
+            });
+            (panic, payload)
+        })
+    }
+}
+
+impl Drop for PanicCapture {
+    fn drop(&mut self) {
+        QUIET.with(|q| q.set(self.was_quiet));
+        CAPTURED.with(|c| c.replace(self.outer.take()));
+    }
 }
 
 fn fail(why: &str) -> ! {

@@ -47,7 +47,7 @@ use serde::Serialize;
 
 pub use child::init;
 pub use join::{spawn, JoinError, JoinHandle};
-pub(crate) use child::{catch_panic, Panic};
+pub(crate) use child::{catch_panic, Panic, PanicCapture};
 pub(crate) use entry::{code_address, code_offset, conjure};
 pub use context::{context, get_start_method, set_start_method, Context, StartMethod};
 pub use registry::ProcessInfo;

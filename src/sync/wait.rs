@@ -67,8 +67,14 @@ pub(crate) fn set_spin_rounds(rounds: u32) {
 
 /// Calls `attempt` until it succeeds or the spin budget is spent.
 #[inline]
-pub(crate) fn spin<R>(mut attempt: impl FnMut() -> Option<R>) -> Option<R> {
-    for round in 0..SPIN_ROUNDS.load(Ordering::Relaxed) {
+pub(crate) fn spin<R>(attempt: impl FnMut() -> Option<R>) -> Option<R> {
+    spin_rounds(SPIN_ROUNDS.load(Ordering::Relaxed), attempt)
+}
+
+/// [`spin`] with a budget of `rounds` of its own (at most 16).
+#[inline]
+pub(crate) fn spin_rounds<R>(rounds: u32, mut attempt: impl FnMut() -> Option<R>) -> Option<R> {
+    for round in 0..rounds.min(16) {
         if let Some(r) = attempt() {
             return Some(r);
         }
