@@ -303,6 +303,99 @@ fn channels() -> Result {
     Ok(())
 }
 
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn unlucky(x: u64) -> u64 {
+    if x == 13 {
+        panic!("13 is unlucky");
+    }
+    x * x
+}
+
+/// Dies in the middle of its task, as a worker killed by the OOM killer would.
+fn killed_mid_task(_: ()) -> u64 {
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    unreachable!("SIGKILL cannot be caught")
+}
+
+/// Each worker's handle to the tally, left there by the pool's initializer.
+static TALLY: std::sync::OnceLock<Value<u64>> = std::sync::OnceLock::new();
+
+fn remember_tally(tally: Value<u64>) {
+    let _ = TALLY.set(tally);
+}
+
+fn count_me(_: u64) -> u32 {
+    *TALLY.get().expect("set by the initializer").lock().unwrap() += 1;
+    std::process::id()
+}
+
+fn refuse_to_start(_: ()) {
+    panic!("this worker refuses to start");
+}
+
+/// Python: `Pool(2)`, `map`, `apply_async`, `initializer`, `maxtasksperchild`; and a
+/// worker killed mid-task, where Python's pool hangs forever.
+fn pool_section() -> Result {
+    section("Pool: map, a task that panics, a worker killed mid-task, initializer and maxtasksperchild");
+    let pool = shmproc::Pool::new(2)?;
+    let start = Instant::now();
+    let squares = pool.map(square, 0..20_000u64)?;
+    let dt = start.elapsed();
+    assert_eq!(squares[19_999], 19_999 * 19_999);
+    println!("  map(square, range(20000)) on 2 workers in {dt:?}");
+
+    // A task that panics fails alone: the one beside it returns, the worker carries on.
+    let fine = pool.apply_async(square, 12);
+    match pool.apply_async(unlucky, 13).get_timeout(PATIENCE) {
+        Err(e @ shmproc::TaskError::Panicked { .. }) => println!("  a task that panics fails alone: {e}"),
+        other => return Err(format!("expected the task's panic, got {other:?}").into()),
+    }
+    assert_eq!(fine.get()?, 144);
+
+    // Python's Pool waits forever for this task (gh-96062, bpo-22393).
+    let start = Instant::now();
+    match pool.apply_async(killed_mid_task, ()).get_timeout(PATIENCE) {
+        Err(e @ shmproc::TaskError::WorkerDied { .. }) => {
+            println!("  a worker killed mid-task fails that task only, in {:?}: {e}", start.elapsed())
+        }
+        other => return Err(format!("expected WorkerDied, got {other:?}").into()),
+    }
+    assert_eq!(pool.map(square, 0..1000u64)?.len(), 1000);
+    println!("  a fresh worker took its place; the pool serves on");
+    pool.close();
+    pool.join()?;
+
+    // Shared objects reach the workers through the initializer, as in Python; each
+    // worker leaves after 10 tasks and a fresh one, initialized again, takes its place.
+    let tally = Value::<u64>::new(0)?;
+    let pool = shmproc::Pool::builder()
+        .processes(2)
+        .initializer(remember_tally, tally.clone())
+        .max_tasks_per_child(10)
+        .build()?;
+    let pids = pool.map_chunked(count_me, 0..100u64, 1)?;
+    pool.close();
+    pool.join()?;
+    let workers: std::collections::HashSet<u32> = pids.into_iter().collect();
+    assert_eq!(tally.get()?, 100);
+    assert!(workers.len() >= 10, "10 tasks a worker, 100 tasks: at least 10 workers");
+    println!("  100 tasks counted in a Value the initializer handed to {} workers in turn", workers.len());
+
+    // An initializer that panics breaks the pool: no task runs (Python's pool respawns
+    // the failing worker forever, gh-87472). Dropping the pool terminates it.
+    match shmproc::Pool::builder().processes(1).initializer(refuse_to_start, ()).build() {
+        Err(e) => println!("  an initializer that panics: build() fails: {e}"),
+        Ok(pool) => match pool.apply(square, 2) {
+            Err(e @ shmproc::TaskError::Initializer(_)) => println!("  an initializer that panics: {e}"),
+            other => return Err(format!("expected the initializer's failure, got {other:?}").into()),
+        },
+    }
+    Ok(())
+}
+
 fn multiply_by_name(name: String) {
     if let Ok(v) = Value::<u64>::open(&name) {
         *v.lock().unwrap() *= 6;
@@ -336,6 +429,7 @@ fn main() -> Result {
     semaphore_ping_pong()?;
     conditions_events_barriers()?;
     channels()?;
+    pool_section()?;
     named_segments()?;
     println!("\ndone: every child joined, every segment unmapped (named ones unlinked)");
     Ok(())

@@ -4,6 +4,23 @@
 //! knows, shared between real processes, one to two orders of magnitude faster, and
 //! robust where Python hangs (a lock holder that dies, a corrupted segment).
 //!
+//! A pool of worker processes, as Python's `multiprocessing.Pool(2).map(square, range(10))`:
+//!
+//! ```
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! let pool = shmproc::Pool::new(2)?;
+//! let squares = pool.map(square, 0..10u64)?;
+//! assert_eq!(squares, [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
+//! pool.close();
+//! pool.join()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Shared data, as Python's `multiprocessing.Value`:
+//!
 //! ```
 //! use shmproc::Value;
 //!
@@ -23,10 +40,11 @@
 //! | `sync` | `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Condition`, `Event`, `Barrier` |
 //! | `shared` | `Value<T>`, `Array<T>`, `RawValue<T>`, `RawArray<T>` for `T: bytemuck::Pod` |
 //! | `channel` | `Queue<T>`, `JoinableQueue<T>`, `Pipe` / `Connection<T>` |
-//! | `process` | `Process` with the fork, spawn and forkserver start methods, contexts |
+//! | `process` | `Process` with the fork, spawn and forkserver start methods, contexts; `spawn` / `JoinHandle` |
+//! | `pool` | `Pool`, `AsyncResult`, `MapResult`, the imap iterators |
 //! | `sys` | every call into the operating system (Linux for now) |
 //!
-//! Pools, executors and managers are planned; see the README.
+//! Executors and managers are planned; see the README.
 //!
 //! ## Sharing with a child process
 //! Every object here lives in a `MAP_SHARED` mapping. Pass it to a [`Process`] as
