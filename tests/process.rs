@@ -362,3 +362,17 @@ fn active_children_lists_running_children_and_forgets_ended_ones() {
     assert_eq!(finish(&p), Some(-libc::SIGKILL));
     assert!(shmproc::active_children().iter().all(|c| c.pid != pid));
 }
+
+#[test]
+fn a_panicking_child_gives_its_parent_the_panic_message_and_location() {
+    for method in METHODS {
+        let mut p = start(method, Process::builder(panics, ()));
+        assert_eq!(p.panic_message(), None, "{method:?}: nothing while it may still run");
+        assert_eq!(finish(&p), Some(1), "{method:?}");
+        assert_eq!(p.panic_message().as_deref(), Some("deliberately"), "{method:?}");
+        assert!(p.panic_location().unwrap().starts_with("tests/process.rs:"), "{method:?}");
+        let mut ok = start(method, Process::builder(returns, ()));
+        assert_eq!(finish(&ok), Some(0));
+        assert_eq!(ok.panic_message(), None, "{method:?}");
+    }
+}

@@ -11,6 +11,8 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::child::{Panic, PanicCapture};
+use crate::channel::Queue;
 use crate::segment::transfer::{self, Incoming};
 
 /// Decodes the arguments of `target` and calls it.
@@ -103,14 +105,54 @@ impl BinaryCheck {
 }
 
 fn trampoline<A: DeserializeOwned + 'static>(target: usize, args: &[u8], incoming: Incoming) -> Result<(), String> {
-    let args: A = transfer::receiving(incoming, || postcard::from_bytes(args))
+    let (slot, args): (PanicSlot, A) = transfer::receiving(incoming, || postcard::from_bytes(args))
         .map_err(|e| format!("cannot decode the arguments as `{}`: {e}", std::any::type_name::<A>()))?;
     // SAFETY: `target` came from `Entry::new::<A>` paired with this very
     // `trampoline::<A>`: in this process (fork), or in a parent running the same
     // executable, translated by `from_offsets`. So it is a `fn(A)`.
     let target = unsafe { std::mem::transmute::<usize, fn(A)>(target) };
-    target(args);
-    Ok(())
+    match PanicCapture::begin(false).catch(|| target(args)) {
+        Ok(()) => Ok(()),
+        Err((panic, payload)) => {
+            slot.record(panic);
+            // On to `child::run`, which exits with code 1 (already printed).
+            std::panic::resume_unwind(payload)
+        }
+    }
+}
+
+/// Where a child's panic goes for its parent to read (`Process::panic_message`): a
+/// one-message queue of its own.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct PanicSlot(Queue<Panic>);
+
+impl PanicSlot {
+    /// Messages are cut to this many bytes, so that one always fits in the ring
+    /// (a larger one would need a side segment).
+    const MAX_TEXT: usize = 800;
+    const RING: usize = 4096;
+
+    pub(crate) fn new() -> Result<PanicSlot, crate::SegmentCreateError> {
+        Ok(PanicSlot(Queue::<Panic>::builder().capacity(Self::RING).maxsize(1).build()?))
+    }
+
+    fn record(&self, mut panic: Panic) {
+        for text in [&mut panic.message, &mut panic.location] {
+            if text.len() > Self::MAX_TEXT {
+                let mut end = Self::MAX_TEXT;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
+            }
+        }
+        let _ = self.0.try_put(panic);
+    }
+
+    /// The child's panic, if it recorded one (taken: ask once, keep the answer).
+    pub(crate) fn take(&self) -> Option<Panic> {
+        self.0.try_get().ok()
+    }
 }
 
 /// Checks, when it is instantiated, that `F` is zero-sized: a fn item or a

@@ -53,7 +53,7 @@ pub use context::{context, get_start_method, set_start_method, Context, StartMet
 pub use registry::ProcessInfo;
 
 use child::{Setup, Task};
-use entry::{BinaryCheck, Entry};
+use entry::{BinaryCheck, Entry, PanicSlot};
 use forkserver::ServerClient;
 use registry::{ChildRecord, Watch};
 use status::StatusSlot;
@@ -131,12 +131,13 @@ fn os(op: &'static str) -> impl FnOnce(std::io::Error) -> ProcessError {
 
 /// Serializes a process's arguments on demand (at `start`, inside the transfer scope).
 trait EncodeArgs: Send {
-    fn encode(&self) -> Result<Vec<u8>, String>;
+    /// The arguments, after the slot where a panic of the child goes.
+    fn encode(&self, slot: &PanicSlot) -> Result<Vec<u8>, String>;
 }
 
 impl<A: Serialize + Send> EncodeArgs for A {
-    fn encode(&self) -> Result<Vec<u8>, String> {
-        postcard::to_stdvec(self).map_err(|e| format!("`{}`: {e}", std::any::type_name::<A>()))
+    fn encode(&self, slot: &PanicSlot) -> Result<Vec<u8>, String> {
+        postcard::to_stdvec(&(slot, self)).map_err(|e| format!("`{}`: {e}", std::any::type_name::<A>()))
     }
 }
 
@@ -164,6 +165,16 @@ pub struct Process {
     daemon: bool,
     method: Option<StartMethod>,
     state: State,
+    panic: PanicState,
+}
+
+/// What the parent knows of a child's panic.
+enum PanicState {
+    NotStarted,
+    /// Not read yet: the child may still write it.
+    Pending(PanicSlot),
+    /// Read once the child ended (`None`: it did not panic).
+    Known(Option<Panic>),
 }
 
 enum State {
@@ -191,6 +202,7 @@ impl Process {
             daemon: false,
             method: None,
             state: State::New,
+            panic: PanicState::NotStarted,
         }
     }
 
@@ -224,7 +236,11 @@ impl Process {
         if method != StartMethod::Fork && !child::initialized() {
             return Err(ProcessError::NotInitialized);
         }
-        let (args, segments) = transfer::collecting(|| self.args.encode());
+        let slot = PanicSlot::new().map_err(|e| ProcessError::Os {
+            op: "creating the panic slot",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let (args, segments) = transfer::collecting(|| self.args.encode(&slot));
         let args = args.map_err(ProcessError::Arguments)?;
         if segments.len() > sys::MAX_FDS_PER_MESSAGE - 2 {
             return Err(ProcessError::TooManySharedObjects {
@@ -245,6 +261,7 @@ impl Process {
         let record = Arc::new(record);
         me.register(Arc::clone(&record));
         self.state = State::Started(record);
+        self.panic = PanicState::Pending(slot);
         Ok(())
     }
 
@@ -329,6 +346,42 @@ impl Process {
             (_, Some(n)) => n,
             (State::Started(r), None) => &r.name,
             _ => "",
+        }
+    }
+
+    /// The message of the panic that ended the child, once it has ended (Python's
+    /// traceback text, in short): `None` while it runs or if it did not panic.
+    ///
+    /// ```
+    /// fn fails(x: u32) {
+    ///     panic!("no {x} today");
+    /// }
+    /// let mut p = shmproc::Process::new(fails, 7);
+    /// p.start()?;
+    /// p.join()?;
+    /// assert_eq!(p.exitcode(), Some(1));
+    /// assert_eq!(p.panic_message().as_deref(), Some("no 7 today"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn panic_message(&mut self) -> Option<String> {
+        self.panic().map(|p| p.message.clone())
+    }
+
+    /// Where the child panicked (`file:line:column`), once it has ended.
+    pub fn panic_location(&mut self) -> Option<String> {
+        self.panic().map(|p| p.location.clone())
+    }
+
+    fn panic(&mut self) -> Option<&Panic> {
+        if let PanicState::Pending(slot) = &self.panic {
+            if self.exitcode().is_none() {
+                return None;
+            }
+            self.panic = PanicState::Known(slot.take());
+        }
+        match &self.panic {
+            PanicState::Known(p) => p.as_ref(),
+            _ => None,
         }
     }
 
