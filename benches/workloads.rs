@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use shmproc::testing::{fork, set_spin_rounds, Child, Exit, DEFAULT_SPIN_ROUNDS};
 use shmproc::{
-    Barrier, Connection, Event, JoinableQueue, Lock, Pipe, Pool, Process, Queue, RawArray, Semaphore, StartMethod, Value,
+    Barrier, Connection, Event, JoinableQueue, Lock, Pipe, Pool, Process, Queue, RawArray, Semaphore, StartMethod,
+    Value,
 };
 
 const PATIENCE: Duration = Duration::from_secs(60);

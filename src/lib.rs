@@ -89,8 +89,8 @@ pub use channel::{
 };
 pub use pool::{AsyncResult, IMap, MapResult, Pool, PoolBuilder, PoolError, StarTask, TaskError};
 pub use process::{
-    active_children, context, cpu_count, current_process, get_start_method, init, parent_process, set_start_method, spawn,
-    Context, JoinError, JoinHandle, Process, ProcessBuilder, ProcessError, ProcessInfo, StartMethod,
+    active_children, context, cpu_count, current_process, get_start_method, init, parent_process, set_start_method,
+    spawn, Context, JoinError, JoinHandle, Process, ProcessBuilder, ProcessError, ProcessInfo, StartMethod,
 };
 pub use segment::{remove_orphaned_segments, ObjectKind, SegmentCreateError, SegmentOpenError};
 pub use shared::{Array, ArrayError, ArrayGuard, RawArray, RawValue, Value, ValueGuard};

@@ -307,7 +307,7 @@ fn max_tasks_per_child_replaces_workers_and_loses_nothing() {
         // 60 tasks at most 3 per worker: at least 20 workers ran them.
         assert!(distinct.len() >= 20, "{method:?}: only {} workers", distinct.len());
         for pid in &distinct {
-            assert_eq!(pids.iter().filter(|p| *p == pid).count() <= 3, true, "{method:?}: a worker ran more than 3");
+            assert!(pids.iter().filter(|p| *p == pid).count() <= 3, "{method:?}: a worker ran more than 3");
         }
         finish_pool(pool);
     }
@@ -389,7 +389,6 @@ fn a_killed_worker_fails_exactly_its_task_and_is_replaced() {
         assert_eq!(pool.map(square, 0..100u64).unwrap()[99], 99 * 99);
         let after = pool.worker_pids();
         assert_eq!(after.len(), 2, "{method:?}");
-        assert!(after.iter().all(|p| !before.contains(p)) || after.iter().any(|p| !before.contains(p)));
         assert_ne!(before, after, "{method:?}: no worker was replaced");
         finish_pool(pool);
     }

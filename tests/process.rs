@@ -376,3 +376,52 @@ fn a_panicking_child_gives_its_parent_the_panic_message_and_location() {
         assert_eq!(ok.panic_message(), None, "{method:?}");
     }
 }
+
+/// The helper of the test below: a child that outlives `main` unless `main` waits.
+fn write_after(args: (u64, String)) {
+    std::thread::sleep(Duration::from_millis(args.0));
+    std::fs::write(&args.1, b"done").unwrap();
+}
+
+#[test]
+fn at_exit_helper() {
+    let Ok(dir) = std::env::var("SHMPROC_AT_EXIT_DIR") else { return };
+    let marker = format!("{dir}/non-daemon");
+    let p = Process::builder(write_after, (300, marker)).start().unwrap();
+    let d = Process::builder(sleeps, 30).daemon(true).start().unwrap();
+    std::fs::write(format!("{dir}/daemon-pid"), d.pid().unwrap().to_string()).unwrap();
+    // Both handles are forgotten: only the exit handling can deal with the children.
+    std::mem::forget(p);
+    std::mem::forget(d);
+}
+
+#[test]
+fn when_main_returns_non_daemon_children_are_joined_and_daemons_terminated() {
+    let dir = std::env::temp_dir().join(format!("shmproc-at-exit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "at_exit_helper", "--test-threads=1"])
+        .env("SHMPROC_AT_EXIT_DIR", &dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = helper.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the helper overstayed");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert!(status.success());
+    // The moment the helper process has exited, its non-daemon child has finished...
+    assert_eq!(std::fs::read(dir.join("non-daemon")).ok().as_deref(), Some(&b"done"[..]));
+    // ... and its daemon child was terminated, not left running for 30 s.
+    let pid: i32 = std::fs::read_to_string(dir.join("daemon-pid")).unwrap().parse().unwrap();
+    let deadline = Instant::now() + PROMPT;
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(Instant::now() < deadline, "the daemon child {pid} outlived the program");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -72,7 +72,11 @@ fn a_panic_comes_back_with_its_message_and_location() {
 fn a_killed_or_exiting_child_says_how_it_ended() {
     for method in METHODS {
         let ctx = shmproc::context(method);
-        assert_eq!(join(ctx.spawn(killed, ()).unwrap()), Err(JoinError::Killed { signal: libc::SIGKILL }), "{method:?}");
+        assert_eq!(
+            join(ctx.spawn(killed, ()).unwrap()),
+            Err(JoinError::Killed { signal: libc::SIGKILL }),
+            "{method:?}"
+        );
         assert_eq!(join(ctx.spawn(exits, 3).unwrap()), Err(JoinError::Exited { code: 3 }), "{method:?}");
     }
 }

@@ -315,7 +315,8 @@ impl Ring {
         }
         self.pace.record(false);
         let asker = Asker::Release(&h.producer.put_lock);
-        let (waited, asleep) = h.not_empty.wait_until_spinning(self.spin, wait, poll, asker, self.pace.patience(), ready);
+        let (waited, asleep) =
+            h.not_empty.wait_until_spinning(self.spin, wait, poll, asker, self.pace.patience(), ready);
         self.pace.slept(asleep);
         waited
     }

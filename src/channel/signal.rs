@@ -169,10 +169,7 @@ impl Signal {
             Some(r) => spin_rounds(r, || ready().then_some(())).is_some(),
             None => spin(|| ready().then_some(())).is_some(),
         };
-        if ready()
-            || spun
-            || (patience == Patience::Yield && yield_until(wait, &mut ready))
-        {
+        if ready() || spun || (patience == Patience::Yield && yield_until(wait, &mut ready)) {
             return (Waited::Ready, Duration::ZERO);
         }
         if wait.expired() {

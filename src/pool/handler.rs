@@ -244,7 +244,9 @@ impl Shared {
             }
         };
         found.ok_or_else(|| {
-            TaskError::Encode("the task is not in the executable (a shared library?); pool workers cannot find it".into())
+            TaskError::Encode(
+                "the task is not in the executable (a shared library?); pool workers cannot find it".into(),
+            )
         })
     }
 
@@ -257,7 +259,13 @@ impl Shared {
     }
 
     /// Submits a chunk whose message is in `bytes` (the id is filled in here).
-    pub(crate) fn submit(&self, sink: Arc<dyn Sink>, base: usize, count: u32, bytes: &mut [u8]) -> Result<(), TaskError> {
+    pub(crate) fn submit(
+        &self,
+        sink: Arc<dyn Sink>,
+        base: usize,
+        count: u32,
+        bytes: &mut [u8],
+    ) -> Result<(), TaskError> {
         let mut d = lock(&self.dispatch);
         if self.state.load(Ordering::Acquire) != RUNNING {
             return Err(TaskError::PoolClosed);
@@ -429,8 +437,15 @@ impl Handler {
         let max_tasks = lock(&self.shared.dispatch).max_tasks;
         let process = (self.starter)(i as u32, tasks.clone(), self.shared.results.clone(), self.shared.key, max_tasks)?;
         let mut d = lock(&self.shared.dispatch);
-        d.workers[i] =
-            Some(Worker { process, tasks, held: VecDeque::new(), sent: 0, ready: false, retiring: false, closed: false });
+        d.workers[i] = Some(Worker {
+            process,
+            tasks,
+            held: VecDeque::new(),
+            sent: 0,
+            ready: false,
+            retiring: false,
+            closed: false,
+        });
         d.refill(i);
         Ok(())
     }
@@ -642,4 +657,3 @@ pub(crate) fn new_key() -> Result<TagKey, PoolError> {
     let r = sys::random_u128().map_err(|e| PoolError::Start(ProcessError::Os { op: "getrandom", source: e }))?;
     Ok(TagKey(r as u64, (r >> 64) as u64))
 }
-

@@ -486,12 +486,7 @@ impl Pool {
     }
 
     /// [`imap_unordered`](Pool::imap_unordered) with an explicit chunksize.
-    pub fn imap_unordered_chunked<F, A, R, I>(
-        &self,
-        f: F,
-        iterable: I,
-        chunksize: usize,
-    ) -> IMap<'_, A, R, I::IntoIter>
+    pub fn imap_unordered_chunked<F, A, R, I>(&self, f: F, iterable: I, chunksize: usize) -> IMap<'_, A, R, I::IntoIter>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + 'static,

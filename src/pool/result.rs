@@ -55,7 +55,12 @@ impl Latch {
     /// [`wait_for`](Latch::wait_for), yielding the CPU for a while before sleeping
     /// when `yielding` (a wait that should be short), or sleeping soon (a wait for
     /// a long job, whose CPU the workers need meanwhile).
-    pub(crate) fn wait_for_with<T>(&self, wait: Wait, yielding: bool, mut ready: impl FnMut() -> Option<T>) -> Option<T> {
+    pub(crate) fn wait_for_with<T>(
+        &self,
+        wait: Wait,
+        yielding: bool,
+        mut ready: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
         loop {
             let seen = self.seq.load(Ordering::Acquire);
             if let Some(t) = ready() {
@@ -448,7 +453,8 @@ impl<R: DeserializeOwned + Send + 'static> MapResult<R> {
     pub(crate) fn new(pool: Arc<Shared>, len: usize) -> (MapResult<R>, Arc<MapSink<R>>) {
         // A large map takes a while: its waiter sleeps soon, leaving the CPU to the workers.
         let cell = Arc::new(Cell::new(len < LONG_MAP));
-        let sink = Arc::new(MapSink { slots: Mutex::new(((0..len).map(|_| None).collect(), len)), cell: Arc::clone(&cell) });
+        let sink =
+            Arc::new(MapSink { slots: Mutex::new(((0..len).map(|_| None).collect(), len)), cell: Arc::clone(&cell) });
         sink.finish_if_full(&mut lock(&sink.slots));
         (MapResult { cell, pool }, sink)
     }

@@ -164,7 +164,12 @@ impl TagKey {
 /// SipHash-2-4 of one 8-byte message (Aumasson and Bernstein, "SipHash: a fast
 /// short-input PRF", 2012): enough to make a tag no scribbler can forge without the key.
 fn siphash24(k0: u64, k1: u64, m: u64) -> u64 {
-    let mut v = [k0 ^ 0x736f_6d65_7073_6575, k1 ^ 0x646f_7261_6e64_6f6d, k0 ^ 0x6c79_6765_6e65_7261, k1 ^ 0x7465_6462_7974_6573];
+    let mut v = [
+        k0 ^ 0x736f_6d65_7073_6575,
+        k1 ^ 0x646f_7261_6e64_6f6d,
+        k0 ^ 0x6c79_6765_6e65_7261,
+        k1 ^ 0x7465_6462_7974_6573,
+    ];
     fn round(v: &mut [u64; 4]) {
         v[0] = v[0].wrapping_add(v[1]);
         v[1] = v[1].rotate_left(13) ^ v[0];
@@ -480,7 +485,7 @@ mod tests {
     #[test]
     fn a_chunk_runs_each_item_and_catches_each_panic() {
         fn halve(x: u64) -> u64 {
-            assert!(x % 2 == 0, "odd: {x}");
+            assert!(x.is_multiple_of(2), "odd: {x}");
             x / 2
         }
         fn runner<F: Fn(u64) -> u64 + Copy + 'static>(_: F) -> Runner {

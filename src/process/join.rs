@@ -132,9 +132,8 @@ where
     A: Serialize + DeserializeOwned + Send + 'static,
     R: Serialize + DeserializeOwned + Send + 'static,
 {
-    let outcome = Queue::<Outcome<R>>::builder().capacity(OUTCOME_CAPACITY).maxsize(1).build().map_err(|e| ProcessError::Os {
-        op: "creating the outcome queue",
-        source: std::io::Error::other(e.to_string()),
+    let outcome = Queue::<Outcome<R>>::builder().capacity(OUTCOME_CAPACITY).maxsize(1).build().map_err(|e| {
+        ProcessError::Os { op: "creating the outcome queue", source: std::io::Error::other(e.to_string()) }
     })?;
     let job = Spawned { args, outcome: outcome.clone() };
     let mut builder = Process::builder(spawned::<F, A, R>, job);

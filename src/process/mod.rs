@@ -46,10 +46,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use child::init;
-pub use join::{spawn, JoinError, JoinHandle};
 pub(crate) use child::{catch_panic, Panic, PanicCapture};
-pub(crate) use entry::{code_address, code_offset, conjure};
 pub use context::{context, get_start_method, set_start_method, Context, StartMethod};
+pub(crate) use entry::{code_address, code_offset, conjure};
+pub use join::{spawn, JoinError, JoinHandle};
 pub use registry::ProcessInfo;
 
 use child::{Setup, Task};
@@ -292,7 +292,7 @@ impl Process {
             }
             Forked::Parent(pid) => {
                 drop((out, err, gate));
-                Ok(ChildRecord::new(pid, name, Watch::Reaped))
+                Ok(ChildRecord::new(pid, name, self.daemon, Watch::Reaped))
             }
         }
     }
@@ -374,9 +374,7 @@ impl Process {
 
     fn panic(&mut self) -> Option<&Panic> {
         if let PanicState::Pending(slot) = &self.panic {
-            if self.exitcode().is_none() {
-                return None;
-            }
+            self.exitcode()?;
             self.panic = PanicState::Known(slot.take());
         }
         match &self.panic {
@@ -504,7 +502,12 @@ fn task_memfd(
     sys::memfd_with(&bytes).map_err(os("memfd_create"))
 }
 
-fn spawn_exec(entry: Entry, setup: Setup, args: Vec<u8>, segments: &[Arc<Segment>]) -> Result<ChildRecord, ProcessError> {
+fn spawn_exec(
+    entry: Entry,
+    setup: Setup,
+    args: Vec<u8>,
+    segments: &[Arc<Segment>],
+) -> Result<ChildRecord, ProcessError> {
     use std::os::fd::AsFd;
     let name = setup.name.clone();
     let daemon = setup.daemon;
@@ -514,7 +517,7 @@ fn spawn_exec(entry: Entry, setup: Setup, args: Vec<u8>, segments: &[Arc<Segment
     let image = ExecImage::this_program(&[(child::ROLE_ENV, child::ROLE_CHILD.to_owned())]).map_err(os("exec"))?;
     let _gate = FORK_GATE.read().unwrap_or_else(|p| p.into_inner());
     let pid = sys::spawn_exec(&image, &fds, daemon).map_err(os("exec"))?;
-    Ok(ChildRecord::new(pid, name, Watch::Reaped))
+    Ok(ChildRecord::new(pid, name, daemon, Watch::Reaped))
 }
 
 fn via_fork_server(
@@ -524,6 +527,7 @@ fn via_fork_server(
     segments: &[Arc<Segment>],
 ) -> Result<ChildRecord, ProcessError> {
     let name = setup.name.clone();
+    let daemon = setup.daemon;
     let task = task_memfd(entry, setup, args, segments.len())?;
     let me = registry::current();
     let mut server = me.forkserver.lock().unwrap_or_else(|p| p.into_inner());
@@ -539,7 +543,7 @@ fn via_fork_server(
             source: std::io::Error::other(e.to_string()),
         })?;
         match client.request(&task, &slot, segments) {
-            Ok(pid) => return Ok(ChildRecord::new(pid, name, Watch::Slot(slot))),
+            Ok(pid) => return Ok(ChildRecord::new(pid, name, daemon, Watch::Slot(slot))),
             // Only a request that never reached the server is retried: one that did
             // may have started the child already.
             Err(forkserver::RequestError::NotSent(_)) if attempt == 0 => *server = None,

@@ -105,6 +105,11 @@ impl Current {
     }
 
     pub(crate) fn register(&self, child: Arc<ChildRecord>) {
+        static AT_EXIT: std::sync::Once = std::sync::Once::new();
+        // SAFETY: `at_exit` is an `extern "C" fn()` that never unwinds (it catches).
+        AT_EXIT.call_once(|| unsafe {
+            libc::atexit(at_exit);
+        });
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         children.retain(|c| Arc::strong_count(c) > 1 || c.poll().is_none());
         children.push(child);
@@ -115,6 +120,34 @@ impl Current {
         children.retain(|c| c.poll().is_none());
         children.iter().map(|c| ProcessInfo { name: c.name.clone(), pid: c.pid }).collect()
     }
+}
+
+/// When the program leaves `main` (or calls `exit`), as Python does at exit: daemon
+/// children are terminated (SIGTERM, then SIGKILL after a second) and reaped,
+/// non-daemon children are waited for. A child process leaves with `_exit`, so this
+/// runs only where `exit` runs.
+extern "C" fn at_exit() {
+    let _ = std::panic::catch_unwind(|| {
+        let me = current();
+        let children: Vec<Arc<ChildRecord>> = match me.children.try_lock() {
+            Ok(c) => c.clone(),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().clone(),
+            // Another thread holds it (and may never let go): leave the children be.
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        for c in children.iter().filter(|c| c.daemon && c.poll().is_none()) {
+            let _ = c.signal(libc::SIGTERM);
+        }
+        for c in children.iter().filter(|c| c.daemon) {
+            if !matches!(c.wait(Wait::timeout(std::time::Duration::from_secs(1))), Ok(Some(_))) {
+                let _ = c.signal(libc::SIGKILL);
+                let _ = c.wait(Wait::timeout(std::time::Duration::from_secs(1)));
+            }
+        }
+        for c in children.iter().filter(|c| !c.daemon) {
+            let _ = c.wait(Wait::Forever);
+        }
+    });
 }
 
 /// How a child's end is observed.
@@ -129,6 +162,8 @@ pub(crate) enum Watch {
 pub(crate) struct ChildRecord {
     pub(crate) pid: i32,
     pub(crate) name: String,
+    /// Terminated, not waited for, when the program exits.
+    pub(crate) daemon: bool,
     watch: Watch,
     /// The exit code once known: the code, or `-signal`. Reaping and signalling
     /// happen under this lock, so a signal never reaches a recycled pid.
@@ -136,8 +171,8 @@ pub(crate) struct ChildRecord {
 }
 
 impl ChildRecord {
-    pub(crate) fn new(pid: i32, name: String, watch: Watch) -> ChildRecord {
-        ChildRecord { pid, name, watch, exit: Mutex::new(None) }
+    pub(crate) fn new(pid: i32, name: String, daemon: bool, watch: Watch) -> ChildRecord {
+        ChildRecord { pid, name, daemon, watch, exit: Mutex::new(None) }
     }
 
     pub(crate) fn is_ours(&self) -> bool {
