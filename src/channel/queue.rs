@@ -98,6 +98,21 @@ impl RawQueue {
         }
     }
 
+    /// Takes one message or more (up to `outs.len()`, each into its own buffer),
+    /// waiting for the first per `wait`; how many.
+    fn get_many(&self, outs: &mut [Vec<u8>], wait: Wait) -> Result<usize, GetFail> {
+        loop {
+            match self.ring.try_get_many(outs, wait) {
+                Err(GetFail::Empty) if wait != Wait::Never => {}
+                other => return other,
+            }
+            match self.ring.wait_for_data(wait, None, || self.ring.has_data_or_closed()) {
+                Waited::Ready | Waited::Gone => {}
+                Waited::TimedOut => return Err(GetFail::Empty),
+            }
+        }
+    }
+
     /// Takes a message, waiting for one per `wait` (none in time: `GetFail::Empty`).
     fn get(&self, out: &mut Vec<u8>, wait: Wait) -> Result<(), GetFail> {
         loop {
@@ -338,6 +353,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         Ok(self.raw.get(out, wait)?)
     }
 
+    /// Takes one message or more as raw bytes, each into its own buffer of `outs`
+    /// (replacing its contents), waiting for the first per `wait`; how many.
+    pub(crate) fn get_bytes_many(&self, outs: &mut [Vec<u8>], wait: Wait) -> Result<usize, RecvTimeoutError> {
+        Ok(self.raw.get_many(outs, wait)?)
+    }
+
     /// The number of messages in the queue now (Python's `qsize`; as in Python, it
     /// may change before you act on it).
     pub fn qsize(&self) -> usize {
@@ -495,5 +516,33 @@ impl<T> fmt::Debug for JoinableQueue<T> {
             .field("queue", &self.queue)
             .field("unfinished", &self.queue.raw.ring.unfinished())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_many_takes_what_is_there_in_order_up_to_its_buffers() {
+        let q: Queue<Vec<u8>> = Queue::<Vec<u8>>::builder().capacity(4096).build().unwrap();
+        for i in 0..10u8 {
+            q.put_bytes(&[i; 3]).unwrap();
+            if i == 2 {
+                // Over a quarter of the ring: it travels in a side segment.
+                q.put_bytes(&[77; 2000]).unwrap();
+            }
+        }
+        let mut bufs = vec![Vec::new(); 4];
+        assert_eq!(q.get_bytes_many(&mut bufs, Wait::Never), Ok(4));
+        assert_eq!(bufs[0], [0; 3]);
+        assert_eq!(bufs[2], [2; 3]);
+        assert_eq!(bufs[3], [77; 2000]);
+        let mut bufs = vec![Vec::new(); 16];
+        assert_eq!(q.get_bytes_many(&mut bufs, Wait::Never), Ok(7));
+        assert!((0..7).all(|k| bufs[k] == [k as u8 + 3; 3]));
+        assert_eq!(q.get_bytes_many(&mut bufs, Wait::Never), Err(RecvTimeoutError::Timeout));
+        q.close();
+        assert_eq!(q.get_bytes_many(&mut bufs, Wait::Never), Err(RecvTimeoutError::Disconnected));
     }
 }

@@ -492,6 +492,14 @@ impl Ring {
     /// Takes one message into `out` (replacing its contents) if there is one now,
     /// waiting per `wait` only for the lock.
     pub(crate) fn try_get(&self, out: &mut Vec<u8>, wait: Wait) -> Result<(), GetFail> {
+        self.try_get_many(std::slice::from_mut(out), wait).map(drop)
+    }
+
+    /// Takes up to `outs.len()` (at most 64) messages if there are any now, one into
+    /// each buffer in order, under one hold of the get lock (each still committed
+    /// by its own store of `head`, so a consumer killed midway leaves every message
+    /// either taken whole or still there); how many it took, at least one.
+    pub(crate) fn try_get_many(&self, outs: &mut [Vec<u8>], wait: Wait) -> Result<usize, GetFail> {
         let h = self.header();
         let Some(held) = self.lock_gets(wait).map_err(GetFail::Fault)? else {
             return Err(GetFail::Empty);
@@ -499,38 +507,59 @@ impl Ring {
         // `closed` before `tail`: a put that commits after this load was made before
         // the close (close takes the put lock), so it is still seen below.
         let closed = self.is_closed();
-        let head = h.head.load(Ordering::Relaxed);
-        // First against the last tail we saw: it only errs towards "empty".
-        let mut occupancy = self.occupancy(h.consumer.tail_seen.load(Ordering::Acquire), head);
-        if occupancy.as_ref().map_or(true, |(used, _)| *used == 0) {
-            let tail = h.tail.load(Ordering::Acquire);
-            h.consumer.tail_seen.store(tail, Ordering::Release);
-            occupancy = self.occupancy(tail, head);
+        let mut head = h.head.load(Ordering::Relaxed);
+        let mut sides = 0u64;
+        let mut taken = 0;
+        let mut more = false;
+        let max = outs.len().min(64);
+        while taken < max {
+            // First against the last tail we saw: it only errs towards "empty".
+            let mut occupancy = self.occupancy(h.consumer.tail_seen.load(Ordering::Acquire), head);
+            if occupancy.as_ref().map_or(true, |(used, _)| *used == 0) {
+                let tail = h.tail.load(Ordering::Acquire);
+                h.consumer.tail_seen.store(tail, Ordering::Release);
+                occupancy = self.occupancy(tail, head);
+            }
+            let (used, _) = occupancy.map_err(GetFail::Fault)?;
+            if used == 0 {
+                break;
+            }
+            let (pos, gets) = unpack(head);
+            let word = self.read_word(pos);
+            let (len, kind, check) = (word & 0xFFFF_FFFF, (word >> 32) as u8, (word >> 40) & 0xFF);
+            let frame = frame_len(len);
+            if check != CHECK || !(kind == INLINE || kind == SIDE) || frame > used {
+                if taken > 0 {
+                    break; // what was taken is whole; the damage is reported next time
+                }
+                return Err(GetFail::Fault(ChannelFault::Corrupted("frame header")));
+            }
+            self.read_into(pos + FRAME_HEADER, len as usize, &mut outs[taken]);
+            head = pack(pos + frame, gets.wrapping_add(1));
+            h.head.store(head, Ordering::Release);
+            if kind == SIDE {
+                sides |= 1 << taken;
+            }
+            taken += 1;
+            more = frame < used;
         }
-        let (used, _) = occupancy.map_err(GetFail::Fault)?;
-        if used == 0 {
+        drop(held); // wakes producers that asked
+        if taken == 0 {
             return Err(if closed { GetFail::Closed } else { GetFail::Empty });
         }
-        let (pos, gets) = unpack(head);
-        let word = self.read_word(pos);
-        let (len, kind, check) = (word & 0xFFFF_FFFF, (word >> 32) as u8, (word >> 40) & 0xFF);
-        let frame = frame_len(len);
-        if check != CHECK || !(kind == INLINE || kind == SIDE) || frame > used {
-            return Err(GetFail::Fault(ChannelFault::Corrupted("frame header")));
-        }
-        self.read_into(pos + FRAME_HEADER, len as usize, out);
-        h.head.store(pack(pos + frame, gets.wrapping_add(1)), Ordering::Release);
-        drop(held); // wakes producers that asked
-        if frame < used {
-            // More behind this one (as far as we looked): a consumer asleep may have
-            // missed its wake-up (see `Signal::pass_on`).
+        if more {
+            // More behind what we took (as far as we looked): a consumer asleep may
+            // have missed its wake-up (see `Signal::pass_on`).
             h.not_empty.pass_on();
         }
-        if kind == SIDE {
-            let name = std::str::from_utf8(out).map_err(|_| GetFail::Fault(ChannelFault::Corrupted("side name")))?;
-            *out = SideSegment::take(name).map_err(GetFail::Fault)?;
+        for (k, out) in outs.iter_mut().enumerate().take(taken) {
+            if sides & (1 << k) != 0 {
+                let name =
+                    std::str::from_utf8(out).map_err(|_| GetFail::Fault(ChannelFault::Corrupted("side name")))?;
+                *out = SideSegment::take(name).map_err(GetFail::Fault)?;
+            }
         }
-        Ok(())
+        Ok(taken)
     }
 
     /// Messages put and not yet marked done (`JoinableQueue`).

@@ -385,7 +385,7 @@ impl Handler {
             self.shared.state.store(DONE, Ordering::Release);
             return;
         }
-        let mut buf = Vec::with_capacity(256);
+        let mut batch = Batch::default();
         let mut last_check = sys::coarse_millis();
         loop {
             match self.shared.state.load(Ordering::Acquire) {
@@ -400,12 +400,12 @@ impl Handler {
             }
             // A reply waiting costs no clock read; an empty ring is waited on until
             // the next look at the workers.
-            let mut got = self.shared.results.get_bytes_into(&mut buf, Wait::Never);
+            let mut got = batch.fill(&self.shared.results, Wait::Never);
             if matches!(got, Err(RecvTimeoutError::Timeout)) {
-                got = self.shared.results.get_bytes_into(&mut buf, Wait::Until(Instant::now() + CHECK_EVERY));
+                got = batch.fill(&self.shared.results, Wait::Until(Instant::now() + CHECK_EVERY));
             }
             match got {
-                Ok(()) => self.on_reply(&buf),
+                Ok(()) => self.on_replies(&batch),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(e) => {
                     // The result ring is damaged: no reply can be trusted to its task.
@@ -453,6 +453,14 @@ impl Handler {
     fn on_reply(&self, msg: &[u8]) {
         let Some(reply) = Reply::parse(msg) else { return };
         match reply.kind {
+            task::REPLY_RESULT | task::REPLY_LAST_RESULT => self.on_result(&reply),
+            _ => self.on_reply_other(&reply),
+        }
+    }
+
+    /// A reply that is not a result: a worker ready, an initializer that failed, a nudge.
+    fn on_reply_other(&self, reply: &Reply<'_>) {
+        match reply.kind {
             task::REPLY_READY => {
                 let mut d = lock(&self.shared.dispatch);
                 d.startup_deaths = 0;
@@ -469,16 +477,68 @@ impl Handler {
                 };
                 fail_all(all, &TaskError::Initializer(why));
             }
-            task::REPLY_RESULT | task::REPLY_LAST_RESULT => self.on_result(&reply),
             _ => {}
         }
     }
 
-    fn on_result(&self, reply: &Reply<'_>) {
-        let last = reply.kind == task::REPLY_LAST_RESULT;
-        let pending = {
+    /// Handles a batch of replies: the bookkeeping of all its results under one
+    /// lock, then their delivery, then one wake-up per sink.
+    fn on_replies(&self, batch: &Batch) {
+        let mut done: Vec<(Pending, usize)> = Vec::with_capacity(batch.len);
+        {
             let mut d = lock(&self.shared.dispatch);
-            let Some(pending) = d.remove(reply.id) else { return };
+            for (k, msg) in batch.replies().enumerate() {
+                let Some(reply) = Reply::parse(msg) else { continue };
+                if matches!(reply.kind, task::REPLY_RESULT | task::REPLY_LAST_RESULT) {
+                    if let Some(p) = self.settle(&mut d, &reply) {
+                        done.push((p, k));
+                    }
+                }
+            }
+        }
+        for msg in batch.replies() {
+            if let Some(reply) =
+                Reply::parse(msg).filter(|r| !matches!(r.kind, task::REPLY_RESULT | task::REPLY_LAST_RESULT))
+            {
+                self.on_reply_other(&reply);
+            }
+        }
+        let mut touched: Vec<&Arc<dyn Sink>> = Vec::new();
+        for (p, k) in &done {
+            let Some(reply) = Reply::parse(&batch.bufs[*k]) else { continue };
+            Self::deliver(p, &reply);
+            if !touched.iter().any(|t| Arc::ptr_eq(t, &p.sink)) {
+                touched.push(&p.sink);
+            }
+        }
+        for sink in touched {
+            sink.notify();
+        }
+    }
+
+    fn deliver(p: &Pending, reply: &Reply<'_>) {
+        if reply.count == p.count {
+            p.sink.deliver(p.base, p.count, &mut Items::new(reply.items));
+        } else {
+            let why = TaskError::Decode("a reply's item count does not match its task (damaged message)".into());
+            p.sink.fail(p.base, p.count, &why);
+        }
+    }
+
+    fn on_result(&self, reply: &Reply<'_>) {
+        let pending = self.settle(&mut lock(&self.shared.dispatch), reply);
+        if let Some(p) = pending {
+            Self::deliver(&p, reply);
+            p.sink.notify();
+        }
+    }
+
+    /// The bookkeeping of a result: its pending entry out, its worker's list, the
+    /// estimate of a chunk's time, a refill of the worker's ring.
+    fn settle(&self, d: &mut Dispatch, reply: &Reply<'_>) -> Option<Pending> {
+        let last = reply.kind == task::REPLY_LAST_RESULT;
+        {
+            let pending = d.remove(reply.id)?;
             if reply.elapsed_ns != 0 {
                 d.avg_chunk_ns = (d.avg_chunk_ns * 3 + reply.elapsed_ns) / 4;
             }
@@ -501,13 +561,7 @@ impl Handler {
                 }
                 d.refill(i);
             }
-            pending
-        };
-        if reply.count == pending.count {
-            pending.sink.deliver(pending.base, pending.count, &mut Items::new(reply.items));
-        } else {
-            let why = TaskError::Decode("a reply's item count does not match its task (damaged message)".into());
-            pending.sink.fail(pending.base, pending.count, &why);
+            Some(pending)
         }
     }
 
@@ -649,6 +703,32 @@ impl Handler {
                 let _ = w.process.join_timeout(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Replies read in one go (reusing their buffers), handled together.
+#[derive(Default)]
+struct Batch {
+    bufs: Vec<Vec<u8>>,
+    len: usize,
+}
+
+impl Batch {
+    /// The most replies handled under one lock.
+    const MAX: usize = 64;
+
+    /// Reads one reply or more (what is there now), waiting for the first per `wait`.
+    fn fill(&mut self, ring: &Queue<Vec<u8>>, wait: Wait) -> Result<(), RecvTimeoutError> {
+        self.len = 0;
+        if self.bufs.is_empty() {
+            self.bufs.resize_with(Self::MAX, || Vec::with_capacity(256));
+        }
+        self.len = ring.get_bytes_many(&mut self.bufs, wait)?;
+        Ok(())
+    }
+
+    fn replies(&self) -> impl Iterator<Item = &[u8]> {
+        self.bufs[..self.len].iter().map(Vec::as_slice)
     }
 }
 

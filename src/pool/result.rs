@@ -26,6 +26,8 @@ pub(crate) trait Sink: Send + Sync {
     fn deliver(&self, base: usize, count: u32, items: &mut Items<'_>);
     /// Tasks `base..base + count` failed, all with `error`.
     fn fail(&self, base: usize, count: u32, error: &TaskError);
+    /// Wakes whoever waits on what `deliver` put here (once after several).
+    fn notify(&self) {}
 }
 
 /// An event count: waiters wait for `seq` to move past what they saw, spinning,
@@ -356,7 +358,9 @@ impl<R: DeserializeOwned + Send + 'static> Sink for StreamSink<R> {
         for i in 0..count as usize {
             s.put(base + i, items.next::<R>());
         }
-        drop(s);
+    }
+
+    fn notify(&self) {
         self.latch.notify();
     }
 

@@ -115,8 +115,9 @@ where
     }
 }
 
-/// Runs a chunk: `count` arguments in `args`, each item's outcome appended to `out`.
-type Runner = fn(args: &[u8], count: u32, out: &mut Vec<u8>);
+/// Runs a chunk: `count` arguments in `args`, each item's outcome appended to `out`,
+/// panics caught through `capture` (set up once for the worker's life).
+type Runner = fn(capture: &PanicCapture, args: &[u8], count: u32, out: &mut Vec<u8>);
 
 /// The runner of task type `C`, as the parent names it to its workers.
 #[derive(Debug, Clone, Copy)]
@@ -286,7 +287,7 @@ impl<'a> TaskMsg<'a> {
     /// Runs the chunk, appending its items to `out`, if its runner's tag checks out
     /// under `key` (`verified` remembers the last offset that did); otherwise every
     /// item is a decode failure.
-    pub(crate) fn run(&self, key: TagKey, verified: &mut Option<u64>, out: &mut Vec<u8>) {
+    pub(crate) fn run(&self, capture: &PanicCapture, key: TagKey, verified: &mut Option<u64>, out: &mut Vec<u8>) {
         if *verified != Some(self.offset) {
             if key.tag(self.offset) != self.tag {
                 return fail_items(self.count, "the task's function reference failed its check (damaged message)", out);
@@ -299,7 +300,7 @@ impl<'a> TaskMsg<'a> {
         // executable (checked when this worker started): it is the offset of a
         // `run_chunk::<C>`, a `Runner`.
         let runner = unsafe { std::mem::transmute::<usize, Runner>(addr) };
-        runner(self.args, self.count, out);
+        runner(capture, self.args, self.count, out);
     }
 }
 
@@ -313,11 +314,10 @@ fn fail_items(count: u32, why: &str, out: &mut Vec<u8>) {
 /// The runner of task type `C`: decodes every argument first (a damaged chunk
 /// fails whole, before anything runs), then calls the task on each, catching a
 /// panic per item.
-fn run_chunk<C: Invoke>(args: &[u8], count: u32, out: &mut Vec<u8>) {
-    let capture = PanicCapture::begin(true);
+fn run_chunk<C: Invoke>(capture: &PanicCapture, args: &[u8], count: u32, out: &mut Vec<u8>) {
     if count == 1 {
         match postcard::take_from_bytes::<C::In>(args) {
-            Ok((input, [])) => call::<C>(&capture, input, out),
+            Ok((input, [])) => call::<C>(capture, input, out),
             Ok(_) => fail_items(1, "trailing bytes after the task's arguments", out),
             Err(e) => fail_items(1, &decode_message::<C::In>(e), out),
         }
@@ -339,7 +339,7 @@ fn run_chunk<C: Invoke>(args: &[u8], count: u32, out: &mut Vec<u8>) {
     }
     out.reserve(inputs.len() * (1 + std::mem::size_of::<C::Out>()));
     for input in inputs {
-        call::<C>(&capture, input, out);
+        call::<C>(capture, input, out);
     }
 }
 
@@ -496,7 +496,8 @@ mod tests {
             append(&x, &mut args).unwrap();
         }
         let mut out = Vec::new();
-        runner(halve)(&args, 3, &mut out);
+        let capture = PanicCapture::begin(true);
+        runner(halve)(&capture, &args, 3, &mut out);
         let mut items = Items::new(&out);
         assert_eq!(items.next::<u64>(), Ok(2));
         assert!(matches!(items.next::<u64>(), Err(TaskError::Panicked { message, .. }) if message == "odd: 5"));
@@ -504,7 +505,7 @@ mod tests {
         // A trailing byte fails the whole chunk before anything runs.
         args.push(0);
         out.clear();
-        runner(halve)(&args, 3, &mut out);
+        runner(halve)(&capture, &args, 3, &mut out);
         let mut items = Items::new(&out);
         assert!((0..3).all(|_| matches!(items.next::<u64>(), Err(TaskError::Decode(_)))));
     }

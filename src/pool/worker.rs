@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::task::{self, TagKey, TaskMsg};
 use crate::channel::{Queue, RecvTimeoutError};
-use crate::process::{catch_panic, conjure};
+use crate::process::{catch_panic, conjure, PanicCapture};
 use crate::sync::wait::Wait;
 
 /// A worker's start arguments (they travel as a `Process`'s arguments, never
@@ -86,6 +86,7 @@ where
     }
     let mut msg = Vec::with_capacity(256);
     let mut verified = None;
+    let capture = PanicCapture::begin(true);
     let mut done = 0u64;
     let mut timing = Timing::default();
     loop {
@@ -104,7 +105,7 @@ where
         let kind = if last { task::REPLY_LAST_RESULT } else { task::REPLY_RESULT };
         task::begin_reply(&mut out, chunk.id, chunk.count, kind);
         let start = timing.start();
-        chunk.run(key, &mut verified, &mut out);
+        chunk.run(&capture, key, &mut verified, &mut out);
         task::set_reply_elapsed(&mut out, timing.stop(start));
         if results.put_bytes_with(&out, Wait::Forever).is_err() || last {
             return;
