@@ -425,3 +425,32 @@ fn when_main_returns_non_daemon_children_are_joined_and_daemons_terminated() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Records the start method this process sees, then adds `1 << level` to the value.
+fn nested(args: (Value<u64>, u32, u32)) {
+    let (v, level, method) = args;
+    let methods = [StartMethod::Fork, StartMethod::Spawn, StartMethod::ForkServer];
+    assert_eq!(shmproc::get_start_method(), methods[method as usize], "level {level}");
+    *v.lock().unwrap() += 1 << level;
+    if level < 2 {
+        // A child of a spawned or fork-server child may use any start method too.
+        for (m, method) in methods.iter().enumerate() {
+            let p = Process::builder(nested, (v.clone(), level + 1, m as u32))
+                .start_method(*method)
+                .start()
+                .unwrap_or_else(|e| panic!("level {level}, {method:?}: {e}"));
+            assert_eq!(finish(&p), Some(0), "level {level}, {method:?}");
+        }
+    }
+}
+
+#[test]
+fn children_of_any_start_method_start_children_of_any_start_method() {
+    for (m, method) in METHODS.iter().enumerate() {
+        let v = Value::<u64>::new(0).unwrap();
+        let p = start(*method, Process::builder(nested, (v.clone(), 1, m as u32)));
+        assert_eq!(finish(&p), Some(0), "{method:?}");
+        // Level 1 adds 2, each of its three children (level 2) adds 4.
+        assert_eq!(v.get().unwrap(), 2 + 3 * 4, "{method:?}");
+    }
+}

@@ -33,6 +33,8 @@ pub(crate) struct Setup {
     pub(crate) identity: Vec<u32>,
     pub(crate) parent: (String, i32),
     pub(crate) daemon: bool,
+    /// The start method that made this child (`StartMethod::to_u8`).
+    pub(crate) method: u8,
 }
 
 /// Everything a re-executed or fork-server child needs, apart from descriptors.
@@ -61,6 +63,7 @@ pub(crate) fn run(setup: Setup, watch_parent: Option<i32>, body: impl FnOnce() -
     }
     let parent = ProcessInfo { name: setup.parent.0.clone(), pid: setup.parent.1 };
     registry::become_child(setup.name.clone(), setup.identity.clone(), parent);
+    super::context::inherit_start_method(setup.method);
     // Already done before a fork (see there); a re-executed child is single-threaded.
     install_panic_hook();
     let name = setup.name;
@@ -241,6 +244,10 @@ pub fn init() {
     }
     // Our own children get the variable from us again; nothing else should see it.
     std::env::remove_var(ROLE_ENV);
+    // This process runs this binary, which reached `init` first thing in `main`
+    // (that is how it got here): re-executing it again for a child of its own is as
+    // safe as it was for its parent, so it may start spawn and fork-server children.
+    INITIALIZED.store(true, Ordering::Release);
     match role.as_deref() {
         Ok(ROLE_CHILD) => spawned_child_main(),
         Ok(ROLE_FORKSERVER) => super::forkserver::server_main(),

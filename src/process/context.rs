@@ -28,7 +28,7 @@ pub enum StartMethod {
 }
 
 impl StartMethod {
-    fn to_u8(self) -> u8 {
+    pub(crate) fn to_u8(self) -> u8 {
         match self {
             StartMethod::Fork => 1,
             StartMethod::Spawn => 2,
@@ -45,6 +45,14 @@ impl StartMethod {
 static DEFAULT: AtomicU8 = AtomicU8::new(0);
 
 /// The start method used when none is given.
+/// In a child: the start method it was started with becomes its own default (as
+/// in Python, where a child's `get_start_method()` is its parent's choice for it).
+pub(crate) fn inherit_start_method(method: u8) {
+    if StartMethod::from_u8(method).is_some() {
+        DEFAULT.store(method, Ordering::Release);
+    }
+}
+
 pub fn get_start_method() -> StartMethod {
     StartMethod::from_u8(DEFAULT.load(Ordering::Acquire)).unwrap_or(StartMethod::Fork)
 }

@@ -251,8 +251,13 @@ impl Process {
         let me = registry::current();
         let (identity, default_name) = me.next_child();
         let name = self.name.clone().unwrap_or(default_name);
-        let setup =
-            Setup { name: name.clone(), identity, parent: (me.name.clone(), sys::getpid()), daemon: self.daemon };
+        let setup = Setup {
+            name: name.clone(),
+            identity,
+            parent: (me.name.clone(), sys::getpid()),
+            daemon: self.daemon,
+            method: method.to_u8(),
+        };
         let record = match method {
             StartMethod::Fork => self.fork(setup, args, segments)?,
             StartMethod::Spawn => spawn_exec(self.entry, setup, args, &segments)?,
