@@ -432,3 +432,16 @@ fn any_capacity_is_rounded_to_a_power_of_two_and_works() {
     }
     assert!(Queue::<u64>::builder().capacity(usize::MAX).build::<u64>().is_err());
 }
+
+#[test]
+fn bytes_left_over_after_a_message_are_a_decode_error() {
+    let q = Queue::<u64>::new(0).unwrap();
+    // A (u64, u64) where a u64 is expected: the first field alone would decode.
+    q.put_bytes(&[7, 9]).unwrap();
+    match q.get_timeout(PATIENCE) {
+        Err(RecvTimeoutError::Failed(ChannelFault::Decode { reason, .. })) => assert!(reason.contains("left over")),
+        other => panic!("{other:?}"),
+    }
+    q.put_bytes(&[7]).unwrap();
+    assert_eq!(q.get_timeout(PATIENCE), Ok(7));
+}

@@ -126,7 +126,13 @@ pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
 }
 
 /// Decodes a message, naming `T` in the error.
+/// A message is one whole value: bytes left over after it are an error (a message
+/// of another type, or a damaged one), never silently dropped.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ChannelFault> {
-    postcard::from_bytes(bytes)
-        .map_err(|e| ChannelFault::Decode { expected: std::any::type_name::<T>(), reason: e.to_string() })
+    let fault = |reason: String| ChannelFault::Decode { expected: std::any::type_name::<T>(), reason };
+    match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(fault(format!("{} bytes left over after the value", rest.len()))),
+        Err(e) => Err(fault(e.to_string())),
+    }
 }

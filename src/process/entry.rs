@@ -105,8 +105,11 @@ impl BinaryCheck {
 }
 
 fn trampoline<A: DeserializeOwned + 'static>(target: usize, args: &[u8], incoming: Incoming) -> Result<(), String> {
-    let (slot, args): (PanicSlot, A) = transfer::receiving(incoming, || postcard::from_bytes(args))
-        .map_err(|e| format!("cannot decode the arguments as `{}`: {e}", std::any::type_name::<A>()))?;
+    let (slot, args): (PanicSlot, A) = match transfer::receiving(incoming, || postcard::take_from_bytes(args)) {
+        Ok((decoded, [])) => decoded,
+        Ok(_) => return Err(format!("bytes left over after the arguments (`{}`)", std::any::type_name::<A>())),
+        Err(e) => return Err(format!("cannot decode the arguments as `{}`: {e}", std::any::type_name::<A>())),
+    };
     // SAFETY: `target` came from `Entry::new::<A>` paired with this very
     // `trampoline::<A>`: in this process (fork), or in a parent running the same
     // executable, translated by `from_offsets`. So it is a `fn(A)`.
