@@ -215,3 +215,15 @@ fn short_timeouts_still_notice_a_dead_peer() {
     }
     assert!(t.elapsed() < Duration::from_millis(300), "noticed after {:?}", t.elapsed());
 }
+
+#[test]
+fn using_an_end_after_closing_it_is_its_own_error() {
+    let (a, b) = Pipe::duplex::<u64>().unwrap();
+    b.send(&1).unwrap();
+    a.close();
+    // Not `Disconnected` (that is the peer going away): this process's own mistake.
+    assert!(matches!(a.recv_timeout(PATIENCE), Err(RecvTimeoutError::Failed(ChannelFault::UseAfterClose))));
+    assert!(matches!(a.send(&2), Err(SendError::Failed { fault: ChannelFault::UseAfterClose, .. })));
+    // The peer sees its peer gone.
+    assert!(matches!(b.recv_timeout(PATIENCE), Err(RecvTimeoutError::Disconnected)));
+}

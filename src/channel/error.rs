@@ -27,6 +27,10 @@ pub enum ChannelFault {
     /// The connection cannot be used in this direction (a simplex pipe's other role).
     #[error("this end of the pipe cannot {0}")]
     WrongDirection(&'static str),
+    /// This connection was closed here (`close()`), and then used (Python's
+    /// `OSError: handle is closed`): a mistake of this process, not the peer going away.
+    #[error("this end of the pipe was closed here")]
+    UseAfterClose,
 }
 
 macro_rules! send_error {

@@ -249,6 +249,9 @@ impl<T> Connection<T> {
     fn send_raw(&self, bytes: &[u8], wait: Wait) -> Result<(), SendTimeoutError<()>> {
         let failed = |fault| SendTimeoutError::Failed { value: (), fault };
         let ring = self.send.as_ref().ok_or(failed(ChannelFault::WrongDirection("send")))?;
+        if self.closed_here.load(Ordering::Acquire) {
+            return Err(failed(ChannelFault::UseAfterClose));
+        }
         if self.is_closed() {
             return Err(SendTimeoutError::Disconnected(()));
         }
@@ -283,7 +286,7 @@ impl<T> Connection<T> {
 
     fn recv_raw(&self, out: &mut Vec<u8>, wait: Wait) -> Result<(), RecvTimeoutError> {
         if self.closed_here.load(Ordering::Acquire) {
-            return Err(RecvTimeoutError::Disconnected);
+            return Err(RecvTimeoutError::Failed(ChannelFault::UseAfterClose));
         }
         let ring = self.recv.as_ref().ok_or(RecvTimeoutError::Failed(ChannelFault::WrongDirection("receive")))?;
         loop {
