@@ -44,7 +44,6 @@ impl StartMethod {
 /// 0 while unset: `Fork` then.
 static DEFAULT: AtomicU8 = AtomicU8::new(0);
 
-/// The start method used when none is given.
 /// In a child: the start method it was started with becomes its own default (as
 /// in Python, where a child's `get_start_method()` is its parent's choice for it).
 pub(crate) fn inherit_start_method(method: u8) {
@@ -53,6 +52,7 @@ pub(crate) fn inherit_start_method(method: u8) {
     }
 }
 
+/// The start method used when none is given (in a child: the one that started it).
 pub fn get_start_method() -> StartMethod {
     StartMethod::from_u8(DEFAULT.load(Ordering::Acquire)).unwrap_or(StartMethod::Fork)
 }

@@ -23,21 +23,26 @@
 //! real length, and reports any mismatch as a [`SegmentOpenError`]; after that the
 //! opener never re-reads a size from shared memory.
 
+mod error;
 mod header;
+mod orphans;
 pub(crate) mod transfer;
+mod view;
 
 use std::fmt;
 use std::io;
-use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
-use std::ptr::NonNull;
-use std::sync::Arc;
 
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::sys;
-use header::{Creator, ElemInfo, Header};
+use header::{ElemInfo, Header};
 pub(crate) use header::{Expect, HEADER_LEN};
+
+pub use error::{SegmentCreateError, SegmentOpenError};
+pub use orphans::remove_orphaned_segments;
+use orphans::{check_name, random_name, this_process};
+pub(crate) use view::{create_view, open_view, view_of, View};
 
 /// The kind of shared object a segment holds, recorded in its header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -155,98 +160,6 @@ pub(crate) enum Backing {
     Anonymous,
     /// POSIX shm under a random name, openable by unrelated processes.
     Named,
-}
-
-/// Creating a shared object failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SegmentCreateError {
-    /// An `Array` (or `RawArray`) of length zero was asked for.
-    #[error("a shared array needs at least one element")]
-    ZeroLength,
-    /// The element type has size zero: there is nothing to share.
-    #[error("the zero-sized type `{0}` cannot be shared")]
-    ZeroSizedType(&'static str),
-    /// The requested size overflows what a segment can hold.
-    #[error("a {0} of the requested size does not fit in memory")]
-    TooLarge(ObjectKind),
-    /// An argument is outside what the object accepts (a barrier of zero parties, ...).
-    #[error("invalid argument: {0}")]
-    InvalidArgument(&'static str),
-    /// The operating system refused a step (`op` names it).
-    #[error("{op} failed: {source}")]
-    Os {
-        /// The call that failed: `memfd_create`, `shm_open`, `ftruncate`, `mmap`, ...
-        op: &'static str,
-        /// What the operating system said.
-        source: io::Error,
-    },
-}
-
-/// Attaching to an existing shared object failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SegmentOpenError {
-    /// The name is not of the form `/name` (one leading slash, no other, at most 255 bytes).
-    #[error("invalid segment name {0:?}: expected \"/name\" with no other '/'")]
-    InvalidName(String),
-    /// No segment has that name (never made, or already unlinked).
-    #[error("no shared segment named {0:?}")]
-    NotFound(String),
-    /// The segment exists but belongs to someone we may not read.
-    #[error("permission denied opening {0:?}")]
-    PermissionDenied(String),
-    /// The file is shorter than its header says the object needs.
-    #[error("segment truncated: {len} bytes where {needed} are needed")]
-    Truncated {
-        /// The file's real length.
-        len: u64,
-        /// What the header claims (or the header alone, if even that is missing).
-        needed: u64,
-    },
-    /// The file does not start with shmproc's magic: not one of ours.
-    #[error("not a shmproc segment (bad magic)")]
-    NotShmproc,
-    /// Its creator has not finished building it (or died before it did).
-    #[error("segment not initialised: its creator has not published it")]
-    Uninitialised,
-    /// Made by a shmproc with a different memory layout.
-    #[error("segment layout version {found}, this build reads version {expected}")]
-    VersionMismatch {
-        /// The version in the header.
-        found: u32,
-        /// The version this build writes and reads.
-        expected: u32,
-    },
-    /// It holds another kind of object than the one asked for.
-    #[error("segment holds a {found}, not a {expected}")]
-    WrongKind {
-        /// What the header says it holds.
-        found: ObjectKind,
-        /// What the caller asked for.
-        expected: ObjectKind,
-    },
-    /// It holds elements of another type than the one asked for.
-    #[error("segment's element type is not `{expected}`")]
-    WrongType {
-        /// The type the caller asked for.
-        expected: &'static str,
-    },
-    /// Made by a process in another pid namespace (another container sharing
-    /// /dev/shm): lock ownership is recorded by thread id, which means nothing here.
-    #[error("segment made in another pid namespace; its locks cannot be shared from here")]
-    ForeignPidNamespace,
-    /// A header field holds a value no shmproc writes.
-    #[error("segment header corrupted: {0}")]
-    Corrupted(&'static str),
-    /// The operating system refused a step (`op` names it).
-    #[error("{op} failed: {source}")]
-    Os {
-        /// The call that failed.
-        op: &'static str,
-        /// What the operating system said.
-        source: io::Error,
-    },
 }
 
 fn os_create(op: &'static str) -> impl FnOnce(io::Error) -> SegmentCreateError {
@@ -440,159 +353,6 @@ impl Drop for Segment {
     }
 }
 
-/// A typed place inside a segment, keeping the segment mapped while it lives.
-///
-/// `B` is the `#[repr(C)]` body (or part of one) stored there: atomics only, valid
-/// for any bit pattern another process may leave.
-pub(crate) struct View<B> {
-    seg: Arc<Segment>,
-    ptr: NonNull<B>,
-    _body: PhantomData<B>,
-}
-
-impl<B> View<B> {
-    /// # Safety
-    /// `offset` is inside `seg`'s body, suitably aligned for `B`, with at least
-    /// `size_of::<B>()` bytes after it, and the bytes there were initialised as a `B`
-    /// by the segment's creator.
-    pub(crate) unsafe fn new(seg: Arc<Segment>, offset: usize) -> View<B> {
-        // SAFETY: per the contract, `body + offset` stays inside the mapping, which is
-        // never null.
-        let ptr = unsafe { NonNull::new_unchecked(seg.body().add(offset).cast::<B>()) };
-        View { seg, ptr, _body: PhantomData }
-    }
-
-    pub(crate) fn segment(&self) -> &Arc<Segment> {
-        &self.seg
-    }
-
-    /// The raw address, with the provenance of the whole mapping (for a `B` that
-    /// starts a run of several).
-    pub(crate) fn as_ptr(&self) -> *const B {
-        self.ptr.as_ptr()
-    }
-}
-
-impl<B> std::ops::Deref for View<B> {
-    type Target = B;
-    fn deref(&self) -> &B {
-        // SAFETY: `new`'s contract makes `ptr` a valid, aligned `B` inside the mapping,
-        // which `seg` keeps alive; bodies are made of atomics only, so `&B` aliasing
-        // other processes' writes is sound.
-        unsafe { self.ptr.as_ref() }
-    }
-}
-
-impl<B> Clone for View<B> {
-    fn clone(&self) -> Self {
-        View { seg: Arc::clone(&self.seg), ptr: self.ptr, _body: PhantomData }
-    }
-}
-
-impl<B> fmt::Debug for View<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("View").field("segment", &self.seg).field("at", &self.ptr).finish()
-    }
-}
-
-// SAFETY: a View is a shared reference into a mapping kept alive by an Arc; it is as
-// thread-safe as `&B`, which needs `B: Sync`.
-unsafe impl<B: Sync> Send for View<B> {}
-// SAFETY: as above.
-unsafe impl<B: Sync> Sync for View<B> {}
-
-/// Creates a segment for one fixed-size body `B`, built in place by `init`.
-pub(crate) fn create_view<B>(
-    kind: ObjectKind,
-    backing: Backing,
-    init: impl FnOnce(*mut B) -> io::Result<()>,
-) -> Result<View<B>, SegmentCreateError> {
-    let expect = Expect { kind, elem: None };
-    let seg = Segment::create(expect, 1, std::mem::size_of::<B>(), backing, |body| init(body.cast()))?;
-    const { assert!(std::mem::align_of::<B>() <= HEADER_LEN) };
-    // SAFETY: the body is size_of::<B>() bytes at a 64-byte aligned address (B's
-    // alignment is at most 64, asserted above) and `init` built a B there.
-    Ok(unsafe { View::new(Arc::new(seg), 0) })
-}
-
-/// Attaches to the named segment holding one fixed-size body `B` of `kind`.
-pub(crate) fn open_view<B>(name: &str, kind: ObjectKind) -> Result<View<B>, SegmentOpenError> {
-    view_of(Arc::new(Segment::open(name, Expect { kind, elem: None })?), &[kind])
-}
-
-/// The `B` at the start of `seg`'s body, if `seg` holds one of `kinds` (whose bodies
-/// all start with a `B`) and is long enough.
-pub(crate) fn view_of<B>(seg: Arc<Segment>, kinds: &[ObjectKind]) -> Result<View<B>, SegmentOpenError> {
-    if !kinds.contains(&seg.kind()) {
-        return Err(SegmentOpenError::WrongKind { found: seg.kind(), expected: kinds[0] });
-    }
-    if seg.body_len() < std::mem::size_of::<B>() {
-        return Err(SegmentOpenError::Corrupted("body too short for the object kind"));
-    }
-    // SAFETY: the header is valid and says the body starts with a B (per `kinds`),
-    // at least size_of::<B>() bytes; B is valid for any bit pattern.
-    Ok(unsafe { View::new(seg, 0) })
-}
-
-fn this_process() -> Creator {
-    let pid = sys::getpid() as u32;
-    let start = match sys::thread_state(pid) {
-        sys::ThreadState::Alive { start } => start,
-        sys::ThreadState::Gone | sys::ThreadState::Unknown => 0,
-    };
-    Creator { pid, start, pid_ns: sys::pid_namespace() }
-}
-
-/// Removes the named segments whose creating process has died without unlinking
-/// them (killed, crashed, or leaked its handle); returns how many it removed.
-///
-/// A named segment lives as long as its creator's handle, so once the creator is gone
-/// nobody new can rely on opening it; processes that already mapped it keep their
-/// mapping. shmproc calls this itself whenever it creates a named segment, so a
-/// crash's leftovers never pile up; call it directly after a crash if you want them
-/// gone at once. Segments of other users, and files that are not shmproc's, are left
-/// alone, and so are segments made in another pid namespace (another container
-/// sharing /dev/shm), whose creators this process cannot see.
-pub fn remove_orphaned_segments() -> io::Result<usize> {
-    let mut removed = 0;
-    let ours = sys::pid_namespace();
-    for name in sys::shm_names_with_prefix(NAME_PREFIX)? {
-        let Ok(fd) = sys::shm_open_existing(&name) else { continue };
-        let Some(creator) = creator_of(fd) else { continue };
-        if creator.pid_ns != ours || creator.pid_ns == 0 {
-            continue; // made in another pid namespace: its pid means nothing here
-        }
-        let alive = match sys::thread_state(creator.pid) {
-            sys::ThreadState::Gone => false,
-            sys::ThreadState::Unknown => true,
-            sys::ThreadState::Alive { start } => creator.start == 0 || start == 0 || start == creator.start,
-        };
-        if !alive && sys::shm_unlink(&name).is_ok() {
-            removed += 1;
-        }
-    }
-    Ok(removed)
-}
-
-/// The creator recorded in the header of the shmproc segment behind `fd`, read
-/// without mapping it (and parsed by the same code that validates on attach).
-fn creator_of(fd: OwnedFd) -> Option<Creator> {
-    let bytes = sys::read_prefix::<HEADER_LEN>(fd).ok()?;
-    let mut header = std::mem::MaybeUninit::<Header>::uninit();
-    // SAFETY: Header is exactly HEADER_LEN bytes of integers and an atomic (asserted
-    // in header.rs), valid for any bits, so copying the file's bytes into it makes an
-    // initialised, aligned Header.
-    let header = unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), header.as_mut_ptr().cast::<u8>(), HEADER_LEN);
-        header.assume_init()
-    };
-    // SAFETY: `header` is a whole, aligned Header on our stack.
-    unsafe { Header::read_and_validate(&header, u64::MAX) }.ok()?.creator
-}
-
-/// The start of every name shmproc gives a segment (after the leading '/').
-const NAME_PREFIX: &str = "shmproc.";
-
 fn size_and_map(fd: &OwnedFd, total: usize, backing: Backing) -> Result<MmapRaw, SegmentCreateError> {
     sys::set_len(fd, total).map_err(os_create("ftruncate"))?;
     match backing {
@@ -602,19 +362,6 @@ fn size_and_map(fd: &OwnedFd, total: usize, backing: Backing) -> Result<MmapRaw,
         Backing::Named => sys::allocate(fd, total).map_err(os_create("posix_fallocate"))?,
     }
     MmapOptions::new().len(total).map_raw(fd).map_err(os_create("mmap"))
-}
-
-fn random_name() -> io::Result<String> {
-    Ok(format!("/{NAME_PREFIX}{:032x}", sys::random_u128()?))
-}
-
-fn check_name(name: &str) -> Result<(), SegmentOpenError> {
-    let ok = name.len() > 1 && name.len() <= 255 && name.starts_with('/') && !name[1..].contains(['/', '\0']);
-    if ok {
-        Ok(())
-    } else {
-        Err(SegmentOpenError::InvalidName(name.to_owned()))
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,98 @@
+//! The errors of the segment layer: creating a shared object, and opening or
+//! attaching to one (every check an attach makes has its variant).
+
+use std::io;
+
+use super::ObjectKind;
+
+/// Creating a shared object failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SegmentCreateError {
+    /// An `Array` (or `RawArray`) of length zero was asked for.
+    #[error("a shared array needs at least one element")]
+    ZeroLength,
+    /// The element type has size zero: there is nothing to share.
+    #[error("the zero-sized type `{0}` cannot be shared")]
+    ZeroSizedType(&'static str),
+    /// The requested size overflows what a segment can hold.
+    #[error("a {0} of the requested size does not fit in memory")]
+    TooLarge(ObjectKind),
+    /// An argument is outside what the object accepts (a barrier of zero parties, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
+    /// The operating system refused a step (`op` names it).
+    #[error("{op} failed: {source}")]
+    Os {
+        /// The call that failed: `memfd_create`, `shm_open`, `ftruncate`, `mmap`, ...
+        op: &'static str,
+        /// What the operating system said.
+        source: io::Error,
+    },
+}
+
+/// Attaching to an existing shared object failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SegmentOpenError {
+    /// The name is not of the form `/name` (one leading slash, no other, at most 255 bytes).
+    #[error("invalid segment name {0:?}: expected \"/name\" with no other '/'")]
+    InvalidName(String),
+    /// No segment has that name (never made, or already unlinked).
+    #[error("no shared segment named {0:?}")]
+    NotFound(String),
+    /// The segment exists but belongs to someone we may not read.
+    #[error("permission denied opening {0:?}")]
+    PermissionDenied(String),
+    /// The file is shorter than its header says the object needs.
+    #[error("segment truncated: {len} bytes where {needed} are needed")]
+    Truncated {
+        /// The file's real length.
+        len: u64,
+        /// What the header claims (or the header alone, if even that is missing).
+        needed: u64,
+    },
+    /// The file does not start with shmproc's magic: not one of ours.
+    #[error("not a shmproc segment (bad magic)")]
+    NotShmproc,
+    /// Its creator has not finished building it (or died before it did).
+    #[error("segment not initialised: its creator has not published it")]
+    Uninitialised,
+    /// Made by a shmproc with a different memory layout.
+    #[error("segment layout version {found}, this build reads version {expected}")]
+    VersionMismatch {
+        /// The version in the header.
+        found: u32,
+        /// The version this build writes and reads.
+        expected: u32,
+    },
+    /// It holds another kind of object than the one asked for.
+    #[error("segment holds a {found}, not a {expected}")]
+    WrongKind {
+        /// What the header says it holds.
+        found: ObjectKind,
+        /// What the caller asked for.
+        expected: ObjectKind,
+    },
+    /// It holds elements of another type than the one asked for.
+    #[error("segment's element type is not `{expected}`")]
+    WrongType {
+        /// The type the caller asked for.
+        expected: &'static str,
+    },
+    /// Made by a process in another pid namespace (another container sharing
+    /// /dev/shm): lock ownership is recorded by thread id, which means nothing here.
+    #[error("segment made in another pid namespace; its locks cannot be shared from here")]
+    ForeignPidNamespace,
+    /// A header field holds a value no shmproc writes.
+    #[error("segment header corrupted: {0}")]
+    Corrupted(&'static str),
+    /// The operating system refused a step (`op` names it).
+    #[error("{op} failed: {source}")]
+    Os {
+        /// The call that failed.
+        op: &'static str,
+        /// What the operating system said.
+        source: io::Error,
+    },
+}
