@@ -11,13 +11,13 @@ use shmproc::{RawArray, Value};
 /// left behind, and the orphan sweep removes it.
 #[test]
 fn a_killed_creators_named_segment_is_reclaimed() {
-    let name_out = RawArray::<u8>::zeroed(64).unwrap();
+    let name_out = RawArray::<u8>::zeroed(128).unwrap();
     let child = {
         let name_out = name_out.clone();
         spawn_child(move || {
             let v = Value::<u64>::new_named(1).unwrap();
             let name = v.name().unwrap().as_bytes();
-            name_out.copy_from_slice(&[name, &vec![0; 64 - name.len()]].concat()).unwrap();
+            name_out.copy_from_slice(&[name, &vec![0; 128 - name.len()]].concat()).unwrap();
             std::thread::sleep(Duration::from_secs(30));
             0
         })
@@ -85,4 +85,28 @@ fn segment_descriptors_are_close_on_exec() {
         }
     }
     drop((v, n));
+}
+
+/// A file as a creator killed between `shm_open` and its header leaves it: named
+/// by pid `pid`, full-size, all zeroes.
+fn half_made_file(pid: i32) -> std::path::PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata("/proc/self/ns/pid").unwrap().ino() as u32;
+    let path = shm_path(&format!("/shmproc.{ns:x}.{pid:x}.0.{:032x}", 0xdead_0000_u64 + pid as u64));
+    std::fs::write(&path, vec![0u8; 1 << 16]).unwrap();
+    path
+}
+
+#[test]
+fn a_dead_creators_header_less_file_is_swept_and_a_live_ones_is_not() {
+    // A process that has exited (and been reaped): its pid names nobody now.
+    let dead = spawn_child(|| 0);
+    let dead_pid = dead.pid();
+    join_ok(dead);
+    let orphan = half_made_file(dead_pid);
+    let in_progress = half_made_file(std::process::id() as i32);
+    shmproc::remove_orphaned_segments().unwrap();
+    assert!(!orphan.exists(), "a dead creator's half-made file was left in /dev/shm");
+    assert!(in_progress.exists(), "a live creator's file was swept before its header was written");
+    std::fs::remove_file(in_progress).unwrap();
 }

@@ -1,8 +1,20 @@
 //! The names of named segments, and reclaiming the orphans: named segments whose
 //! creating process died without unlinking them.
+//!
+//! A creator is known two ways: its header (pid, start time, pid namespace), and its
+//! name, `/shmproc.<pid namespace>.<pid>.<start time>.<128 random bits>` (hex). The
+//! name is there from `shm_open` on, before any header: a process killed between
+//! creating the file and publishing its header leaves a file the sweep can still
+//! tell apart from a live creator's half-made one. A valid header wins over the name;
+//! a header whose creator was given away (a queue's side segment) is never swept.
+//!
+//! The sweep reads all of `/dev/shm` and `/proc` for each file, so a named creation
+//! runs it at most once per [`SWEEP_EVERY`]; [`remove_orphaned_segments`] called
+//! directly always sweeps.
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::header::{Creator, Header, HEADER_LEN};
 use super::SegmentOpenError;
@@ -32,7 +44,15 @@ pub fn remove_orphaned_segments() -> io::Result<usize> {
     let ours = sys::pid_namespace();
     for name in sys::shm_names_with_prefix(NAME_PREFIX)? {
         let Ok(fd) = sys::shm_open_existing(&name) else { continue };
-        let Some(creator) = creator_of(fd) else { continue };
+        let creator = match creator_of(fd) {
+            Some(Some(from_header)) => from_header,
+            Some(None) => continue, // given away: see the module docs
+            // No valid header (yet): the name says who made it, if ours.
+            None => match creator_in_name(&name) {
+                Some(from_name) => from_name,
+                None => continue,
+            },
+        };
         if creator.pid_ns != ours || creator.pid_ns == 0 {
             continue; // made in another pid namespace: its pid means nothing here
         }
@@ -48,9 +68,28 @@ pub fn remove_orphaned_segments() -> io::Result<usize> {
     Ok(removed)
 }
 
+/// Runs the sweep if none ran in this process within [`SWEEP_EVERY`] (for named
+/// creations: a queue putting large messages creates one each time).
+pub(super) fn sweep_now_and_then() {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = sys::coarse_millis().max(1);
+    let last = LAST.load(Ordering::Relaxed);
+    if sweep_due(last, now) && LAST.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        let _ = remove_orphaned_segments();
+    }
+}
+
+/// How often a process sweeps on its own, at most (ms).
+pub(super) const SWEEP_EVERY: u64 = 1000;
+
+fn sweep_due(last: u64, now: u64) -> bool {
+    last == 0 || now.saturating_sub(last) >= SWEEP_EVERY
+}
+
 /// The creator recorded in the header of the shmproc segment behind `fd`, read
-/// without mapping it (and parsed by the same code that validates on attach).
-fn creator_of(fd: OwnedFd) -> Option<Creator> {
+/// without mapping it (and parsed by the same code that validates on attach):
+/// `None` without a valid header, `Some(None)` when its creator gave it away.
+fn creator_of(fd: OwnedFd) -> Option<Option<Creator>> {
     let bytes = sys::read_prefix::<HEADER_LEN>(fd).ok()?;
     let mut header = std::mem::MaybeUninit::<Header>::uninit();
     // SAFETY: Header is exactly HEADER_LEN bytes of integers and an atomic (asserted
@@ -61,14 +100,52 @@ fn creator_of(fd: OwnedFd) -> Option<Creator> {
         header.assume_init()
     };
     // SAFETY: `header` is a whole, aligned Header on our stack.
-    unsafe { Header::read_and_validate(&header, u64::MAX) }.ok()?.creator
+    Some(unsafe { Header::read_and_validate(&header, u64::MAX) }.ok()?.creator)
+}
+
+/// The creator written in a segment's name (see the module docs); `None` for a name
+/// without one.
+fn creator_in_name(name: &str) -> Option<Creator> {
+    let rest = name.trim_start_matches('/').strip_prefix(NAME_PREFIX)?;
+    let mut parts = rest.split('.');
+    let mut hex = || parts.next().and_then(|p| u64::from_str_radix(p, 16).ok());
+    let (pid_ns, pid, start, _random) = (hex()?, hex()?, hex()?, parts.next()?);
+    Some(Creator {
+        pid: u32::try_from(pid).ok()?,
+        start: u32::try_from(start).ok()?,
+        pid_ns: u32::try_from(pid_ns).ok()?,
+    })
 }
 
 /// The start of every name shmproc gives a segment (after the leading '/').
 const NAME_PREFIX: &str = "shmproc.";
 
+/// A fresh name for a segment made by this process (see the module docs).
 pub(super) fn random_name() -> io::Result<String> {
-    Ok(format!("/{NAME_PREFIX}{:032x}", sys::random_u128()?))
+    let me = this_process();
+    Ok(format!("/{NAME_PREFIX}{:x}.{:x}.{:x}.{:032x}", me.pid_ns, me.pid, me.start, sys::random_u128()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_carries_its_creator() {
+        let name = random_name().unwrap();
+        let me = this_process();
+        let c = creator_in_name(&name).unwrap();
+        assert_eq!((c.pid, c.start, c.pid_ns), (me.pid, me.start, me.pid_ns));
+        assert!(creator_in_name("/shmproc.0123456789abcdef0123456789abcdef").is_none());
+        assert!(creator_in_name("/shmproc.zz.1.2.3").is_none());
+    }
+
+    #[test]
+    fn the_sweep_runs_at_most_once_a_second() {
+        assert!(sweep_due(0, 5));
+        assert!(!sweep_due(10_000, 10_000 + SWEEP_EVERY - 1));
+        assert!(sweep_due(10_000, 10_000 + SWEEP_EVERY));
+    }
 }
 
 pub(super) fn check_name(name: &str) -> Result<(), SegmentOpenError> {
