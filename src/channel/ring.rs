@@ -508,9 +508,11 @@ impl Ring {
         // the close (close takes the put lock), so it is still seen below.
         let closed = self.is_closed();
         let mut head = h.head.load(Ordering::Relaxed);
-        let mut sides = 0u64;
+        // Side segments opened (and validated) before their frames were committed.
+        let mut sides: Vec<(usize, SideSegment)> = Vec::new();
         let mut taken = 0;
         let mut more = false;
+        let mut failure = None;
         let max = outs.len().min(64);
         while taken < max {
             // First against the last tail we saw: it only errs towards "empty".
@@ -535,29 +537,51 @@ impl Ring {
                 return Err(GetFail::Fault(ChannelFault::Corrupted("frame header")));
             }
             self.read_into(pos + FRAME_HEADER, len as usize, &mut outs[taken]);
+            if kind == SIDE {
+                // Opened before the commit: a consumer out of descriptors or memory
+                // leaves the message in the queue, to be taken again, instead of
+                // losing it (and leaving its file behind).
+                match SideSegment::open(&outs[taken]) {
+                    Ok(side) => sides.push((taken, side)),
+                    Err(SideOpen::Retry(fault)) => {
+                        if taken == 0 {
+                            return Err(GetFail::Fault(fault));
+                        }
+                        break;
+                    }
+                    Err(SideOpen::Lost(fault)) => {
+                        // Missing or damaged: no retry can bring it back. Passed
+                        // over (committed), and reported once what came before is out.
+                        if taken > 0 {
+                            break;
+                        }
+                        head = pack(pos + frame, gets.wrapping_add(1));
+                        h.head.store(head, Ordering::Release);
+                        failure = Some(fault);
+                        more = frame < used;
+                        break;
+                    }
+                }
+            }
             head = pack(pos + frame, gets.wrapping_add(1));
             h.head.store(head, Ordering::Release);
-            if kind == SIDE {
-                sides |= 1 << taken;
-            }
             taken += 1;
             more = frame < used;
         }
         drop(held); // wakes producers that asked
-        if taken == 0 {
-            return Err(if closed { GetFail::Closed } else { GetFail::Empty });
-        }
         if more {
             // More behind what we took (as far as we looked): a consumer asleep may
             // have missed its wake-up (see `Signal::pass_on`).
             h.not_empty.pass_on();
         }
-        for (k, out) in outs.iter_mut().enumerate().take(taken) {
-            if sides & (1 << k) != 0 {
-                let name =
-                    std::str::from_utf8(out).map_err(|_| GetFail::Fault(ChannelFault::Corrupted("side name")))?;
-                *out = SideSegment::take(name).map_err(GetFail::Fault)?;
-            }
+        if let Some(fault) = failure {
+            return Err(GetFail::Fault(fault));
+        }
+        if taken == 0 {
+            return Err(if closed { GetFail::Closed } else { GetFail::Empty });
+        }
+        for (k, side) in sides {
+            outs[k] = side.take();
         }
         Ok(taken)
     }
@@ -709,18 +733,50 @@ impl SideSegment {
         self.0.disown();
     }
 
-    /// The consumer's side: open, unlink at once, copy out.
-    fn take(name: &str) -> Result<Vec<u8>, ChannelFault> {
-        let seg = Segment::open(name, Self::expect()).map_err(|e| ChannelFault::Side(e.to_string()))?;
-        let _ = crate::sys::shm_unlink(name);
-        let len = usize::try_from(seg.elem_count()).map_err(|_| ChannelFault::Corrupted("side segment length"))?;
+    /// The consumer's side, before it commits the frame: open and validate the
+    /// segment named by the frame's bytes.
+    fn open(name: &[u8]) -> Result<SideSegment, SideOpen> {
+        let lost = |why: &'static str| SideOpen::Lost(ChannelFault::Corrupted(why));
+        let name = std::str::from_utf8(name).map_err(|_| lost("side name"))?;
+        let seg = Segment::open(name, Self::expect()).map_err(|e| match &e {
+            // Out of descriptors, memory or address space: worth another try.
+            crate::SegmentOpenError::Os { source, .. }
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN | libc::EINTR)
+                ) =>
+            {
+                SideOpen::Retry(ChannelFault::Side(e.to_string()))
+            }
+            _ => SideOpen::Lost(ChannelFault::Side(e.to_string())),
+        })?;
+        let len = usize::try_from(seg.elem_count()).map_err(|_| lost("side segment length"))?;
         if len != seg.body_len() {
-            return Err(ChannelFault::Corrupted("side segment length"));
+            return Err(lost("side segment length"));
         }
-        let mut out = vec![0u8; len];
-        // SAFETY: the body is `len` bytes (checked); the producer finished writing it
-        // before committing the frame that named it.
-        unsafe { std::ptr::copy_nonoverlapping(seg.body(), out.as_mut_ptr(), len) };
-        Ok(out)
+        Ok(SideSegment(seg))
     }
+
+    /// After the commit: the message out, and the name unlinked (the queue's
+    /// message is now this consumer's).
+    fn take(self) -> Vec<u8> {
+        let len = self.0.body_len();
+        let mut out = vec![0u8; len];
+        // SAFETY: the body is `len` bytes (checked in `open` against the header's
+        // count); the producer finished writing it before committing the frame that
+        // named it.
+        unsafe { std::ptr::copy_nonoverlapping(self.0.body(), out.as_mut_ptr(), len) };
+        if let Some(name) = self.0.name() {
+            let _ = crate::sys::shm_unlink(name);
+        }
+        out
+    }
+}
+
+/// Why a side segment could not be opened.
+enum SideOpen {
+    /// For now (descriptors, memory): leave the message in the queue.
+    Retry(ChannelFault),
+    /// For good (missing, damaged): pass over it.
+    Lost(ChannelFault),
 }
