@@ -126,6 +126,15 @@ pub(super) fn random_name() -> io::Result<String> {
     Ok(format!("/{NAME_PREFIX}{:x}.{:x}.{:x}.{:032x}", me.pid_ns, me.pid, me.start, sys::random_u128()?))
 }
 
+pub(super) fn check_name(name: &str) -> Result<(), SegmentOpenError> {
+    let ok = name.len() > 1 && name.len() <= 255 && name.starts_with('/') && !name[1..].contains(['/', '\0']);
+    if ok {
+        Ok(())
+    } else {
+        Err(SegmentOpenError::InvalidName(name.to_owned()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,14 +154,5 @@ mod tests {
         assert!(sweep_due(0, 5));
         assert!(!sweep_due(10_000, 10_000 + SWEEP_EVERY - 1));
         assert!(sweep_due(10_000, 10_000 + SWEEP_EVERY));
-    }
-}
-
-pub(super) fn check_name(name: &str) -> Result<(), SegmentOpenError> {
-    let ok = name.len() > 1 && name.len() <= 255 && name.starts_with('/') && !name[1..].contains(['/', '\0']);
-    if ok {
-        Ok(())
-    } else {
-        Err(SegmentOpenError::InvalidName(name.to_owned()))
     }
 }
