@@ -454,3 +454,21 @@ fn children_of_any_start_method_start_children_of_any_start_method() {
         assert_eq!(v.get().unwrap(), 2 + 3 * 4, "{method:?}");
     }
 }
+
+#[test]
+fn join_without_a_descriptor_to_spare_still_reaps_the_child() {
+    // In a child of the test, whose descriptor limit we may lower.
+    let outer = spawn_child(|| {
+        let p = Process::builder(write_after, (100, "/dev/null".to_string())).start().unwrap();
+        let (taken, old) = exhaust_descriptors();
+        let joined = p.join_timeout(PATIENCE);
+        let code = p.exitcode();
+        restore_descriptors(taken, old);
+        match (joined, code) {
+            (Ok(true), Some(0)) => 0,
+            (Err(_), _) => 1,
+            _ => 2,
+        }
+    });
+    assert_eq!(join(outer), Exit::Code(0));
+}

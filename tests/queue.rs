@@ -446,33 +446,6 @@ fn bytes_left_over_after_a_message_are_a_decode_error() {
     assert_eq!(q.get_timeout(PATIENCE), Ok(7));
 }
 
-/// Fills every free descriptor slot below the soft limit (set just above the
-/// highest open descriptor), so that the next open fails with EMFILE; returns the
-/// descriptors taken, and the old limit.
-fn exhaust_descriptors() -> (Vec<i32>, libc::rlimit) {
-    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit/dup on plain values and our own descriptor 0.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut old);
-        let highest = std::fs::read_dir("/proc/self/fd")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-            .max()
-            .unwrap();
-        let low = libc::rlimit { rlim_cur: highest + 2, rlim_max: old.rlim_max };
-        libc::setrlimit(libc::RLIMIT_NOFILE, &low);
-        let mut taken = Vec::new();
-        loop {
-            let fd = libc::dup(0);
-            if fd < 0 {
-                break;
-            }
-            taken.push(fd);
-        }
-        (taken, old)
-    }
-}
-
 #[test]
 fn a_get_out_of_descriptors_leaves_a_large_message_in_the_queue() {
     let q = Queue::<Vec<u8>>::builder().capacity(4096).build().unwrap();
@@ -483,12 +456,7 @@ fn a_get_out_of_descriptors_leaves_a_large_message_in_the_queue() {
         let (taken, old) = exhaust_descriptors();
         let failed = q.try_get().is_err();
         let still_there = q.qsize() == 1;
-        for fd in taken {
-            // SAFETY: closing descriptors this closure opened.
-            unsafe { libc::close(fd) };
-        }
-        // SAFETY: restoring the limit read above.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) };
+        restore_descriptors(taken, old);
         let whole = q.try_get().is_ok_and(|m| m == big);
         match (failed, still_there, whole, q.qsize()) {
             (true, true, true, 0) => 0,

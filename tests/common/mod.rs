@@ -113,3 +113,40 @@ pub fn run_test_alone(name: &str, env: (&str, &str)) {
     assert!(status.success(), "the helper test {name} failed:\n{out}");
     assert!(out.contains("1 passed"), "the helper test {name} did not run");
 }
+
+/// Fills every free descriptor slot below the soft limit (set just above the
+/// highest open descriptor), so that the next open fails with EMFILE; returns the
+/// descriptors taken, and the old limit.
+pub fn exhaust_descriptors() -> (Vec<i32>, libc::rlimit) {
+    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit/dup on plain values and our own descriptor 0.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut old);
+        let highest = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .max()
+            .unwrap();
+        let low = libc::rlimit { rlim_cur: highest + 2, rlim_max: old.rlim_max };
+        libc::setrlimit(libc::RLIMIT_NOFILE, &low);
+        let mut taken = Vec::new();
+        loop {
+            let fd = libc::dup(0);
+            if fd < 0 {
+                break;
+            }
+            taken.push(fd);
+        }
+        (taken, old)
+    }
+}
+
+/// Closes what [`exhaust_descriptors`] took and restores the limit.
+pub fn restore_descriptors(taken: Vec<i32>, old: libc::rlimit) {
+    for fd in taken {
+        // SAFETY: closing descriptors `exhaust_descriptors` opened.
+        unsafe { libc::close(fd) };
+    }
+    // SAFETY: restoring the limit read by `exhaust_descriptors`.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) };
+}
