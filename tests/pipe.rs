@@ -227,3 +227,40 @@ fn using_an_end_after_closing_it_is_its_own_error() {
     // The peer sees its peer gone.
     assert!(matches!(b.recv_timeout(PATIENCE), Err(RecvTimeoutError::Disconnected)));
 }
+
+fn claim_and_wait(conn: Connection<u64>) {
+    let _ = conn.recv_timeout(Duration::from_secs(30));
+}
+
+#[test]
+fn a_peer_killed_before_it_claimed_its_end_is_seen_gone() {
+    for m in [StartMethod::Spawn, StartMethod::ForkServer, StartMethod::Fork] {
+        let (a, b) = Pipe::duplex::<u64>().unwrap();
+        let p = Process::builder(claim_and_wait, b).start_method(m).start().unwrap();
+        // At once: a spawned child is still on its way to `main`.
+        p.kill().unwrap();
+        let start = std::time::Instant::now();
+        assert!(matches!(a.recv_timeout(PATIENCE), Err(RecvTimeoutError::Disconnected)), "{m:?}");
+        assert!(start.elapsed() < PROMPT, "{m:?}: took {:?}", start.elapsed());
+        assert!(a.send(&1).is_err(), "{m:?}: a send to a dead peer succeeded");
+        p.join().unwrap();
+    }
+}
+
+fn claim_with_values(args: (Connection<u64>, Vec<shmproc::Value<u8>>)) {
+    claim_and_wait(args.0);
+}
+
+#[test]
+fn an_end_whose_hand_over_failed_still_closes() {
+    let (a, b) = Pipe::duplex::<u64>().unwrap();
+    // More shared objects than one start can hand over: the start fails after the
+    // pipe end was serialized, and the failed process (with its arguments) is
+    // dropped. The end was never handed over: dropping it closes it for the peer.
+    let many: Vec<shmproc::Value<u8>> = (0..300).map(|_| shmproc::Value::new(0).unwrap()).collect();
+    let err = Process::builder(claim_with_values, (b, many)).start().unwrap_err();
+    assert!(matches!(err, shmproc::ProcessError::TooManySharedObjects { .. }), "{err:?}");
+    let start = std::time::Instant::now();
+    assert!(matches!(a.recv_timeout(PATIENCE), Err(RecvTimeoutError::Disconnected)));
+    assert!(start.elapsed() < PROMPT);
+}

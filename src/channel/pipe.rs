@@ -111,8 +111,9 @@ pub struct Connection<T> {
     recv: Option<Ring>,
     /// When this handle last looked whether the peer's process lives (coarse ms).
     peer_looked: AtomicU64,
-    /// This handle was handed to another process: it no longer speaks for the end.
-    handed_over: AtomicBool,
+    /// This handle was handed to another process (whose start succeeded): it no
+    /// longer speaks for the end. Shared with the hand-over that sets it.
+    handed_over: Arc<AtomicBool>,
     /// `close` was called on this handle.
     closed_here: AtomicBool,
     _t: PhantomData<fn(T) -> T>,
@@ -172,7 +173,7 @@ impl<T> Connection<T> {
             send,
             recv,
             peer_looked: AtomicU64::new(0),
-            handed_over: AtomicBool::new(false),
+            handed_over: Arc::new(AtomicBool::new(false)),
             closed_here: AtomicBool::new(false),
             _t: PhantomData,
         })
@@ -433,9 +434,18 @@ impl<T> Drop for Connection<T> {
 
 impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // Handed over: the receiving process claims the end on arrival, and this
-        // handle no longer closes it (on drop or `close`).
-        self.handed_over.store(true, Ordering::Release);
+        // Once the start succeeds, the end is the child's (by its pid, before it even
+        // attaches: a child killed on its way still shows as a gone peer), and this
+        // handle no longer closes it (on drop or `close`). A start that fails leaves
+        // it this handle's.
+        let (seg, end, handed_over) = (Arc::clone(&self.seg), self.end, Arc::clone(&self.handed_over));
+        transfer::on_handover(Box::new(move |child| {
+            handed_over.store(true, Ordering::Release);
+            // SAFETY: the segment was checked to hold a PipeHeader when this handle
+            // attached it, and `seg` keeps it mapped.
+            let header = unsafe { &*seg.body().cast::<PipeHeader>() };
+            header.owner[end].store(child, Ordering::Release);
+        }));
         (self.end as u8, transfer::SegmentsOf(&[&self.seg])).serialize(s)
     }
 }

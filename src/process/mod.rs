@@ -240,7 +240,7 @@ impl Process {
             op: "creating the panic slot",
             source: std::io::Error::other(e.to_string()),
         })?;
-        let (args, segments) = transfer::collecting(|| self.args.encode(&slot));
+        let (args, segments, handovers) = transfer::collecting(|| self.args.encode(&slot));
         let args = args.map_err(ProcessError::Arguments)?;
         if segments.len() > sys::MAX_FDS_PER_MESSAGE - 2 {
             return Err(ProcessError::TooManySharedObjects {
@@ -263,6 +263,11 @@ impl Process {
             StartMethod::Spawn => spawn_exec(self.entry, setup, args, &segments)?,
             StartMethod::ForkServer => via_fork_server(self.entry, setup, args, &segments)?,
         };
+        // The child exists: what was handed to it is its own from now on (a pipe
+        // end it never got to claim is still known to be its: its death shows).
+        for handover in handovers {
+            handover(record.pid);
+        }
         let record = Arc::new(record);
         me.register(Arc::clone(&record));
         self.state = State::Started(record);

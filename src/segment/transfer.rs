@@ -41,27 +41,48 @@ struct Receiving {
     attached: Vec<Option<Arc<Segment>>>,
 }
 
+/// What a shared object must do once the child that receives it exists (its pid
+/// given): a pipe end becomes that child's. Dropped, not run, if the start fails.
+pub(crate) type HandOver = Box<dyn FnOnce(i32) + Send>;
+
 thread_local! {
     static OUTGOING: RefCell<Option<Vec<Arc<Segment>>>> = const { RefCell::new(None) };
+    static HANDOVERS: RefCell<Vec<HandOver>> = const { RefCell::new(Vec::new()) };
     static INCOMING: RefCell<Option<Receiving>> = const { RefCell::new(None) };
 }
 
 /// Runs `serialize` with shared objects allowed to serialize, and returns what it
-/// produced with the segments (in slot order) the child must be given.
-pub(crate) fn collecting<R>(serialize: impl FnOnce() -> R) -> (R, Vec<Arc<Segment>>) {
+/// produced with the segments (in slot order) the child must be given, and the
+/// hand-overs to run once it is started.
+pub(crate) fn collecting<R>(serialize: impl FnOnce() -> R) -> (R, Vec<Arc<Segment>>, Vec<HandOver>) {
     /// Restores the outer scope even if `serialize` panics.
-    struct Scope(Option<Vec<Arc<Segment>>>);
+    struct Scope(Option<Vec<Arc<Segment>>>, Vec<HandOver>);
     impl Drop for Scope {
         fn drop(&mut self) {
             let outer = self.0.take();
             OUTGOING.with(|o| *o.borrow_mut() = outer);
+            let outer = std::mem::take(&mut self.1);
+            HANDOVERS.with(|h| *h.borrow_mut() = outer);
         }
     }
-    let scope = Scope(OUTGOING.with(|o| o.borrow_mut().replace(Vec::new())));
+    let scope = Scope(
+        OUTGOING.with(|o| o.borrow_mut().replace(Vec::new())),
+        HANDOVERS.with(|h| std::mem::take(&mut *h.borrow_mut())),
+    );
     let out = serialize();
     let segments = OUTGOING.with(|o| o.borrow_mut().take()).unwrap_or_default();
+    let handovers = HANDOVERS.with(|h| std::mem::take(&mut *h.borrow_mut()));
     drop(scope);
-    (out, segments)
+    (out, segments, handovers)
+}
+
+/// Registers `f` to run with the child's pid once the start that is serializing
+/// this object has succeeded (inside [`collecting`]; elsewhere, never).
+pub(crate) fn on_handover(f: HandOver) {
+    let collecting = OUTGOING.with(|o| o.borrow().is_some());
+    if collecting {
+        HANDOVERS.with(|h| h.borrow_mut().push(f));
+    }
 }
 
 /// Runs `deserialize` with the child's incoming segments available to shared objects.
