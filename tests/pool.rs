@@ -115,6 +115,7 @@ fn async_results_report_ready_and_successful() {
     assert_eq!(slow.successful(), Some(true));
     assert_eq!(slow.get_timeout(PATIENCE), Ok(300));
     assert_eq!(slow.get_timeout(PATIENCE), Err(TaskError::AlreadyTaken));
+    assert_eq!(slow.successful(), Some(true), "still known once the value was taken");
     let bad = pool.apply_async(fails_on_seven, 7);
     assert!(bad.wait_timeout(PATIENCE));
     assert_eq!(bad.successful(), Some(false));
@@ -539,6 +540,8 @@ fn a_closed_pool_refuses_tasks_and_finishes_what_it_has() {
     assert_eq!(pool.apply_async(square, 1).get_timeout(PATIENCE), Err(TaskError::PoolClosed));
     assert!(matches!(pool.map(square, 0..3u64), Err(TaskError::PoolClosed)));
     assert!(matches!(pool.imap(square, 0..3u64).next(), Some(Err(TaskError::PoolClosed))));
+    // An endless input after close: one error, then the end (not errors forever).
+    assert_eq!(pool.imap(square, 0u64..).take(10).count(), 1);
     assert!(pool.join_timeout(PATIENCE).unwrap());
     for (i, h) in pending.into_iter().enumerate() {
         assert_eq!(h.get_timeout(PROMPT), Ok(i as u64 % 3));
@@ -574,4 +577,70 @@ fn shm_files() -> HashSet<String> {
 #[test]
 fn processes_must_be_at_least_one() {
     assert!(matches!(Pool::new(0), Err(PoolError::InvalidArgument(_))));
+}
+
+#[test]
+fn waiting_on_the_pool_inside_its_callback_is_an_error_not_a_hang() {
+    let pool = Arc::new(pool(StartMethod::Fork, 1));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let inner = Arc::clone(&pool);
+    let h = pool.apply_async(square, 2).callback(move |_: &u64| {
+        let apply = inner.apply(square, 3);
+        let map = inner.map(square, 0..3u64);
+        let imap: Vec<_> = inner.imap(square, 0..2u64).collect();
+        tx.send((apply, map, imap)).unwrap();
+    });
+    let (apply, map, imap) = rx.recv_timeout(PATIENCE).expect("the callback hung waiting on its own pool");
+    assert_eq!(apply, Err(TaskError::WouldDeadlock));
+    assert_eq!(map, Err(TaskError::WouldDeadlock));
+    assert!(imap.iter().all(|r| *r == Err(TaskError::WouldDeadlock)), "{imap:?}");
+    assert_eq!(h.get_timeout(PATIENCE), Ok(4));
+    // And the pool serves on.
+    assert_eq!(pool.apply(square, 5), Ok(25));
+}
+
+#[test]
+fn a_closed_pool_does_not_restart_its_idle_workers() {
+    let pool = pool(StartMethod::Fork, 2);
+    let before: HashSet<i32> = pool.worker_pids().into_iter().collect();
+    let long = pool.apply_async(sleep_ms, 600);
+    std::thread::sleep(Duration::from_millis(50));
+    pool.close();
+    // While the long task runs, the idle worker exits and is not replaced.
+    let mut seen = before.clone();
+    let until = Instant::now() + Duration::from_millis(400);
+    while Instant::now() < until {
+        seen.extend(pool.worker_pids());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(seen, before, "workers were started after close");
+    assert_eq!(long.get_timeout(PATIENCE), Ok(600));
+    assert!(pool.join_timeout(PATIENCE).unwrap());
+}
+
+/// Serializes as nothing; deserializing it panics (a user type with a bug).
+struct Grumpy;
+
+impl serde::Serialize for Grumpy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Grumpy {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("Grumpy will not be deserialized");
+    }
+}
+
+fn grumpy(_: u64) -> Grumpy {
+    Grumpy
+}
+
+#[test]
+fn a_result_whose_deserialize_panics_fails_that_task_and_the_pool_serves_on() {
+    let pool = pool(StartMethod::Fork, 1);
+    assert!(matches!(pool.apply(grumpy, 1), Err(TaskError::Decode(_))));
+    assert_eq!(pool.apply(square, 6), Ok(36));
+    finish_pool(pool);
 }

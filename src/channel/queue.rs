@@ -331,34 +331,6 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.get_bytes_with(Wait::timeout(timeout))
     }
 
-    /// This handle spins `rounds` (see [`spin_rounds`](crate::sync::wait::spin_rounds))
-    /// before it yields in its waits.
-    pub(crate) fn spinning(mut self, rounds: u32) -> Self {
-        self.raw.ring.set_spin(rounds);
-        self
-    }
-
-    /// Puts raw bytes, waiting for room per `wait` (the pool's hot path).
-    pub(crate) fn put_bytes_with(&self, bytes: &[u8], wait: Wait) -> Result<(), SendTimeoutError<()>> {
-        self.raw.put(bytes, wait).map_err(|why| match why {
-            Stop::Timeout => SendTimeoutError::Timeout(()),
-            Stop::Closed => SendTimeoutError::Disconnected(()),
-            Stop::Fault(fault) => SendTimeoutError::Failed { value: (), fault },
-        })
-    }
-
-    /// Takes raw bytes into `out` (replacing its contents), waiting per `wait`
-    /// (nothing in time: `Timeout`). Reuses `out`'s allocation.
-    pub(crate) fn get_bytes_into(&self, out: &mut Vec<u8>, wait: Wait) -> Result<(), RecvTimeoutError> {
-        Ok(self.raw.get(out, wait)?)
-    }
-
-    /// Takes one message or more as raw bytes, each into its own buffer of `outs`
-    /// (replacing its contents), waiting for the first per `wait`; how many.
-    pub(crate) fn get_bytes_many(&self, outs: &mut [Vec<u8>], wait: Wait) -> Result<usize, RecvTimeoutError> {
-        Ok(self.raw.get_many(outs, wait)?)
-    }
-
     /// The number of messages in the queue now (Python's `qsize`; as in Python, it
     /// may change before you act on it).
     pub fn qsize(&self) -> usize {
@@ -390,6 +362,37 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Whether the queue was closed.
     pub fn is_closed(&self) -> bool {
         self.raw.ring.is_closed()
+    }
+}
+
+/// The raw side, for the layers above (pool, process): no codec, so no bounds.
+impl<T> Queue<T> {
+    /// This handle spins `rounds` (see [`spin_rounds`](crate::sync::wait::spin_rounds))
+    /// before it yields in its waits.
+    pub(crate) fn spinning(mut self, rounds: u32) -> Self {
+        self.raw.ring.set_spin(rounds);
+        self
+    }
+
+    /// Puts raw bytes, waiting for room per `wait` (the pool's hot path).
+    pub(crate) fn put_bytes_with(&self, bytes: &[u8], wait: Wait) -> Result<(), SendTimeoutError<()>> {
+        self.raw.put(bytes, wait).map_err(|why| match why {
+            Stop::Timeout => SendTimeoutError::Timeout(()),
+            Stop::Closed => SendTimeoutError::Disconnected(()),
+            Stop::Fault(fault) => SendTimeoutError::Failed { value: (), fault },
+        })
+    }
+
+    /// Takes raw bytes into `out` (replacing its contents), waiting per `wait`
+    /// (nothing in time: `Timeout`). Reuses `out`'s allocation.
+    pub(crate) fn get_bytes_into(&self, out: &mut Vec<u8>, wait: Wait) -> Result<(), RecvTimeoutError> {
+        Ok(self.raw.get(out, wait)?)
+    }
+
+    /// Takes one message or more as raw bytes, each into its own buffer of `outs`
+    /// (replacing its contents), waiting for the first per `wait`; how many.
+    pub(crate) fn get_bytes_many(&self, outs: &mut [Vec<u8>], wait: Wait) -> Result<usize, RecvTimeoutError> {
+        Ok(self.raw.get_many(outs, wait)?)
     }
 }
 

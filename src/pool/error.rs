@@ -49,6 +49,14 @@ pub enum TaskError {
     /// The result was already taken (by `get_timeout`, or a callback's `get`).
     #[error("the result was already taken")]
     AlreadyTaken,
+    /// The task could not be handed to a worker (its arguments, over a quarter of
+    /// the worker's ring, need a file of their own, and none could be made).
+    #[error("cannot send the task to a worker: {0}")]
+    Send(String),
+    /// Waiting for a result on the pool's own result-handling thread (in a
+    /// callback): the result could never arrive, so this fails at once instead.
+    #[error("waiting for a pool's result inside its callback would wait forever")]
+    WouldDeadlock,
 }
 
 fn describe_exit(code: i32) -> String {

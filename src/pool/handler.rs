@@ -48,6 +48,8 @@ pub(crate) const RESULT_RING: usize = 4 << 20;
 /// Workers that die before they are ready, one after another, before the pool
 /// gives up starting them (an initializer that crashes the process every time).
 const STARTUP_DEATHS: u32 = 3;
+/// Starts that fail in a row, with no worker left, before the pool gives up.
+const START_FAILURES: u32 = 5;
 
 const RUNNING: u8 = 0;
 const CLOSED: u8 = 1;
@@ -69,7 +71,7 @@ pub(crate) struct Shared {
     has_deferred: std::sync::atomic::AtomicBool,
     runners: Mutex<Vec<(usize, Option<task::TaggedRunner>)>>,
     handler: Mutex<Option<std::thread::JoinHandle<()>>>,
-    handler_id: Mutex<Option<std::thread::ThreadId>>,
+    handler_id: std::sync::OnceLock<std::thread::ThreadId>,
 }
 
 struct Dispatch {
@@ -82,6 +84,13 @@ struct Dispatch {
     max_tasks: u64,
     broken: Option<String>,
     startup_deaths: u32,
+    start_failures: u32,
+    /// Chunks no ring would take (a fault, or no file for a large message): failed
+    /// by the result-handling thread, outside the lock.
+    undeliverable: Vec<(Pending, TaskError)>,
+    /// Rings of workers gone, drained (and so their large messages' files
+    /// unlinked) when the pool ends.
+    dead_rings: Vec<Queue<Vec<u8>>>,
 }
 
 struct Worker {
@@ -94,6 +103,14 @@ struct Worker {
     /// It said its last reply was its last (max_tasks_per_child): send no more.
     retiring: bool,
     closed: bool,
+}
+
+/// What became of a put into a worker's ring.
+enum Sent {
+    Yes,
+    NoRoom,
+    /// The message could not be put at all (its side segment, a damaged ring).
+    Failed(String),
 }
 
 struct Queued {
@@ -162,15 +179,16 @@ impl Dispatch {
     }
 
     /// Puts `bytes` (task `id`) into worker `i`'s ring if it fits now.
-    fn try_send(&mut self, i: usize, id: u64, bytes: &[u8]) -> bool {
-        let Some(w) = self.workers[i].as_mut() else { return false };
+    fn try_send(&mut self, i: usize, id: u64, bytes: &[u8]) -> Sent {
+        let Some(w) = self.workers[i].as_mut() else { return Sent::NoRoom };
         match w.tasks.put_bytes_with(bytes, Wait::Never) {
             Ok(()) => {
                 w.held.push_back(id);
                 w.sent += 1;
-                true
+                Sent::Yes
             }
-            Err(_) => false,
+            Err(crate::SendTimeoutError::Timeout(())) | Err(crate::SendTimeoutError::Disconnected(())) => Sent::NoRoom,
+            Err(crate::SendTimeoutError::Failed { fault, .. }) => Sent::Failed(fault.to_string()),
         }
     }
 
@@ -182,9 +200,17 @@ impl Dispatch {
                 return;
             }
             let Some(q) = self.backlog.pop_front() else { return };
-            if !self.try_send(i, q.id, &q.bytes) {
-                self.backlog.push_front(q);
-                return;
+            match self.try_send(i, q.id, &q.bytes) {
+                Sent::Yes => {}
+                Sent::NoRoom => {
+                    self.backlog.push_front(q);
+                    return;
+                }
+                Sent::Failed(why) => {
+                    if let Some(p) = self.remove(q.id) {
+                        self.undeliverable.push((p, TaskError::Send(why)));
+                    }
+                }
             }
         }
     }
@@ -218,6 +244,9 @@ impl Shared {
                 max_tasks,
                 broken: None,
                 startup_deaths: 0,
+                start_failures: 0,
+                undeliverable: Vec::new(),
+                dead_rings: Vec::new(),
             }),
             results,
             key,
@@ -226,7 +255,7 @@ impl Shared {
             has_deferred: std::sync::atomic::AtomicBool::new(false),
             runners: Mutex::new(Vec::new()),
             handler: Mutex::new(None),
-            handler_id: Mutex::new(None),
+            handler_id: std::sync::OnceLock::new(),
         }
     }
 
@@ -277,8 +306,13 @@ impl Shared {
         task::set_task_id(bytes, id);
         if d.backlog.is_empty() {
             if let Some(i) = d.roomiest() {
-                if d.try_send(i, id, bytes) {
-                    return Ok(());
+                match d.try_send(i, id, bytes) {
+                    Sent::Yes => return Ok(()),
+                    Sent::NoRoom => {}
+                    Sent::Failed(why) => {
+                        d.remove(id);
+                        return Err(TaskError::Send(why));
+                    }
                 }
             }
         }
@@ -323,24 +357,34 @@ impl Shared {
     }
 
     pub(crate) fn terminate(&self) {
-        let s = self.state.load(Ordering::Acquire);
-        if s == RUNNING || s == CLOSED {
-            let _ = self.state.compare_exchange(s, TERMINATING, Ordering::AcqRel, Ordering::Acquire);
-        }
+        let stop = |s: u8| (s == RUNNING || s == CLOSED).then_some(TERMINATING);
+        let _ = self.state.fetch_update(Ordering::AcqRel, Ordering::Acquire, stop);
         self.nudge();
     }
 
     /// Waits for the result-handling thread to end (all workers gone). From that
     /// thread itself (a callback calling `join`), returns at once.
     pub(crate) fn join_handler(&self) -> Result<(), PoolError> {
-        if *lock(&self.handler_id) == Some(std::thread::current().id()) {
+        if self.on_handler_thread() {
             return Ok(());
         }
         let handle = lock(&self.handler).take();
         match handle {
             Some(h) => h.join().map_err(|_| PoolError::Thread("it panicked".into())),
-            None => Ok(()),
+            // Another thread is joining it: wait for the end all the same.
+            None => {
+                while !self.is_done() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// Whether the calling thread is this pool's result-handling thread (where a
+    /// callback runs): waiting there for a result would wait forever.
+    pub(crate) fn on_handler_thread(&self) -> bool {
+        self.handler_id.get() == Some(&std::thread::current().id())
     }
 
     pub(crate) fn worker_pids(&self) -> Vec<i32> {
@@ -356,7 +400,7 @@ impl Shared {
             .name("shmproc-pool".into())
             .spawn(move || Handler { shared: me, starter, retired: std::cell::Cell::new(false) }.run(tx))
             .map_err(|e| PoolError::Thread(e.to_string()))?;
-        *lock(&self.handler_id) = Some(thread.thread().id());
+        let _ = self.handler_id.set(thread.thread().id());
         *lock(&self.handler) = Some(thread);
         match rx.recv() {
             Ok(r) => r,
@@ -385,6 +429,21 @@ impl Handler {
             self.shared.state.store(DONE, Ordering::Release);
             return;
         }
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve()));
+        if served.is_err() {
+            // A bug of ours or a user's type that panicked here: stop cleanly rather
+            // than leave every waiter waiting for a thread that is gone.
+            self.stop_workers();
+            let all = lock(&self.shared.dispatch).take_all();
+            fail_all(all, &TaskError::Decode("the pool's result-handling thread panicked".into()));
+        }
+        self.drain_leftovers();
+        self.shared.state.store(DONE, Ordering::Release);
+        self.shared.run_deferred();
+    }
+
+    /// The result-handling loop, until the pool is closed and done, or terminated.
+    fn serve(&self) {
         let mut batch = Batch::default();
         let mut last_check = sys::coarse_millis();
         loop {
@@ -405,7 +464,10 @@ impl Handler {
                 got = batch.fill(&self.shared.results, Wait::Until(Instant::now() + CHECK_EVERY));
             }
             match got {
-                Ok(()) => self.on_replies(&batch),
+                Ok(()) => {
+                    self.on_replies(&batch);
+                    batch.shrink();
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(e) => {
                     // The result ring is damaged: no reply can be trusted to its task.
@@ -415,6 +477,7 @@ impl Handler {
                 }
             }
             self.shared.run_deferred();
+            self.fail_undeliverable();
             let now = sys::coarse_millis();
             if self.retired.take() {
                 self.reap_retired();
@@ -425,8 +488,25 @@ impl Handler {
                 last_check = now;
             }
         }
-        self.shared.state.store(DONE, Ordering::Release);
-        self.shared.run_deferred();
+    }
+
+    /// Fails the chunks that could not be put into any ring (see `Dispatch::refill`).
+    fn fail_undeliverable(&self) {
+        let failed = std::mem::take(&mut lock(&self.shared.dispatch).undeliverable);
+        for (p, e) in failed {
+            p.sink.fail(p.base, p.count, &e);
+        }
+    }
+
+    /// Takes what is left in the rings once the workers are gone: a large message
+    /// lives in a file of its own, which taking it unlinks.
+    fn drain_leftovers(&self) {
+        let mut buf = Vec::new();
+        while self.shared.results.get_bytes_into(&mut buf, Wait::Never).is_ok() {}
+        let rings: Vec<Queue<Vec<u8>>> = std::mem::take(&mut lock(&self.shared.dispatch).dead_rings);
+        for ring in rings {
+            while ring.get_bytes_into(&mut buf, Wait::Never).is_ok() {}
+        }
     }
 
     fn start_worker(&self, i: usize) -> Result<(), ProcessError> {
@@ -518,7 +598,11 @@ impl Handler {
 
     fn deliver(p: &Pending, reply: &Reply<'_>) {
         if reply.count == p.count {
-            p.sink.deliver(p.base, p.count, &mut Items::new(reply.items));
+            let run = || p.sink.deliver(p.base, p.count, &mut Items::new(reply.items));
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err() {
+                let why = TaskError::Decode("deserializing the result panicked".into());
+                p.sink.fail(p.base, p.count, &why);
+            }
         } else {
             let why = TaskError::Decode("a reply's item count does not match its task (damaged message)".into());
             p.sink.fail(p.base, p.count, &why);
@@ -540,7 +624,9 @@ impl Handler {
         {
             let pending = d.remove(reply.id)?;
             if reply.elapsed_ns != 0 {
-                d.avg_chunk_ns = (d.avg_chunk_ns * 3 + reply.elapsed_ns) / 4;
+                // Read from shared memory: clamped (an hour), so no sum overflows.
+                let sample = reply.elapsed_ns.min(3_600_000_000_000);
+                d.avg_chunk_ns = (d.avg_chunk_ns.saturating_mul(3).saturating_add(sample)) / 4;
             }
             // Replies come in the order each worker took its tasks: the holder has
             // the id first in its list (anything else is a damaged reply's id).
@@ -576,9 +662,14 @@ impl Handler {
 
     /// Waits (briefly) for retiring workers to exit: each does right after its last reply.
     fn reap_retired(&self) {
-        let d = lock(&self.shared.dispatch);
-        for w in d.workers.iter().flatten().filter(|w| w.retiring) {
-            let _ = w.process.join_timeout(Duration::from_secs(1));
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            let d = lock(&self.shared.dispatch);
+            if d.workers.iter().flatten().filter(|w| w.retiring).all(|w| w.process.exitcode().is_some()) {
+                return;
+            }
+            drop(d);
+            std::thread::sleep(Duration::from_micros(200));
         }
     }
 
@@ -603,8 +694,11 @@ impl Handler {
         // Slots whose worker could not be started (or was not replaced yet).
         let state = self.shared.state.load(Ordering::Acquire);
         let empty: Vec<usize> = {
-            let d = lock(&self.shared.dispatch);
-            let wanted = d.broken.is_none() && (state == RUNNING || (state == CLOSED && d.has_work()));
+            let mut d = lock(&self.shared.dispatch);
+            for i in 0..d.workers.len() {
+                d.refill(i);
+            }
+            let wanted = d.broken.is_none() && (state == RUNNING || (state == CLOSED && !d.backlog.is_empty()));
             if wanted {
                 d.workers.iter().enumerate().filter(|(_, w)| w.is_none()).map(|(i, _)| i).collect()
             } else {
@@ -613,32 +707,36 @@ impl Handler {
         };
         for i in empty {
             // A failed start is tried again at the next look.
-            let _ = self.start_worker(i);
+            self.try_start(i);
         }
     }
 
     /// Worker `i`, process `pid`, has ended with `code`: its unstarted tasks go back
     /// to the backlog, the one it was running fails, and it is replaced.
     fn on_worker_exit(&self, i: usize, pid: i32, code: i32) {
-        let failed = {
+        let mut w = {
             let mut d = lock(&self.shared.dispatch);
             if d.workers[i].as_ref().and_then(|w| w.process.pid()) != Some(pid) {
                 return; // already replaced
             }
-            let Some(mut w) = d.workers[i].take() else { return };
-            // What is still in its ring never started: back to the front of the backlog.
-            let mut back = Vec::new();
-            let mut buf = Vec::new();
-            while w.tasks.qsize() > 0 {
-                let deadline = Wait::timeout(Duration::from_secs(1));
-                if w.tasks.get_bytes_into(&mut buf, deadline).is_err() {
-                    break;
-                }
-                if let Some(id) = task::task_id(&buf) {
-                    w.held.retain(|&h| h != id);
-                    back.push(Queued { id, bytes: std::mem::take(&mut buf) });
-                }
+            let Some(w) = d.workers[i].take() else { return };
+            w
+        };
+        // What is still in its ring never started: back to the front of the backlog
+        // (read without the lock: a dead reader's lock may take a moment to recover).
+        let mut back = Vec::new();
+        let mut buf = Vec::new();
+        while w.tasks.qsize() > 0 {
+            if w.tasks.get_bytes_into(&mut buf, Wait::timeout(Duration::from_secs(1))).is_err() {
+                break;
             }
+            if let Some(id) = task::task_id(&buf) {
+                w.held.retain(|&h| h != id);
+                back.push(Queued { id, bytes: std::mem::take(&mut buf) });
+            }
+        }
+        let (failed, broken, replace) = {
+            let mut d = lock(&self.shared.dispatch);
             for q in back.into_iter().rev() {
                 d.backlog.push_front(q);
             }
@@ -649,19 +747,40 @@ impl Handler {
                 }
             }
             let failed: Vec<Pending> = w.held.iter().filter_map(|&id| d.remove(id)).collect();
-            failed
+            let state = self.shared.state.load(Ordering::Acquire);
+            // A worker whose ring was closed (the pool is closing) is not replaced,
+            // nor is one once the pool is closed and nothing is left to send.
+            let replace = !w.closed && (state == RUNNING || (state == CLOSED && !d.backlog.is_empty()));
+            (failed, d.broken.clone(), replace)
         };
         fail_all(failed, &TaskError::WorkerDied { pid, exitcode: code });
-        let broken = lock(&self.shared.dispatch).broken.clone();
         if let Some(why) = broken {
             let all = lock(&self.shared.dispatch).take_all();
             fail_all(all, &TaskError::Initializer(why));
             return;
         }
-        let state = self.shared.state.load(Ordering::Acquire);
-        let replace = state == RUNNING || (state == CLOSED && lock(&self.shared.dispatch).has_work());
         if replace {
-            let _ = self.start_worker(i);
+            self.try_start(i);
+        }
+    }
+
+    /// Starts worker `i`; after [`START_FAILURES`] failures in a row with no worker
+    /// left, the pool is broken (its tasks fail) instead of retrying forever.
+    fn try_start(&self, i: usize) {
+        match self.start_worker(i) {
+            Ok(()) => lock(&self.shared.dispatch).start_failures = 0,
+            Err(e) => {
+                let all = {
+                    let mut d = lock(&self.shared.dispatch);
+                    d.start_failures += 1;
+                    if d.start_failures < START_FAILURES || d.workers.iter().any(Option::is_some) {
+                        return;
+                    }
+                    d.broken.get_or_insert_with(|| format!("cannot start a worker: {e}"));
+                    d.take_all()
+                };
+                fail_all(all, &TaskError::Initializer(format!("cannot start a worker: {e}")));
+            }
         }
     }
 
@@ -693,7 +812,12 @@ impl Handler {
 
     /// SIGTERM to every worker, SIGKILL to any still there a second later; all reaped.
     fn stop_workers(&self) {
-        let workers: Vec<Worker> = lock(&self.shared.dispatch).workers.iter_mut().filter_map(Option::take).collect();
+        let workers: Vec<Worker> = {
+            let mut d = lock(&self.shared.dispatch);
+            let workers: Vec<Worker> = d.workers.iter_mut().filter_map(Option::take).collect();
+            d.dead_rings.extend(workers.iter().map(|w| w.tasks.clone()));
+            workers
+        };
         for w in &workers {
             let _ = w.process.terminate();
         }
@@ -725,6 +849,15 @@ impl Batch {
         }
         self.len = ring.get_bytes_many(&mut self.bufs, wait)?;
         Ok(())
+    }
+
+    /// Lets go of buffers a large reply grew (a side result comes whole).
+    fn shrink(&mut self) {
+        for b in &mut self.bufs {
+            if b.capacity() > 1 << 20 {
+                *b = Vec::with_capacity(256);
+            }
+        }
     }
 
     fn replies(&self) -> impl Iterator<Item = &[u8]> {

@@ -589,7 +589,7 @@ where
 
     /// Submits chunks while fewer than the window are in flight.
     fn fill(&mut self) {
-        let window = IMAP_WINDOW_PER_WORKER * self.pool.processes * self.chunksize;
+        let window = IMAP_WINDOW_PER_WORKER.saturating_mul(self.pool.processes).saturating_mul(self.chunksize);
         while !self.exhausted && self.submitted - self.taken < window {
             self.submit_chunk();
         }
@@ -627,6 +627,11 @@ where
         let (bytes, count) = chunk.finish();
         if count > 0 {
             if let Err(e) = self.pool.shared.submit(Arc::clone(&sink), base, count, bytes) {
+                if matches!(e, TaskError::PoolClosed | TaskError::Initializer(_)) {
+                    // No later task can run either: read no more input (an endless
+                    // input would otherwise yield errors forever).
+                    self.exhausted = true;
+                }
                 sink.fail(base, count, &e);
             }
             self.submitted += count as usize;
@@ -641,6 +646,11 @@ where
         self.fill();
         if self.taken == self.submitted {
             return None;
+        }
+        if self.pool.shared.on_handler_thread() {
+            // In one of this pool's callbacks: no result can arrive while it waits.
+            self.taken += 1;
+            return Some(Err(TaskError::WouldDeadlock));
         }
         match self.sink.next(wait) {
             Some(r) => {

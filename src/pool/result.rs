@@ -127,13 +127,15 @@ type ErrorCallback = Box<dyn FnOnce(&TaskError) + Send>;
 struct Completion<T> {
     outcome: Option<Result<T, TaskError>>,
     taken: bool,
+    /// How it ended, kept after the outcome was taken.
+    succeeded: Option<bool>,
     callback: Option<Callback<T>>,
     error_callback: Option<ErrorCallback>,
 }
 
 impl<T> Completion<T> {
     fn new() -> Completion<T> {
-        Completion { outcome: None, taken: false, callback: None, error_callback: None }
+        Completion { outcome: None, taken: false, succeeded: None, callback: None, error_callback: None }
     }
 
     fn complete(&mut self, outcome: Result<T, TaskError>) {
@@ -151,6 +153,7 @@ impl<T> Completion<T> {
         }
         self.callback = None;
         self.error_callback = None;
+        self.succeeded = Some(outcome.is_ok());
         self.outcome = Some(outcome);
     }
 
@@ -203,13 +206,30 @@ impl<T> Cell<T> {
         if !self.ready() {
             return None;
         }
-        let s = lock(&self.state);
-        s.outcome.as_ref().map(|o| o.is_ok())
+        lock(&self.state).succeeded
     }
 
     fn get(&self, wait: Wait) -> Result<T, TaskError> {
         self.wait(wait);
         lock(&self.state).take()
+    }
+
+    /// [`get`](Cell::get) for a handle of `pool`: on the pool's own result-handling
+    /// thread (a callback), only a result already there can be had.
+    fn get_for(&self, pool: &Shared, wait: Wait) -> Result<T, TaskError> {
+        if pool.on_handler_thread() && !self.ready() {
+            return Err(TaskError::WouldDeadlock);
+        }
+        self.get(wait)
+    }
+
+    /// [`wait`](Cell::wait) for a handle of `pool`: on its result-handling thread,
+    /// returns at once.
+    fn wait_for(&self, pool: &Shared, wait: Wait) -> bool {
+        if pool.on_handler_thread() {
+            return self.ready();
+        }
+        self.wait(wait)
     }
 }
 
@@ -406,24 +426,24 @@ impl<R: DeserializeOwned + Send + 'static> AsyncResult<R> {
 
     /// Waits for the task and returns its value (Python's `get()`).
     pub fn get(self) -> Result<R, TaskError> {
-        self.cell.get(Wait::Forever)
+        self.cell.get_for(&self.pool, Wait::Forever)
     }
 
     /// Waits at most `timeout`: the value, or `TaskError::Timeout` if it is not
     /// there yet (ask again later). Takes the value: a later `get` returns
     /// `TaskError::AlreadyTaken`.
     pub fn get_timeout(&self, timeout: Duration) -> Result<R, TaskError> {
-        self.cell.get(Wait::timeout(timeout))
+        self.cell.get_for(&self.pool, Wait::timeout(timeout))
     }
 
     /// Waits for the task to finish.
     pub fn wait(&self) {
-        self.cell.wait(Wait::Forever);
+        self.cell.wait_for(&self.pool, Wait::Forever);
     }
 
     /// Waits at most `timeout`; whether the task has finished.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.cell.wait(Wait::timeout(timeout))
+        self.cell.wait_for(&self.pool, Wait::timeout(timeout))
     }
 
     /// Whether the task has finished (Python's `ready()`).
@@ -478,22 +498,22 @@ impl<R: DeserializeOwned + Send + 'static> MapResult<R> {
 
     /// Waits for every task; the values in input order, or the first error.
     pub fn get(self) -> Result<Vec<R>, TaskError> {
-        self.cell.get(Wait::Forever)
+        self.cell.get_for(&self.pool, Wait::Forever)
     }
 
     /// Waits at most `timeout` (`TaskError::Timeout` if not done; ask again).
     pub fn get_timeout(&self, timeout: Duration) -> Result<Vec<R>, TaskError> {
-        self.cell.get(Wait::timeout(timeout))
+        self.cell.get_for(&self.pool, Wait::timeout(timeout))
     }
 
     /// Waits for every task to finish (or the first to fail).
     pub fn wait(&self) {
-        self.cell.wait(Wait::Forever);
+        self.cell.wait_for(&self.pool, Wait::Forever);
     }
 
     /// Waits at most `timeout`; whether it has finished.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.cell.wait(Wait::timeout(timeout))
+        self.cell.wait_for(&self.pool, Wait::timeout(timeout))
     }
 
     /// Whether it has finished.

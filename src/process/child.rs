@@ -166,23 +166,30 @@ pub(crate) fn catch_panic<R>(quiet: bool, f: impl FnOnce() -> R) -> Result<R, (P
 }
 
 /// While it lives, panics on this thread are recorded for [`PanicCapture::catch`]
-/// (set up once for a whole chunk of pool tasks, not once per task).
+/// (set up once for a whole chunk of pool tasks, or a worker's life, not once per
+/// task). Not `Send`: it is about this thread.
 pub(crate) struct PanicCapture {
     outer: Option<Option<Panic>>,
-    was_quiet: bool,
+    quiet: bool,
+    _thread_bound: std::marker::PhantomData<*const ()>,
 }
 
 impl PanicCapture {
+    /// With `quiet`, a panic inside [`catch`](PanicCapture::catch) is not printed.
     pub(crate) fn begin(quiet: bool) -> PanicCapture {
         install_panic_hook();
         let outer = CAPTURED.with(|c| c.replace(Some(None)));
-        let was_quiet = QUIET.with(|q| q.replace(quiet));
-        PanicCapture { outer, was_quiet }
+        PanicCapture { outer, quiet, _thread_bound: std::marker::PhantomData }
     }
 
     /// Runs `f`, catching a panic with what the hook recorded of it.
     pub(crate) fn catch<R>(&self, f: impl FnOnce() -> R) -> Result<R, (Panic, Box<dyn std::any::Any + Send>)> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        // Whatever an earlier panic left (one caught inside a task) is not this one.
+        CAPTURED.with(|c| c.replace(Some(None)));
+        let was_quiet = QUIET.with(|q| q.replace(self.quiet));
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        QUIET.with(|q| q.set(was_quiet));
+        out.map_err(|payload| {
             let captured = CAPTURED.with(|c| c.replace(Some(None))).flatten();
             // A panic whose hook did not run (resume_unwind) still has a payload to read.
             let panic = captured.unwrap_or_else(|| Panic {
@@ -200,7 +207,6 @@ impl PanicCapture {
 
 impl Drop for PanicCapture {
     fn drop(&mut self) {
-        QUIET.with(|q| q.set(self.was_quiet));
         CAPTURED.with(|c| c.replace(self.outer.take()));
     }
 }

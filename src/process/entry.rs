@@ -131,8 +131,9 @@ pub(crate) struct PanicSlot(Queue<Panic>);
 
 impl PanicSlot {
     /// Messages are cut to this many bytes, so that one always fits in the ring
-    /// (a larger one would need a side segment).
-    const MAX_TEXT: usize = 800;
+    /// inline (two of them and their lengths under a quarter of [`Self::RING`]; a
+    /// larger one would need a side segment, a file that could outlive us).
+    const MAX_TEXT: usize = 480;
     const RING: usize = 4096;
 
     pub(crate) fn new() -> Result<PanicSlot, crate::SegmentCreateError> {

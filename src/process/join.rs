@@ -148,7 +148,12 @@ impl<R: Serialize + DeserializeOwned> JoinHandle<R> {
     pub fn join(self) -> Result<R, JoinError> {
         match self.process.join() {
             Ok(()) => self.outcome(),
-            Err(e) => Err(JoinError::Lost(e.to_string())),
+            // The status is lost, but the value may have come.
+            Err(e) => match self.outcome.try_get() {
+                Ok(Outcome::Returned(value)) => Ok(value),
+                Ok(Outcome::Panicked(Panic { message, location })) => Err(JoinError::Panicked { message, location }),
+                _ => Err(JoinError::Lost(e.to_string())),
+            },
         }
     }
 
@@ -178,6 +183,17 @@ impl<R: Serialize + DeserializeOwned> JoinHandle<R> {
                 Some(code) => JoinError::Exited { code },
                 None => JoinError::Lost("the child has not ended".into()),
             }),
+        }
+    }
+}
+
+impl<R> Drop for JoinHandle<R> {
+    /// A value never joined for is taken and dropped if it is there: a large one
+    /// lives in a file of its own, which taking it removes.
+    fn drop(&mut self) {
+        if self.process.exitcode().is_some() {
+            let mut scratch = Vec::new();
+            while self.outcome.get_bytes_into(&mut scratch, crate::sync::wait::Wait::Never).is_ok() {}
         }
     }
 }
