@@ -25,7 +25,7 @@
 //! | `word`      | lockers, unlocker | `0` free; else the owner's thread id (bits 0–29); bit 31 set when a waiter may sleep on it; bit 30 ([`NOTIFY`]) set by someone waiting for what the holder will do |
 //! | `depth`     | the owner         | re-entry depth of an `RLock` (1 for a `Lock`) |
 //! | `poisoned`  | any holder        | 1 once a holder died or panicked holding it; sticky until cleared |
-//! | `owner_tag` | the owner         | `(tid << 32) | start`, written right after taking the lock |
+//! | `owner_tag` | the owner         | `(tid << 32) | start`, written right after taking the lock, cleared right after releasing it |
 //!
 //! A holder killed between taking the lock and writing `owner_tag` leaves a tag that
 //! names an older thread; checkers then judge by the thread id alone. A thread id
@@ -358,6 +358,12 @@ impl RawMutex {
                 Err(_) => return Err(libc::EPERM),
             }
         }
+        // No tag outlives its hold: a later thread that reuses our id and is caught
+        // between its compare-exchange and its own tag store must not be judged
+        // "recycled" (and its lock taken over while it runs) by our stale start time.
+        // After the release, so that a failed one never touches a new owner's tag;
+        // a new owner's tag wiped by this store leaves it judged by id alone.
+        self.owner_tag.store(0, Ordering::Relaxed);
         if cur & WAITERS != 0 {
             wake(&self.word, 1);
         }
@@ -406,6 +412,25 @@ mod tests {
         assert_eq!(lock.word.load(Ordering::Relaxed) & NOTIFY, NOTIFY);
         assert_eq!(lock.release_notifying(), Ok(true));
         assert_eq!(lock.word.load(Ordering::Relaxed), 0);
+    }
+
+    /// Regression: a tag left behind named a thread id that a later thread could
+    /// reuse; caught between its compare-exchange and its tag store, that thread was
+    /// judged "recycled" twice and its lock taken over while it ran.
+    #[test]
+    fn a_release_leaves_no_owner_tag_behind() {
+        let lock = with_word(0);
+        take(&lock);
+        assert_ne!(lock.owner_tag.load(Ordering::Relaxed), 0);
+        assert_eq!(lock.release(Reentry::Refuse), Ok(()));
+        assert_eq!(lock.owner_tag.load(Ordering::Relaxed), 0);
+        // A re-entrant hold keeps its tag until the last release.
+        assert_eq!(lock.acquire(Wait::Never, Reentry::Count), Acquire::Clean);
+        assert_eq!(lock.acquire(Wait::Never, Reentry::Count), Acquire::Clean);
+        assert_eq!(lock.release(Reentry::Count), Ok(()));
+        assert_ne!(lock.owner_tag.load(Ordering::Relaxed), 0);
+        assert_eq!(lock.release(Reentry::Count), Ok(()));
+        assert_eq!(lock.owner_tag.load(Ordering::Relaxed), 0);
     }
 
     #[test]
