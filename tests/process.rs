@@ -472,3 +472,44 @@ fn join_without_a_descriptor_to_spare_still_reaps_the_child() {
     });
     assert_eq!(join(outer), Exit::Code(0));
 }
+
+/// The parent pid of `pid`, from /proc.
+fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 1..].split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn fork_server_death_helper() {
+    if std::env::var("SHMPROC_FORK_SERVER_DEATH").is_err() {
+        return;
+    }
+    // Orphans of the fork server come to this process, which reaps them: nothing
+    // is left as a zombie of an init that may not reap.
+    // SAFETY: prctl with plain integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let p = start(StartMethod::ForkServer, Process::builder(sleeps, 30));
+    let child = p.pid().unwrap();
+    let server = parent_of(child);
+    assert_ne!(server, std::process::id() as i32);
+    // SAFETY: kill and waitpid on our own child, the fork server.
+    unsafe {
+        libc::kill(server, libc::SIGKILL);
+        libc::waitpid(server, std::ptr::null_mut(), 0);
+    }
+    assert!(p.is_alive(), "its child still runs after the server died");
+    p.kill().unwrap();
+    assert!(p.join_timeout(PATIENCE).unwrap(), "join did not see the end");
+    assert!(!p.is_alive());
+    assert_eq!(p.exitcode(), Some(shmproc::EXITCODE_UNKNOWN));
+    // SAFETY: reaping the orphan that came to us.
+    unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+    // The next fork-server start starts a new server.
+    let q = start(StartMethod::ForkServer, Process::builder(returns, ()));
+    assert_eq!(finish(&q), Some(0));
+}
+
+#[test]
+fn a_fork_server_killed_under_a_running_child_leaves_its_end_known_not_alive() {
+    run_test_alone("fork_server_death_helper", ("SHMPROC_FORK_SERVER_DEATH", "1"));
+}

@@ -7,7 +7,7 @@
 //!
 //! | field      | written by | meaning |
 //! |------------|------------|---------|
-//! | `owner[e]` | end `e`'s process | the process holding end `e`: the creator, then whoever received it |
+//! | `owner[e]` | end `e`'s process | the process holding end `e` (pid and start time, see `sys::ProcessId`): the creator, then the child it was handed to |
 //! | `closed[e]`| end `e`'s owner   | end `e` was closed (or dropped by its owner) |
 //!
 //! A receiver waiting on an empty ring looks every [`PEER_CHECK`] whether the other
@@ -16,7 +16,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,7 @@ const PIPE_CAPACITY: u64 = 4 << 20;
 
 #[repr(C)]
 pub(crate) struct PipeHeader {
-    owner: [AtomicI32; 2],
+    owner: [AtomicU64; 2],
     closed: [AtomicU32; 2],
 }
 
@@ -82,7 +82,7 @@ impl Pipe {
         let rings = if duplex { 2 } else { 1 };
         let len = ring_offset(rings);
         let expect = Expect { kind: ObjectKind::Pipe, elem: Some(TypeInfo::of_message::<T>()) };
-        let me = sys::getpid();
+        let me = sys::ProcessId::me().to_bits();
         let seg = Segment::create(expect, rings as u64, len, Backing::Anonymous, |body| {
             let hdr = body.cast::<PipeHeader>();
             // SAFETY: the fresh, zeroed body holds the header and `rings` rings.
@@ -200,15 +200,15 @@ impl<T> Connection<T> {
     /// `/proc`: only for a waiter that has slept a while).
     fn peer_gone(&self) -> bool {
         let h = self.header();
-        let owner = h.owner[self.peer()].load(Ordering::Acquire);
-        h.closed[self.peer()].load(Ordering::Acquire) != 0 || !sys::process_alive(owner)
+        let owner = sys::ProcessId::from_bits(h.owner[self.peer()].load(Ordering::Acquire));
+        h.closed[self.peer()].load(Ordering::Acquire) != 0 || !owner.is_alive()
     }
 
     /// Whether this process owns the end (it made the pipe and kept it, or received
     /// it), and this handle was not handed on.
     fn owns_end(&self) -> bool {
         !self.handed_over.load(Ordering::Acquire)
-            && self.header().owner[self.end].load(Ordering::Acquire) == sys::getpid()
+            && sys::ProcessId::from_bits(self.header().owner[self.end].load(Ordering::Acquire)).pid() == sys::getpid()
     }
 
     /// Closes this end (Python's `close()`): the other end's `recv` reports
@@ -444,7 +444,7 @@ impl<T> Serialize for Connection<T> {
             // SAFETY: the segment was checked to hold a PipeHeader when this handle
             // attached it, and `seg` keeps it mapped.
             let header = unsafe { &*seg.body().cast::<PipeHeader>() };
-            header.owner[end].store(child, Ordering::Release);
+            header.owner[end].store(sys::ProcessId::of(child).to_bits(), Ordering::Release);
         }));
         (self.end as u8, transfer::SegmentsOf(&[&self.seg])).serialize(s)
     }
@@ -457,7 +457,7 @@ impl<'de, T> Deserialize<'de> for Connection<T> {
             .map_err(D::Error::custom)?;
         let conn = Connection::attach(seg, usize::from(end)).map_err(D::Error::custom)?;
         // This process now owns the end it received.
-        conn.header().owner[conn.end].store(sys::getpid(), Ordering::Release);
+        conn.header().owner[conn.end].store(sys::ProcessId::me().to_bits(), Ordering::Release);
         Ok(conn)
     }
 }

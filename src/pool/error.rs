@@ -60,7 +60,9 @@ pub enum TaskError {
 }
 
 fn describe_exit(code: i32) -> String {
-    if code < 0 {
+    if code == crate::EXITCODE_UNKNOWN {
+        "ended, how is unknown (its fork server died first)".to_owned()
+    } else if code < 0 {
         format!("killed by signal {}", -code)
     } else {
         format!("exited with code {code}")

@@ -28,6 +28,8 @@ pub(crate) struct ServerClient {
     /// `None` only while dropping.
     sock: Option<OwnedFd>,
     pid: i32,
+    /// The server as its children's status slots recognise it.
+    identity: sys::ProcessId,
 }
 
 /// A request that failed: before reaching the server (safe to retry with a new
@@ -52,11 +54,11 @@ impl ServerClient {
         let (ours, theirs) = sys::seqpacket_pair()?;
         let image = ExecImage::this_program(&[(ROLE_ENV, ROLE_FORKSERVER.to_owned())])?;
         let pid = sys::spawn_exec(&image, &[theirs.as_fd()], false)?;
-        Ok(ServerClient { sock: Some(ours), pid })
+        Ok(ServerClient { sock: Some(ours), pid, identity: sys::ProcessId::of(pid) })
     }
 
-    pub(crate) fn pid(&self) -> i32 {
-        self.pid
+    pub(crate) fn identity(&self) -> sys::ProcessId {
+        self.identity
     }
 
     /// Asks the server to start a child; its pid.

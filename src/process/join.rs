@@ -179,6 +179,7 @@ impl<R: Serialize + DeserializeOwned> JoinHandle<R> {
             Ok(Outcome::Panicked(Panic { message, location })) => Err(JoinError::Panicked { message, location }),
             Err(crate::TryRecvError::Failed(fault)) => Err(JoinError::Value(fault.to_string())),
             Err(_) => Err(match self.process.exitcode() {
+                Some(super::EXITCODE_UNKNOWN) => JoinError::Lost("its fork server died before it".into()),
                 Some(code) if code < 0 => JoinError::Killed { signal: -code },
                 Some(code) => JoinError::Exited { code },
                 None => JoinError::Lost("the child has not ended".into()),

@@ -63,6 +63,11 @@ use crate::segment::Segment;
 use crate::sync::wait::Wait;
 use crate::sys::{self, ExecImage, Forked};
 
+/// The [`Process::exitcode`] of a child that has ended but whose exit status is
+/// unknowable: a fork-server child whose server was killed before it (Python would
+/// hang; shmproc reports the end).
+pub const EXITCODE_UNKNOWN: i32 = i32::MIN;
+
 /// Starting or managing a [`Process`] failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -548,12 +553,12 @@ fn via_fork_server(
             *server = Some(ServerClient::start().map_err(os("starting the fork server"))?);
         }
         let Some(client) = server.as_ref() else { continue };
-        let slot = StatusSlot::new(client.pid()).map_err(|e| ProcessError::Os {
+        let slot = StatusSlot::new(client.identity()).map_err(|e| ProcessError::Os {
             op: "creating a status slot",
             source: std::io::Error::other(e.to_string()),
         })?;
         match client.request(&task, &slot, segments) {
-            Ok(pid) => return Ok(ChildRecord::new(pid, name, daemon, Watch::Slot(slot))),
+            Ok(pid) => return Ok(ChildRecord::new(pid, name, daemon, Watch::Slot(slot, sys::ProcessId::of(pid)))),
             // Only a request that never reached the server is retried: one that did
             // may have started the child already.
             Err(forkserver::RequestError::NotSent(_)) if attempt == 0 => *server = None,

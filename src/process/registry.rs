@@ -154,8 +154,9 @@ extern "C" fn at_exit() {
 pub(crate) enum Watch {
     /// Our own child: reaped with `waitpid`.
     Reaped,
-    /// A fork server's child: the server reaps it and writes the status here.
-    Slot(StatusSlot),
+    /// A fork server's child: the server reaps it and writes the status here. The
+    /// child as it can be recognised, for when the server dies first.
+    Slot(StatusSlot, sys::ProcessId),
 }
 
 /// A started child: its pid, and how it ended once known.
@@ -190,7 +191,12 @@ impl ChildRecord {
                     // is lost, and the child is certainly gone.
                     Err(_) => Some(-libc::SIGKILL),
                 },
-                Watch::Slot(slot) => slot.exit_code(),
+                Watch::Slot(slot, child) => slot.exit_code().or_else(|| {
+                    // The server died first, and the child is gone too: it ended, how
+                    // is unknowable. Never "alive" for a process that is not.
+                    (!slot.server_alive() && slot.exit_code().is_none() && !child.is_alive())
+                        .then_some(super::EXITCODE_UNKNOWN)
+                }),
             };
         }
         *exit
@@ -213,17 +219,10 @@ impl ChildRecord {
                 Watch::Reaped => {
                     sys::wait_child_exit(self.pid, until)?;
                 }
-                Watch::Slot(slot) => {
-                    if !slot.wait_until(until) && !sys::process_alive(self.pid) && self.poll().is_none() {
-                        // The child is gone and nobody wrote its status: its fork
-                        // server died first.
-                        if !slot.server_alive() {
-                            return Err(std::io::Error::other(format!(
-                                "the fork server died; the exit status of pid {} is lost",
-                                self.pid
-                            )));
-                        }
-                    }
+                Watch::Slot(slot, _) => {
+                    // A server that died leaves no status: `poll` then reports the
+                    // child's end as unknown, once it is gone.
+                    slot.wait_until(until);
                 }
             }
         }
@@ -232,7 +231,7 @@ impl ChildRecord {
     /// Sends `signal`, unless the child has already ended.
     pub(crate) fn signal(&self, signal: i32) -> std::io::Result<()> {
         let mut exit = self.exit.lock().unwrap_or_else(|p| p.into_inner());
-        if let (None, Watch::Slot(slot)) = (*exit, &self.watch) {
+        if let (None, Watch::Slot(slot, _)) = (*exit, &self.watch) {
             // The fork server publishes a status before it reaps, so a child whose
             // slot is still empty has not been reaped: its pid cannot be recycled.
             *exit = slot.exit_code();

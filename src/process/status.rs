@@ -8,7 +8,7 @@
 //! | `server_pid` | parent     | the server, to tell a lost status from a late one |
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,7 +23,8 @@ const EXITED: u32 = 1;
 pub(crate) struct StatusBody {
     state: AtomicU32,
     code: AtomicI32,
-    server_pid: AtomicI32,
+    /// The fork server (`sys::ProcessId` bits).
+    server: AtomicU64,
 }
 
 pub(crate) struct StatusSlot {
@@ -31,10 +32,10 @@ pub(crate) struct StatusSlot {
 }
 
 impl StatusSlot {
-    pub(crate) fn new(server_pid: i32) -> Result<StatusSlot, SegmentCreateError> {
+    pub(crate) fn new(server: sys::ProcessId) -> Result<StatusSlot, SegmentCreateError> {
         let body = segment::create_view(ObjectKind::ProcessStatus, Backing::Anonymous, |b: *mut StatusBody| {
             // SAFETY: the fresh, unpublished body.
-            unsafe { (*b).server_pid.store(server_pid, Ordering::Relaxed) };
+            unsafe { (*b).server.store(server.to_bits(), Ordering::Relaxed) };
             Ok(())
         })?;
         Ok(StatusSlot { body })
@@ -70,6 +71,6 @@ impl StatusSlot {
     }
 
     pub(crate) fn server_alive(&self) -> bool {
-        sys::process_alive(self.body.server_pid.load(Ordering::Relaxed))
+        sys::ProcessId::from_bits(self.body.server.load(Ordering::Relaxed)).is_alive()
     }
 }

@@ -19,7 +19,7 @@
 //! against it, and a value out of range is [`BarrierError::Corrupted`].
 
 use std::fmt;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,12 +59,13 @@ pub(crate) struct BarrierBody {
 #[derive(Clone)]
 pub struct Barrier {
     body: View<BarrierBody>,
-    pids: View<AtomicI32>,
+    pids: View<AtomicU64>,
     parties: u32,
 }
 
 fn body_len(parties: u32) -> Option<usize> {
-    std::mem::size_of::<BarrierBody>().checked_add((parties as usize).checked_mul(4)?)
+    const { assert!(std::mem::size_of::<BarrierBody>().is_multiple_of(8)) };
+    std::mem::size_of::<BarrierBody>().checked_add((parties as usize).checked_mul(8)?)
 }
 
 impl Barrier {
@@ -115,18 +116,19 @@ impl Barrier {
     }
 
     fn from_segment(seg: Arc<Segment>, parties: u32) -> Barrier {
-        // SAFETY: the body is a BarrierBody followed by `parties` i32 slots (the
-        // length was made or checked to be exactly that), built by the creator.
+        // SAFETY: the body is a BarrierBody followed by `parties` u64 slots (the
+        // length was made or checked to be exactly that, and the body's size is a
+        // multiple of 8, so they are aligned), built by the creator.
         let (body, pids) = unsafe { (View::new(seg.clone(), 0), View::new(seg, std::mem::size_of::<BarrierBody>())) };
         Barrier { body, pids, parties }
     }
 
-    fn pid_slot(&self, index: u32) -> &AtomicI32 {
+    fn pid_slot(&self, index: u32) -> &AtomicU64 {
         debug_assert!(index < self.parties);
         let index = index.min(self.parties - 1) as usize;
         // SAFETY: `index < parties` and the segment holds `parties` slots after the
         // body (see `from_segment`); the View's pointer carries the whole mapping's
-        // provenance, and AtomicI32 is valid for any bits.
+        // provenance, and AtomicU64 is valid for any bits.
         unsafe { &*self.pids.as_ptr().add(index) }
     }
 
@@ -226,7 +228,7 @@ impl Barrier {
             return Err(BarrierError::Corrupted);
         }
         let gen = b.generation.load(Ordering::Relaxed);
-        self.pid_slot(index).store(sys::getpid(), Ordering::Release);
+        self.pid_slot(index).store(sys::ProcessId::me().to_bits(), Ordering::Release);
         if index + 1 == self.parties {
             b.count.store(0, Ordering::Relaxed);
             b.generation.store(gen.wrapping_add(1), Ordering::Release);
@@ -280,7 +282,7 @@ impl Barrier {
 
     fn an_arrived_party_died(&self) -> bool {
         let arrived = self.body.count.load(Ordering::Acquire).min(self.parties);
-        (0..arrived).any(|i| !sys::process_alive(self.pid_slot(i).load(Ordering::Acquire)))
+        (0..arrived).any(|i| !sys::ProcessId::from_bits(self.pid_slot(i).load(Ordering::Acquire)).is_alive())
     }
 }
 

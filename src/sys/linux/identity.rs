@@ -13,12 +13,6 @@ pub(crate) fn pid_namespace() -> u32 {
     std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino() as u32)
 }
 
-/// Whether `pid` names a process that still runs. A zombie (exited, not yet reaped)
-/// counts as dead: it holds no lock and will never arrive anywhere.
-pub(crate) fn process_alive(pid: i32) -> bool {
-    pid > 0 && thread_state(pid as u32) != ThreadState::Gone
-}
-
 /// A thread as the lock layer names it: its kernel thread id, plus the low 32 bits
 /// of its start time (clock ticks since boot), which tells a thread from a later one
 /// that was given the same recycled id.
@@ -167,4 +161,95 @@ pub(crate) fn same_object(a: usize, b: usize) -> bool {
         }
     };
     matches!((base(a), base(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// A process as it can be recognised later: its pid and its start time (clock
+/// ticks since boot, low 32 bits; 0 when unknown), packed in one word so that it
+/// can live in shared memory. A pid recycled by a later process comes with another
+/// start time, so the later process never passes for the first: the one answer to
+/// "is that process gone" for pipe peers, barrier parties and fork servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProcessId(u64);
+
+impl ProcessId {
+    /// Nobody: never alive.
+    pub(crate) const NONE: ProcessId = ProcessId(0);
+
+    /// The process `pid` as it is now (its start time unknown if it is already gone).
+    pub(crate) fn of(pid: i32) -> ProcessId {
+        let start = match u32::try_from(pid).map(thread_state) {
+            Ok(ThreadState::Alive { start }) => start,
+            _ => 0,
+        };
+        ProcessId::from_parts(pid, start)
+    }
+
+    /// This process (cached; a forked child finds its own).
+    pub(crate) fn me() -> ProcessId {
+        static ME: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let cached = ProcessId(ME.load(std::sync::atomic::Ordering::Relaxed));
+        let pid = getpid();
+        if cached.pid() == pid && cached != ProcessId::NONE {
+            return cached;
+        }
+        let me = ProcessId::of(pid);
+        ME.store(me.0, std::sync::atomic::Ordering::Relaxed);
+        me
+    }
+
+    fn from_parts(pid: i32, start: u32) -> ProcessId {
+        ProcessId((u64::from(start) << 32) | u64::from(pid as u32))
+    }
+
+    pub(crate) fn pid(self) -> i32 {
+        self.0 as u32 as i32
+    }
+
+    fn start(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    /// The packed word, for shared memory.
+    pub(crate) fn to_bits(self) -> u64 {
+        self.0
+    }
+
+    /// A word read from shared memory (any value is some process, or nobody).
+    pub(crate) fn from_bits(bits: u64) -> ProcessId {
+        ProcessId(bits)
+    }
+
+    /// Whether it still runs: not gone, not a zombie, and its pid not taken by a
+    /// later process. `/proc` failing to answer counts as alive.
+    pub(crate) fn is_alive(self) -> bool {
+        let pid = self.pid();
+        if pid <= 0 {
+            return false;
+        }
+        match thread_state(pid as u32) {
+            ThreadState::Gone => false,
+            ThreadState::Unknown => true,
+            // Compared only when both start times are known.
+            ThreadState::Alive { start } => self.start() == 0 || start == 0 || start == self.start(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_id_tells_a_recycled_pid_apart() {
+        let me = ProcessId::me();
+        assert_eq!(me.pid(), getpid());
+        assert!(me.is_alive());
+        assert_eq!(ProcessId::from_bits(me.to_bits()), me);
+        // Same pid, another start time: a later process that reused the pid.
+        let impostor = ProcessId::from_parts(me.pid(), me.start().wrapping_add(1));
+        assert!(!impostor.is_alive());
+        // Start time unknown: judged by the pid alone.
+        assert!(ProcessId::from_parts(me.pid(), 0).is_alive());
+        assert!(!ProcessId::NONE.is_alive());
+    }
 }
