@@ -62,7 +62,7 @@ impl RawQueue {
         let backing = if opts.named { Backing::Named } else { Backing::Anonymous };
         let seg = Segment::create(expect, 1, ring::ring_len(capacity), backing, |body| {
             // SAFETY: the fresh body is exactly one ring of `capacity`, zeroed.
-            unsafe { Ring::init(body, capacity, maxsize) };
+            unsafe { Ring::init(body, capacity, maxsize, kind == ObjectKind::JoinableQueue) };
             Ok(())
         })?;
         let ring = Ring::attach(Arc::new(seg), 0).map_err(|e| SegmentCreateError::Os {
@@ -525,6 +525,24 @@ impl<T> fmt::Debug for JoinableQueue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: the unfinished count is 24 bits; past 16.7 M items taken and not
+    /// marked done it wrapped and `join` returned early. Now the queue is full there.
+    #[test]
+    fn a_joinable_queue_is_full_before_its_unfinished_count_wraps() {
+        let q: JoinableQueue<u8> = QueueBuilder::default().build_joinable().unwrap();
+        for _ in 0..4096 {
+            q.put(1).unwrap();
+        }
+        let ring = &q.queue.raw.ring;
+        // 4096 puts; make it look as if only a few of 2^24 - 11 unfinished were done.
+        ring.set_done(4096 + 11);
+        assert_eq!(q.unfinished(), (1 << 24) - 1 - 10);
+        assert!(matches!(q.try_put(1), Err(TrySendError::Full(1))));
+        ring.set_done(0);
+        assert_eq!(q.unfinished(), 4096);
+        q.try_put(1).unwrap();
+    }
 
     #[test]
     fn get_many_takes_what_is_there_in_order_up_to_its_buffers() {

@@ -69,6 +69,8 @@ use crate::sync::{Acquire, RawMutex};
 const POS_BITS: u32 = 40;
 const POS_MASK: u64 = (1 << POS_BITS) - 1;
 const COUNT_MASK: u32 = (1 << 24) - 1;
+/// How often a joinable ring's put looks at the unfinished count (in puts).
+const LIMIT_LOOK: u32 = 4096;
 /// The largest capacity: positions are compared modulo 2⁴⁰.
 pub(crate) const MAX_CAPACITY: u64 = 1 << 38;
 /// The smallest capacity worth having.
@@ -104,6 +106,8 @@ struct Fixed {
     closed: AtomicU32,
     maxsize: AtomicU32,
     capacity: AtomicU64,
+    /// 1 for a `JoinableQueue`'s ring, whose unfinished count must not wrap.
+    joinable: AtomicU32,
 }
 
 /// A value on a cache line of its own.
@@ -191,6 +195,8 @@ pub(crate) struct Ring {
     data: NonNull<u8>,
     capacity: u64,
     maxsize: u32,
+    /// A `JoinableQueue`'s ring: see [`Ring::unfinished_at_limit`].
+    joinable: bool,
     /// How this handle's recent waits for data went.
     pace: Pace,
     /// How this handle's recent waits for room went.
@@ -212,12 +218,13 @@ impl Ring {
     /// # Safety
     /// `at` points to `ring_len(capacity)` writable, zeroed bytes, 64-byte aligned,
     /// that nothing else uses yet.
-    pub(crate) unsafe fn init(at: *mut u8, capacity: u64, maxsize: u32) {
+    pub(crate) unsafe fn init(at: *mut u8, capacity: u64, maxsize: u32, joinable: bool) {
         let hdr = at.cast::<RingHeader>();
         // SAFETY: per the contract; zeroed locks and signals are valid and free.
         let fixed = unsafe { &(*hdr).fixed };
         fixed.capacity.store(capacity, Ordering::Relaxed);
         fixed.maxsize.store(maxsize, Ordering::Relaxed);
+        fixed.joinable.store(u32::from(joinable), Ordering::Relaxed);
     }
 
     /// The ring at `offset` in `seg`'s body, checked against the segment's size.
@@ -231,6 +238,7 @@ impl Ring {
         let hdr = unsafe { &*seg.body().add(offset).cast::<RingHeader>() };
         let capacity = hdr.fixed.capacity.load(Ordering::Relaxed);
         let maxsize = hdr.fixed.maxsize.load(Ordering::Relaxed);
+        let joinable = hdr.fixed.joinable.load(Ordering::Relaxed) != 0;
         if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity)
             || !capacity.is_power_of_two()
             || !fits(ring_len(capacity))
@@ -242,7 +250,17 @@ impl Ring {
             let base = seg.body().add(offset);
             (NonNull::new_unchecked(base.cast()), NonNull::new_unchecked(base.add(header_len())))
         };
-        Ok(Ring { seg, hdr, data, capacity, maxsize, pace: Pace::default(), room_pace: Pace::default(), spin: None })
+        Ok(Ring {
+            seg,
+            hdr,
+            data,
+            capacity,
+            maxsize,
+            joinable,
+            pace: Pace::default(),
+            room_pace: Pace::default(),
+            spin: None,
+        })
     }
 
     /// Spins `rounds` before yielding in this handle's waits (a pool, whose
@@ -470,7 +488,7 @@ impl Ring {
             h.producer.head_seen.store(head, Ordering::Relaxed);
             room = self.occupancy(tail, head);
         }
-        if self.full(room.map_err(PutFail::Fault)?, frame) {
+        if self.full(room.map_err(PutFail::Fault)?, frame) || self.unfinished_at_limit(tail) {
             return Err(PutFail::Full);
         }
         if let Outgoing::Side(s) = message {
@@ -584,6 +602,22 @@ impl Ring {
             outs[k] = side.take();
         }
         Ok(taken)
+    }
+
+    /// For a joinable ring: whether the unfinished count (puts not yet marked done,
+    /// 24 bits) is near its limit, where one more put would wrap it and `join`
+    /// would return early. Then the ring counts as full until `task_done` catches
+    /// up. Looked at once every [`LIMIT_LOOK`] puts (the count cannot climb more than
+    /// that between two looks), so a put does not read `done`, the consumers' line.
+    fn unfinished_at_limit(&self, tail: u64) -> bool {
+        let (_, puts) = unpack(tail);
+        self.joinable && puts % LIMIT_LOOK == 0 && self.unfinished() >= COUNT_MASK - LIMIT_LOOK
+    }
+
+    /// Test support: pretends `done` items were marked done.
+    #[cfg(test)]
+    pub(crate) fn set_done(&self, done: u64) {
+        self.header().done.store(done, Ordering::Release);
     }
 
     /// Messages put and not yet marked done (`JoinableQueue`).
