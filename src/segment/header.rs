@@ -42,7 +42,8 @@ pub(crate) struct Header {
     kind: u32,
     elem_size: u32,
     elem_align: u32,
-    creator_pid: u32,
+    /// Atomic: `disown` writes it on a live segment that others may be reading.
+    creator_pid: AtomicU32,
     type_fingerprint: u64,
     elem_count: u64,
     body_len: u64,
@@ -79,7 +80,7 @@ impl Header {
         self.kind = expect.kind as u32;
         self.elem_size = elem.size;
         self.elem_align = elem.align;
-        self.creator_pid = creator.pid;
+        self.creator_pid = AtomicU32::new(creator.pid);
         self.creator_start = u64::from(creator.start) | (u64::from(creator.pid_ns) << 32);
         self.type_fingerprint = elem.fingerprint;
         self.elem_count = elem_count;
@@ -91,8 +92,9 @@ impl Header {
     /// # Safety
     /// `this` points to a mapped header.
     pub(crate) unsafe fn disown(this: *mut Header) {
-        // SAFETY: per the contract; a volatile store of a plain u32 field.
-        unsafe { std::ptr::write_volatile(&raw mut (*this).creator_pid, 0) };
+        // SAFETY: per the contract; `creator_pid` is an atomic, which any process may
+        // store to while others read it.
+        unsafe { (*this).creator_pid.store(0, Ordering::Release) };
     }
 
     pub(crate) fn publish(&self) {
@@ -130,8 +132,11 @@ impl Header {
             return Err(SegmentOpenError::Truncated { len: file_len, needed });
         }
         let start_and_ns = h.creator_start;
-        let creator = (h.creator_pid != 0).then_some(Creator {
-            pid: h.creator_pid,
+        // From the shared header, atomically: `disown` may store it at any time.
+        // SAFETY: `at` points to a readable, aligned Header (the contract).
+        let creator_pid = unsafe { (*at).creator_pid.load(Ordering::Acquire) };
+        let creator = (creator_pid != 0).then_some(Creator {
+            pid: creator_pid,
             start: start_and_ns as u32,
             pid_ns: (start_and_ns >> 32) as u32,
         });

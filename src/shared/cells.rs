@@ -201,7 +201,7 @@ impl<T: Pod> Cells<T> {
         }
         let mut out = [T::zeroed()];
         // SAFETY: `index < len`, so one element at `ptr + index` is inside the cells.
-        unsafe { atomic_copy(self.ptr.as_ptr().add(index), out.as_mut_ptr(), 1) };
+        unsafe { load_shared(self.ptr.as_ptr().add(index), &mut out) };
         Some(out[0])
     }
 
@@ -210,14 +210,14 @@ impl<T: Pod> Cells<T> {
             return false;
         }
         // SAFETY: in bounds, as in `get`.
-        unsafe { atomic_copy(&value, self.ptr.as_ptr().add(index), 1) };
+        unsafe { store_shared(std::slice::from_ref(&value), self.ptr.as_ptr().add(index)) };
         true
     }
 
     pub(crate) fn copy_to_vec(&self) -> Vec<T> {
         let mut out = vec![T::zeroed(); self.len];
-        // SAFETY: `len` elements are readable at `ptr` and writable in `out`.
-        unsafe { atomic_copy(self.ptr.as_ptr(), out.as_mut_ptr(), self.len) };
+        // SAFETY: `len` elements are readable at `ptr`; `out` has `len`.
+        unsafe { load_shared(self.ptr.as_ptr(), &mut out) };
         out
     }
 
@@ -227,7 +227,7 @@ impl<T: Pod> Cells<T> {
             return false;
         }
         // SAFETY: both runs have `len` elements.
-        unsafe { atomic_copy(src.as_ptr(), self.ptr.as_ptr(), self.len) };
+        unsafe { store_shared(src, self.ptr.as_ptr()) };
         true
     }
 
@@ -249,33 +249,91 @@ impl<T: Pod> Cells<T> {
     }
 }
 
-/// Copies `n` elements of `T` with relaxed atomic loads and stores, in the widest
-/// unit `T`'s alignment allows (at most 8 bytes).
+/// Loads `dst.len()` elements of `T` from the shared run at `src` into private
+/// memory: relaxed atomic loads of the shared side, in the widest unit `T`'s
+/// alignment allows (at most 8 bytes), plain stores of the private side.
 ///
-/// Either side may be shared memory that other threads or processes read and write
-/// at the same time: unlike `memcpy` or volatile accesses, atomic ones make that a
-/// defined race. An element wider than the unit can tear (any bits are a valid
-/// `T: Pod`); each unit cannot.
+/// Only the shared side is accessed atomically: making atomics out of memory that
+/// Rust holds as a plain `&mut [T]` would alias it (undefined under Stacked
+/// Borrows). The shared side may be written by other threads or processes at the
+/// same time: atomic loads make that a defined race. An element wider than the unit
+/// can tear (any bits are a valid `T: Pod`); each unit cannot.
 ///
 /// # Safety
-/// `src` is readable and `dst` writable for `n` elements, both aligned for `T`.
-unsafe fn atomic_copy<T: Pod>(src: *const T, dst: *mut T, n: usize) {
+/// `src` is readable for `dst.len()` elements, aligned for `T`.
+unsafe fn load_shared<T: Pod>(src: *const T, dst: &mut [T]) {
     use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
-    let bytes = n * std::mem::size_of::<T>();
-    macro_rules! copy_in {
-        ($atomic:ty, $unit:expr) => {{
-            let (s, d) = (src.cast::<$atomic>(), dst.cast::<$atomic>());
+    let bytes = std::mem::size_of_val(dst);
+    let out = dst.as_mut_ptr();
+    macro_rules! load_in {
+        ($atomic:ty, $plain:ty, $unit:expr) => {{
+            let (s, d) = (src.cast::<$atomic>(), out.cast::<$plain>());
             for i in 0..bytes / $unit {
                 // SAFETY: `i` units stay inside both runs (`bytes` is a multiple of the
-                // unit, which divides T's alignment, so every unit is aligned).
-                unsafe { (*d.add(i)).store((*s.add(i)).load(Relaxed), Relaxed) };
+                // unit, which divides T's alignment, so every unit is aligned); `d`
+                // comes from the exclusive borrow `dst`.
+                unsafe { d.add(i).write((*s.add(i)).load(Relaxed)) };
             }
         }};
     }
     match std::mem::align_of::<T>() {
-        8.. => copy_in!(AtomicU64, 8),
-        4 => copy_in!(AtomicU32, 4),
-        2 => copy_in!(AtomicU16, 2),
-        _ => copy_in!(AtomicU8, 1),
+        8.. => load_in!(AtomicU64, u64, 8),
+        4 => load_in!(AtomicU32, u32, 4),
+        2 => load_in!(AtomicU16, u16, 2),
+        _ => load_in!(AtomicU8, u8, 1),
+    }
+}
+
+/// Stores private `src` into the shared run at `dst`: plain loads of the private
+/// side, relaxed atomic stores of the shared one (see [`load_shared`]).
+///
+/// # Safety
+/// `dst` is writable for `src.len()` elements, aligned for `T`.
+unsafe fn store_shared<T: Pod>(src: &[T], dst: *mut T) {
+    use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+    let bytes = std::mem::size_of_val(src);
+    let from = src.as_ptr();
+    macro_rules! store_in {
+        ($atomic:ty, $plain:ty, $unit:expr) => {{
+            let (s, d) = (from.cast::<$plain>(), dst.cast::<$atomic>());
+            for i in 0..bytes / $unit {
+                // SAFETY: as in `load_shared`; `s` comes from the shared borrow `src`,
+                // read plainly.
+                unsafe { (*d.add(i)).store(s.add(i).read(), Relaxed) };
+            }
+        }};
+    }
+    match std::mem::align_of::<T>() {
+        8.. => store_in!(AtomicU64, u64, 8),
+        4 => store_in!(AtomicU32, u32, 4),
+        2 => store_in!(AtomicU16, u16, 2),
+        _ => store_in!(AtomicU8, u8, 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The copies touch the shared side only through atomics and the private side
+    /// only plainly (under Miri, which checks the aliasing rules, this is the test
+    /// that the private `&[T]` / `&mut [T]` never becomes an atomic).
+    #[test]
+    fn shared_copies_round_trip_at_every_alignment() {
+        fn round_trip<T: Pod + PartialEq + std::fmt::Debug>(values: &[T]) {
+            let mut shared = values.to_vec();
+            let mut back = vec![T::zeroed(); values.len()];
+            // SAFETY: `shared` and `back` have `values.len()` aligned elements.
+            unsafe {
+                store_shared(values, shared.as_mut_ptr());
+                load_shared(shared.as_ptr(), &mut back);
+            }
+            assert_eq!(back, values);
+        }
+        round_trip(&[1u8, 2, 3]);
+        round_trip(&[1u16, 0xffff]);
+        round_trip(&[7u32, 8, 9]);
+        round_trip(&[1.5f64, -2.25]);
+        round_trip(&[[1u8; 3], [2; 3]]);
     }
 }
