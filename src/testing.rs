@@ -105,3 +105,10 @@ pub fn fork_handler_registered() -> bool {
 
 /// The default number of spin rounds (see [`set_spin_rounds`]).
 pub const DEFAULT_SPIN_ROUNDS: u32 = crate::sync::wait::DEFAULT_SPIN_ROUNDS;
+
+/// Sets how often sleepers re-check without a wake-up (100 ms by default) for this
+/// process and the children it forks. Tests of the wake-ups set it to an hour: with
+/// it, a lost wake-up would only be a delay their time bounds might not catch.
+pub fn set_safety_poll(every: Duration) {
+    crate::sync::wait::set_safety_poll(every);
+}

@@ -21,12 +21,12 @@
 //! A waiter killed asleep leaves `sleepers` high: a counted signal's every notify
 //! then makes a system call, a lock's bit only the next release (`wake_one` re-arms
 //! only after waking someone). A scribbled `sleepers` can delay a sleeper by at most
-//! [`SAFETY_POLL`].
+//! [`safety_poll`](crate::sync::wait::safety_poll).
 
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::sync::wait::{sleep_on, spin, spin_rounds, wake, Wait, SAFETY_POLL};
+use crate::sync::wait::{safety_poll, sleep_on, spin, spin_rounds, wake, Wait};
 use crate::sync::RawMutex;
 
 /// How a [`Signal::wait_until`] ended.
@@ -188,7 +188,7 @@ impl Signal {
         asker: Asker<'_>,
         mut ready: impl FnMut() -> bool,
     ) -> Waited {
-        let slice = poll.as_ref().map_or(SAFETY_POLL, |p| p.every.min(SAFETY_POLL));
+        let slice = poll.as_ref().map_or(safety_poll(), |p| p.every.min(safety_poll()));
         loop {
             let seen = self.seq.load(Ordering::SeqCst);
             self.sleepers.fetch_add(1, Ordering::SeqCst);

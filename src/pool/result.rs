@@ -15,7 +15,7 @@ use super::error::TaskError;
 use super::handler::Shared;
 use super::task::Items;
 use crate::channel::YIELD_TIME;
-use crate::sync::wait::{sleep_on, spin_rounds, wake, Wait, SAFETY_POLL};
+use crate::sync::wait::{safety_poll, sleep_on, spin_rounds, wake, Wait};
 
 /// Maps of this many tasks or more are waited for asleep (no yield phase).
 const LONG_MAP: usize = 1000;
@@ -98,7 +98,7 @@ impl Latch {
                 self.sleepers.fetch_sub(1, Ordering::SeqCst);
                 return true;
             }
-            let in_time = sleep_on(&self.seq, seen, wait, Some(SAFETY_POLL));
+            let in_time = sleep_on(&self.seq, seen, wait, Some(safety_poll()));
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
             if moved() {
                 return true;

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::forkserver::ServerClient;
 use super::status::StatusSlot;
-use crate::sync::wait::{Wait, SAFETY_POLL};
+use crate::sync::wait::{safety_poll, Wait};
 use crate::sys::{self, ChildExit};
 
 /// A process as [`current_process`](crate::current_process) and friends describe it.
@@ -203,7 +203,7 @@ impl ChildRecord {
     }
 
     /// Waits for the child to end, as long as `wait` allows; its exit code, if it
-    /// ended. Looks again every [`SAFETY_POLL`] however it waits.
+    /// ended. Looks again every [`safety_poll`](crate::sync::wait::safety_poll) however it waits.
     pub(crate) fn wait(&self, wait: Wait) -> std::io::Result<Option<i32>> {
         let deadline = wait.deadline();
         loop {
@@ -214,7 +214,7 @@ impl ChildRecord {
             if deadline.is_some_and(|d| now >= d) {
                 return Ok(None);
             }
-            let until = deadline.map_or(now + SAFETY_POLL, |d| d.min(now + SAFETY_POLL));
+            let until = deadline.map_or(now + safety_poll(), |d| d.min(now + safety_poll()));
             match &self.watch {
                 Watch::Reaped => {
                     sys::wait_child_exit(self.pid, until)?;

@@ -29,7 +29,7 @@
 //! a later notify may then make a token for it, which another earlier waiter claims
 //! (an extra, spurious wake-up), never a lost one. A wait can also return early if
 //! 65 536 notifies wrap the epoch while it sleeps. So loop on your predicate, or use
-//! [`ConditionGuard::wait_for`]. Sleepers re-check every [`SAFETY_POLL`], so damaged
+//! [`ConditionGuard::wait_for`]. Sleepers re-check every [`safety_poll`](crate::sync::wait::safety_poll), so damaged
 //! counters cannot strand them. The lock itself is the robust [`Lock`]: a holder that
 //! dies poisons it and the next waiter re-acquires it.
 
@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use super::error::{lock_result, LockError, LockResult};
 use super::lock::Lock;
 use super::raw_mutex::{Acquire, RawMutex, Reentry};
-use super::wait::{sleep_on, wake, Wait, SAFETY_POLL};
+use super::wait::{safety_poll, sleep_on, wake, Wait};
 use crate::segment::transfer::serde_as_segments;
 use crate::segment::{self, Backing, ObjectKind, Segment, SegmentCreateError, SegmentOpenError, View};
 
@@ -254,7 +254,7 @@ impl Condition {
             if self.claim_token(epoch) {
                 return true;
             }
-            if !sleep_on(&self.body.seq, seq, wait, Some(SAFETY_POLL)) {
+            if !sleep_on(&self.body.seq, seq, wait, Some(safety_poll())) {
                 return self.depart(epoch);
             }
             seq = self.body.seq.load(Ordering::Acquire);

@@ -5,13 +5,13 @@
 //! from what it saw while the flag was clear, so a `set` followed at once by a
 //! `clear` still releases everyone who was waiting (as Python's does). `set` wakes
 //! every sleeper whenever it changes the word, and sleepers re-check every
-//! [`SAFETY_POLL`], so no scribble can strand a waiter.
+//! [`safety_poll`](crate::sync::wait::safety_poll), so no scribble can strand a waiter.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::wait::{sleep_on, spin, wake, Wait, SAFETY_POLL};
+use super::wait::{safety_poll, sleep_on, spin, wake, Wait};
 use crate::segment::transfer::serde_as_segments;
 use crate::segment::{self, Backing, ObjectKind, SegmentCreateError, SegmentOpenError, View};
 
@@ -117,7 +117,7 @@ impl Event {
             return true;
         }
         loop {
-            let in_time = sleep_on(&self.body.word, seen, wait, Some(SAFETY_POLL));
+            let in_time = sleep_on(&self.body.word, seen, wait, Some(safety_poll()));
             if changed().is_some() {
                 return true;
             }

@@ -9,7 +9,7 @@
 //! A permit has no owner, so a process that dies holding one does not give it back
 //! (as in Python). A process that dies asleep leaves `sleepers` one too high, which
 //! costs later releases a wake-up syscall and nothing else; one too low (scribbled)
-//! costs a sleeper at most [`SAFETY_POLL`] of delay. `max` is read once when
+//! costs a sleeper at most [`safety_poll`](crate::sync::wait::safety_poll) of delay. `max` is read once when
 //! attaching; a scribbled `value` above it makes the next release fail.
 
 use std::fmt;
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::error::ReleaseError;
-use super::wait::{sleep_on, spin, wake, Wait, SAFETY_POLL};
+use super::wait::{safety_poll, sleep_on, spin, wake, Wait};
 use crate::segment::transfer::serde_as_segments;
 use crate::segment::{self, Backing, ObjectKind, Segment, SegmentCreateError, SegmentOpenError, View};
 
@@ -90,7 +90,7 @@ impl RawSemaphore {
             if self.try_take() {
                 break true;
             }
-            if !sleep_on(&self.body.value, 0, wait, Some(SAFETY_POLL)) {
+            if !sleep_on(&self.body.value, 0, wait, Some(safety_poll())) {
                 break self.try_take();
             }
         };

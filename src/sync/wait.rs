@@ -6,7 +6,7 @@
 //! exponential back-off, so that a spinner does not hammer the cache line), then
 //! sleeps on a futex: an idle waiter burns no CPU.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::sys::{self, FutexWait};
@@ -45,10 +45,21 @@ impl Wait {
     }
 }
 
-/// How often a sleeper re-checks its condition even without a wake-up. Waking
-/// needs counters in shared memory to be right (who sleeps, who was notified); this
-/// bounds what a scribbled or crash-damaged counter can cost a sleeper to a delay.
-pub(crate) const SAFETY_POLL: Duration = Duration::from_millis(100);
+/// How often a sleeper re-checks its condition even without a wake-up (100 ms).
+/// Waking needs counters in shared memory to be right (who sleeps, who was
+/// notified); this bounds what a scribbled or crash-damaged counter can cost a
+/// sleeper to a delay. Tests of the wake-ups turn it off
+/// ([`set_safety_poll`]), since it would hide a lost wake-up as a mere delay.
+pub(crate) fn safety_poll() -> Duration {
+    Duration::from_nanos(SAFETY_POLL_NS.load(Ordering::Relaxed))
+}
+
+static SAFETY_POLL_NS: AtomicU64 = AtomicU64::new(100_000_000);
+
+/// Changes [`safety_poll`] for this process (and the children it forks): test support.
+pub(crate) fn set_safety_poll(d: Duration) {
+    SAFETY_POLL_NS.store(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1), Ordering::Relaxed);
+}
 
 /// Rounds of spinning before sleeping; round `k` spins `2^k` pause instructions, so
 /// the default whole spin is ~511 pauses. How long that is depends on the CPU: one
