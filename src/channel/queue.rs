@@ -526,6 +526,24 @@ impl<T> fmt::Debug for JoinableQueue<T> {
 mod tests {
     use super::*;
 
+    /// Regression: a head moved back by one whole frame used to deliver the old
+    /// message again, silently; each frame now carries its number.
+    #[test]
+    fn a_head_moved_back_a_frame_is_corruption_not_a_replay() {
+        let q = Queue::<u64>::new(0).unwrap();
+        for i in 0..3 {
+            q.put(i).unwrap();
+        }
+        let before = q.raw.ring.head();
+        assert_eq!(q.try_get(), Ok(0));
+        // The position moved back one frame (the count left as it is): a frame
+        // boundary, inside the ring, agreeing with the tail; only the frame's number
+        // tells.
+        let after = q.raw.ring.head();
+        q.raw.ring.set_head((before & ((1 << 40) - 1)) | (after & !((1 << 40) - 1)));
+        assert!(matches!(q.try_get(), Err(TryRecvError::Failed(ChannelFault::Corrupted(_)))));
+    }
+
     /// Regression: the unfinished count is 24 bits; past 16.7 M items taken and not
     /// marked done it wrapped and `join` returned early. Now the queue is full there.
     #[test]

@@ -137,6 +137,13 @@ pub(crate) struct RingHeader {
     fixed: Line<Fixed>,
 }
 
+/// A frame's header word: payload length (bits 0-31), kind (32-39), the check
+/// byte (40-47), and the low 16 bits of the message's number in the ring (48-63),
+/// which the reader compares with its own count.
+fn frame_word(len: u64, kind: u8, number: u32) -> u64 {
+    len | (u64::from(kind) << 32) | (CHECK << 40) | (u64::from(number as u16) << 48)
+}
+
 /// The bytes a ring of `capacity` takes, header included, 64-byte aligned.
 pub(crate) fn ring_len(capacity: u64) -> usize {
     header_len() + capacity as usize
@@ -498,7 +505,7 @@ impl Ring {
             s.disown();
         }
         let (pos, puts) = unpack(tail);
-        let header = len | (u64::from(kind) << 32) | (CHECK << 40);
+        let header = frame_word(len, kind, puts);
         self.write_word(pos, header);
         self.write(pos + FRAME_HEADER, bytes);
         h.tail.store(pack(pos + frame, puts.wrapping_add(1)), Ordering::Release);
@@ -546,9 +553,12 @@ impl Ring {
             }
             let (pos, gets) = unpack(head);
             let word = self.read_word(pos);
-            let (len, kind, check) = (word & 0xFFFF_FFFF, (word >> 32) as u8, (word >> 40) & 0xFF);
+            let (len, kind, check, seq) =
+                (word & 0xFFFF_FFFF, (word >> 32) as u8, (word >> 40) & 0xFF, (word >> 48) as u16);
             let frame = frame_len(len);
-            if check != CHECK || !(kind == INLINE || kind == SIDE) || frame > used {
+            // The frame says which message it is: a position moved back (or forward)
+            // by whole frames would otherwise deliver an old message again, silently.
+            if check != CHECK || !(kind == INLINE || kind == SIDE) || frame > used || seq != gets as u16 {
                 if taken > 0 {
                     break; // what was taken is whole; the damage is reported next time
                 }
@@ -612,6 +622,18 @@ impl Ring {
     fn unfinished_at_limit(&self, tail: u64) -> bool {
         let (_, puts) = unpack(tail);
         self.joinable && puts % LIMIT_LOOK == 0 && self.unfinished() >= COUNT_MASK - LIMIT_LOOK
+    }
+
+    /// Test support: moves `head` (as a scribbler could).
+    #[cfg(test)]
+    pub(crate) fn set_head(&self, head: u64) {
+        self.header().head.store(head, Ordering::Release);
+    }
+
+    /// Test support: `head` as it is.
+    #[cfg(test)]
+    pub(crate) fn head(&self) -> u64 {
+        self.header().head.load(Ordering::Acquire)
     }
 
     /// Test support: pretends `done` items were marked done.
