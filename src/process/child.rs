@@ -111,6 +111,7 @@ pub(crate) fn install_panic_hook() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|n| n.set(n.get().wrapping_add(1)));
             let quiet = CAPTURED.with(|c| match c.try_borrow_mut() {
                 Ok(mut c) => c.as_mut().map(|slot| {
                     *slot = Some(Panic::from_hook(info));
@@ -157,6 +158,9 @@ thread_local! {
     static CAPTURED: RefCell<Option<Option<Panic>>> = const { RefCell::new(None) };
     /// Whether the hook should also stay silent (pool tasks: the error goes to the caller).
     static QUIET: Cell<bool> = const { Cell::new(false) };
+    /// Panics the hook has seen on this thread: tells [`PanicCapture::catch`] whether
+    /// what `CAPTURED` holds is the panic it caught (cheaper than clearing it per task).
+    static PANICS: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Runs `f`, catching a panic as a [`Panic`] (message and location, recorded by the
@@ -184,13 +188,16 @@ impl PanicCapture {
 
     /// Runs `f`, catching a panic with what the hook recorded of it.
     pub(crate) fn catch<R>(&self, f: impl FnOnce() -> R) -> Result<R, (Panic, Box<dyn std::any::Any + Send>)> {
-        // Whatever an earlier panic left (one caught inside a task) is not this one.
-        CAPTURED.with(|c| c.replace(Some(None)));
+        let panics_before = PANICS.with(Cell::get);
         let was_quiet = QUIET.with(|q| q.replace(self.quiet));
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         QUIET.with(|q| q.set(was_quiet));
         out.map_err(|payload| {
-            let captured = CAPTURED.with(|c| c.replace(Some(None))).flatten();
+            // What the hook recorded, if it ran for a panic during `f` (a panic
+            // resumed with `resume_unwind` does not run it: then only the payload says
+            // what happened, and an older record must not pass for it).
+            let during = PANICS.with(Cell::get) != panics_before;
+            let captured = CAPTURED.with(|c| c.replace(Some(None))).flatten().filter(|_| during);
             // A panic whose hook did not run (resume_unwind) still has a payload to read.
             let panic = captured.unwrap_or_else(|| Panic {
                 message: payload
