@@ -90,7 +90,7 @@ impl Pipe {
                 (*hdr).owner[0].store(me, Ordering::Relaxed);
                 (*hdr).owner[1].store(me, Ordering::Relaxed);
                 for i in 0..rings {
-                    Ring::init(body.add(ring_offset(i)), PIPE_CAPACITY, 0, false);
+                    Ring::init(body.add(ring_offset(i)), PIPE_CAPACITY, 0, false, false);
                 }
             }
             Ok(())

@@ -108,6 +108,8 @@ struct Fixed {
     capacity: AtomicU64,
     /// 1 for a `JoinableQueue`'s ring, whose unfinished count must not wrap.
     joinable: AtomicU32,
+    /// 1 when every frame starts with a CRC32C of its message (`QueueBuilder::checksum`).
+    checksum: AtomicU32,
 }
 
 /// A value on a cache line of its own.
@@ -204,6 +206,8 @@ pub(crate) struct Ring {
     maxsize: u32,
     /// A `JoinableQueue`'s ring: see [`Ring::unfinished_at_limit`].
     joinable: bool,
+    /// Frames start with a CRC32C of their message (see [`Outgoing`]).
+    checksum: bool,
     /// How this handle's recent waits for data went.
     pace: Pace,
     /// How this handle's recent waits for room went.
@@ -225,13 +229,14 @@ impl Ring {
     /// # Safety
     /// `at` points to `ring_len(capacity)` writable, zeroed bytes, 64-byte aligned,
     /// that nothing else uses yet.
-    pub(crate) unsafe fn init(at: *mut u8, capacity: u64, maxsize: u32, joinable: bool) {
+    pub(crate) unsafe fn init(at: *mut u8, capacity: u64, maxsize: u32, joinable: bool, checksum: bool) {
         let hdr = at.cast::<RingHeader>();
         // SAFETY: per the contract; zeroed locks and signals are valid and free.
         let fixed = unsafe { &(*hdr).fixed };
         fixed.capacity.store(capacity, Ordering::Relaxed);
         fixed.maxsize.store(maxsize, Ordering::Relaxed);
         fixed.joinable.store(u32::from(joinable), Ordering::Relaxed);
+        fixed.checksum.store(u32::from(checksum), Ordering::Relaxed);
     }
 
     /// The ring at `offset` in `seg`'s body, checked against the segment's size.
@@ -246,6 +251,7 @@ impl Ring {
         let capacity = hdr.fixed.capacity.load(Ordering::Relaxed);
         let maxsize = hdr.fixed.maxsize.load(Ordering::Relaxed);
         let joinable = hdr.fixed.joinable.load(Ordering::Relaxed) != 0;
+        let checksum = hdr.fixed.checksum.load(Ordering::Relaxed) != 0;
         if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity)
             || !capacity.is_power_of_two()
             || !fits(ring_len(capacity))
@@ -264,6 +270,7 @@ impl Ring {
             capacity,
             maxsize,
             joinable,
+            checksum,
             pace: Pace::default(),
             room_pace: Pace::default(),
             spin: None,
@@ -413,7 +420,7 @@ impl Ring {
     pub(crate) fn has_room(&self, message: &Outgoing<'_>) -> bool {
         let h = self.header();
         match self.occupancy(h.tail.load(Ordering::Acquire), h.head.load(Ordering::Acquire)) {
-            Ok(occupancy) => !self.full(occupancy, frame_len(message.frame_payload().len() as u64)),
+            Ok(occupancy) => !self.full(occupancy, frame_len(message.frame_payload_len() as u64)),
             Err(_) => true, // let the put report the corruption
         }
     }
@@ -421,7 +428,7 @@ impl Ring {
     /// Whether two messages like `message` would fit now.
     fn has_room_for_two(&self, message: &Outgoing<'_>) -> bool {
         let h = self.header();
-        let frame = frame_len(message.frame_payload().len() as u64);
+        let frame = frame_len(message.frame_payload_len() as u64);
         match self.occupancy(h.tail.load(Ordering::Acquire), h.head.load(Ordering::Acquire)) {
             Ok((used, count)) => {
                 used + frame <= self.capacity && !self.full((used + frame, count.saturating_add(1)), frame)
@@ -465,18 +472,19 @@ impl Ring {
     /// Gets `payload` ready to put: a large one goes to its side segment now, once,
     /// however many times the put has to wait for room.
     pub(crate) fn prepare<'a>(&self, payload: &'a [u8]) -> Result<Outgoing<'a>, ChannelFault> {
+        let crc = self.checksum.then(|| crc32c::crc32c(payload));
         if payload.len() as u64 > self.side_threshold() {
-            Ok(Outgoing::Side(SideSegment::create(payload)?))
+            Ok(Outgoing::Side(SideSegment::create(payload)?, crc))
         } else {
-            Ok(Outgoing::Inline(payload))
+            Ok(Outgoing::Inline(payload, crc))
         }
     }
 
     /// Puts one message if there is room now, waiting per `wait` only for the lock.
     pub(crate) fn try_put(&self, message: &Outgoing<'_>, wait: Wait) -> Result<(), PutFail> {
-        let (kind, bytes) = match message {
-            Outgoing::Inline(b) => (INLINE, *b),
-            Outgoing::Side(s) => (SIDE, s.name().as_bytes()),
+        let (kind, bytes, crc) = match message {
+            Outgoing::Inline(b, crc) => (INLINE, *b, *crc),
+            Outgoing::Side(s, crc) => (SIDE, s.name().as_bytes(), *crc),
         };
         let h = self.header();
         let Some(held) = self.lock_puts(wait).map_err(PutFail::Fault)? else {
@@ -486,7 +494,7 @@ impl Ring {
             return Err(PutFail::Closed);
         }
         let tail = h.tail.load(Ordering::Relaxed);
-        let len = bytes.len() as u64;
+        let len = (bytes.len() + if crc.is_some() { CRC_LEN } else { 0 }) as u64;
         let frame = frame_len(len);
         // First against the last head we saw: it only errs towards "full".
         let mut room = self.occupancy(tail, h.producer.head_seen.load(Ordering::Relaxed));
@@ -498,7 +506,7 @@ impl Ring {
         if self.full(room.map_err(PutFail::Fault)?, frame) || self.unfinished_at_limit(tail) {
             return Err(PutFail::Full);
         }
-        if let Outgoing::Side(s) = message {
+        if let Outgoing::Side(s, _) = message {
             // From here the message is the queue's: no sweep may take it, even if this
             // producer dies at once. (Dying between this line and the commit below
             // leaks the side segment: the price of never losing a committed message.)
@@ -507,7 +515,13 @@ impl Ring {
         let (pos, puts) = unpack(tail);
         let header = frame_word(len, kind, puts);
         self.write_word(pos, header);
-        self.write(pos + FRAME_HEADER, bytes);
+        match crc {
+            Some(crc) => {
+                self.write(pos + FRAME_HEADER, &crc.to_le_bytes());
+                self.write(pos + FRAME_HEADER + CRC_LEN as u64, bytes);
+            }
+            None => self.write(pos + FRAME_HEADER, bytes),
+        }
         h.tail.store(pack(pos + frame, puts.wrapping_add(1)), Ordering::Release);
         drop(held); // wakes consumers that asked
 
@@ -534,7 +548,7 @@ impl Ring {
         let closed = self.is_closed();
         let mut head = h.head.load(Ordering::Relaxed);
         // Side segments opened (and validated) before their frames were committed.
-        let mut sides: Vec<(usize, SideSegment)> = Vec::new();
+        let mut sides: Vec<(usize, SideSegment, Option<u32>)> = Vec::new();
         let mut taken = 0;
         let mut more = false;
         let mut failure = None;
@@ -564,13 +578,45 @@ impl Ring {
                 }
                 return Err(GetFail::Fault(ChannelFault::Corrupted("frame header")));
             }
-            self.read_into(pos + FRAME_HEADER, len as usize, &mut outs[taken]);
+            let crc = if self.checksum {
+                if len < CRC_LEN as u64 {
+                    if taken > 0 {
+                        break;
+                    }
+                    return Err(GetFail::Fault(ChannelFault::Corrupted("frame too short for its checksum")));
+                }
+                // The checksum's word is 8-aligned and inside the (8-padded) frame.
+                let crc = self.read_word(pos + FRAME_HEADER) as u32;
+                self.read_into(pos + FRAME_HEADER + CRC_LEN as u64, (len - CRC_LEN as u64) as usize, &mut outs[taken]);
+                Some(crc)
+            } else {
+                self.read_into(pos + FRAME_HEADER, len as usize, &mut outs[taken]);
+                None
+            };
+            if let (Some(crc), INLINE) = (crc, kind) {
+                if crc32c::crc32c(&outs[taken]) != crc {
+                    if taken > 0 {
+                        break; // reported on its own, next time
+                    }
+                    // The frame is whole, the message damaged: passed over, reported once.
+                    head = pack(pos + frame, gets.wrapping_add(1));
+                    h.head.store(head, Ordering::Release);
+                    failure = Some(ChannelFault::Corrupted("message checksum"));
+                    more = frame < used;
+                    break;
+                }
+            }
+            if kind == SIDE && crc.is_some() && taken > 0 {
+                // A side message is checked after its commit: alone in its batch, so
+                // that a damaged one takes no other message down with it.
+                break;
+            }
             if kind == SIDE {
                 // Opened before the commit: a consumer out of descriptors or memory
                 // leaves the message in the queue, to be taken again, instead of
                 // losing it (and leaving its file behind).
                 match SideSegment::open(&outs[taken]) {
-                    Ok(side) => sides.push((taken, side)),
+                    Ok(side) => sides.push((taken, side, crc)),
                     Err(SideOpen::Retry(fault)) => {
                         if taken == 0 {
                             return Err(GetFail::Fault(fault));
@@ -608,8 +654,14 @@ impl Ring {
         if taken == 0 {
             return Err(if closed { GetFail::Closed } else { GetFail::Empty });
         }
-        for (k, side) in sides {
+        let mut damaged = false;
+        for (k, side, crc) in sides {
             outs[k] = side.take();
+            damaged |= crc.is_some_and(|crc| crc32c::crc32c(&outs[k]) != crc);
+        }
+        if damaged {
+            // Taken (and unlinked) already: the batch is reported damaged whole.
+            return Err(GetFail::Fault(ChannelFault::Corrupted("message checksum")));
         }
         Ok(taken)
     }
@@ -628,6 +680,16 @@ impl Ring {
     #[cfg(test)]
     pub(crate) fn set_head(&self, head: u64) {
         self.header().head.store(head, Ordering::Release);
+    }
+
+    /// Test support: flips the bits of `mask` in byte `at` of the frame at `head`'s
+    /// position (counted from the frame's header word), as a scribbler could.
+    #[cfg(test)]
+    pub(crate) fn scribble_at_head(&self, at: u64, mask: u8) {
+        let (pos, _) = unpack(self.header().head.load(Ordering::Acquire));
+        let off = self.offset(pos + at);
+        // SAFETY: a test's own ring, with a frame at `head` at least `at + 1` long.
+        unsafe { *self.data.as_ptr().add(off) ^= mask };
     }
 
     /// Test support: `head` as it is.
@@ -746,20 +808,26 @@ impl<const ONE: bool> Drop for LockHeld<'_, ONE> {
 }
 
 /// A message ready to put: in the ring itself, or in a side segment.
+/// A message ready to put: in the ring (the bytes) or in a side segment (its name),
+/// with the CRC32C of the message when the ring checksums (the frame then starts
+/// with it, little-endian, before the bytes or the name).
 pub(crate) enum Outgoing<'a> {
-    Inline(&'a [u8]),
-    Side(SideSegment),
+    Inline(&'a [u8], Option<u32>),
+    Side(SideSegment, Option<u32>),
 }
 
 impl Outgoing<'_> {
-    /// What the frame itself carries.
-    fn frame_payload(&self) -> &[u8] {
+    /// How many bytes the frame itself carries.
+    fn frame_payload_len(&self) -> usize {
         match self {
-            Outgoing::Inline(b) => b,
-            Outgoing::Side(s) => s.name().as_bytes(),
+            Outgoing::Inline(b, crc) => b.len() + crc.map_or(0, |_| CRC_LEN),
+            Outgoing::Side(s, crc) => s.name().len() + crc.map_or(0, |_| CRC_LEN),
         }
     }
 }
+
+/// The bytes of a frame's checksum.
+const CRC_LEN: usize = 4;
 
 /// A named segment carrying one large payload from a producer to a consumer.
 pub(crate) struct SideSegment(Segment);
