@@ -110,3 +110,39 @@ fn a_dead_creators_header_less_file_is_swept_and_a_live_ones_is_not() {
     assert!(in_progress.exists(), "a live creator's file was swept before its header was written");
     std::fs::remove_file(in_progress).unwrap();
 }
+
+fn shm_names() -> std::collections::HashSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("shmproc."))
+        .collect()
+}
+
+#[test]
+fn side_segment_helper() {
+    if std::env::var("SHMPROC_SIDE_SEGMENT").is_err() {
+        return;
+    }
+    let before = shm_names();
+    let q = shmproc::Queue::<Vec<u8>>::builder().capacity(4096).build().unwrap();
+    q.put(vec![5u8; 100_000]).unwrap();
+    // Ours: the name carries its creator's pid (other tests make files too).
+    let mine = format!(".{:x}.", std::process::id());
+    let side: Vec<String> = shm_names().difference(&before).filter(|n| n.contains(&mine)).cloned().collect();
+    assert_eq!(side.len(), 1, "the large message's file: {side:?}");
+    // While a process maps the queue, its message's file stays.
+    shmproc::remove_orphaned_segments().unwrap();
+    assert!(shm_path(&side[0]).exists(), "a live queue's message was swept");
+    // The queue dropped with the message in it: no queue can take it any more.
+    drop(q);
+    assert!(shm_path(&side[0]).exists());
+    shmproc::remove_orphaned_segments().unwrap();
+    assert!(!shm_path(&side[0]).exists(), "the dropped queue's message file was left in /dev/shm");
+}
+
+#[test]
+fn a_large_message_left_in_a_dropped_queue_is_swept() {
+    // Alone in a process: a child forked by another test would map the queue too.
+    run_test_alone("side_segment_helper", ("SHMPROC_SIDE_SEGMENT", "1"));
+}

@@ -208,6 +208,9 @@ pub(crate) struct Ring {
     joinable: bool,
     /// Frames start with a CRC32C of their message (see [`Outgoing`]).
     checksum: bool,
+    /// The inode of the ring's segment: what keeps its side segments (see
+    /// [`SideSegment::disown`]).
+    keeper: u64,
     /// How this handle's recent waits for data went.
     pace: Pace,
     /// How this handle's recent waits for room went.
@@ -252,6 +255,7 @@ impl Ring {
         let maxsize = hdr.fixed.maxsize.load(Ordering::Relaxed);
         let joinable = hdr.fixed.joinable.load(Ordering::Relaxed) != 0;
         let checksum = hdr.fixed.checksum.load(Ordering::Relaxed) != 0;
+        let keeper = seg.inode();
         if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity)
             || !capacity.is_power_of_two()
             || !fits(ring_len(capacity))
@@ -271,6 +275,7 @@ impl Ring {
             maxsize,
             joinable,
             checksum,
+            keeper,
             pace: Pace::default(),
             room_pace: Pace::default(),
             spin: None,
@@ -510,7 +515,7 @@ impl Ring {
             // From here the message is the queue's: no sweep may take it, even if this
             // producer dies at once. (Dying between this line and the commit below
             // leaks the side segment: the price of never losing a committed message.)
-            s.disown();
+            s.disown(self.keeper);
         }
         let (pos, puts) = unpack(tail);
         let header = frame_word(len, kind, puts);
@@ -851,10 +856,11 @@ impl SideSegment {
         self.0.name().unwrap_or_default()
     }
 
-    /// About to be committed: from now on the consumer owns (and unlinks) the name,
-    /// and the orphan sweep leaves it alone whatever happens to this producer.
-    fn disown(&self) {
-        self.0.disown();
+    /// About to be committed: from now on the queue (its inode `keeper`) holds the
+    /// name, which a consumer unlinks, or the orphan sweep once no process maps the
+    /// queue any more; whatever happens to this producer.
+    fn disown(&self, keeper: u64) {
+        self.0.disown(keeper);
     }
 
     /// The consumer's side, before it commits the frame: open and validate the

@@ -12,7 +12,7 @@
 //! | 32     | type_fingerprint | creator    | a hash of the element type's name, or 0         |
 //! | 40     | elem_count       | creator    | array length, barrier parties, or 1             |
 //! | 48     | body_len         | creator    | bytes of body after the header                  |
-//! | 56     | creator_start    | creator    | low half: the creator's start time; high half: its pid namespace |
+//! | 56     | creator_start    | creator, then `disown` | low half: the creator's start time; high half: its pid namespace; once disowned, the inode of the segment that keeps it (a queue's, for its side segments), 0 for none |
 //!
 //! The creator writes every field, initialises the body, then stores `READY` with
 //! release ordering; an opener loads `state` with acquire ordering before trusting
@@ -20,7 +20,7 @@
 //! opener reports as [`SegmentOpenError::Uninitialised`]. After validation the
 //! opener keeps its own copy of every size it needs and never re-reads them.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::{ObjectKind, SegmentOpenError, TypeInfo};
 
@@ -47,7 +47,8 @@ pub(crate) struct Header {
     type_fingerprint: u64,
     elem_count: u64,
     body_len: u64,
-    creator_start: u64,
+    /// Atomic: `disown` writes it on a live segment.
+    creator_start: AtomicU64,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() == HEADER_LEN);
@@ -81,20 +82,26 @@ impl Header {
         self.elem_size = elem.size;
         self.elem_align = elem.align;
         self.creator_pid = AtomicU32::new(creator.pid);
-        self.creator_start = u64::from(creator.start) | (u64::from(creator.pid_ns) << 32);
+        self.creator_start = AtomicU64::new(u64::from(creator.start) | (u64::from(creator.pid_ns) << 32));
         self.type_fingerprint = elem.fingerprint;
         self.elem_count = elem_count;
         self.body_len = body_len;
     }
 
-    /// Forgets the creator, so that no orphan sweep ever removes the segment.
+    /// Forgets the creator, and records the segment that keeps this one from now on
+    /// (`keeper`: its inode; 0 for none): the orphan sweep removes the segment only
+    /// once no process maps its keeper.
     ///
     /// # Safety
     /// `this` points to a mapped header.
-    pub(crate) unsafe fn disown(this: *mut Header) {
-        // SAFETY: per the contract; `creator_pid` is an atomic, which any process may
-        // store to while others read it.
-        unsafe { (*this).creator_pid.store(0, Ordering::Release) };
+    pub(crate) unsafe fn disown(this: *mut Header, keeper: u64) {
+        // SAFETY: per the contract; both are atomics, which any process may store to
+        // while others read them. The keeper first: a sweep that sees no creator
+        // sees the keeper too.
+        unsafe {
+            (*this).creator_start.store(keeper, Ordering::Release);
+            (*this).creator_pid.store(0, Ordering::Release);
+        }
     }
 
     pub(crate) fn publish(&self) {
@@ -131,17 +138,19 @@ impl Header {
         if needed > file_len {
             return Err(SegmentOpenError::Truncated { len: file_len, needed });
         }
-        let start_and_ns = h.creator_start;
-        // From the shared header, atomically: `disown` may store it at any time.
+        // From the shared header, atomically: `disown` may store them at any time.
         // SAFETY: `at` points to a readable, aligned Header (the contract).
         let creator_pid = unsafe { (*at).creator_pid.load(Ordering::Acquire) };
+        // SAFETY: as above.
+        let start_and_ns = unsafe { (*at).creator_start.load(Ordering::Acquire) };
+        let keeper = (creator_pid == 0 && start_and_ns != 0).then_some(start_and_ns);
         let creator = (creator_pid != 0).then_some(Creator {
             pid: creator_pid,
             start: start_and_ns as u32,
             pid_ns: (start_and_ns >> 32) as u32,
         });
         let elem = ElemInfo { size: h.elem_size, align: h.elem_align, fingerprint: h.type_fingerprint };
-        Ok(Validated { kind, elem, elem_count: h.elem_count, body_len: h.body_len, creator })
+        Ok(Validated { kind, elem, elem_count: h.elem_count, body_len: h.body_len, creator, keeper })
     }
 }
 
@@ -181,4 +190,6 @@ pub(crate) struct Validated {
     pub(crate) elem_count: u64,
     pub(crate) body_len: u64,
     pub(crate) creator: Option<Creator>,
+    /// For a disowned segment: the inode of the segment that keeps it.
+    pub(crate) keeper: Option<u64>,
 }

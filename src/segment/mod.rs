@@ -293,14 +293,19 @@ impl Segment {
         })
     }
 
-    /// Gives the name away: this handle never unlinks it, and the orphan sweep
-    /// never does either (the header names no creator any more). Another process
-    /// will unlink it.
-    pub(crate) fn disown(&self) {
+    /// Gives the name away: this handle never unlinks it. Another process will (a
+    /// queue's consumer), or, once no process maps `keeper` (the inode of the
+    /// segment that holds the name: a queue's), the orphan sweep.
+    pub(crate) fn disown(&self, keeper: u64) {
         self.unlink_in.store(0, std::sync::atomic::Ordering::Relaxed);
-        // SAFETY: the header is inside the mapping (at least HEADER_LEN bytes); the
-        // field is a plain u32 that only sweeps read (by copying the file's bytes).
-        unsafe { Header::disown(self.header_mut_ptr()) };
+        // SAFETY: the header is inside the mapping (at least HEADER_LEN bytes); its
+        // creator fields are atomics.
+        unsafe { Header::disown(self.header_mut_ptr(), keeper) };
+    }
+
+    /// The inode of the file behind this segment (see [`Segment::disown`]).
+    pub(crate) fn inode(&self) -> u64 {
+        sys::file_inode(&self._fd).unwrap_or(0)
     }
 
     /// Whether this segment holds what `expect` says.

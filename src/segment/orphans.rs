@@ -5,8 +5,11 @@
 //! name, `/shmproc.<pid namespace>.<pid>.<start time>.<128 random bits>` (hex). The
 //! name is there from `shm_open` on, before any header: a process killed between
 //! creating the file and publishing its header leaves a file the sweep can still
-//! tell apart from a live creator's half-made one. A valid header wins over the name;
-//! a header whose creator was given away (a queue's side segment) is never swept.
+//! tell apart from a live creator's half-made one. A valid header wins over the name.
+//! A header whose creator was given away names its keeper instead (a queue's side
+//! segment names the queue's inode): it is swept once no process maps the keeper,
+//! when no queue can ever take it (a queue dropped with a large message in it, a
+//! consumer killed between taking a message and unlinking its file).
 //!
 //! The sweep reads all of `/dev/shm` and `/proc` for each file, so a named creation
 //! runs it at most once per [`SWEEP_EVERY`]; [`remove_orphaned_segments`] called
@@ -44,9 +47,19 @@ pub fn remove_orphaned_segments() -> io::Result<usize> {
     let ours = sys::pid_namespace();
     for name in sys::shm_names_with_prefix(NAME_PREFIX)? {
         let Ok(fd) = sys::shm_open_existing(&name) else { continue };
-        let creator = match creator_of(fd) {
-            Some(Some(from_header)) => from_header,
-            Some(None) => continue, // given away: see the module docs
+        let creator = match owner_of(fd) {
+            Some(Owner::Creator(from_header)) => from_header,
+            Some(Owner::Keeper(inode)) => {
+                // Given away to the segment with that inode (a queue): removed once no
+                // process maps it, so no queue can take it any more. Only for names
+                // of our own pid namespace, whose processes we can all see.
+                let ours_too = creator_in_name(&name).is_some_and(|c| c.pid_ns == ours && ours != 0);
+                if ours_too && sys::inode_mapped_anywhere(inode) == Some(false) && sys::shm_unlink(&name).is_ok() {
+                    removed += 1;
+                }
+                continue;
+            }
+            Some(Owner::Nobody) => continue,
             // No valid header (yet): the name says who made it, if ours.
             None => match creator_in_name(&name) {
                 Some(from_name) => from_name,
@@ -86,10 +99,20 @@ fn sweep_due(last: u64, now: u64) -> bool {
     last == 0 || now.saturating_sub(last) >= SWEEP_EVERY
 }
 
-/// The creator recorded in the header of the shmproc segment behind `fd`, read
-/// without mapping it (and parsed by the same code that validates on attach):
-/// `None` without a valid header, `Some(None)` when its creator gave it away.
-fn creator_of(fd: OwnedFd) -> Option<Option<Creator>> {
+/// Who answers for a segment, as its header says.
+enum Owner {
+    /// Its creating process.
+    Creator(Creator),
+    /// The segment with this inode (a queue holding it as a side segment).
+    Keeper(u64),
+    /// Nobody: it is never swept.
+    Nobody,
+}
+
+/// Who answers for the shmproc segment behind `fd`, read from its header without
+/// mapping it (and parsed by the same code that validates on attach); `None`
+/// without a valid header.
+fn owner_of(fd: OwnedFd) -> Option<Owner> {
     let bytes = sys::read_prefix::<HEADER_LEN>(fd).ok()?;
     let mut header = std::mem::MaybeUninit::<Header>::uninit();
     // SAFETY: Header is exactly HEADER_LEN bytes of integers and an atomic (asserted
@@ -100,7 +123,12 @@ fn creator_of(fd: OwnedFd) -> Option<Option<Creator>> {
         header.assume_init()
     };
     // SAFETY: `header` is a whole, aligned Header on our stack.
-    Some(unsafe { Header::read_and_validate(&header, u64::MAX) }.ok()?.creator)
+    let valid = unsafe { Header::read_and_validate(&header, u64::MAX) }.ok()?;
+    Some(match (valid.creator, valid.keeper) {
+        (Some(c), _) => Owner::Creator(c),
+        (None, Some(inode)) => Owner::Keeper(inode),
+        (None, None) => Owner::Nobody,
+    })
 }
 
 /// The creator written in a segment's name (see the module docs); `None` for a name

@@ -79,6 +79,41 @@ pub(crate) fn file_len(fd: &OwnedFd) -> io::Result<u64> {
     Ok(u64::try_from(st.st_size).unwrap_or(0))
 }
 
+/// The inode number of the file behind `fd` (what /proc/*/maps shows for its mappings).
+pub(crate) fn file_inode(fd: &OwnedFd) -> io::Result<u64> {
+    let st = fstat(fd.as_fd()).map_err(nix_err)?;
+    Ok(st.st_ino)
+}
+
+/// Whether any process maps a file with inode `ino`: `Some(true)` or `Some(false)`,
+/// or `None` when a process's mappings could not be read for another reason than
+/// permission. A process whose mappings this one may not read (another user's, or
+/// one that forbids it, such as a container's init) is not counted: it cannot be
+/// one this process handed a segment to.
+pub(crate) fn inode_mapped_anywhere(ino: u64) -> Option<bool> {
+    let want = ino.to_string();
+    let mut unsure = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        if !name.to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())) {
+            continue;
+        }
+        match std::fs::read_to_string(entry.path().join("maps")) {
+            // Fields: address, perms, offset, device, inode, path.
+            Ok(maps) => {
+                if maps.lines().any(|l| l.split_ascii_whitespace().nth(4) == Some(want.as_str())) {
+                    return Some(true);
+                }
+            }
+            // It exited meanwhile, or it is not ours to look at (see above).
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::PermissionDenied => {}
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(_) => unsure = true,
+        }
+    }
+    (!unsure).then_some(false)
+}
+
 /// 128 bits from the kernel's CSPRNG, for names nobody can guess.
 pub(crate) fn random_u128() -> io::Result<u128> {
     let mut buf = [0u8; 16];
