@@ -48,7 +48,8 @@ fn header_len() -> usize {
 }
 
 fn ring_offset(i: usize) -> usize {
-    header_len() + i * ring::ring_len(PIPE_CAPACITY)
+    // PIPE_CAPACITY (4 MiB) is addressable everywhere.
+    header_len() + i * ring::ring_len(PIPE_CAPACITY).unwrap_or(usize::MAX / 4)
 }
 
 /// Makes pipes (Python's `multiprocessing.Pipe`).

@@ -60,7 +60,9 @@ impl RawQueue {
         let maxsize = opts.maxsize;
         let expect = Expect { kind, elem: Some(elem) };
         let backing = if opts.named { Backing::Named } else { Backing::Anonymous };
-        let seg = Segment::create(expect, 1, ring::ring_len(capacity), backing, |body| {
+        let len = ring::ring_len(capacity)
+            .ok_or(SegmentCreateError::InvalidArgument("queue capacity out of range for this machine"))?;
+        let seg = Segment::create(expect, 1, len, backing, |body| {
             // SAFETY: the fresh body is exactly one ring of `capacity`, zeroed.
             unsafe { Ring::init(body, capacity, maxsize, kind == ObjectKind::JoinableQueue, opts.checksum) };
             Ok(())
@@ -578,6 +580,15 @@ mod tests {
         plain.put(1_000_000).unwrap();
         plain.raw.ring.scribble_at_head(8, 0x01);
         assert!(matches!(plain.try_get(), Ok(v) if v != 1_000_000));
+    }
+
+    /// Regression: on a 32-bit target `capacity as usize` truncated, so a hostile
+    /// capacity of 2^32 passed the checks as a small ring.
+    #[test]
+    fn a_ring_length_that_does_not_fit_the_address_space_is_refused() {
+        assert_eq!(ring::ring_len(u64::MAX), None);
+        assert_eq!(ring::ring_len(1 << 63), None);
+        assert!(ring::ring_len(1 << 20).is_some_and(|l| l > 1 << 20));
     }
 
     /// Regression: the unfinished count is 24 bits; past 16.7 M items taken and not

@@ -146,9 +146,12 @@ fn frame_word(len: u64, kind: u8, number: u32) -> u64 {
     len | (u64::from(kind) << 32) | (CHECK << 40) | (u64::from(number as u16) << 48)
 }
 
-/// The bytes a ring of `capacity` takes, header included, 64-byte aligned.
-pub(crate) fn ring_len(capacity: u64) -> usize {
-    header_len() + capacity as usize
+/// The bytes a ring of `capacity` takes, header included, 64-byte aligned; `None`
+/// when that is more than this machine can address (`isize::MAX`: a capacity read
+/// from a hostile header on a 32-bit target must not wrap into a small one).
+pub(crate) fn ring_len(capacity: u64) -> Option<usize> {
+    let len = usize::try_from(capacity).ok()?.checked_add(header_len())?;
+    isize::try_from(len).is_ok().then_some(len)
 }
 
 fn header_len() -> usize {
@@ -230,7 +233,7 @@ impl Ring {
     /// Initialises a ring at `at` in a fresh (zeroed, unpublished) segment body.
     ///
     /// # Safety
-    /// `at` points to `ring_len(capacity)` writable, zeroed bytes, 64-byte aligned,
+    /// `at` points to `ring_len(capacity)` (which is `Some`) writable, zeroed bytes, 64-byte aligned,
     /// that nothing else uses yet.
     pub(crate) unsafe fn init(at: *mut u8, capacity: u64, maxsize: u32, joinable: bool, checksum: bool) {
         let hdr = at.cast::<RingHeader>();
@@ -258,7 +261,7 @@ impl Ring {
         let keeper = seg.inode();
         if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity)
             || !capacity.is_power_of_two()
-            || !fits(ring_len(capacity))
+            || ring_len(capacity).is_none_or(|len| !fits(len))
         {
             return Err(ChannelFault::Corrupted("ring capacity"));
         }
