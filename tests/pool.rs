@@ -290,10 +290,12 @@ fn imap_reads_an_endless_input_lazily() {
 fn apply_async_never_blocks_on_a_full_pool() {
     let pool = pool(StartMethod::Fork, 2);
     let start = Instant::now();
-    let handles: Vec<_> = (0..200_000u64).map(|i| pool.apply_async(square, i)).collect();
+    // A million pending tasks: the backlog is in the parent's memory, no descriptor
+    // or segment per task (a peer crate's pool fails at 20 000 with EMFILE).
+    let handles: Vec<_> = (0..1_000_000u64).map(|i| pool.apply_async(square, i)).collect();
     let submitting = start.elapsed();
     assert!(submitting < PATIENCE, "submitting took {submitting:?}");
-    for (i, h) in handles.into_iter().enumerate().step_by(997) {
+    for (i, h) in handles.into_iter().enumerate().step_by(9973) {
         assert_eq!(h.get_timeout(PATIENCE).unwrap(), (i * i) as u64);
     }
     finish_pool(pool);
@@ -362,6 +364,34 @@ fn dies_on_13(x: u64) -> u64 {
         unsafe { libc::raise(libc::SIGKILL) };
     }
     x
+}
+
+/// Ends its worker the way `how` says: an abort, a segfault, or an exit.
+fn dies_by(how: u8) -> u64 {
+    match how {
+        0 => std::process::abort(),
+        // SAFETY: signal(2) and raise(3) on the calling process: the default action
+        // (std installs a handler for stack overflows, which a raised SIGSEGV passes).
+        1 => unsafe {
+            libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+            libc::raise(libc::SIGSEGV);
+            0
+        },
+        _ => std::process::exit(7),
+    }
+}
+
+#[test]
+fn a_worker_that_aborts_segfaults_or_exits_fails_its_task_with_how_it_died() {
+    let pool = pool(StartMethod::Fork, 2);
+    for (how, expect) in [(0u8, -libc::SIGABRT), (1, -libc::SIGSEGV), (2, 7)] {
+        match pool.apply(dies_by, how) {
+            Err(TaskError::WorkerDied { exitcode, .. }) => assert_eq!(exitcode, expect, "how {how}"),
+            other => panic!("how {how}: {other:?}"),
+        }
+        assert_eq!(pool.apply(square, 3), Ok(9), "the pool serves on after how {how}");
+    }
+    finish_pool(pool);
 }
 
 #[test]
@@ -566,6 +596,40 @@ fn dropping_a_pool_reaps_its_workers_and_leaves_no_files() {
     }
     let after = shm_files();
     assert!(after.is_subset(&before), "files left in /dev/shm: {:?}", after.difference(&before));
+}
+
+/// How many descriptors this process has open.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[test]
+fn pool_descriptors_helper() {
+    if std::env::var("SHMPROC_POOL_FDS").is_err() {
+        return;
+    }
+    // One pool first: the fork server and the process's lasting state exist after it.
+    drop(pool(StartMethod::ForkServer, 1));
+    let before = open_fds();
+    for method in METHODS {
+        let pool = pool(method, 2);
+        assert_eq!(pool.map(square, 0..100u64).unwrap()[10], 100);
+        let _ = pool.apply(dies_on_13, 13);
+        pool.terminate();
+    }
+    let links = || -> Vec<String> {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| Some(format!("{:?}", std::fs::read_link(e.ok()?.path()).ok()?)))
+            .collect()
+    };
+    assert_eq!(open_fds(), before, "descriptors left open by pools: {:?}", links());
+}
+
+#[test]
+fn pools_leave_no_descriptor_open() {
+    // Alone in a process: other tests open and close descriptors meanwhile.
+    run_test_alone("pool_descriptors_helper", ("SHMPROC_POOL_FDS", "1"));
 }
 
 fn shm_files() -> HashSet<String> {

@@ -428,20 +428,23 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let State::Started(record) = &self.state else { return };
-        if record.poll().is_some() {
-            return;
+        let State::Started(record) = std::mem::replace(&mut self.state, State::Closed) else { return };
+        if record.poll().is_none() {
+            if self.daemon {
+                let _ = record.signal(libc::SIGKILL);
+                let _ = record.wait(Wait::timeout(Duration::from_secs(5)));
+            } else if record.is_ours() {
+                let record = Arc::clone(&record);
+                // Reaped when it ends, so that it never lingers as a zombie.
+                let _ = std::thread::Builder::new().name("shmproc-reaper".into()).spawn(move || {
+                    let _ = record.wait(Wait::Forever);
+                });
+            }
         }
-        if self.daemon {
-            let _ = record.signal(libc::SIGKILL);
-            let _ = record.wait(Wait::timeout(Duration::from_secs(5)));
-        } else if record.is_ours() {
-            let record = Arc::clone(record);
-            // Reaped when it ends, so that it never lingers as a zombie.
-            let _ = std::thread::Builder::new().name("shmproc-reaper".into()).spawn(move || {
-                let _ = record.wait(Wait::Forever);
-            });
-        }
+        drop(record);
+        // The registry's copy of an ended child holds its status slot's descriptor:
+        // let it go now rather than at the next start.
+        registry::current().forget_ended();
     }
 }
 

@@ -115,6 +115,12 @@ impl Current {
         children.push(child);
     }
 
+    /// Drops the records of ended children nobody else holds.
+    pub(crate) fn forget_ended(&self) {
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        children.retain(|c| Arc::strong_count(c) > 1 || c.poll().is_none());
+    }
+
     pub(crate) fn active_children(&self) -> Vec<ProcessInfo> {
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         children.retain(|c| c.poll().is_none());
