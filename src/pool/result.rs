@@ -120,8 +120,19 @@ fn run_callback(f: impl FnOnce()) {
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
 }
 
-type Callback<T> = Box<dyn FnOnce(&T) + Send>;
-type ErrorCallback = Box<dyn FnOnce(&TaskError) + Send>;
+/// A callback, called at most once through `&mut` (so that its box is freed with
+/// its cell, on whichever thread drops that: see `Dispatch::graveyard`).
+type Callback<T> = Box<dyn FnMut(&T) + Send>;
+type ErrorCallback = Box<dyn FnMut(&TaskError) + Send>;
+
+fn once<T: ?Sized>(f: impl FnOnce(&T) + Send + 'static) -> Box<dyn FnMut(&T) + Send> {
+    let mut f = Some(f);
+    Box::new(move |v: &T| {
+        if let Some(f) = f.take() {
+            f(v);
+        }
+    })
+}
 
 /// A completion: the outcome once there, callbacks until it is.
 struct Completion<T> {
@@ -141,18 +152,16 @@ impl<T> Completion<T> {
     fn complete(&mut self, outcome: Result<T, TaskError>) {
         match &outcome {
             Ok(v) => {
-                if let Some(cb) = self.callback.take() {
+                if let Some(cb) = self.callback.as_mut() {
                     run_callback(|| cb(v));
                 }
             }
             Err(e) => {
-                if let Some(cb) = self.error_callback.take() {
+                if let Some(cb) = self.error_callback.as_mut() {
                     run_callback(|| cb(e));
                 }
             }
         }
-        self.callback = None;
-        self.error_callback = None;
         self.succeeded = Some(outcome.is_ok());
         self.outcome = Some(outcome);
     }
@@ -244,6 +253,7 @@ impl<T: Send + 'static> Cell<T> {
         }
         drop(s);
         let me = Arc::clone(self);
+        let mut cb = cb;
         pool.defer(Box::new(move || {
             if let Some(Ok(v)) = &lock(&me.state).outcome {
                 run_callback(|| cb(v));
@@ -259,6 +269,7 @@ impl<T: Send + 'static> Cell<T> {
         }
         drop(s);
         let me = Arc::clone(self);
+        let mut cb = cb;
         pool.defer(Box::new(move || {
             if let Some(Err(e)) = &lock(&me.state).outcome {
                 run_callback(|| cb(e));
@@ -413,14 +424,14 @@ impl<R: DeserializeOwned + Send + 'static> AsyncResult<R> {
     /// pool's result-handling thread (never in a worker). Register it right after
     /// `apply_async`: one registered once the value was taken never runs.
     pub fn callback(self, callback: impl FnOnce(&R) + Send + 'static) -> Self {
-        self.cell.on_ok(&self.pool, Box::new(callback));
+        self.cell.on_ok(&self.pool, once(callback));
         self
     }
 
     /// Runs `callback` with the error when the task fails, on the pool's
     /// result-handling thread.
     pub fn error_callback(self, callback: impl FnOnce(&TaskError) + Send + 'static) -> Self {
-        self.cell.on_err(&self.pool, Box::new(callback));
+        self.cell.on_err(&self.pool, once(callback));
         self
     }
 
@@ -486,13 +497,13 @@ impl<R: DeserializeOwned + Send + 'static> MapResult<R> {
     /// Runs `callback` with all the values once every task succeeded, on the pool's
     /// result-handling thread.
     pub fn callback(self, callback: impl FnOnce(&[R]) + Send + 'static) -> Self {
-        self.cell.on_ok(&self.pool, Box::new(move |v: &Vec<R>| callback(v)));
+        self.cell.on_ok(&self.pool, once(move |v: &Vec<R>| callback(v)));
         self
     }
 
     /// Runs `callback` with the first error, on the pool's result-handling thread.
     pub fn error_callback(self, callback: impl FnOnce(&TaskError) + Send + 'static) -> Self {
-        self.cell.on_err(&self.pool, Box::new(callback));
+        self.cell.on_err(&self.pool, once(callback));
         self
     }
 
