@@ -51,6 +51,8 @@ const STARTUP_DEATHS: u32 = 3;
 /// Sinks waiting for a submitter to free them, at most (then the result-handling
 /// thread frees them itself).
 const GRAVEYARD_MAX: usize = 1 << 16;
+/// Backlog buffers kept for reuse, at most.
+const SPARE_MAX: usize = 4096;
 /// Starts that fail in a row, with no worker left, before the pool gives up.
 const START_FAILURES: u32 = 5;
 
@@ -100,6 +102,9 @@ struct Dispatch {
     /// arena without a lock that the two threads would fight over (glibc's
     /// arena lock was a fifth of `apply_async`'s time, with futex waits).
     graveyard: Vec<Arc<dyn Sink>>,
+    /// Buffers of backlog entries already sent, reused for the next ones: no
+    /// allocation by a submitter, no free by the result thread.
+    spare: Vec<Vec<u8>>,
 }
 
 struct Worker {
@@ -210,7 +215,12 @@ impl Dispatch {
             }
             let Some(q) = self.backlog.pop_front() else { return };
             match self.try_send(i, q.id, &q.bytes) {
-                Sent::Yes => {}
+                Sent::Yes => {
+                    // Kept for the next backlog entry, not freed here (see `spare`).
+                    if self.spare.len() < SPARE_MAX && q.bytes.capacity() <= 4096 {
+                        self.spare.push(q.bytes);
+                    }
+                }
                 Sent::NoRoom => {
                     self.backlog.push_front(q);
                     return;
@@ -257,6 +267,7 @@ impl Shared {
                 undeliverable: Vec::new(),
                 dead_rings: Vec::new(),
                 graveyard: Vec::new(),
+                spare: Vec::new(),
             }),
             results,
             key,
@@ -341,7 +352,10 @@ impl Shared {
                 }
             }
         }
-        d.backlog.push_back(Queued { id, bytes: bytes.to_vec() });
+        let mut copy = d.spare.pop().unwrap_or_default();
+        copy.clear();
+        copy.extend_from_slice(bytes);
+        d.backlog.push_back(Queued { id, bytes: copy });
         Ok(())
     }
 
