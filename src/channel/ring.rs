@@ -569,7 +569,12 @@ impl Ring {
                 h.consumer.tail_seen.store(tail, Ordering::Release);
                 occupancy = self.occupancy(tail, head);
             }
-            let (used, _) = occupancy.map_err(GetFail::Fault)?;
+            let used = match occupancy {
+                Ok((used, _)) => used,
+                // What was taken is whole: deliver it; the damage is reported next time.
+                Err(_) if taken > 0 => break,
+                Err(f) => return Err(GetFail::Fault(f)),
+            };
             if used == 0 {
                 break;
             }

@@ -361,9 +361,9 @@ impl RawMutex {
         // No tag outlives its hold: a later thread that reuses our id and is caught
         // between its compare-exchange and its own tag store must not be judged
         // "recycled" (and its lock taken over while it runs) by our stale start time.
-        // After the release, so that a failed one never touches a new owner's tag;
-        // a new owner's tag wiped by this store leaves it judged by id alone.
-        self.owner_tag.store(0, Ordering::Relaxed);
+        // Only our own tag: a new owner may already have written its own, which its
+        // re-entry check (`held_by_my_id`) relies on.
+        let _ = self.owner_tag.compare_exchange(tag(me), 0, Ordering::Relaxed, Ordering::Relaxed);
         if cur & WAITERS != 0 {
             wake(&self.word, 1);
         }
