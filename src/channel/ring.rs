@@ -428,7 +428,12 @@ impl Ring {
     pub(crate) fn has_room(&self, message: &Outgoing<'_>) -> bool {
         let h = self.header();
         match self.occupancy(h.tail.load(Ordering::Acquire), h.head.load(Ordering::Acquire)) {
-            Ok(occupancy) => !self.full(occupancy, frame_len(message.frame_payload_len() as u64)),
+            // A joinable ring at its unfinished limit is full until task_done catches
+            // up (the waiter then polls, instead of spinning on a put that fails).
+            Ok(occupancy) => {
+                !self.full(occupancy, frame_len(message.frame_payload_len() as u64))
+                    && !(self.joinable && self.unfinished() >= COUNT_MASK - LIMIT_LOOK)
+            }
             Err(_) => true, // let the put report the corruption
         }
     }
