@@ -432,7 +432,7 @@ impl Ring {
             // up (the waiter then polls, instead of spinning on a put that fails).
             Ok(occupancy) => {
                 !self.full(occupancy, frame_len(message.frame_payload_len() as u64))
-                    && !(self.joinable && self.unfinished() >= COUNT_MASK - LIMIT_LOOK)
+                    && (!self.joinable || self.unfinished() < COUNT_MASK - LIMIT_LOOK)
             }
             Err(_) => true, // let the put report the corruption
         }
