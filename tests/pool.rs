@@ -6,6 +6,9 @@ shmproc::init_before_main!();
 
 mod common;
 
+/// How long any test here may run in all (see `common::watchdog`).
+const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(120);
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,6 +61,7 @@ fn finish_pool(pool: Pool) {
 
 #[test]
 fn map_imap_and_apply_async_under_every_start_method() {
+    let _watchdog = watchdog(WATCHDOG);
     for method in METHODS {
         let pool = pool(method, 2);
         let expect: Vec<u64> = (0..1000).map(|x| x * x).collect();
@@ -74,6 +78,7 @@ fn map_imap_and_apply_async_under_every_start_method() {
 
 #[test]
 fn every_method_gives_exact_results() {
+    let _watchdog = watchdog(WATCHDOG);
     let pool = pool(StartMethod::Fork, 2);
     let expect: Vec<u64> = (0..500).map(|x| x * x).collect();
     assert_eq!(pool.apply(square, 9).unwrap(), 81);
@@ -105,6 +110,7 @@ fn every_method_gives_exact_results() {
 
 #[test]
 fn async_results_report_ready_and_successful() {
+    let _watchdog = watchdog(WATCHDOG);
     let pool = pool(StartMethod::Fork, 2);
     let slow = pool.apply_async(sleep_ms, 300);
     assert!(!slow.ready());
@@ -127,6 +133,7 @@ fn async_results_report_ready_and_successful() {
 
 #[test]
 fn callbacks_run_in_the_parent_on_the_result_thread_in_completion_order() {
+    let _watchdog = watchdog(WATCHDOG);
     let pool = pool(StartMethod::Fork, 2);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let errors = Arc::new(Mutex::new(Vec::new()));
@@ -186,6 +193,7 @@ fn pool_one_worker() -> Pool {
 
 #[test]
 fn a_callback_registered_after_completion_still_runs_on_the_result_thread() {
+    let _watchdog = watchdog(WATCHDOG);
     let pool = pool(StartMethod::Fork, 1);
     let h = pool.apply_async(square, 3);
     assert!(h.wait_timeout(PATIENCE));
@@ -199,6 +207,7 @@ fn a_callback_registered_after_completion_still_runs_on_the_result_thread() {
 
 #[test]
 fn a_panicking_task_fails_alone_with_its_message_and_location() {
+    let _watchdog = watchdog(WATCHDOG);
     for method in METHODS {
         let pool = pool(method, 2);
         let err = pool.apply(fails_on_seven, 7).unwrap_err();
@@ -228,6 +237,7 @@ fn a_panicking_task_fails_alone_with_its_message_and_location() {
 
 #[test]
 fn arguments_that_do_not_serialize_fail_that_task_only() {
+    let _watchdog = watchdog(WATCHDOG);
     let pool = pool(StartMethod::Fork, 2);
     // A shared object cannot be a task argument (as in Python): an error on that task.
     let v = Value::<u64>::new(1).unwrap();
@@ -249,6 +259,7 @@ fn bad_result(_: u64) -> Value<u64> {
 
 #[test]
 fn a_result_that_does_not_serialize_fails_that_task_only() {
+    let _watchdog = watchdog(WATCHDOG);
     let pool = pool(StartMethod::Fork, 1);
     let err = pool.apply(bad_result, 0).unwrap_err();
     assert!(matches!(err, TaskError::Encode(_)), "{err:?}");
@@ -258,6 +269,7 @@ fn a_result_that_does_not_serialize_fails_that_task_only() {
 
 #[test]
 fn arguments_and_results_of_any_size_go_through() {
+    let _watchdog = watchdog(WATCHDOG);
     let pool = pool(StartMethod::Fork, 2);
     let big = vec![7u8; 100 << 20];
     let n = pool.apply(|v: Vec<u8>| v.iter().map(|&b| u64::from(b)).sum::<u64>(), big).unwrap();
@@ -270,6 +282,7 @@ fn arguments_and_results_of_any_size_go_through() {
 
 #[test]
 fn imap_reads_an_endless_input_lazily() {
+    let _watchdog = watchdog(WATCHDOG);
     let pool = pool(StartMethod::Fork, 2);
     let pulled = Arc::new(AtomicUsize::new(0));
     let p = Arc::clone(&pulled);
@@ -288,6 +301,7 @@ fn imap_reads_an_endless_input_lazily() {
 
 #[test]
 fn apply_async_never_blocks_on_a_full_pool() {
+    let _watchdog = watchdog(WATCHDOG);
     let pool = pool(StartMethod::Fork, 2);
     let start = Instant::now();
     // A million pending tasks: the backlog is in the parent's memory, no descriptor
@@ -303,6 +317,7 @@ fn apply_async_never_blocks_on_a_full_pool() {
 
 #[test]
 fn max_tasks_per_child_replaces_workers_and_loses_nothing() {
+    let _watchdog = watchdog(WATCHDOG);
     for method in [StartMethod::Fork, StartMethod::ForkServer] {
         let pool = Pool::builder().processes(2).max_tasks_per_child(3).start_method(method).build().unwrap();
         let pids: Vec<i32> = pool.map_chunked(pid_of, 0..60u64, 1).unwrap();
@@ -333,6 +348,7 @@ fn read_flag(_: u64) -> usize {
 
 #[test]
 fn the_initializer_runs_in_every_worker_and_may_take_shared_objects() {
+    let _watchdog = watchdog(WATCHDOG);
     for method in METHODS {
         let v = Value::<u64>::new(0).unwrap();
         let pool = Pool::builder().processes(2).initializer(set_flag, v.clone()).start_method(method).build().unwrap();
@@ -344,6 +360,7 @@ fn the_initializer_runs_in_every_worker_and_may_take_shared_objects() {
 
 #[test]
 fn an_initializer_that_panics_is_an_error_not_a_respawn_loop() {
+    let _watchdog = watchdog(WATCHDOG);
     let pool = Pool::builder().processes(2).initializer(panicking_initializer, ()).build().unwrap();
     let err = pool.apply_async(square, 3).get_timeout(PATIENCE).unwrap_err();
     assert!(matches!(&err, TaskError::Initializer(m) if m.contains("cannot initialize")), "{err:?}");
@@ -383,6 +400,7 @@ fn dies_by(how: u8) -> u64 {
 
 #[test]
 fn a_worker_that_aborts_segfaults_or_exits_fails_its_task_with_how_it_died() {
+    let _watchdog = watchdog(WATCHDOG);
     let pool = pool(StartMethod::Fork, 2);
     for (how, expect) in [(0u8, -libc::SIGABRT), (1, -libc::SIGSEGV), (2, 7)] {
         match pool.apply(dies_by, how) {
@@ -396,6 +414,7 @@ fn a_worker_that_aborts_segfaults_or_exits_fails_its_task_with_how_it_died() {
 
 #[test]
 fn a_killed_worker_fails_exactly_its_task_and_is_replaced() {
+    let _watchdog = watchdog(WATCHDOG);
     for method in METHODS {
         let pool = pool(method, 2);
         let before = pool.worker_pids();
@@ -509,6 +528,7 @@ fn check_each_once(results: &[Result<u64, TaskError>], killed: usize, what: &str
 
 #[test]
 fn random_kills_during_map_imap_and_apply_async_lose_and_duplicate_nothing() {
+    let _watchdog = watchdog(WATCHDOG);
     const N: u64 = 2_000;
     let (mut total_killed, mut total_died) = (0, 0);
     for (round, method) in [StartMethod::Fork, StartMethod::ForkServer, StartMethod::Fork].into_iter().enumerate() {
@@ -548,6 +568,7 @@ fn random_kills_during_map_imap_and_apply_async_lose_and_duplicate_nothing() {
 
 #[test]
 fn terminate_fails_every_pending_result_and_nothing_hangs() {
+    let _watchdog = watchdog(WATCHDOG);
     let pool = pool(StartMethod::Fork, 2);
     let pending: Vec<_> = (0..10u64).map(|_| pool.apply_async(sleep_ms, 20_000)).collect();
     let m = pool.map_async(sleep_ms, vec![20_000u64; 4]);
@@ -565,6 +586,7 @@ fn terminate_fails_every_pending_result_and_nothing_hangs() {
 
 #[test]
 fn a_closed_pool_refuses_tasks_and_finishes_what_it_has() {
+    let _watchdog = watchdog(WATCHDOG);
     let pool = pool(StartMethod::Fork, 2);
     let pending: Vec<_> = (0..50u64).map(|i| pool.apply_async(sleep_ms, i % 3)).collect();
     assert!(matches!(pool.join(), Err(PoolError::StillRunning)));
@@ -582,6 +604,7 @@ fn a_closed_pool_refuses_tasks_and_finishes_what_it_has() {
 
 #[test]
 fn dropping_a_pool_reaps_its_workers_and_leaves_no_files() {
+    let _watchdog = watchdog(WATCHDOG);
     let before = shm_files();
     let pids = {
         let pool = pool(StartMethod::Fork, 3);
@@ -605,6 +628,7 @@ fn open_fds() -> usize {
 
 #[test]
 fn pool_descriptors_helper() {
+    let _watchdog = watchdog(WATCHDOG);
     if std::env::var("SHMPROC_POOL_FDS").is_err() {
         return;
     }
@@ -628,6 +652,7 @@ fn pool_descriptors_helper() {
 
 #[test]
 fn pools_leave_no_descriptor_open() {
+    let _watchdog = watchdog(WATCHDOG);
     // Alone in a process: other tests open and close descriptors meanwhile.
     run_test_alone("pool_descriptors_helper", ("SHMPROC_POOL_FDS", "1"));
 }
@@ -642,11 +667,13 @@ fn shm_files() -> HashSet<String> {
 
 #[test]
 fn processes_must_be_at_least_one() {
+    let _watchdog = watchdog(WATCHDOG);
     assert!(matches!(Pool::new(0), Err(PoolError::InvalidArgument(_))));
 }
 
 #[test]
 fn waiting_on_the_pool_inside_its_callback_is_an_error_not_a_hang() {
+    let _watchdog = watchdog(WATCHDOG);
     let pool = Arc::new(pool(StartMethod::Fork, 1));
     let (tx, rx) = std::sync::mpsc::channel();
     let inner = Arc::clone(&pool);
@@ -667,6 +694,7 @@ fn waiting_on_the_pool_inside_its_callback_is_an_error_not_a_hang() {
 
 #[test]
 fn a_closed_pool_does_not_restart_its_idle_workers() {
+    let _watchdog = watchdog(WATCHDOG);
     let pool = pool(StartMethod::Fork, 2);
     let before: HashSet<i32> = pool.worker_pids().into_iter().collect();
     let long = pool.apply_async(sleep_ms, 600);
@@ -705,6 +733,7 @@ fn grumpy(_: u64) -> Grumpy {
 
 #[test]
 fn a_result_whose_deserialize_panics_fails_that_task_and_the_pool_serves_on() {
+    let _watchdog = watchdog(WATCHDOG);
     let pool = pool(StartMethod::Fork, 1);
     assert!(matches!(pool.apply(grumpy, 1), Err(TaskError::Decode(_))));
     assert_eq!(pool.apply(square, 6), Ok(36));

@@ -5,6 +5,9 @@ shmproc::init_before_main!();
 
 mod common;
 
+/// How long any test here may run in all (see `common::watchdog`).
+const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(120);
+
 use std::time::Duration;
 
 use common::*;
@@ -42,6 +45,7 @@ fn join<R: serde::Serialize + serde::de::DeserializeOwned>(h: shmproc::JoinHandl
 
 #[test]
 fn values_come_back_under_every_start_method() {
+    let _watchdog = watchdog(WATCHDOG);
     for method in METHODS {
         let ctx = shmproc::context(method);
         assert_eq!(join(ctx.spawn(square, 7).unwrap()), Ok(49), "{method:?}");
@@ -56,6 +60,7 @@ fn values_come_back_under_every_start_method() {
 
 #[test]
 fn a_panic_comes_back_with_its_message_and_location() {
+    let _watchdog = watchdog(WATCHDOG);
     for method in METHODS {
         let h = shmproc::context(method).spawn(fails, 3).unwrap();
         match join(h) {
@@ -70,6 +75,7 @@ fn a_panic_comes_back_with_its_message_and_location() {
 
 #[test]
 fn a_killed_or_exiting_child_says_how_it_ended() {
+    let _watchdog = watchdog(WATCHDOG);
     for method in METHODS {
         let ctx = shmproc::context(method);
         assert_eq!(
@@ -83,6 +89,7 @@ fn a_killed_or_exiting_child_says_how_it_ended() {
 
 #[test]
 fn the_handle_reports_finishing_and_the_process() {
+    let _watchdog = watchdog(WATCHDOG);
     let h = shmproc::spawn(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), 200).unwrap();
     assert!(!h.is_finished());
     assert!(h.process().pid().is_some());

@@ -608,35 +608,32 @@ impl Handler {
     /// Handles a batch of replies: the bookkeeping of all its results under one
     /// lock, then their delivery, then one wake-up per sink.
     fn on_replies(&self, batch: &Batch) {
-        let mut done: Vec<(Pending, usize)> = Vec::with_capacity(batch.len);
+        // Each reply parsed once; results apart from the rest (ready, failed
+        // initializer, nudge).
+        let is_result = |r: &Reply<'_>| matches!(r.kind, task::REPLY_RESULT | task::REPLY_LAST_RESULT);
+        let (results, others): (Vec<Reply<'_>>, Vec<Reply<'_>>) =
+            batch.replies().filter_map(Reply::parse).partition(is_result);
+        let mut done: Vec<(Pending, &Reply<'_>)> = Vec::with_capacity(results.len());
         let overflow = {
             let mut d = lock(&self.shared.dispatch);
             // The last batch's sinks, for the next submitter to free (see `graveyard`).
             d.graveyard.append(&mut self.graves.borrow_mut());
             let overflow = (d.graveyard.len() > GRAVEYARD_MAX).then(|| std::mem::take(&mut d.graveyard));
-            for (k, msg) in batch.replies().enumerate() {
-                let Some(reply) = Reply::parse(msg) else { continue };
-                if matches!(reply.kind, task::REPLY_RESULT | task::REPLY_LAST_RESULT) {
-                    if let Some(p) = self.settle(&mut d, &reply) {
-                        done.push((p, k));
-                    }
+            for reply in &results {
+                if let Some(p) = self.settle(&mut d, reply) {
+                    done.push((p, reply));
                 }
             }
             overflow
         };
         // Nobody submits for a while: freed here after all.
         drop(overflow);
-        for msg in batch.replies() {
-            if let Some(reply) =
-                Reply::parse(msg).filter(|r| !matches!(r.kind, task::REPLY_RESULT | task::REPLY_LAST_RESULT))
-            {
-                self.on_reply_other(&reply);
-            }
+        for reply in &others {
+            self.on_reply_other(reply);
         }
         let mut touched: Vec<&Arc<dyn Sink>> = Vec::new();
-        for (p, k) in &done {
-            let Some(reply) = Reply::parse(&batch.bufs[*k]) else { continue };
-            Self::deliver(p, &reply);
+        for (p, reply) in &done {
+            Self::deliver(p, reply);
             if !touched.iter().any(|t| Arc::ptr_eq(t, &p.sink)) {
                 touched.push(&p.sink);
             }

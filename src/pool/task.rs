@@ -290,7 +290,9 @@ impl<'a> TaskMsg<'a> {
     pub(crate) fn run(&self, capture: &PanicCapture, key: TagKey, verified: &mut Option<u64>, out: &mut Vec<u8>) {
         if *verified != Some(self.offset) {
             if key.tag(self.offset) != self.tag {
-                return fail_items(self.count, "the task's function reference failed its check (damaged message)", out);
+                // The count is as untrusted as the reference: one item says it (the
+                // parent fails the whole chunk on a count that does not match).
+                return fail_items(1, "the task's function reference failed its check (damaged message)", out);
             }
             *verified = Some(self.offset);
         }

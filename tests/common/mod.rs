@@ -150,3 +150,38 @@ pub fn restore_descriptors(taken: Vec<i32>, old: libc::rlimit) {
     // SAFETY: restoring the limit read by `exhaust_descriptors`.
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) };
 }
+
+/// Bounds a whole test whose blocking calls have no time-out of their own (a
+/// pool's `map`, `apply`, an imap iterator): if the test is still running after
+/// `limit`, the watchdog says so and aborts the test binary, which then fails
+/// instead of hanging. Dropped at the end of the test, it is disarmed.
+pub fn watchdog(limit: Duration) -> Watchdog {
+    let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let name = std::thread::current().name().unwrap_or("a test").to_owned();
+    let flag = std::sync::Arc::clone(&armed);
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if !flag.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if flag.load(std::sync::atomic::Ordering::Acquire) {
+            eprintln!("{name} overstayed {limit:?}: aborting the test binary");
+            std::process::abort();
+        }
+    });
+    Watchdog { armed }
+}
+
+/// Disarms its watchdog when dropped.
+pub struct Watchdog {
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.armed.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
