@@ -68,6 +68,7 @@
 //! ```
 
 mod channel;
+mod executor;
 mod pool;
 mod process;
 mod segment;
@@ -86,6 +87,10 @@ struct ReadmeDoctests;
 pub use channel::{
     BufferTooShort, ChannelFault, Connection, JoinableQueue, Pipe, Queue, QueueBuilder, RecvError, RecvIntoError,
     RecvTimeoutError, SendError, SendTimeoutError, TaskDoneError, TryRecvError, TrySendError, DEFAULT_CAPACITY,
+};
+pub use executor::{
+    as_completed, wait, AsCompleted, Executor, ExecutorMap, MapOptions, ProcessPoolExecutor,
+    ProcessPoolExecutorBuilder, ReturnWhen, SubmitError, TaskFuture, ThreadPoolExecutor, ThreadPoolExecutorBuilder,
 };
 pub use pool::{AsyncResult, IMap, MapResult, Pool, PoolBuilder, PoolError, StarTask, TaskError};
 pub use process::{

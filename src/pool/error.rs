@@ -57,6 +57,17 @@ pub enum TaskError {
     /// callback): the result could never arrive, so this fails at once instead.
     #[error("waiting for a pool's result inside its callback would wait forever")]
     WouldDeadlock,
+    /// The task was cancelled before it started (an executor's
+    /// [`TaskFuture::cancel`](crate::TaskFuture::cancel), or its shutdown with
+    /// `cancel_futures`; Python's `CancelledError`).
+    #[error("the task was cancelled")]
+    Cancelled,
+    /// The pool stopped serving after a worker died abruptly, as asked with
+    /// [`ProcessPoolExecutorBuilder::break_on_worker_death`](crate::ProcessPoolExecutorBuilder::break_on_worker_death)
+    /// (Python's `BrokenProcessPool`), or a thread executor's initializer panicked
+    /// (`BrokenThreadPool`).
+    #[error("the pool is broken: {0}")]
+    Broken(String),
 }
 
 fn describe_exit(code: i32) -> String {

@@ -87,7 +87,10 @@ struct Dispatch {
     first_id: u64,
     avg_chunk_ns: u64,
     max_tasks: u64,
-    broken: Option<String>,
+    /// Why the pool serves no more (every task fails with this), if it is broken.
+    broken: Option<TaskError>,
+    /// Python's `BrokenProcessPool`: a worker dying abruptly breaks the pool.
+    break_on_death: bool,
     startup_deaths: u32,
     start_failures: u32,
     /// Chunks no ring would take (a fault, or no file for a large message): failed
@@ -125,6 +128,8 @@ enum Sent {
     NoRoom,
     /// The message could not be put at all (its side segment, a damaged ring).
     Failed(String),
+    /// Its task was cancelled (or is no longer pending): drop it.
+    Cancelled,
 }
 
 struct Queued {
@@ -195,15 +200,40 @@ impl Dispatch {
     /// Puts `bytes` (task `id`) into worker `i`'s ring if it fits now.
     fn try_send(&mut self, i: usize, id: u64, bytes: &[u8]) -> Sent {
         let Some(w) = self.workers[i].as_mut() else { return Sent::NoRoom };
-        match w.tasks.put_bytes_with(bytes, Wait::Never) {
+        let at = id.checked_sub(self.first_id).and_then(|at| usize::try_from(at).ok());
+        let Some(Some(p)) = at.and_then(|at| self.pending.get(at)) else { return Sent::Cancelled };
+        // Claimed first, so that a cancel either comes before (and it is not sent) or
+        // finds it started.
+        if !p.sink.start() {
+            return Sent::Cancelled;
+        }
+        let sent = match w.tasks.put_bytes_with(bytes, Wait::Never) {
             Ok(()) => {
                 w.held.push_back(id);
                 w.sent += 1;
-                Sent::Yes
+                return Sent::Yes;
             }
             Err(crate::SendTimeoutError::Timeout(())) | Err(crate::SendTimeoutError::Disconnected(())) => Sent::NoRoom,
             Err(crate::SendTimeoutError::Failed { fault, .. }) => Sent::Failed(fault.to_string()),
+        };
+        p.sink.unstart();
+        sent
+    }
+
+    /// Cancels every backlog chunk whose sink can be cancelled (an executor's
+    /// `shutdown(cancel_futures)`); the sinks to complete, outside the lock.
+    fn cancel_backlog(&mut self) -> Vec<Arc<dyn Sink>> {
+        let mut cancelled = Vec::new();
+        let backlog = std::mem::take(&mut self.backlog);
+        for q in backlog {
+            let claimed = self.pending_mut(q.id).and_then(|p| p.as_ref()).is_some_and(|p| p.sink.claim_cancel());
+            if claimed {
+                cancelled.extend(self.remove(q.id).map(|p| p.sink));
+            } else {
+                self.backlog.push_back(q);
+            }
         }
+        cancelled
     }
 
     /// Moves backlog chunks into worker `i`'s ring while it has room.
@@ -230,6 +260,9 @@ impl Dispatch {
                         self.undeliverable.push((p, TaskError::Send(why)));
                     }
                 }
+                Sent::Cancelled => {
+                    self.remove(q.id);
+                }
             }
         }
     }
@@ -252,7 +285,13 @@ fn fail_all(pending: Vec<Pending>, error: &TaskError) {
 }
 
 impl Shared {
-    pub(crate) fn new(results: Queue<Vec<u8>>, key: TagKey, processes: usize, max_tasks: u64) -> Shared {
+    pub(crate) fn new(
+        results: Queue<Vec<u8>>,
+        key: TagKey,
+        processes: usize,
+        max_tasks: u64,
+        break_on_death: bool,
+    ) -> Shared {
         Shared {
             dispatch: Mutex::new(Dispatch {
                 workers: (0..processes).map(|_| None).collect(),
@@ -262,6 +301,7 @@ impl Shared {
                 avg_chunk_ns: FIRST_GUESS,
                 max_tasks,
                 broken: None,
+                break_on_death,
                 startup_deaths: 0,
                 start_failures: 0,
                 undeliverable: Vec::new(),
@@ -308,6 +348,17 @@ impl Shared {
         self.state.load(Ordering::Acquire) == RUNNING
     }
 
+    /// `Ok` while the pool takes tasks; else the error a submission gets.
+    pub(crate) fn accepting(&self) -> Result<(), TaskError> {
+        if !self.is_running() {
+            return Err(TaskError::PoolClosed);
+        }
+        match &lock(&self.dispatch).broken {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
     /// Submits a chunk whose message is in `bytes` (the id is filled in here).
     pub(crate) fn submit(
         &self,
@@ -335,8 +386,8 @@ impl Shared {
         if self.state.load(Ordering::Acquire) != RUNNING {
             return Err(TaskError::PoolClosed);
         }
-        if let Some(why) = &d.broken {
-            return Err(TaskError::Initializer(why.clone()));
+        if let Some(e) = &d.broken {
+            return Err(e.clone());
         }
         let id = d.insert(Pending { sink, base, count });
         task::set_task_id(bytes, id);
@@ -348,6 +399,10 @@ impl Shared {
                     Sent::Failed(why) => {
                         d.remove(id);
                         return Err(TaskError::Send(why));
+                    }
+                    Sent::Cancelled => {
+                        d.remove(id);
+                        return Ok(());
                     }
                 }
             }
@@ -388,6 +443,16 @@ impl Shared {
         let mut msg = Vec::with_capacity(task::REPLY_HEADER);
         task::begin_reply(&mut msg, 0, 0, task::REPLY_NUDGE);
         let _ = self.results.put_bytes_with(&msg, Wait::Never);
+    }
+
+    /// Cancels the tasks not yet handed to a worker whose sinks allow it (the
+    /// executors' futures); how many.
+    pub(crate) fn cancel_pending(&self) -> usize {
+        let cancelled = lock(&self.dispatch).cancel_backlog();
+        for sink in &cancelled {
+            sink.cancelled();
+        }
+        cancelled.len()
     }
 
     pub(crate) fn close(&self) {
@@ -596,7 +661,7 @@ impl Handler {
                 let why = reply.init_failure();
                 let all = {
                     let mut d = lock(&self.shared.dispatch);
-                    d.broken.get_or_insert(why.clone());
+                    d.broken.get_or_insert(TaskError::Initializer(why.clone()));
                     d.take_all()
                 };
                 fail_all(all, &TaskError::Initializer(why));
@@ -791,10 +856,16 @@ impl Handler {
             if !w.ready {
                 d.startup_deaths += 1;
                 if d.startup_deaths >= STARTUP_DEATHS && d.broken.is_none() {
-                    d.broken = Some(format!("pool workers keep dying while starting (last exit code {code})"));
+                    let why = format!("pool workers keep dying while starting (last exit code {code})");
+                    d.broken = Some(TaskError::Initializer(why));
                 }
             }
             let failed: Vec<Pending> = w.held.iter().filter_map(|&id| d.remove(id)).collect();
+            // Retiring (max_tasks_per_child) and closing workers end on purpose.
+            if d.break_on_death && !w.retiring && !w.closed && d.broken.is_none() {
+                let how = TaskError::WorkerDied { pid, exitcode: code };
+                d.broken = Some(TaskError::Broken(format!("a worker ended abruptly ({how})")));
+            }
             let state = self.shared.state.load(Ordering::Acquire);
             // A worker whose ring was closed (the pool is closing) is not replaced,
             // nor is one once the pool is closed and nothing is left to send.
@@ -802,9 +873,9 @@ impl Handler {
             (failed, d.broken.clone(), replace)
         };
         fail_all(failed, &TaskError::WorkerDied { pid, exitcode: code });
-        if let Some(why) = broken {
+        if let Some(e) = broken {
             let all = lock(&self.shared.dispatch).take_all();
-            fail_all(all, &TaskError::Initializer(why));
+            fail_all(all, &e);
             return;
         }
         if replace {
@@ -818,16 +889,17 @@ impl Handler {
         match self.start_worker(i) {
             Ok(()) => lock(&self.shared.dispatch).start_failures = 0,
             Err(e) => {
-                let all = {
+                let (why, all) = {
                     let mut d = lock(&self.shared.dispatch);
                     d.start_failures += 1;
                     if d.start_failures < START_FAILURES || d.workers.iter().any(Option::is_some) {
                         return;
                     }
-                    d.broken.get_or_insert_with(|| format!("cannot start a worker: {e}"));
-                    d.take_all()
+                    let why =
+                        d.broken.get_or_insert_with(|| TaskError::Initializer(format!("cannot start a worker: {e}")));
+                    (why.clone(), d.take_all())
                 };
-                fail_all(all, &TaskError::Initializer(format!("cannot start a worker: {e}")));
+                fail_all(all, &why);
             }
         }
     }

@@ -43,9 +43,13 @@ pub use error::{PoolError, TaskError};
 pub use result::{AsyncResult, MapResult};
 pub use task::StarTask;
 
-use handler::{Shared, Starter};
-use result::{Marker, Sink, StreamSink};
-use task::{Invoke, Plain, Star, TaggedRunner};
+pub(crate) use handler::Shared;
+pub(crate) use result::{Latch, Sink};
+pub(crate) use task::{Items, Plain};
+
+use handler::Starter;
+use result::{Marker, StreamSink};
+use task::{Invoke, Star, TaggedRunner};
 use worker::{no_initializer, worker_main, WorkerArgs};
 
 use crate::channel::Queue;
@@ -97,6 +101,7 @@ pub struct PoolBuilder {
     processes: Option<usize>,
     max_tasks: u64,
     method: Option<StartMethod>,
+    break_on_death: bool,
     starter: Box<dyn FnOnce(Option<StartMethod>) -> Starter>,
 }
 
@@ -142,6 +147,7 @@ impl Default for PoolBuilder {
             processes: None,
             max_tasks: 0,
             method: None,
+            break_on_death: false,
             starter: Box::new(|m| starter_of(no_initializer, m, ())),
         }
     }
@@ -185,6 +191,13 @@ impl PoolBuilder {
         self.start_method(ctx.start_method())
     }
 
+    /// Makes a worker's abrupt death break the whole pool (Python's
+    /// `BrokenProcessPool`), for the process executor's option of that name.
+    pub(crate) fn break_on_worker_death(mut self, yes: bool) -> Self {
+        self.break_on_death = yes;
+        self
+    }
+
     /// Starts the workers.
     pub fn build(self) -> Result<Pool, PoolError> {
         let processes = match self.processes {
@@ -193,7 +206,8 @@ impl PoolBuilder {
             None => crate::cpu_count().max(1),
         };
         let results = Queue::<Vec<u8>>::builder().capacity(handler::RESULT_RING).build()?.spinning(SPIN_ROUNDS);
-        let shared = Arc::new(Shared::new(results, handler::new_key()?, processes, self.max_tasks));
+        let shared =
+            Arc::new(Shared::new(results, handler::new_key()?, processes, self.max_tasks, self.break_on_death));
         shared.launch((self.starter)(self.method))?;
         Ok(Pool { shared, processes })
     }
@@ -244,6 +258,11 @@ impl Pool {
         self.processes
     }
 
+    /// What the pool's handles and its result-handling thread share.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// The process ids of the workers running now (they change as workers are
     /// replaced).
     pub fn worker_pids(&self) -> Vec<i32> {
@@ -284,7 +303,14 @@ impl Pool {
         result
     }
 
-    fn submit_one<C: Invoke>(&self, args: &C::In, sink: Arc<dyn Sink>) -> Result<(), TaskError> {
+    /// Submits one task (or, for an executor's map, one chunk of `items`) whose
+    /// results go to `sink`.
+    pub(crate) fn submit_one<C: Invoke>(&self, args: &C::In, sink: Arc<dyn Sink>) -> Result<(), TaskError> {
+        self.submit_chunk::<C>(std::slice::from_ref(args), sink)
+    }
+
+    /// Submits `items` as one chunk (results `0..items.len()` of `sink`).
+    pub(crate) fn submit_chunk<C: Invoke>(&self, items: &[C::In], sink: Arc<dyn Sink>) -> Result<(), TaskError> {
         if !self.shared.is_running() {
             return Err(TaskError::PoolClosed);
         }
@@ -297,7 +323,9 @@ impl Pool {
                 Err(_) => &mut fresh,
             };
             let mut chunk = Chunk::begin(buf, runner);
-            chunk.push(args)?;
+            for item in items {
+                chunk.push(item)?;
+            }
             let (bytes, count) = chunk.finish();
             let submitted = self.shared.submit(sink, 0, count, bytes);
             if buf.capacity() > 1 << 20 {

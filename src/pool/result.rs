@@ -28,6 +28,22 @@ pub(crate) trait Sink: Send + Sync {
     fn fail(&self, base: usize, count: u32, error: &TaskError);
     /// Wakes whoever waits on what `deliver` put here (once after several).
     fn notify(&self) {}
+    /// The chunk is being handed to a worker (under the pool's lock): `false` if it
+    /// was cancelled, and is then dropped instead of sent.
+    fn start(&self) -> bool {
+        true
+    }
+    /// The hand-over did not happen (the ring was full): it waits again, and may
+    /// still be cancelled.
+    fn unstart(&self) {}
+    /// Claims a chunk that has not started for cancelling (under the pool's lock);
+    /// if `true`, [`cancelled`](Sink::cancelled) must follow, outside that lock (it
+    /// runs callbacks).
+    fn claim_cancel(&self) -> bool {
+        false
+    }
+    /// Completes a chunk claimed by [`claim_cancel`](Sink::claim_cancel).
+    fn cancelled(&self) {}
 }
 
 /// An event count: waiters wait for `seq` to move past what they saw, spinning,
