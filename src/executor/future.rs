@@ -11,7 +11,7 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -55,9 +55,13 @@ impl Board {
     }
 }
 
+/// An outcome, shared by the completer (running callbacks with it) and the future
+/// (lending it), until the future takes it whole.
+type Outcome<R> = Arc<Result<R, TaskError>>;
+
 struct Slot<R> {
-    /// Set when the cell completes; taken by its `TaskFuture` (into its own cell).
-    outcome: Option<Result<R, TaskError>>,
+    /// Set when the cell completes.
+    outcome: Option<Outcome<R>>,
     callbacks: Vec<DoneCallback<R>>,
     observers: Vec<(Arc<Board>, usize)>,
     waker: Option<Waker>,
@@ -67,6 +71,8 @@ struct Slot<R> {
 /// result-handling thread, a thread executor's worker).
 pub(crate) struct FutureCell<R> {
     state: AtomicU8,
+    /// Done, and its callbacks have all run: the completer holds no outcome.
+    settled: AtomicBool,
     slot: Mutex<Slot<R>>,
     latch: Latch,
     /// The pool whose result-handling thread completes this cell: waiting there
@@ -78,6 +84,7 @@ impl<R> FutureCell<R> {
     pub(crate) fn new(pool: Option<Arc<Shared>>) -> FutureCell<R> {
         FutureCell {
             state: AtomicU8::new(PENDING),
+            settled: AtomicBool::new(false),
             slot: Mutex::new(Slot { outcome: None, callbacks: Vec::new(), observers: Vec::new(), waker: None }),
             latch: Latch::default(),
             pool,
@@ -135,41 +142,54 @@ impl<R> FutureCell<R> {
         }
     }
 
-    /// Runs the callbacks (those added meanwhile too), then makes the outcome
-    /// visible and wakes every waiter. The state turns final under the slot's lock
-    /// once no callback is left, so a callback added later sees it done and is run
-    /// by whoever adds it.
+    /// Makes the outcome visible and the state final (as Python does, before the
+    /// callbacks: a callback sees its future done), wakes the waiters, then runs
+    /// the callbacks registered so far. One added later sees the cell done and is
+    /// run by whoever adds it.
     fn publish(&self, outcome: Result<R, TaskError>, last: u8) {
-        let (observers, waker) = loop {
+        let outcome = Arc::new(outcome);
+        let (observers, callbacks) = {
             let mut slot = lock(&self.slot);
-            let callbacks = std::mem::take(&mut slot.callbacks);
-            if callbacks.is_empty() {
-                slot.outcome = Some(outcome);
-                self.state.store(last, Ordering::Release);
-                break (std::mem::take(&mut slot.observers), slot.waker.take());
-            }
-            drop(slot);
-            for cb in callbacks {
-                run_callback(|| cb(&outcome));
-            }
+            slot.outcome = Some(Arc::clone(&outcome));
+            self.state.store(last, Ordering::Release);
+            (std::mem::take(&mut slot.observers), std::mem::take(&mut slot.callbacks))
         };
         self.latch.notify();
         for (board, index) in observers {
             board.push(index);
         }
+        for cb in callbacks {
+            run_callback(|| cb(&outcome));
+        }
+        drop(outcome);
+        // Settled: whoever takes the outcome whole now holds its only copy.
+        let waker = {
+            let mut slot = lock(&self.slot);
+            self.settled.store(true, Ordering::Release);
+            slot.waker.take()
+        };
+        self.latch.notify();
         if let Some(w) = waker {
             w.wake();
         }
     }
 
-    /// Adds `cb`; hands it back if the cell is already done (the caller runs it).
-    fn add_callback(&self, cb: DoneCallback<R>) -> Option<DoneCallback<R>> {
+    /// Adds `cb`, or hands it back with the outcome if the cell is already done
+    /// (the caller runs it).
+    #[allow(clippy::type_complexity)]
+    fn add_callback(&self, cb: DoneCallback<R>) -> Option<(DoneCallback<R>, Outcome<R>)> {
         let mut slot = lock(&self.slot);
-        if self.is_done() {
-            return Some(cb);
+        match &slot.outcome {
+            Some(outcome) => Some((cb, Arc::clone(outcome))),
+            None => {
+                slot.callbacks.push(cb);
+                None
+            }
         }
-        slot.callbacks.push(cb);
-        None
+    }
+
+    fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
     }
 
     /// Has `board` told (index `index`) when the cell is done; `true` if it is
@@ -204,10 +224,16 @@ impl<R> FutureCell<R> {
         }
     }
 
-    /// The outcome of a done cell, moved out (once).
-    fn take_outcome(&self) -> Result<R, TaskError> {
-        lock(&self.slot).outcome.take().unwrap_or(Err(TaskError::AlreadyTaken))
+    /// The outcome of a done cell, shared.
+    fn outcome(&self) -> Outcome<R> {
+        lock(&self.slot).outcome.clone().unwrap_or_else(|| Arc::new(Err(TaskError::AlreadyTaken)))
     }
+
+    /// The outcome of a settled cell, moved out (once).
+    fn take_outcome(&self) -> Option<Outcome<R>> {
+        lock(&self.slot).outcome.take()
+    }
+
 }
 
 /// Runs a user's callback; one that panics is reported (the panic hook prints it)
@@ -217,7 +243,7 @@ fn run_callback(f: impl FnOnce()) {
 }
 
 /// One task's sink is its cell (a pool's single task).
-impl<R: DeserializeOwned + Send + 'static> Sink for FutureCell<R> {
+impl<R: DeserializeOwned + Send + Sync + 'static> Sink for FutureCell<R> {
     fn deliver(&self, _base: usize, _count: u32, items: &mut Items<'_>) {
         self.complete(items.next::<R>());
     }
@@ -247,7 +273,7 @@ impl<R: DeserializeOwned + Send + 'static> Sink for FutureCell<R> {
 /// one per item (an item that failed is an `Err`; the others are kept).
 pub(crate) struct ChunkSink<R>(pub(crate) Arc<FutureCell<Vec<Result<R, TaskError>>>>);
 
-impl<R: DeserializeOwned + Send + 'static> Sink for ChunkSink<R> {
+impl<R: DeserializeOwned + Send + Sync + 'static> Sink for ChunkSink<R> {
     fn deliver(&self, _base: usize, count: u32, items: &mut Items<'_>) {
         self.0.complete(Ok((0..count).map(|_| items.next::<R>()).collect()));
     }
@@ -282,7 +308,8 @@ impl<R: DeserializeOwned + Send + 'static> Sink for ChunkSink<R> {
 /// thread (the completer wakes the task's waker).
 ///
 /// Futures compare and hash by identity, so that one can key a map as in Python's
-/// `{executor.submit(f, x): x for x in xs}`.
+/// `{executor.submit(f, x): x for x in xs}` (Clippy's `mutable_key_type` lint
+/// sees the state inside; identity never changes, so allow it there).
 ///
 /// ```
 /// use shmproc::{Executor, ProcessPoolExecutor};
@@ -298,9 +325,9 @@ impl<R: DeserializeOwned + Send + 'static> Sink for ChunkSink<R> {
 #[must_use = "a TaskFuture does nothing unless you wait for it (the task runs anyway)"]
 pub struct TaskFuture<R> {
     cell: Arc<FutureCell<R>>,
-    /// The outcome, moved here from the cell the first time it is read, so that
+    /// The outcome, shared with the cell from the first time it is read, so that
     /// `result` can lend it (`&R`) as often as asked.
-    outcome: OnceLock<Result<R, TaskError>>,
+    outcome: OnceLock<Arc<Result<R, TaskError>>>,
 }
 
 impl<R> TaskFuture<R> {
@@ -338,7 +365,7 @@ impl<R> TaskFuture<R> {
 
     /// The outcome of a done future, lent.
     fn outcome(&self) -> &Result<R, TaskError> {
-        self.outcome.get_or_init(|| self.cell.take_outcome())
+        self.outcome.get_or_init(|| self.cell.outcome())
     }
 
     /// Waits at most `timeout` (`None`: as long as it takes) for the task and
@@ -370,21 +397,31 @@ impl<R> TaskFuture<R> {
     /// canceller's), or at once on this thread if it is already done. A callback
     /// that panics is reported and ignored.
     pub fn add_done_callback(&self, callback: impl FnOnce(&Result<R, TaskError>) + Send + 'static) {
-        if let Some(cb) = self.cell.add_callback(Box::new(callback)) {
-            run_callback(|| cb(self.outcome()));
+        if let Some((cb, outcome)) = self.cell.add_callback(Box::new(callback)) {
+            run_callback(|| cb(&outcome));
         }
     }
 
     /// Waits for the task and returns its outcome, owned (what `.await` gives,
-    /// for a caller that is not async).
+    /// for a caller that is not async). Once the future is done, this also waits
+    /// for its callbacks, which borrow the outcome.
     pub fn into_result(mut self) -> Result<R, TaskError> {
         self.cell.wait(Wait::Forever)?;
         self.take()
     }
 
-    /// The outcome of a done future, moved out.
+    /// The outcome of a done future, moved out (once it is settled: its
+    /// completer is done with it a moment after it is done).
     pub(crate) fn take(&mut self) -> Result<R, TaskError> {
-        self.outcome.take().unwrap_or_else(|| self.cell.take_outcome())
+        self.cell.latch.wait_for(Wait::Forever, || self.cell.is_settled().then_some(()));
+        drop(self.outcome.take());
+        let Some(outcome) = self.cell.take_outcome() else { return Err(TaskError::AlreadyTaken) };
+        // Settled: the cell held the last other copy. (A second copy would be a
+        // bug; it is reported rather than waited for.)
+        Arc::try_unwrap(outcome).unwrap_or_else(|shared| match &*shared {
+            Ok(_) => Err(TaskError::Decode("the result is still shared".into())),
+            Err(e) => Err(e.clone()),
+        })
     }
 
     /// Waits as `wait` allows for the future to be done.
@@ -412,10 +449,10 @@ impl<R> std::future::Future for TaskFuture<R> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let me = self.get_mut();
-        if !me.cell.is_done() {
+        if !me.cell.is_settled() {
             let mut slot = lock(&me.cell.slot);
             // Checked again under the lock: the completer takes the waker under it.
-            if !me.cell.is_done() {
+            if !me.cell.is_settled() {
                 match &mut slot.waker {
                     Some(w) if w.will_wake(cx.waker()) => {}
                     w => *w = Some(cx.waker().clone()),

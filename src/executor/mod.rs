@@ -57,7 +57,7 @@ pub trait Executor {
         Self: Sized,
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static;
+        R: Serialize + DeserializeOwned + Send + Sync + 'static;
 
     /// `f` over every item (Python's `map(fn, iterable, timeout, chunksize)`): the
     /// tasks are submitted now, in chunks of `options.chunksize`, and the results
@@ -68,7 +68,7 @@ pub trait Executor {
         Self: Sized,
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + Sync + 'static,
         I: IntoIterator<Item = A>;
 
     /// Stops accepting tasks (Python's `shutdown(wait, cancel_futures)`). With

@@ -142,7 +142,7 @@ impl Executor for ProcessPoolExecutor {
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
         let _ = f;
         if self.shut.load(Ordering::Acquire) {
@@ -161,7 +161,7 @@ impl Executor for ProcessPoolExecutor {
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + Sync + 'static,
         I: IntoIterator<Item = A>,
     {
         let _ = f;

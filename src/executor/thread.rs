@@ -51,7 +51,7 @@ impl<F, A, R> Job for TaskJob<F, A, R>
 where
     F: FnOnce(A) -> R + Send,
     A: Send,
-    R: Send,
+    R: Send + Sync,
 {
     fn run(self: Box<Self>) {
         let TaskJob { f, args, cell } = *self;
@@ -85,7 +85,7 @@ impl<F, A, R> Job for ChunkJob<F, A, R>
 where
     F: Fn(A) -> R + Send + Sync,
     A: Send,
-    R: Send,
+    R: Send + Sync,
 {
     fn run(self: Box<Self>) {
         let ChunkJob { f, items, cell } = *self;
@@ -321,7 +321,7 @@ impl ThreadPoolExecutor {
     where
         F: FnOnce(A) -> R + Send + 'static,
         A: Send + 'static,
-        R: Send + 'static,
+        R: Send + Sync + 'static,
     {
         let cell = Arc::new(FutureCell::new(None));
         let job_cell = Arc::clone(&cell);
@@ -334,7 +334,7 @@ impl ThreadPoolExecutor {
     where
         F: Fn(A) -> R + Send + Sync + 'static,
         A: Send + 'static,
-        R: Send + 'static,
+        R: Send + Sync + 'static,
         I: IntoIterator<Item = A>,
     {
         let f = Arc::new(f);
@@ -378,7 +378,7 @@ impl Executor for ThreadPoolExecutor {
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
         ThreadPoolExecutor::submit(self, f, args)
     }
@@ -387,7 +387,7 @@ impl Executor for ThreadPoolExecutor {
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + Sync + 'static,
         I: IntoIterator<Item = A>,
     {
         ThreadPoolExecutor::map(self, f, iterable, options)
