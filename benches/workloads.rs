@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use shmproc::testing::{fork, set_spin_rounds, Child, Exit, DEFAULT_SPIN_ROUNDS};
 use shmproc::{
-    Barrier, Connection, Event, JoinableQueue, Lock, Pipe, Pool, Process, Queue, RawArray, Semaphore, StartMethod,
-    Value,
+    as_completed, Barrier, Connection, Event, Executor, JoinableQueue, Lock, MapOptions, Pipe, Pool, Process,
+    ProcessPoolExecutor, Queue, RawArray, Semaphore, StartMethod, ThreadPoolExecutor, Value,
 };
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -429,6 +429,60 @@ fn pool_family(prefixes: &[String]) {
     pool.terminate();
 }
 
+/// The executor workloads on one started, warmed 2-worker process executor, as
+/// Python's side does.
+fn executor_family(prefixes: &[String]) {
+    let wanted = |name: &str| prefixes.is_empty() || prefixes.iter().any(|p| name.starts_with(p.as_str()));
+    let ex = ProcessPoolExecutor::new(2).unwrap();
+    let _ = ex.map(square, 0..100u64, MapOptions::new()).unwrap().count();
+    let expect_sum: u64 = (0..N_POOL).map(|x| x * x).sum();
+    if wanted("executor_submit_20000") {
+        let t = timed_ms(|| submit_all_as_completed(&ex), |s: &u64| assert_eq!(*s, expect_sum));
+        emit("executor_submit_20000", t, "ms");
+    }
+    for chunksize in [1, 1000] {
+        let name = format!("executor_map_20000_chunksize{chunksize}");
+        if wanted(&name) {
+            let options = MapOptions::new().chunksize(chunksize).timeout(PATIENCE);
+            let t = timed_ms(
+                || ex.map(square, 0..N_POOL, options).unwrap().map(Result::unwrap).sum::<u64>(),
+                |s: &u64| assert_eq!(*s, expect_sum),
+            );
+            emit(&name, t, "ms");
+        }
+    }
+}
+
+/// `submit(square, i)` for every i, then the results summed through `as_completed`.
+fn submit_all_as_completed(ex: &impl Executor) -> u64 {
+    let futures: Vec<_> = (0..N_POOL).map(|i| ex.submit(square, i).unwrap()).collect();
+    as_completed(&futures, Some(PATIENCE)).map(|f| *f.unwrap().result(None).unwrap()).sum()
+}
+
+/// Create a 2-worker process executor, run one task, shut down (waiting).
+fn executor_startup() {
+    let times = (0..6)
+        .map(|_| {
+            let t = Instant::now();
+            let ex = ProcessPoolExecutor::new(2).unwrap();
+            assert_eq!(ex.submit(square, 3).unwrap().result(Some(PATIENCE)), Ok(&9));
+            drop(ex);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .skip(1)
+        .collect();
+    emit("executor_startup", median(times), "ms");
+}
+
+/// 20 000 trivial submits to a 2-thread executor, collected through `as_completed`.
+fn thread_executor_submit() {
+    let ex = ThreadPoolExecutor::new(2);
+    let _ = ex.map(square, 0..100u64, MapOptions::new()).unwrap().count();
+    let expect_sum: u64 = (0..N_POOL).map(|x| x * x).sum();
+    let t = timed_ms(|| submit_all_as_completed(&ex), |s: &u64| assert_eq!(*s, expect_sum));
+    emit("thread_executor_submit_20000", t, "ms");
+}
+
 /// A fresh pool each repetition; 20 000 `apply_async` with a callback, until every
 /// callback ran.
 fn pool_apply_async() {
@@ -510,6 +564,18 @@ fn main() {
     }
     if selected("pool_startup") {
         pool_startup();
+    }
+    let executor_family_names =
+        ["executor_submit_20000", "executor_map_20000_chunksize1", "executor_map_20000_chunksize1000"];
+    let family: Vec<String> = executor_family_names.iter().filter(|n| selected(n)).map(|n| n.to_string()).collect();
+    if !family.is_empty() {
+        executor_family(&family);
+    }
+    if selected("executor_startup") {
+        executor_startup();
+    }
+    if selected("thread_executor_submit_20000") {
+        thread_executor_submit();
     }
     for (name, run) in workloads {
         // A prefix selects a group ("value_") or a single line ("process_start_join_fork").

@@ -139,7 +139,8 @@ fn the_thread_executor_runs_capturing_closures_on_named_threads_within_max_worke
     assert_eq!(started.load(Ordering::SeqCst), 3);
     let data = vec![1u64, 2, 3];
     let offset = 10;
-    let got: Vec<u64> = ex.map(move |x: u64| x + offset, data, MapOptions::new()).unwrap().map(Result::unwrap).collect();
+    let got: Vec<u64> =
+        ex.map(move |x: u64| x + offset, data, MapOptions::new()).unwrap().map(Result::unwrap).collect();
     assert_eq!(got, vec![11, 12, 13]);
 }
 
@@ -234,8 +235,7 @@ fn as_completed_yields_in_completion_order_and_times_out() {
     let _watchdog = watchdog(WATCHDOG);
     let ex = executor(StartMethod::Fork, 3);
     let futures: Vec<_> = [600u64, 10, 250].iter().map(|&ms| ex.submit(sleep_ms, ms).unwrap()).collect();
-    let order: Vec<u64> =
-        as_completed(&futures, Some(PATIENCE)).map(|f| *f.unwrap().result(None).unwrap()).collect();
+    let order: Vec<u64> = as_completed(&futures, Some(PATIENCE)).map(|f| *f.unwrap().result(None).unwrap()).collect();
     assert_eq!(order, vec![10, 250, 600]);
     // Python's pattern: futures as keys of a map. (Clippy sees the futures' inner
     // mutability; they hash by identity, which never changes.)
@@ -316,7 +316,8 @@ fn cancels_racing_with_starts_never_leave_a_future_both_cancelled_and_completed(
     // Processes: the same, counted in shared memory.
     for round in 0..5 {
         let (ex, runs) = counting_executor(2);
-        let futures: Arc<Vec<TaskFuture<u64>>> = Arc::new((0..300).map(|_| ex.submit(counted_sleep, 0).unwrap()).collect());
+        let futures: Arc<Vec<TaskFuture<u64>>> =
+            Arc::new((0..300).map(|_| ex.submit(counted_sleep, 0).unwrap()).collect());
         let canceller = {
             let futures = Arc::clone(&futures);
             std::thread::spawn(move || futures.iter().rev().filter(|f| f.cancel()).count())
@@ -375,7 +376,8 @@ fn futures_are_awaited_from_a_minimal_runtime_and_from_tokio_without_blocking_it
 #[test]
 fn a_panicking_task_fails_alone_and_exception_returns_it() {
     let _watchdog = watchdog(WATCHDOG);
-    for ex in [Box::new(executor(StartMethod::Fork, 2)) as Box<dyn std::any::Any>, Box::new(ThreadPoolExecutor::new(2))] {
+    for ex in [Box::new(executor(StartMethod::Fork, 2)) as Box<dyn std::any::Any>, Box::new(ThreadPoolExecutor::new(2))]
+    {
         let (bad, good) = if let Some(ex) = ex.downcast_ref::<ProcessPoolExecutor>() {
             (ex.submit(fails_on_even, 4).unwrap(), ex.submit(fails_on_even, 5).unwrap())
         } else {

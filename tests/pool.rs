@@ -622,6 +622,11 @@ fn pool_files_helper() {
         assert_eq!(pool.apply(square, 3).unwrap(), 9);
         // A result this large crosses through a side segment the worker creates.
         let _big = pool.apply(|n: usize| vec![1u8; n], 8 << 20).unwrap();
+        // All three have started (the first before `build` returned, the others since).
+        let deadline = Instant::now() + PATIENCE;
+        while pool.worker_pids().len() < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         pool.worker_pids()
     };
     assert_eq!(pids.len(), 3);

@@ -148,16 +148,23 @@ impl<R> FutureCell<R> {
     /// run by whoever adds it.
     fn publish(&self, outcome: Result<R, TaskError>, last: u8) {
         let outcome = Arc::new(outcome);
-        let (observers, callbacks) = {
-            let mut slot = lock(&self.slot);
-            slot.outcome = Some(Arc::clone(&outcome));
-            self.state.store(last, Ordering::Release);
-            (std::mem::take(&mut slot.observers), std::mem::take(&mut slot.callbacks))
-        };
-        self.latch.notify();
-        for (board, index) in observers {
-            board.push(index);
+        let mut slot = lock(&self.slot);
+        self.state.store(last, Ordering::Release);
+        let callbacks = std::mem::take(&mut slot.callbacks);
+        let observers = std::mem::take(&mut slot.observers);
+        if callbacks.is_empty() {
+            // The common case: settled at once, under one lock, the outcome's only
+            // copy left in the cell.
+            slot.outcome = Some(outcome);
+            self.settled.store(true, Ordering::Release);
+            let waker = slot.waker.take();
+            drop(slot);
+            self.wake(observers, waker);
+            return;
         }
+        slot.outcome = Some(Arc::clone(&outcome));
+        drop(slot);
+        self.wake(observers, None);
         for cb in callbacks {
             run_callback(|| cb(&outcome));
         }
@@ -168,7 +175,16 @@ impl<R> FutureCell<R> {
             self.settled.store(true, Ordering::Release);
             slot.waker.take()
         };
+        self.wake(Vec::new(), waker);
+    }
+
+    /// Wakes blocked waiters, the boards of `as_completed` / `wait`, and an async
+    /// task.
+    fn wake(&self, observers: Vec<(Arc<Board>, usize)>, waker: Option<Waker>) {
         self.latch.notify();
+        for (board, index) in observers {
+            board.push(index);
+        }
         if let Some(w) = waker {
             w.wake();
         }
@@ -233,7 +249,6 @@ impl<R> FutureCell<R> {
     fn take_outcome(&self) -> Option<Outcome<R>> {
         lock(&self.slot).outcome.take()
     }
-
 }
 
 /// Runs a user's callback; one that panics is reported (the panic hook prints it)

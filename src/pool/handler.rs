@@ -35,6 +35,8 @@ use crate::sys;
 
 /// How often the result-handling thread looks at its workers' exit status.
 const CHECK_EVERY: Duration = Duration::from_millis(20);
+/// How long a closed pool's result thread waits at a time for workers told to exit.
+const EXIT_WAIT: Duration = Duration::from_millis(5);
 /// The most chunks queued in one worker's ring.
 const MAX_AHEAD: usize = 1024;
 /// About how much work (by the workers' own timing) a worker's ring holds.
@@ -91,6 +93,9 @@ struct Dispatch {
     broken: Option<TaskError>,
     /// Python's `BrokenProcessPool`: a worker dying abruptly breaks the pool.
     break_on_death: bool,
+    /// The first workers are still starting: each holds one chunk at most, so that
+    /// tasks wait for a worker to come rather than queue behind another's.
+    launching: bool,
     startup_deaths: u32,
     start_failures: u32,
     /// Chunks no ring would take (a fault, or no file for a large message): failed
@@ -176,6 +181,9 @@ impl Dispatch {
     fn cap(&self, w: &Worker) -> usize {
         if w.retiring || w.closed {
             return 0;
+        }
+        if self.launching {
+            return 1;
         }
         let by_time = (QUEUED_WORK / self.avg_chunk_ns.max(1)).clamp(2, MAX_AHEAD as u64) as usize;
         if self.max_tasks == 0 {
@@ -302,6 +310,7 @@ impl Shared {
                 max_tasks,
                 broken: None,
                 break_on_death,
+                launching: true,
                 startup_deaths: 0,
                 start_failures: 0,
                 undeliverable: Vec::new(),
@@ -496,7 +505,7 @@ impl Shared {
     }
 
     /// Starts the result-handling thread, which starts the workers; returns once
-    /// they have started (or failed to).
+    /// the first has started (or failed to): the others start meanwhile.
     pub(crate) fn launch(self: &Arc<Self>, starter: Starter) -> Result<(), PoolError> {
         let (tx, rx) = mpsc::channel();
         let me = Arc::clone(self);
@@ -516,6 +525,16 @@ impl Shared {
     }
 }
 
+/// Where closing a pool stands.
+enum Closing {
+    /// Every worker is gone and no task is left.
+    Done,
+    /// Every worker was told to exit (its ring closed) and holds no task.
+    Exiting,
+    /// Some worker still runs tasks, or tasks wait to be sent.
+    Busy,
+}
+
 /// The result-handling thread's own state.
 struct Handler {
     shared: Arc<Shared>,
@@ -529,8 +548,12 @@ struct Handler {
 
 impl Handler {
     fn run(self, started: mpsc::Sender<Result<(), PoolError>>) {
+        // The first worker starts before `build` returns, so that a start method
+        // that cannot work is reported there; the others start meanwhile, while
+        // the first tasks already run (a start costs about 0.3 ms, and a pool that
+        // runs one task and ends is common: an executor's with-block).
         let n = lock(&self.shared.dispatch).workers.len();
-        let first = (0..n).try_for_each(|i| self.start_worker(i).map_err(PoolError::from));
+        let first = self.start_worker(0).map_err(PoolError::from);
         let failed = first.is_err();
         let _ = started.send(first);
         if failed {
@@ -538,6 +561,16 @@ impl Handler {
             self.shared.state.store(DONE, Ordering::Release);
             return;
         }
+        for i in 1..n {
+            // One that fails is tried again at the next look (see `check_workers`).
+            self.try_start(i);
+        }
+        let mut d = lock(&self.shared.dispatch);
+        d.launching = false;
+        for i in 0..n {
+            d.refill(i);
+        }
+        drop(d);
         let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve()));
         if served.is_err() {
             // A bug of ours or a user's type that panicked here: stop cleanly rather
@@ -556,6 +589,7 @@ impl Handler {
         let mut batch = Batch::default();
         let mut last_check = sys::coarse_millis();
         loop {
+            let mut look_again = CHECK_EVERY;
             match self.shared.state.load(Ordering::Acquire) {
                 TERMINATING => {
                     self.stop_workers();
@@ -563,14 +597,24 @@ impl Handler {
                     fail_all(all, &TaskError::Terminated);
                     break;
                 }
-                CLOSED if self.close_idle_workers() => break,
+                CLOSED => match self.close_idle_workers() {
+                    Closing::Done => break,
+                    // They exit in a moment, and a joiner waits for that: wait for
+                    // their ends themselves (no reply can come from idle workers),
+                    // for a while each time, should one take its time.
+                    Closing::Exiting => {
+                        self.await_exits(Instant::now() + EXIT_WAIT);
+                        look_again = Duration::ZERO;
+                    }
+                    Closing::Busy => {}
+                },
                 _ => {}
             }
             // A reply waiting costs no clock read; an empty ring is waited on until
             // the next look at the workers.
             let mut got = batch.fill(&self.shared.results, Wait::Never);
             if matches!(got, Err(RecvTimeoutError::Timeout)) {
-                got = batch.fill(&self.shared.results, Wait::Until(Instant::now() + CHECK_EVERY));
+                got = batch.fill(&self.shared.results, Wait::Until(Instant::now() + look_again));
             }
             match got {
                 Ok(()) => {
@@ -905,18 +949,19 @@ impl Handler {
     }
 
     /// With the pool closed: closes the ring of every worker that holds nothing
-    /// once nothing is left to send, so that it exits. `true` once all are gone.
-    fn close_idle_workers(&self) -> bool {
+    /// once nothing is left to send, so that it exits.
+    fn close_idle_workers(&self) -> Closing {
         let mut d = lock(&self.shared.dispatch);
         if !d.backlog.is_empty() {
-            return false;
+            return Closing::Busy;
         }
-        let mut all_gone = true;
+        let (mut all_gone, mut all_idle) = (true, true);
         for w in d.workers.iter_mut().flatten() {
             if w.held.is_empty() && !w.closed {
                 w.tasks.close();
                 w.closed = true;
             }
+            all_idle &= w.held.is_empty();
             match w.process.exitcode() {
                 Some(_) if w.held.is_empty() => {}
                 _ => all_gone = false,
@@ -927,7 +972,23 @@ impl Handler {
                 *w = None;
             }
         }
-        all_gone && !d.has_work()
+        match (all_gone && !d.has_work(), all_idle) {
+            (true, _) => Closing::Done,
+            (false, true) => Closing::Exiting,
+            (false, false) => Closing::Busy,
+        }
+    }
+
+    /// Waits until `deadline` at the latest for every worker to end (they were
+    /// told to: their rings are closed).
+    fn await_exits(&self, deadline: Instant) {
+        let watches: Vec<_> =
+            lock(&self.shared.dispatch).workers.iter().flatten().filter_map(|w| w.process.end_watch()).collect();
+        for w in watches {
+            if !w.wait_until(deadline) {
+                return;
+            }
+        }
     }
 
     /// SIGTERM to every worker, SIGKILL to any still there a second later; all reaped.

@@ -198,7 +198,8 @@ impl PoolBuilder {
         self
     }
 
-    /// Starts the workers.
+    /// Starts the workers: returns once the first has started (an error if it
+    /// cannot be), while the others start; tasks wait for a worker meanwhile.
     pub fn build(self) -> Result<Pool, PoolError> {
         let processes = match self.processes {
             Some(0) => return Err(PoolError::InvalidArgument("processes must be at least 1")),

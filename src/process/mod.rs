@@ -320,6 +320,12 @@ impl Process {
         }
     }
 
+    /// Something to wait on for the child's end without borrowing this `Process`
+    /// (a pool's result thread waits on several, outside its lock).
+    pub(crate) fn end_watch(&self) -> Option<EndWatch> {
+        self.record().ok().map(|r| EndWatch(Arc::clone(r)))
+    }
+
     /// Waits for the child to end (Python's `join()`).
     pub fn join(&self) -> Result<(), ProcessError> {
         self.join_with(Wait::Forever).map(drop)
@@ -590,4 +596,14 @@ pub fn active_children() -> Vec<ProcessInfo> {
 /// The number of CPUs online (Python's `cpu_count()`).
 pub fn cpu_count() -> usize {
     sys::cpu_count()
+}
+
+/// A started child's end, to wait for (see [`Process::end_watch`]).
+pub(crate) struct EndWatch(Arc<ChildRecord>);
+
+impl EndWatch {
+    /// Waits until `deadline` at the latest; whether the child has ended.
+    pub(crate) fn wait_until(&self, deadline: Instant) -> bool {
+        matches!(self.0.wait(Wait::Until(deadline)), Ok(Some(_)))
+    }
 }
