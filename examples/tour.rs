@@ -396,6 +396,52 @@ fn pool_section() -> Result {
     Ok(())
 }
 
+fn fib(n: u64) -> u64 {
+    if n <= 2 {
+        1
+    } else {
+        fib(n - 1) + fib(n - 2)
+    }
+}
+
+/// Python: `concurrent.futures`: submit, as_completed, map, add_done_callback; a
+/// worker killed mid-task (Python breaks the whole pool); a future awaited.
+fn executor_section() -> Result {
+    use shmproc::{as_completed, Executor, MapOptions, ProcessPoolExecutor, ThreadPoolExecutor};
+    section("Executors: futures, as_completed, a worker killed mid-task, await");
+    let ex = ProcessPoolExecutor::new(2)?;
+    let futures: Vec<_> = (25..31u64).map(|n| ex.submit(fib, n)).collect::<std::result::Result<_, _>>()?;
+    let done: Vec<String> = as_completed(&futures, Some(PATIENCE))
+        .map(|f| Ok(f?.result(None)?.to_string()))
+        .collect::<std::result::Result<_, shmproc::TaskError>>()?;
+    println!("  fib(25..31) as they completed: {}", done.join(", "));
+    let start = Instant::now();
+    let squares: u64 = ex.map(square, 0..20_000u64, MapOptions::new().chunksize(1000))?.map(|r| r.unwrap()).sum();
+    println!("  map(square, range(20000), chunksize=1000): sum {squares} in {:?}", start.elapsed());
+
+    let victim = ex.submit(killed_mid_task, ())?;
+    match victim.result(Some(PATIENCE)) {
+        Err(e @ shmproc::TaskError::WorkerDied { .. }) => {
+            println!("  a worker killed mid-task fails its future only: {e}")
+        }
+        other => return Err(format!("expected WorkerDied, got {other:?}").into()),
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    ex.submit(unlucky, 13)?.add_done_callback(move |r: &std::result::Result<u64, shmproc::TaskError>| {
+        let _ = tx.send(r.as_ref().map_err(ToString::to_string).copied());
+    });
+    println!("  the executor serves on; a done-callback got: {:?}", rx.recv_timeout(PATIENCE)?);
+    let awaited = pollster::block_on(ex.submit(fib, 20)?)?;
+    println!("  fib(20) awaited (a TaskFuture is a std Future too): {awaited}");
+    drop(ex); // shutdown(wait=True), as leaving Python's with-block
+
+    let prefix = String::from("thread says");
+    let tex = ThreadPoolExecutor::new(2);
+    let f = tex.submit(move |n: u32| format!("{prefix} {n}"), 42)?;
+    println!("  ThreadPoolExecutor, a capturing closure: {}", f.result(Some(PATIENCE))?);
+    Ok(())
+}
+
 fn multiply_by_name(name: String) {
     if let Ok(v) = Value::<u64>::open(&name) {
         *v.lock().unwrap() *= 6;
@@ -430,6 +476,7 @@ fn main() -> Result {
     conditions_events_barriers()?;
     channels()?;
     pool_section()?;
+    executor_section()?;
     named_segments()?;
     println!("\ndone: every child joined, every segment unmapped (named ones unlinked)");
     Ok(())
