@@ -127,7 +127,7 @@ fn process_pool_executor() -> Result {
 
 /// The article's `test(n)`: fails for even `n` (Python divides by zero).
 fn test(n: u64) -> u64 {
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         panic!("division by zero (n = {n})");
     }
     n * 2

@@ -23,7 +23,7 @@ async fn async_main() -> Result<(), Box<dyn std::error::Error>> {
         loop {
             tokio::time::sleep(Duration::from_millis(10)).await;
             ticks += 1;
-            if ticks % 25 == 0 {
+            if ticks.is_multiple_of(25) {
                 println!("  tick {ticks} (the runtime's thread is free)");
             }
         }
