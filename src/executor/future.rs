@@ -8,6 +8,7 @@
 //! cancel. A cancel wins only while the task is pending, so a future is never both
 //! cancelled and completed.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
@@ -39,7 +40,7 @@ type DoneCallback<R> = Box<dyn FnOnce(&Result<R, TaskError>) + Send>;
 /// future, once done, pushes its index here.
 #[derive(Default)]
 pub(crate) struct Board {
-    finished: Mutex<std::collections::VecDeque<usize>>,
+    finished: Mutex<VecDeque<usize>>,
     latch: Latch,
 }
 
@@ -49,21 +50,51 @@ impl Board {
         self.latch.notify();
     }
 
-    /// The next index pushed, waiting as `wait` allows.
-    pub(crate) fn next(&self, wait: Wait) -> Option<usize> {
-        self.latch.wait_for(wait, || lock(&self.finished).pop_front())
+    /// Every index pushed so far (at least one, waiting as `wait` allows: none if
+    /// it ran out), taken in one go.
+    pub(crate) fn take(&self, wait: Wait, into: &mut VecDeque<usize>) -> bool {
+        self.latch
+            .wait_for(wait, || {
+                let mut finished = lock(&self.finished);
+                (!finished.is_empty()).then(|| into.append(&mut finished))
+            })
+            .is_some()
     }
 }
 
-/// An outcome, shared by the completer (running callbacks with it) and the future
-/// (lending it), until the future takes it whole.
-type Outcome<R> = Arc<Result<R, TaskError>>;
+/// Who waits on a cell besides its owner: most cells have one `as_completed` or
+/// `wait` board at most, kept without an allocation.
+#[derive(Default)]
+struct Observers {
+    first: Option<(Arc<Board>, usize)>,
+    more: Vec<(Arc<Board>, usize)>,
+}
+
+impl Observers {
+    fn push(&mut self, board: &Arc<Board>, index: usize) {
+        match self.first {
+            None => self.first = Some((Arc::clone(board), index)),
+            Some(_) => self.more.push((Arc::clone(board), index)),
+        }
+    }
+
+    fn remove(&mut self, board: &Arc<Board>) {
+        if self.first.as_ref().is_some_and(|(b, _)| Arc::ptr_eq(b, board)) {
+            self.first = None;
+        }
+        self.more.retain(|(b, _)| !Arc::ptr_eq(b, board));
+    }
+
+    fn tell(self) {
+        for (board, index) in self.first.into_iter().chain(self.more) {
+            board.push(index);
+        }
+    }
+}
 
 struct Slot<R> {
-    /// Set when the cell completes.
-    outcome: Option<Outcome<R>>,
     callbacks: Vec<DoneCallback<R>>,
-    observers: Vec<(Arc<Board>, usize)>,
+    observers: Observers,
     waker: Option<Waker>,
 }
 
@@ -71,7 +102,10 @@ struct Slot<R> {
 /// result-handling thread, a thread executor's worker).
 pub(crate) struct FutureCell<R> {
     state: AtomicU8,
-    /// Done, and its callbacks have all run: the completer holds no outcome.
+    /// Set (once) just before the state turns final; lent to callbacks and to
+    /// `result`, taken whole by the owner once nobody else holds the cell.
+    outcome: OnceLock<Result<R, TaskError>>,
+    /// Done, and its callbacks have all run.
     settled: AtomicBool,
     slot: Mutex<Slot<R>>,
     latch: Latch,
@@ -84,8 +118,9 @@ impl<R> FutureCell<R> {
     pub(crate) fn new(pool: Option<Arc<Shared>>) -> FutureCell<R> {
         FutureCell {
             state: AtomicU8::new(PENDING),
+            outcome: OnceLock::new(),
             settled: AtomicBool::new(false),
-            slot: Mutex::new(Slot { outcome: None, callbacks: Vec::new(), observers: Vec::new(), waker: None }),
+            slot: Mutex::new(Slot { callbacks: Vec::new(), observers: Observers::default(), waker: None }),
             latch: Latch::default(),
             pool,
         }
@@ -97,6 +132,10 @@ impl<R> FutureCell<R> {
 
     pub(crate) fn is_done(&self) -> bool {
         matches!(self.state(), FINISHED | CANCELLED)
+    }
+
+    fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
     }
 
     /// The task starts (is handed to a worker): `false` if it was cancelled or
@@ -147,65 +186,53 @@ impl<R> FutureCell<R> {
     /// the callbacks registered so far. One added later sees the cell done and is
     /// run by whoever adds it.
     fn publish(&self, outcome: Result<R, TaskError>, last: u8) {
-        let outcome = Arc::new(outcome);
+        // Only the claimant of COMPLETING gets here, once.
+        let _ = self.outcome.set(outcome);
         let mut slot = lock(&self.slot);
         self.state.store(last, Ordering::Release);
         let callbacks = std::mem::take(&mut slot.callbacks);
         let observers = std::mem::take(&mut slot.observers);
         if callbacks.is_empty() {
-            // The common case: settled at once, under one lock, the outcome's only
-            // copy left in the cell.
-            slot.outcome = Some(outcome);
+            // The common case: settled at once, under one lock.
             self.settled.store(true, Ordering::Release);
             let waker = slot.waker.take();
             drop(slot);
             self.wake(observers, waker);
             return;
         }
-        slot.outcome = Some(Arc::clone(&outcome));
         drop(slot);
         self.wake(observers, None);
-        for cb in callbacks {
-            run_callback(|| cb(&outcome));
+        if let Some(outcome) = self.outcome.get() {
+            for cb in callbacks {
+                run_callback(|| cb(outcome));
+            }
         }
-        drop(outcome);
-        // Settled: whoever takes the outcome whole now holds its only copy.
         let waker = {
             let mut slot = lock(&self.slot);
             self.settled.store(true, Ordering::Release);
             slot.waker.take()
         };
-        self.wake(Vec::new(), waker);
+        self.wake(Observers::default(), waker);
     }
 
     /// Wakes blocked waiters, the boards of `as_completed` / `wait`, and an async
     /// task.
-    fn wake(&self, observers: Vec<(Arc<Board>, usize)>, waker: Option<Waker>) {
+    fn wake(&self, observers: Observers, waker: Option<Waker>) {
         self.latch.notify();
-        for (board, index) in observers {
-            board.push(index);
-        }
+        observers.tell();
         if let Some(w) = waker {
             w.wake();
         }
     }
 
-    /// Adds `cb`, or hands it back with the outcome if the cell is already done
-    /// (the caller runs it).
-    #[allow(clippy::type_complexity)]
-    fn add_callback(&self, cb: DoneCallback<R>) -> Option<(DoneCallback<R>, Outcome<R>)> {
+    /// Adds `cb`, or hands it back if the cell is already done (the caller runs it).
+    fn add_callback(&self, cb: DoneCallback<R>) -> Option<DoneCallback<R>> {
         let mut slot = lock(&self.slot);
-        match &slot.outcome {
-            Some(outcome) => Some((cb, Arc::clone(outcome))),
-            None => {
-                slot.callbacks.push(cb);
-                None
-            }
+        if self.is_done() {
+            return Some(cb);
         }
-    }
-
-    fn is_settled(&self) -> bool {
-        self.settled.load(Ordering::Acquire)
+        slot.callbacks.push(cb);
+        None
     }
 
     /// Has `board` told (index `index`) when the cell is done; `true` if it is
@@ -215,14 +242,13 @@ impl<R> FutureCell<R> {
         if self.is_done() {
             return true;
         }
-        slot.observers.push((Arc::clone(board), index));
+        slot.observers.push(board, index);
         false
     }
 
     /// Forgets `board` (its `as_completed` or `wait` ended).
     pub(crate) fn unobserve(&self, board: &Arc<Board>) {
-        let mut slot = lock(&self.slot);
-        slot.observers.retain(|(b, _)| !Arc::ptr_eq(b, board));
+        lock(&self.slot).observers.remove(board);
     }
 
     /// Waits for the cell to be done; `Err` if `wait` ran out, or if waiting could
@@ -240,14 +266,12 @@ impl<R> FutureCell<R> {
         }
     }
 
-    /// The outcome of a done cell, shared.
-    fn outcome(&self) -> Outcome<R> {
-        lock(&self.slot).outcome.clone().unwrap_or_else(|| Arc::new(Err(TaskError::AlreadyTaken)))
-    }
-
-    /// The outcome of a settled cell, moved out (once).
-    fn take_outcome(&self) -> Option<Outcome<R>> {
-        lock(&self.slot).outcome.take()
+    /// The outcome of a done cell.
+    fn outcome(&self) -> Result<&R, &TaskError> {
+        match self.outcome.get() {
+            Some(o) => o.as_ref(),
+            None => Err(&TaskError::AlreadyTaken),
+        }
     }
 }
 
@@ -282,6 +306,10 @@ impl<R: DeserializeOwned + Send + Sync + 'static> Sink for FutureCell<R> {
     fn cancelled(&self) {
         self.finish_cancel();
     }
+
+    fn bury(&self) -> bool {
+        false
+    }
 }
 
 /// The sink of one chunk of an executor's `map`: a future of the chunk's results,
@@ -312,6 +340,10 @@ impl<R: DeserializeOwned + Send + Sync + 'static> Sink for ChunkSink<R> {
     fn cancelled(&self) {
         self.0.finish_cancel();
     }
+
+    fn bury(&self) -> bool {
+        false
+    }
 }
 
 /// The future of a task submitted to an executor (Python's
@@ -340,14 +372,11 @@ impl<R: DeserializeOwned + Send + Sync + 'static> Sink for ChunkSink<R> {
 #[must_use = "a TaskFuture does nothing unless you wait for it (the task runs anyway)"]
 pub struct TaskFuture<R> {
     cell: Arc<FutureCell<R>>,
-    /// The outcome, shared with the cell from the first time it is read, so that
-    /// `result` can lend it (`&R`) as often as asked.
-    outcome: OnceLock<Arc<Result<R, TaskError>>>,
 }
 
 impl<R> TaskFuture<R> {
     pub(crate) fn new(cell: Arc<FutureCell<R>>) -> TaskFuture<R> {
-        TaskFuture { cell, outcome: OnceLock::new() }
+        TaskFuture { cell }
     }
 
     pub(crate) fn cell(&self) -> &Arc<FutureCell<R>> {
@@ -378,11 +407,6 @@ impl<R> TaskFuture<R> {
         self.cell.is_done()
     }
 
-    /// The outcome of a done future, lent.
-    fn outcome(&self) -> &Result<R, TaskError> {
-        self.outcome.get_or_init(|| self.cell.outcome())
-    }
-
     /// Waits at most `timeout` (`None`: as long as it takes) for the task and
     /// returns its value (Python's `result(timeout)`), as often as asked.
     ///
@@ -391,7 +415,7 @@ impl<R> TaskFuture<R> {
     /// in time (it goes on; ask again).
     pub fn result(&self, timeout: Option<Duration>) -> Result<&R, TaskError> {
         self.cell.wait(wait_for(timeout))?;
-        self.outcome().as_ref().map_err(Clone::clone)
+        self.cell.outcome().map_err(Clone::clone)
     }
 
     /// Waits like [`result`](TaskFuture::result) and returns the task's error, or
@@ -399,7 +423,7 @@ impl<R> TaskFuture<R> {
     /// cancelled or is not done in time.
     pub fn exception(&self, timeout: Option<Duration>) -> Result<Option<&TaskError>, TaskError> {
         self.cell.wait(wait_for(timeout))?;
-        match self.outcome() {
+        match self.cell.outcome() {
             Ok(_) => Ok(None),
             Err(TaskError::Cancelled) => Err(TaskError::Cancelled),
             Err(e) => Ok(Some(e)),
@@ -412,8 +436,10 @@ impl<R> TaskFuture<R> {
     /// canceller's), or at once on this thread if it is already done. A callback
     /// that panics is reported and ignored.
     pub fn add_done_callback(&self, callback: impl FnOnce(&Result<R, TaskError>) + Send + 'static) {
-        if let Some((cb, outcome)) = self.cell.add_callback(Box::new(callback)) {
-            run_callback(|| cb(&outcome));
+        if let Some(cb) = self.cell.add_callback(Box::new(callback)) {
+            if let Some(outcome) = self.cell.outcome.get() {
+                run_callback(|| cb(outcome));
+            }
         }
     }
 
@@ -425,18 +451,27 @@ impl<R> TaskFuture<R> {
         self.take()
     }
 
-    /// The outcome of a done future, moved out (once it is settled: its
-    /// completer is done with it a moment after it is done).
+    /// The outcome of a done future, moved out. A value needs the cell to itself:
+    /// its callbacks have run (it is settled) and its completer, which lets go of
+    /// it right after, has done so. An error is cloned.
     pub(crate) fn take(&mut self) -> Result<R, TaskError> {
         self.cell.latch.wait_for(Wait::Forever, || self.cell.is_settled().then_some(()));
-        drop(self.outcome.take());
-        let Some(outcome) = self.cell.take_outcome() else { return Err(TaskError::AlreadyTaken) };
-        // Settled: the cell held the last other copy. (A second copy would be a
-        // bug; it is reported rather than waited for.)
-        Arc::try_unwrap(outcome).unwrap_or_else(|shared| match &*shared {
-            Ok(_) => Err(TaskError::Decode("the result is still shared".into())),
-            Err(e) => Err(e.clone()),
-        })
+        if let Err(e) = self.cell.outcome() {
+            // (Also a cancel, whose pool entry may linger until the dispatcher reaches it.)
+            return Err(e.clone());
+        }
+        let mut rounds = 0u32;
+        loop {
+            if let Some(cell) = Arc::get_mut(&mut self.cell) {
+                return cell.outcome.take().unwrap_or(Err(TaskError::AlreadyTaken));
+            }
+            rounds += 1;
+            if rounds < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
     }
 
     /// Waits as `wait` allows for the future to be done.
@@ -447,7 +482,7 @@ impl<R> TaskFuture<R> {
     /// Whether it finished with an error (not cancelled): what
     /// `ReturnWhen::FirstException` looks for.
     pub(crate) fn failed(&self) -> bool {
-        self.cell.state() == FINISHED && self.outcome().is_err()
+        self.cell.state() == FINISHED && self.cell.outcome().is_err()
     }
 }
 

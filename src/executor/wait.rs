@@ -81,13 +81,13 @@ impl<'a, R> Iterator for AsCompleted<'a, R> {
         loop {
             let index = match self.ready.pop_front() {
                 Some(i) => i,
-                None => match self.board.next(self.wait) {
-                    Some(i) => i,
-                    None => {
+                None => {
+                    if !self.board.take(self.wait, &mut self.ready) {
                         self.timed_out = true;
                         return Some(Err(TaskError::Timeout));
                     }
-                },
+                    continue;
+                }
             };
             if index < self.futures.len() && !std::mem::replace(&mut self.yielded[index], true) {
                 self.left -= 1;
@@ -157,6 +157,7 @@ where
     let mut done_count = already.len();
     let mut any_failed = already.iter().any(|&i| futures[i].failed());
     let deadline = wait_for(timeout);
+    let mut finished = std::collections::VecDeque::new();
     loop {
         let satisfied = match return_when {
             ReturnWhen::FirstCompleted => done_count > 0,
@@ -166,12 +167,12 @@ where
         if satisfied {
             break;
         }
-        match board.next(deadline) {
-            Some(i) => {
-                done_count += 1;
-                any_failed |= futures.get(i).is_some_and(|f| f.failed());
-            }
-            None => break,
+        if !board.take(deadline, &mut finished) {
+            break;
+        }
+        for i in finished.drain(..) {
+            done_count += 1;
+            any_failed |= futures.get(i).is_some_and(|f| f.failed());
         }
     }
     for f in &futures {

@@ -740,17 +740,21 @@ impl Handler {
         for reply in &others {
             self.on_reply_other(reply);
         }
-        let mut touched: Vec<&Arc<dyn Sink>> = Vec::new();
-        for (p, reply) in &done {
-            Self::deliver(p, reply);
+        let mut touched: Vec<Arc<dyn Sink>> = Vec::new();
+        for (p, reply) in done {
+            Self::deliver(&p, reply);
+            if !p.sink.bury() {
+                // Let go at once (see `Sink::bury`).
+                continue;
+            }
             if !touched.iter().any(|t| Arc::ptr_eq(t, &p.sink)) {
-                touched.push(&p.sink);
+                touched.push(p.sink);
             }
         }
-        for sink in touched {
+        for sink in &touched {
             sink.notify();
         }
-        self.graves.borrow_mut().extend(done.into_iter().map(|(p, _)| p.sink));
+        self.graves.borrow_mut().extend(touched);
     }
 
     fn deliver(p: &Pending, reply: &Reply<'_>) {

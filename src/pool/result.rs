@@ -44,6 +44,13 @@ pub(crate) trait Sink: Send + Sync {
     }
     /// Completes a chunk claimed by [`claim_cancel`](Sink::claim_cancel).
     fn cancelled(&self) {}
+    /// Whether the result thread's reference goes to the graveyard (freed by the
+    /// next submitter) rather than being dropped as soon as the sink is delivered.
+    /// An executor's future drops it at once: its owner takes the value only once
+    /// nobody else holds the cell.
+    fn bury(&self) -> bool {
+        true
+    }
 }
 
 /// An event count: waiters wait for `seq` to move past what they saw, spinning,
