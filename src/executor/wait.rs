@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +21,32 @@ fn distinct<'a, R>(futures: impl IntoIterator<Item = &'a TaskFuture<R>>) -> Vec<
 where
     R: 'a,
 {
-    let mut seen = HashSet::new();
-    futures.into_iter().filter(|f| seen.insert(Arc::as_ptr(f.cell()))).collect()
+    let futures = futures.into_iter();
+    let mut seen: HashSet<usize, BuildHasherDefault<AddressHasher>> =
+        HashSet::with_capacity_and_hasher(futures.size_hint().0, Default::default());
+    futures.filter(|f| seen.insert(Arc::as_ptr(f.cell()) as usize)).collect()
+}
+
+/// Hashes an address (of a future's cell) with one multiplication: addresses are
+/// distinct and not chosen by an adversary, and SipHash cost a twentieth of an
+/// `as_completed` over 20 000 futures.
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 /// Registers `board` with every future; the indices of those already done.
