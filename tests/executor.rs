@@ -555,3 +555,34 @@ fn dropping_an_executor_waits_for_its_tasks_and_reaps_its_workers() {
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "worker {pid} is still there");
     }
 }
+
+fn pid_of(_: u64) -> u32 {
+    std::process::id()
+}
+
+#[test]
+fn max_tasks_per_child_replaces_the_executors_workers() {
+    let _watchdog = watchdog(WATCHDOG);
+    let ex = ProcessPoolExecutor::builder().max_workers(2).max_tasks_per_child(3).build().unwrap();
+    let futures: Vec<_> = (0..30).map(|i| ex.submit(pid_of, i).unwrap()).collect();
+    let pids: Vec<u32> = futures.iter().map(|f| *f.result(Some(PATIENCE)).unwrap()).collect();
+    let distinct: std::collections::HashSet<_> = pids.iter().collect();
+    assert!(distinct.len() >= 10, "30 tasks, 3 a worker: only {} workers", distinct.len());
+    for pid in &distinct {
+        assert!(pids.iter().filter(|p| p == pid).count() <= 3, "a worker ran more than 3 tasks");
+    }
+}
+
+#[test]
+fn executors_shut_down_through_a_dyn_executor() {
+    let _watchdog = watchdog(WATCHDOG);
+    let executors: Vec<Box<dyn Executor>> =
+        vec![Box::new(executor(StartMethod::Fork, 1)), Box::new(ThreadPoolExecutor::new(1))];
+    for ex in &executors {
+        assert_eq!(ex.max_workers(), 1);
+        ex.shutdown(true, false);
+    }
+    let ex = ThreadPoolExecutor::new(1);
+    Executor::shutdown(&ex, true, false);
+    assert!(matches!(ex.submit(|x: u8| x, 1), Err(SubmitError::Shutdown(1))));
+}
