@@ -489,19 +489,21 @@ fn shutdown_with_cancel_futures_cancels_what_has_not_started() {
     assert!(rest.iter().filter(|f| f.cancelled()).all(|f| f.result(None) == Err(TaskError::Cancelled)));
 
     // The thread executor likewise.
+    // (The gate is a channel with a timeout, so that a cancelled first task fails
+    // the test instead of leaving it waiting at a barrier nobody else reaches.)
     let tex = ThreadPoolExecutor::new(1);
-    let gate = Arc::new(std::sync::Barrier::new(2));
-    let g = Arc::clone(&gate);
-    let running = tex.submit(move |()| g.wait(), ()).unwrap();
+    let (gate, opened) = std::sync::mpsc::channel::<()>();
+    let running = tex.submit(move |()| opened.recv_timeout(PATIENCE).is_ok(), ()).unwrap();
+    eventually("the first thread task runs", || running.running());
     let waiting: Vec<_> = (0..10).map(|i| tex.submit(move |()| i, ()).unwrap()).collect();
     let closer = std::thread::spawn(move || {
         tex.shutdown(true, true);
         tex
     });
     eventually("the waiting tasks are cancelled", || waiting.iter().all(|f| f.cancelled()));
-    gate.wait();
+    gate.send(()).unwrap();
     let _tex = closer.join().unwrap();
-    assert!(running.result(Some(PROMPT)).is_ok());
+    assert_eq!(running.result(Some(PROMPT)), Ok(&true), "the running task was not let through its gate");
 }
 
 #[test]

@@ -724,6 +724,12 @@ fn waiting_on_the_pool_inside_its_callback_is_an_error_not_a_hang() {
 fn a_closed_pool_does_not_restart_its_idle_workers() {
     let _watchdog = watchdog(WATCHDOG);
     let pool = pool(StartMethod::Fork, 2);
+    // The workers after the first start in the background: count from when both run.
+    let deadline = Instant::now() + PATIENCE;
+    while pool.worker_pids().len() < 2 {
+        assert!(Instant::now() < deadline, "the second worker never started");
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let before: HashSet<i32> = pool.worker_pids().into_iter().collect();
     let long = pool.apply_async(sleep_ms, 600);
     std::thread::sleep(Duration::from_millis(50));
