@@ -240,3 +240,99 @@ fn an_end_whose_hand_over_failed_still_closes() {
     assert!(matches!(a.recv_timeout(PATIENCE), Err(RecvTimeoutError::Disconnected)));
     assert!(start.elapsed() < PROMPT);
 }
+
+const METHOD_NAMES: [StartMethod; 3] = [StartMethod::Fork, StartMethod::Spawn, StartMethod::ForkServer];
+
+/// One level of a recursion that passes the same write end down: each level hands a
+/// clone to its child, waits for it, and sends only then (its child has closed its
+/// holding and exited by that time).
+fn descend(args: (Connection<u32>, u32, usize)) {
+    let (conn, depth, method) = args;
+    if depth > 0 {
+        let clone = conn.try_clone().expect("try_clone");
+        let child = Process::builder(descend, (clone, depth - 1, method))
+            .start_method(METHOD_NAMES[method])
+            .start()
+            .expect("start");
+        assert_eq!(finish(&child), Some(0), "level {} failed", depth - 1);
+    }
+    conn.send(&depth).expect("the end closed while this level still held it");
+}
+
+/// Regression (#8): an end held by several processes closed for the reader when the
+/// first holder exited; it closes when the last does, as Python's does.
+#[test]
+fn an_end_passed_down_a_recursion_stays_open_until_its_last_holder_closes() {
+    for (m, method) in METHOD_NAMES.iter().enumerate() {
+        let (rx, tx) = Pipe::simplex::<u32>().unwrap();
+        let top = Process::builder(descend, (tx, 3, m)).start_method(*method).start().unwrap();
+        let mut got = Vec::new();
+        loop {
+            match rx.recv_timeout(PATIENCE) {
+                Ok(depth) => got.push(depth),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(e) => panic!("{method:?}: {e:?} after {got:?}"),
+            }
+        }
+        assert_eq!(got, vec![0, 1, 2, 3], "{method:?}: the reader saw the end close early");
+        assert_eq!(finish(&top), Some(0), "{method:?}");
+    }
+}
+
+fn report(args: (Connection<usize>, usize)) {
+    args.0.send(&args.1).unwrap();
+}
+
+fn report_then_hang(args: (Connection<usize>, usize)) {
+    args.0.send(&args.1).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Regression (#8): many children report through clones of one end; the reader sees
+/// every report, and `Disconnected` only once every holder is gone, a killed one
+/// included (counted out by its death, not by a close it never made).
+#[test]
+fn an_end_cloned_to_many_children_closes_when_every_holder_is_gone() {
+    let (rx, tx) = Pipe::simplex::<usize>().unwrap();
+    let mut children = Vec::new();
+    for i in 0..12 {
+        let method = METHOD_NAMES[i % 3];
+        let target = if i == 5 { report_then_hang } else { report };
+        let clone = tx.try_clone().unwrap();
+        // The hanging one is a daemon: if the test fails, exit terminates it.
+        let builder = Process::builder(target, (clone, i)).start_method(method).daemon(i == 5);
+        children.push(builder.start().unwrap());
+    }
+    drop(tx);
+    let mut got: Vec<usize> = (0..12).map(|_| rx.recv_timeout(PATIENCE).expect("a report")).collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..12).collect::<Vec<_>>());
+    for (i, p) in children.iter().enumerate() {
+        if i != 5 {
+            assert_eq!(finish(p), Some(0));
+        }
+    }
+    // Every other holder has exited; the hanging one still holds the end.
+    assert!(matches!(rx.recv_timeout(Duration::from_millis(300)), Err(RecvTimeoutError::Timeout)));
+    children[5].kill().unwrap();
+    let start = Instant::now();
+    assert!(matches!(rx.recv_timeout(PATIENCE), Err(RecvTimeoutError::Disconnected)));
+    assert!(start.elapsed() < PROMPT, "took {:?}", start.elapsed());
+    assert_eq!(finish(&children[5]), Some(-libc::SIGKILL));
+}
+
+/// An end has at most `MAX_HOLDERS` (1 024) holders; one more is a typed error, and
+/// giving some back makes room again.
+#[test]
+fn an_end_refuses_holders_beyond_its_table() {
+    let (a, b) = Pipe::duplex::<u8>().unwrap();
+    let clones: Vec<_> = (0..1023).map(|_| b.try_clone().unwrap()).collect();
+    assert!(matches!(b.try_clone(), Err(ChannelFault::TooManyHolders)));
+    drop(clones);
+    let again = b.try_clone().unwrap();
+    drop(b);
+    again.send(&1).unwrap();
+    assert_eq!(a.recv_timeout(PATIENCE), Ok(1));
+    drop(again);
+    assert!(matches!(a.recv_timeout(PATIENCE), Err(RecvTimeoutError::Disconnected)));
+}

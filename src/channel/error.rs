@@ -31,6 +31,10 @@ pub enum ChannelFault {
     /// `OSError: handle is closed`): a mistake of this process, not the peer going away.
     #[error("this end of the pipe was closed here")]
     UseAfterClose,
+    /// A pipe end already has as many holders (processes and cloned handles) as its
+    /// table has room for: close or drop some before handing it on again.
+    #[error("this end of the pipe already has {} holders", crate::channel::holders::MAX_HOLDERS)]
+    TooManyHolders,
 }
 
 macro_rules! send_error {

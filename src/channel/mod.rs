@@ -16,6 +16,7 @@
 
 mod codec;
 mod error;
+mod holders;
 mod pace;
 mod pipe;
 mod queue;

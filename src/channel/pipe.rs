@@ -5,19 +5,21 @@
 //! never contended and a round trip is two hand-offs through shared memory: the
 //! receiver spins, then yields its CPU for up to 100 µs, then sleeps on a futex.
 //!
-//! | field      | written by | meaning |
-//! |------------|------------|---------|
-//! | `owner[e]` | end `e`'s process | the process holding end `e` (pid and start time, see `sys::ProcessId`): the creator, then the child it was handed to |
-//! | `closed[e]`| end `e`'s owner   | end `e` was closed (or dropped by its owner) |
+//! The header holds each end's [holders](super::holders): the processes holding it,
+//! by pid and start time. An end is held first by its creator's handle; a handle
+//! handed to a child is held by that child from the moment its start succeeds
+//! (before it attaches) and no longer by the handle it came from; a handle handed to
+//! several children, or cloned with [`Connection::try_clone`], has several holders.
+//! The end closes for its peer when its last holder closes it, drops it, or dies.
 //!
 //! A receiver waiting on an empty ring looks every [`PEER_CHECK`] whether the other
-//! end was closed or its owner died, and then reports `Disconnected`: within 200 ms,
-//! instead of blocking forever.
+//! end was closed or all its holders died, and then reports `Disconnected`: within
+//! 200 ms, instead of blocking forever.
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::de::{DeserializeOwned, Error as _};
@@ -25,6 +27,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::codec::{decode, with_scratch, Encoding};
 use super::error::{BufferTooShort, ChannelFault, RecvError, RecvTimeoutError, SendError, SendTimeoutError};
+use super::holders::HolderTable;
 use super::ring::{self, GetFail, PutFail, Ring};
 use super::signal::{Poll, Waited};
 use crate::segment::{transfer, Backing, Expect, ObjectKind, Segment, SegmentCreateError, TypeInfo};
@@ -39,8 +42,7 @@ const PIPE_CAPACITY: u64 = 4 << 20;
 
 #[repr(C)]
 pub(crate) struct PipeHeader {
-    owner: [AtomicU64; 2],
-    closed: [AtomicU32; 2],
+    holders: [HolderTable; 2],
 }
 
 fn header_len() -> usize {
@@ -83,13 +85,10 @@ impl Pipe {
         let rings = if duplex { 2 } else { 1 };
         let len = ring_offset(rings);
         let expect = Expect { kind: ObjectKind::Pipe, elem: Some(TypeInfo::of_message::<T>()) };
-        let me = sys::ProcessId::me().to_bits();
         let seg = Segment::create(expect, rings as u64, len, Backing::Anonymous, |body| {
-            let hdr = body.cast::<PipeHeader>();
-            // SAFETY: the fresh, zeroed body holds the header and `rings` rings.
+            // SAFETY: the fresh, zeroed body holds the header (zeroed: no holder
+            // yet; each handle takes its slot as it attaches) and `rings` rings.
             unsafe {
-                (*hdr).owner[0].store(me, Ordering::Relaxed);
-                (*hdr).owner[1].store(me, Ordering::Relaxed);
                 for i in 0..rings {
                     Ring::init(body.add(ring_offset(i)), PIPE_CAPACITY, 0, false, false);
                 }
@@ -112,9 +111,8 @@ pub struct Connection<T> {
     recv: Option<Ring>,
     /// When this handle last looked whether the peer's process lives (coarse ms).
     peer_looked: AtomicU64,
-    /// This handle was handed to another process (whose start succeeded): it no
-    /// longer speaks for the end. Shared with the hand-over that sets it.
-    handed_over: Arc<AtomicBool>,
+    /// The holder slots this handle has: shared with the hand-overs that change them.
+    holding: Arc<Mutex<Holding>>,
     /// `close` was called on this handle.
     closed_here: AtomicBool,
     _t: PhantomData<fn(T) -> T>,
@@ -137,10 +135,13 @@ pub enum RecvIntoError {
 
 impl<T> Connection<T> {
     fn new(seg: Arc<Segment>, end: usize) -> Result<Connection<T>, SegmentCreateError> {
-        Self::attach(seg, end).map_err(|e| SegmentCreateError::Os {
+        let failed = |e: ChannelFault| SegmentCreateError::Os {
             op: "attaching a pipe",
             source: std::io::Error::other(e.to_string()),
-        })
+        };
+        let conn = Self::attach(seg, end).map_err(failed)?;
+        conn.hold_new_slot().map_err(failed)?;
+        Ok(conn)
     }
 
     fn attach(seg: Arc<Segment>, end: usize) -> Result<Connection<T>, ChannelFault> {
@@ -174,7 +175,7 @@ impl<T> Connection<T> {
             send,
             recv,
             peer_looked: AtomicU64::new(0),
-            handed_over: Arc::new(AtomicBool::new(false)),
+            holding: Arc::new(Mutex::new(Holding::default())),
             closed_here: AtomicBool::new(false),
             _t: PhantomData,
         })
@@ -190,39 +191,79 @@ impl<T> Connection<T> {
         1 - self.end
     }
 
+    fn holders(&self, end: usize) -> &HolderTable {
+        &self.header().holders[end]
+    }
+
+    fn holding(&self) -> MutexGuard<'_, Holding> {
+        // The data is slot numbers, consistent at every step: a panic elsewhere
+        // while it was held leaves nothing half-done.
+        self.holding.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes a new holder slot for this handle, in this process's name.
+    fn hold_new_slot(&self) -> Result<(), ChannelFault> {
+        let slot = self.holders(self.end).reserve(sys::ProcessId::me()).ok_or(ChannelFault::TooManyHolders)?;
+        self.holding().own = Some(slot);
+        Ok(())
+    }
+
     /// Whether the other end was closed (an atomic load: cheap).
     fn peer_closed(&self) -> bool {
-        // SeqCst, as the store in `close`: a waiter that asked to be woken and then
-        // looks here either sees the close or is woken after it.
-        self.header().closed[self.peer()].load(Ordering::SeqCst) != 0
+        self.holders(self.peer()).closed()
     }
 
-    /// Whether the other end was closed, or the process owning it is gone (reads
+    /// Whether the other end was closed, or every process holding it is gone (reads
     /// `/proc`: only for a waiter that has slept a while).
     fn peer_gone(&self) -> bool {
-        let h = self.header();
-        let owner = sys::ProcessId::from_bits(h.owner[self.peer()].load(Ordering::Acquire));
-        h.closed[self.peer()].load(Ordering::Acquire) != 0 || !owner.is_alive()
+        self.holders(self.peer()).gone()
     }
 
-    /// Whether this process owns the end (it made the pipe and kept it, or received
-    /// it), and this handle was not handed on.
-    fn owns_end(&self) -> bool {
-        !self.handed_over.load(Ordering::Acquire)
-            && sys::ProcessId::from_bits(self.header().owner[self.end].load(Ordering::Acquire)).pid() == sys::getpid()
+    /// A second handle to the same end, holding it too (as `dup` does a
+    /// descriptor): the end closes for its peer once both are closed or dropped.
+    /// Hand one to a child and keep using the other (Python's pattern of a
+    /// connection used by a parent and its children alike).
+    ///
+    /// ```
+    /// let (a, b) = shmproc::Pipe::duplex::<u32>()?;
+    /// let b2 = b.try_clone()?;
+    /// drop(b);
+    /// b2.send(&7)?;
+    /// assert_eq!(a.recv()?, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_clone(&self) -> Result<Connection<T>, ChannelFault> {
+        if self.is_closed() {
+            return Err(ChannelFault::UseAfterClose);
+        }
+        let conn = Connection::attach(Arc::clone(&self.seg), self.end)?;
+        conn.hold_new_slot()?;
+        Ok(conn)
     }
 
-    /// Closes this end (Python's `close()`): the other end's `recv` reports
-    /// `Disconnected` once drained, its `send` fails.
+    /// Closes this end (Python's `close()`): once every holder of the end has
+    /// closed it, the other end's `recv` reports `Disconnected` once drained, and
+    /// its `send` fails.
     ///
     /// Closing a handle that was handed to a child (Python's `p.start();
     /// child_conn.close()`) only closes this handle: the child's end stays open.
     pub fn close(&self) {
         self.closed_here.store(true, Ordering::Release);
-        if !self.owns_end() {
-            return;
+        let me = sys::ProcessId::me();
+        let mut holding = self.holding();
+        let slots: Vec<usize> = holding.own.take().into_iter().chain(holding.reserved.drain(..)).collect();
+        drop(holding);
+        let mut last = false;
+        for slot in slots {
+            last |= self.holders(self.end).give_back(slot, me);
         }
-        self.header().closed[self.end].store(1, Ordering::SeqCst);
+        if last {
+            self.close_end();
+        }
+    }
+
+    /// The last holder went: wake the peer, whichever way it waits.
+    fn close_end(&self) {
         if let Some(r) = &self.send {
             r.close(); // wakes a receiver waiting on it
         }
@@ -233,7 +274,7 @@ impl<T> Connection<T> {
 
     /// Whether this handle or its end was closed.
     pub fn is_closed(&self) -> bool {
-        self.closed_here.load(Ordering::Acquire) || self.header().closed[self.end].load(Ordering::Acquire) != 0
+        self.closed_here.load(Ordering::Acquire) || self.holders(self.end).closed()
     }
 
     /// Whether the peer is gone, looking at its process at most every PEER_CHECK (a
@@ -425,42 +466,67 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
 
 impl<T> Drop for Connection<T> {
     fn drop(&mut self) {
-        // Only the owner's drop closes the end: a parent dropping its copy of an end
-        // it handed to a child must not close the child's.
-        if self.owns_end() {
-            self.close();
-        }
+        // Gives back what this handle holds: nothing if it was handed to a child (a
+        // parent dropping its copy must not close the child's end).
+        self.close();
     }
 }
 
 impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // Once the start succeeds, the end is the child's (by its pid, before it even
-        // attaches: a child killed on its way still shows as a gone peer), and this
-        // handle no longer closes it (on drop or `close`). A start that fails leaves
-        // it this handle's.
-        let (seg, end, handed_over) = (Arc::clone(&self.seg), self.end, Arc::clone(&self.handed_over));
+        // A slot for the child, reserved in this process's name (so the end cannot
+        // close on the way). Once the start succeeds, the slot is the child's (by
+        // its pid, before it even attaches: a child killed on its way still shows
+        // as a gone holder), and this handle gives back its own. A start that fails
+        // leaves both slots to this handle, which gives them back when it closes.
+        use serde::ser::Error as _;
+        if self.closed_here.load(Ordering::Acquire) {
+            return Err(S::Error::custom(ChannelFault::UseAfterClose));
+        }
+        let me = sys::ProcessId::me();
+        let slot = self.holders(self.end).reserve(me).ok_or_else(|| S::Error::custom(ChannelFault::TooManyHolders))?;
+        self.holding().reserved.push(slot);
+        let (seg, end, holding) = (Arc::clone(&self.seg), self.end, Arc::clone(&self.holding));
         transfer::on_handover(Box::new(move |child| {
-            handed_over.store(true, Ordering::Release);
             // SAFETY: the segment was checked to hold a PipeHeader when this handle
             // attached it, and `seg` keeps it mapped.
-            let header = unsafe { &*seg.body().cast::<PipeHeader>() };
-            header.owner[end].store(sys::ProcessId::of(child).to_bits(), Ordering::Release);
+            let holders = unsafe { &(*seg.body().cast::<PipeHeader>()).holders[end] };
+            holders.pass(slot, me, sys::ProcessId::of(child));
+            let mut holding = holding.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            holding.reserved.retain(|s| *s != slot);
+            if let Some(own) = holding.own.take() {
+                // Never the last: the child's slot is taken.
+                holders.give_back(own, me);
+            }
         }));
-        (self.end as u8, transfer::SegmentsOf(&[&self.seg])).serialize(s)
+        (self.end as u8, slot as u32, me.to_bits(), transfer::SegmentsOf(&[&self.seg])).serialize(s)
     }
 }
 
 impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (end, transfer::Segments([seg])) = <(u8, transfer::Segments<1>)>::deserialize(d)?;
+        let (end, slot, from, transfer::Segments([seg])) = <(u8, u32, u64, transfer::Segments<1>)>::deserialize(d)?;
         seg.check(Expect { kind: ObjectKind::Pipe, elem: Some(TypeInfo::of_message::<T>()) })
             .map_err(D::Error::custom)?;
         let conn = Connection::attach(seg, usize::from(end)).map_err(D::Error::custom)?;
-        // This process now owns the end it received.
-        conn.header().owner[conn.end].store(sys::ProcessId::me().to_bits(), Ordering::Release);
+        // The slot reserved for this process is now its own.
+        let slot = slot as usize;
+        let me = sys::ProcessId::me();
+        if !conn.holders(conn.end).claim(slot, sys::ProcessId::from_bits(from), me) {
+            return Err(D::Error::custom(ChannelFault::Corrupted("pipe holder slot")));
+        }
+        conn.holding().own = Some(slot);
         Ok(conn)
     }
+}
+
+/// The holder slots of one handle.
+#[derive(Debug, Default)]
+struct Holding {
+    /// The slot this handle holds the end by; `None` once closed or handed on.
+    own: Option<usize>,
+    /// Slots reserved for children whose start has not succeeded (yet).
+    reserved: Vec<usize>,
 }
 
 impl<T> fmt::Debug for Connection<T> {
