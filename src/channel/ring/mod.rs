@@ -62,24 +62,17 @@ use std::sync::Arc;
 use super::error::{ChannelFault, RecvTimeoutError};
 use super::pace::{self, Pace};
 use super::signal::{Asker, Patience, Poll, Signal, Waited};
-use crate::segment::{Backing, Expect, ObjectKind, Segment};
+use crate::segment::Segment;
+
+mod frame;
+mod side;
+
 use crate::sync::wait::Wait;
 use crate::sync::{Acquire, RawMutex};
-
-const POS_BITS: u32 = 40;
-const POS_MASK: u64 = (1 << POS_BITS) - 1;
-const COUNT_MASK: u32 = (1 << 24) - 1;
-/// How often a joinable ring's put looks at the unfinished count (in puts).
-const LIMIT_LOOK: u32 = 4096;
-/// The largest capacity: positions are compared modulo 2⁴⁰.
-pub(crate) const MAX_CAPACITY: u64 = 1 << 38;
-/// The smallest capacity worth having.
-pub(crate) const MIN_CAPACITY: u64 = 256;
-
-const FRAME_HEADER: u64 = 8;
-const CHECK: u64 = 0xA5;
-const INLINE: u8 = 1;
-const SIDE: u8 = 2;
+use frame::*;
+pub(crate) use frame::{MAX_CAPACITY, MIN_CAPACITY};
+use side::SideOpen;
+pub(crate) use side::SideSegment;
 
 /// What only producers touch, on a cache line of its own: a consumer's reads and
 /// writes never steal it from a producer in the middle of a put.
@@ -139,13 +132,6 @@ pub(crate) struct RingHeader {
     fixed: Line<Fixed>,
 }
 
-/// A frame's header word: payload length (bits 0-31), kind (32-39), the check
-/// byte (40-47), and the low 16 bits of the message's number in the ring (48-63),
-/// which the reader compares with its own count.
-fn frame_word(len: u64, kind: u8, number: u32) -> u64 {
-    len | (u64::from(kind) << 32) | (CHECK << 40) | (u64::from(number as u16) << 48)
-}
-
 /// The bytes a ring of `capacity` takes, header included, 64-byte aligned; `None`
 /// when that is more than this machine can address (`isize::MAX`: a capacity read
 /// from a hostile header on a 32-bit target must not wrap into a small one).
@@ -156,18 +142,6 @@ pub(crate) fn ring_len(capacity: u64) -> Option<usize> {
 
 fn header_len() -> usize {
     std::mem::size_of::<RingHeader>().next_multiple_of(64)
-}
-
-fn unpack(word: u64) -> (u64, u32) {
-    (word & POS_MASK, (word >> POS_BITS) as u32 & COUNT_MASK)
-}
-
-fn pack(pos: u64, count: u32) -> u64 {
-    (pos & POS_MASK) | (u64::from(count & COUNT_MASK) << POS_BITS)
-}
-
-fn frame_len(payload: u64) -> u64 {
-    FRAME_HEADER + payload.next_multiple_of(8)
 }
 
 /// Why a put did not happen.
@@ -842,84 +816,4 @@ impl Outgoing<'_> {
             Outgoing::Side(s, crc) => s.name().len() + crc.map_or(0, |_| CRC_LEN),
         }
     }
-}
-
-/// The bytes of a frame's checksum.
-const CRC_LEN: usize = 4;
-
-/// A named segment carrying one large payload from a producer to a consumer.
-pub(crate) struct SideSegment(Segment);
-
-impl SideSegment {
-    fn expect() -> Expect {
-        Expect { kind: ObjectKind::QueueSide, elem: None }
-    }
-
-    fn create(payload: &[u8]) -> Result<SideSegment, ChannelFault> {
-        let seg = Segment::create(Self::expect(), payload.len() as u64, payload.len(), Backing::Named, |body| {
-            // SAFETY: the body is `payload.len()` fresh bytes nobody else sees yet.
-            unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), body, payload.len()) };
-            Ok(())
-        })
-        .map_err(|e| ChannelFault::Side(e.to_string()))?;
-        Ok(SideSegment(seg))
-    }
-
-    fn name(&self) -> &str {
-        self.0.name().unwrap_or_default()
-    }
-
-    /// About to be committed: from now on the queue (its inode `keeper`) holds the
-    /// name, which a consumer unlinks, or the orphan sweep once no process maps the
-    /// queue any more; whatever happens to this producer.
-    fn disown(&self, keeper: u64) {
-        self.0.disown(keeper);
-    }
-
-    /// The consumer's side, before it commits the frame: open and validate the
-    /// segment named by the frame's bytes.
-    fn open(name: &[u8]) -> Result<SideSegment, SideOpen> {
-        let lost = |why: &'static str| SideOpen::Lost(ChannelFault::Corrupted(why));
-        let name = std::str::from_utf8(name).map_err(|_| lost("side name"))?;
-        let seg = Segment::open(name, Self::expect()).map_err(|e| match &e {
-            // Out of descriptors, memory or address space: worth another try.
-            crate::SegmentOpenError::Os { source, .. }
-                if matches!(
-                    source.raw_os_error(),
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN | libc::EINTR)
-                ) =>
-            {
-                SideOpen::Retry(ChannelFault::Side(e.to_string()))
-            }
-            _ => SideOpen::Lost(ChannelFault::Side(e.to_string())),
-        })?;
-        let len = usize::try_from(seg.elem_count()).map_err(|_| lost("side segment length"))?;
-        if len != seg.body_len() {
-            return Err(lost("side segment length"));
-        }
-        Ok(SideSegment(seg))
-    }
-
-    /// After the commit: the message out, and the name unlinked (the queue's
-    /// message is now this consumer's).
-    fn take(self) -> Vec<u8> {
-        let len = self.0.body_len();
-        let mut out = vec![0u8; len];
-        // SAFETY: the body is `len` bytes (checked in `open` against the header's
-        // count); the producer finished writing it before committing the frame that
-        // named it.
-        unsafe { std::ptr::copy_nonoverlapping(self.0.body(), out.as_mut_ptr(), len) };
-        if let Some(name) = self.0.name() {
-            let _ = crate::sys::shm_unlink(name);
-        }
-        out
-    }
-}
-
-/// Why a side segment could not be opened.
-enum SideOpen {
-    /// For now (descriptors, memory): leave the message in the queue.
-    Retry(ChannelFault),
-    /// For good (missing, damaged): pass over it.
-    Lost(ChannelFault),
 }

@@ -1,0 +1,39 @@
+//! The ring's arithmetic: positions and counts packed in one word, frame headers
+//! and lengths. Pure functions, so that they can be checked without a segment.
+
+pub(super) const POS_BITS: u32 = 40;
+pub(super) const POS_MASK: u64 = (1 << POS_BITS) - 1;
+pub(super) const COUNT_MASK: u32 = (1 << 24) - 1;
+/// How often a joinable ring's put looks at the unfinished count (in puts).
+pub(super) const LIMIT_LOOK: u32 = 4096;
+/// The largest capacity: positions are compared modulo 2⁴⁰.
+pub(crate) const MAX_CAPACITY: u64 = 1 << 38;
+/// The smallest capacity worth having.
+pub(crate) const MIN_CAPACITY: u64 = 256;
+
+pub(super) const FRAME_HEADER: u64 = 8;
+pub(super) const CHECK: u64 = 0xA5;
+pub(super) const INLINE: u8 = 1;
+pub(super) const SIDE: u8 = 2;
+
+/// A frame's header word: payload length (bits 0-31), kind (32-39), the check
+/// byte (40-47), and the low 16 bits of the message's number in the ring (48-63),
+/// which the reader compares with its own count.
+pub(super) fn frame_word(len: u64, kind: u8, number: u32) -> u64 {
+    len | (u64::from(kind) << 32) | (CHECK << 40) | (u64::from(number as u16) << 48)
+}
+
+pub(super) fn unpack(word: u64) -> (u64, u32) {
+    (word & POS_MASK, (word >> POS_BITS) as u32 & COUNT_MASK)
+}
+
+pub(super) fn pack(pos: u64, count: u32) -> u64 {
+    (pos & POS_MASK) | (u64::from(count & COUNT_MASK) << POS_BITS)
+}
+
+pub(super) fn frame_len(payload: u64) -> u64 {
+    FRAME_HEADER + payload.next_multiple_of(8)
+}
+
+/// The bytes of a frame's checksum.
+pub(super) const CRC_LEN: usize = 4;
