@@ -112,3 +112,11 @@ pub const DEFAULT_SPIN_ROUNDS: u32 = crate::sync::wait::DEFAULT_SPIN_ROUNDS;
 pub fn set_safety_poll(every: Duration) {
     crate::sync::wait::set_safety_poll(every);
 }
+
+pub use crate::channel::SideStall;
+
+/// Makes this process stop for good at `at` of every large message's hand-off
+/// (`None`: never), setting `reached` first, so that a test can kill it there.
+pub fn stall_side_handoff(at: Option<SideStall>, reached: crate::Event) {
+    crate::channel::set_side_stall(at.map(|at| (at, reached)));
+}

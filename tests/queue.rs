@@ -389,3 +389,61 @@ fn a_get_out_of_descriptors_leaves_a_large_message_in_the_queue() {
     });
     assert_eq!(join(child), Exit::Code(0));
 }
+
+fn shm_files_of(pid: u32) -> std::collections::HashSet<String> {
+    let mine = format!(".{pid:x}.");
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("shmproc.") && n.contains(&mine))
+        .collect()
+}
+
+fn stalled_producer(args: (Queue<Vec<u8>>, Event)) {
+    shmproc::testing::stall_side_handoff(Some(shmproc::testing::SideStall::BeforeCommit), args.1);
+    let _ = args.0.put_bytes(&vec![7u8; 100_000]);
+}
+
+fn stalled_consumer(args: (Queue<Vec<u8>>, Event)) {
+    shmproc::testing::stall_side_handoff(Some(shmproc::testing::SideStall::BeforeUnlink), args.1);
+    let _ = args.0.get_bytes_timeout(PATIENCE);
+}
+
+/// Regression (#8): a producer killed between disowning a large message's file and
+/// committing its frame, or a consumer killed between committing the frame and
+/// unlinking the file, left the file in /dev/shm for as long as the queue lived.
+/// The sweep now asks the queue (under its locks) whether a frame still names it.
+#[test]
+fn side_segments_of_hand_offs_killed_midway_are_swept_while_the_queue_lives() {
+    for method in [StartMethod::Fork, StartMethod::Spawn] {
+        for (who, target) in [("producer", stalled_producer as fn(_)), ("consumer", stalled_consumer)] {
+            let q = Queue::<Vec<u8>>::builder().capacity(4096).build().unwrap();
+            let before = shm_files_of(std::process::id());
+            if who == "consumer" {
+                q.put_bytes(&vec![9u8; 100_000]).unwrap();
+            }
+            let queued: Vec<String> = shm_files_of(std::process::id()).difference(&before).cloned().collect();
+            let reached = Event::new().unwrap();
+            let child = Process::builder(target, (q.clone(), reached.clone()))
+                .start_method(method)
+                .daemon(true)
+                .start()
+                .unwrap();
+            assert!(reached.wait_timeout(PATIENCE), "{method:?} {who}: never reached the stall");
+            let pid = child.pid().unwrap() as u32;
+            let files: Vec<String> = if who == "producer" { shm_files_of(pid).into_iter().collect() } else { queued };
+            assert_eq!(files.len(), 1, "{method:?} {who}: {files:?}");
+            child.kill().unwrap();
+            assert_eq!(finish(&child), Some(-libc::SIGKILL));
+            assert!(shm_path(&files[0]).exists(), "{method:?} {who}: gone before any sweep");
+            assert!(shmproc::remove_orphaned_segments().unwrap() >= 1);
+            assert!(!shm_path(&files[0]).exists(), "{method:?} {who}: the file outlived its hand-off");
+            // Nothing half-delivered: the producer's message never was, the consumer's was taken.
+            assert!(matches!(q.get_bytes_timeout(Duration::from_millis(50)), Err(RecvTimeoutError::Timeout)));
+            // And the queue goes on, large messages included; a queued one is never swept.
+            q.put_bytes(&vec![3u8; 100_000]).unwrap();
+            shmproc::remove_orphaned_segments().unwrap();
+            assert_eq!(q.get_bytes_timeout(PATIENCE).unwrap(), vec![3u8; 100_000]);
+        }
+    }
+}

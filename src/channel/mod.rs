@@ -29,4 +29,7 @@ pub use error::{
 };
 pub use pipe::{Connection, Pipe, RecvIntoError};
 pub use queue::{JoinableQueue, Queue, QueueBuilder, DEFAULT_CAPACITY};
+pub(crate) use ring::set_side_stall;
+#[doc(hidden)]
+pub use ring::SideStall;
 pub(crate) use signal::YIELD_TIME;

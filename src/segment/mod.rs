@@ -41,6 +41,7 @@ pub(crate) use header::{Expect, HEADER_LEN};
 
 pub use error::{SegmentCreateError, SegmentOpenError};
 pub use orphans::remove_orphaned_segments;
+pub(crate) use orphans::set_keeper_check;
 use orphans::{check_name, random_name, this_process};
 
 pub(crate) use view::{create_view, open_view, view_of, View};

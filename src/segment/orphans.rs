@@ -7,9 +7,12 @@
 //! creating the file and publishing its header leaves a file the sweep can still
 //! tell apart from a live creator's half-made one. A valid header wins over the name.
 //! A header whose creator was given away names its keeper instead (a queue's side
-//! segment names the queue's inode): it is swept once no process maps the keeper,
-//! when no queue can ever take it (a queue dropped with a large message in it, a
-//! consumer killed between taking a message and unlinking its file).
+//! segment names the queue's inode): it is swept once no queue can take it. Either
+//! no process maps the keeper any more (a queue dropped with a large message in
+//! it), or this process maps the keeper and its rings, searched under their locks,
+//! have no frame naming the file (a producer killed between disowning the file and
+//! committing its frame, a consumer killed between committing the frame and
+//! unlinking the file): the [keeper check](set_keeper_check) answers that.
 //!
 //! The sweep reads all of `/dev/shm` and `/proc` for each file, so a named creation
 //! runs it at most once per [`SWEEP_EVERY`]; [`remove_orphaned_segments`] called
@@ -54,7 +57,11 @@ pub fn remove_orphaned_segments() -> io::Result<usize> {
                 // process maps it, so no queue can take it any more. Only for names
                 // of our own pid namespace, whose processes we can all see.
                 let ours_too = creator_in_name(&name).is_some_and(|c| c.pid_ns == ours && ours != 0);
-                if ours_too && sys::inode_mapped_anywhere(inode) == Some(false) && sys::shm_unlink(&name).is_ok() {
+                let orphan = match sys::inode_mapped_anywhere(inode) {
+                    Some(false) => true,
+                    _ => KEEPER_CHECK.get().and_then(|check| check(inode, &name)) == Some(false),
+                };
+                if ours_too && orphan && sys::shm_unlink(&name).is_ok() {
                     removed += 1;
                 }
                 continue;
@@ -79,6 +86,18 @@ pub fn remove_orphaned_segments() -> io::Result<usize> {
         }
     }
     Ok(removed)
+}
+
+/// Asks the segments this process maps whether one of them, the segment with the
+/// given inode, still holds the named side segment: `Some(false)` when it surely
+/// does not (see the module docs); `None` when it cannot tell.
+pub(crate) type KeeperCheck = fn(u64, &str) -> Option<bool>;
+
+static KEEPER_CHECK: std::sync::OnceLock<KeeperCheck> = std::sync::OnceLock::new();
+
+/// Installs the keeper check (the channel layer's, once it maps a ring).
+pub(crate) fn set_keeper_check(check: KeeperCheck) {
+    let _ = KEEPER_CHECK.set(check);
 }
 
 /// Runs the sweep if none ran in this process within [`SWEEP_EVERY`] (for named

@@ -37,3 +37,9 @@ pub(super) fn frame_len(payload: u64) -> u64 {
 
 /// The bytes of a frame's checksum.
 pub(super) const CRC_LEN: usize = 4;
+
+/// The fields of a frame's header word (see [`frame_word`]): length, kind, check
+/// byte and number; none of them trusted yet.
+pub(super) fn frame_fields(word: u64) -> (u64, u8, u64, u16) {
+    (word & 0xFFFF_FFFF, (word >> 32) as u8, (word >> 40) & 0xFF, (word >> 48) as u16)
+}

@@ -67,12 +67,18 @@ use crate::segment::Segment;
 mod frame;
 mod side;
 
+/// How long the orphan sweep waits for a ring's locks before it gives up asking
+/// (long enough to recover a lock from a holder that died: see `RawMutex`).
+const KEEPER_LOOK: std::time::Duration = std::time::Duration::from_millis(50);
+
 use crate::sync::wait::Wait;
 use crate::sync::{Acquire, RawMutex};
 use frame::*;
 pub(crate) use frame::{MAX_CAPACITY, MIN_CAPACITY};
+pub(crate) use side::set_stall as set_side_stall;
 use side::SideOpen;
 pub(crate) use side::SideSegment;
+pub use side::SideStall;
 
 /// What only producers touch, on a cache line of its own: a consumer's reads and
 /// writes never steal it from a producer in the middle of a put.
@@ -221,6 +227,13 @@ impl Ring {
 
     /// The ring at `offset` in `seg`'s body, checked against the segment's size.
     pub(crate) fn attach(seg: Arc<Segment>, offset: usize) -> Result<Ring, ChannelFault> {
+        let ring = Self::attach_unregistered(seg, offset)?;
+        side::register(&ring.seg, offset);
+        Ok(ring)
+    }
+
+    /// `attach`, without making the ring known to the orphan sweep (for the sweep).
+    fn attach_unregistered(seg: Arc<Segment>, offset: usize) -> Result<Ring, ChannelFault> {
         let fits = |len: usize| offset.checked_add(len).is_some_and(|end| end <= seg.body_len());
         if !offset.is_multiple_of(64) || !fits(header_len()) {
             return Err(ChannelFault::Corrupted("ring outside its segment"));
@@ -498,6 +511,7 @@ impl Ring {
             // producer dies at once. (Dying between this line and the commit below
             // leaks the side segment: the price of never losing a committed message.)
             s.disown(self.keeper);
+            side::stall_point(side::SideStall::BeforeCommit);
         }
         let (pos, puts) = unpack(tail);
         let header = frame_word(len, kind, puts);
@@ -559,8 +573,7 @@ impl Ring {
             }
             let (pos, gets) = unpack(head);
             let word = self.read_word(pos);
-            let (len, kind, check, seq) =
-                (word & 0xFFFF_FFFF, (word >> 32) as u8, (word >> 40) & 0xFF, (word >> 48) as u16);
+            let (len, kind, check, seq) = frame_fields(word);
             let frame = frame_len(len);
             // The frame says which message it is: a position moved back (or forward)
             // by whole frames would otherwise deliver an old message again, silently.
@@ -647,6 +660,9 @@ impl Ring {
             return Err(if closed { GetFail::Closed } else { GetFail::Empty });
         }
         let mut damaged = false;
+        if !sides.is_empty() {
+            side::stall_point(side::SideStall::BeforeUnlink);
+        }
         for (k, side, crc) in sides {
             outs[k] = side.take();
             damaged |= crc.is_some_and(|crc| crc32c::crc32c(&outs[k]) != crc);
@@ -656,6 +672,41 @@ impl Ring {
             return Err(GetFail::Fault(ChannelFault::Corrupted("message checksum")));
         }
         Ok(taken)
+    }
+
+    /// For the orphan sweep: whether a frame now in the ring names the side segment
+    /// `name` (without its leading '/'). Looked at under both locks, so that no put is
+    /// between disowning its side segment and committing its frame: a file kept for
+    /// this ring and named by no frame is no queue's any more (its producer died
+    /// before the commit, or its consumer after it but before unlinking; a consumer
+    /// still alive there has it mapped already and copies from its mapping). `None`
+    /// when it cannot tell: a lock stays busy, or the ring is damaged.
+    pub(crate) fn names_side(&self, name: &[u8]) -> Option<bool> {
+        let _puts = self.lock_puts(Wait::timeout(KEEPER_LOOK)).ok()??;
+        let _gets = self.lock_gets(Wait::timeout(KEEPER_LOOK)).ok()??;
+        let h = self.header();
+        let mut head = h.head.load(Ordering::Acquire);
+        let (mut used, _) = self.occupancy(h.tail.load(Ordering::Acquire), head).ok()?;
+        let mut found = Vec::new();
+        while used > 0 {
+            let (pos, _) = unpack(head);
+            let (len, kind, check, _) = frame_fields(self.read_word(pos));
+            let frame = frame_len(len);
+            if check != CHECK || frame > used {
+                return None;
+            }
+            if kind == SIDE {
+                let skip = if self.checksum { CRC_LEN as u64 } else { 0 };
+                let named = len.checked_sub(skip)?;
+                self.read_into(pos + FRAME_HEADER + skip, named as usize, &mut found);
+                if found.strip_prefix(b"/").unwrap_or(&found) == name {
+                    return Some(true);
+                }
+            }
+            head = pack(pos + frame, 0);
+            used -= frame;
+        }
+        Some(false)
     }
 
     /// For a joinable ring: whether the unfinished count (puts not yet marked done,

@@ -1,6 +1,9 @@
 //! Side segments: a message too large for the ring travels in a named segment of
 //! its own, whose name the frame carries.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
 use super::ChannelFault;
 use crate::segment::{Backing, Expect, ObjectKind, Segment};
 
@@ -79,4 +82,84 @@ pub(super) enum SideOpen {
     Retry(ChannelFault),
     /// For good (missing, damaged): pass over it.
     Lost(ChannelFault),
+}
+
+/// The rings this process maps, by their segment's inode (the keeper a side
+/// segment names) and offset: the orphan sweep asks them whether a side segment
+/// kept for them is still named by one of their frames.
+static RINGS: Mutex<Vec<(u64, Weak<Segment>, usize)>> = Mutex::new(Vec::new());
+
+/// Makes the ring at `offset` of `seg` known to the orphan sweep of this process.
+pub(super) fn register(seg: &Arc<Segment>, offset: usize) {
+    let inode = seg.inode();
+    let mut rings = RINGS.lock().unwrap_or_else(PoisonError::into_inner);
+    rings.retain(|(_, s, _)| s.strong_count() > 0);
+    if !rings.iter().any(|(i, _, o)| *i == inode && *o == offset) {
+        rings.push((inode, Arc::downgrade(seg), offset));
+    }
+    drop(rings);
+    crate::segment::set_keeper_check(still_queued);
+}
+
+/// Whether a ring of the segment with `inode`, mapped by this process, holds a
+/// frame that names the side segment `name`: `Some(false)` only when every such
+/// ring was searched under both its locks and none does; `None` when this process
+/// maps none, or cannot tell.
+fn still_queued(inode: u64, name: &str) -> Option<bool> {
+    let rings: Vec<_> = RINGS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .filter(|(i, _, _)| *i == inode)
+        .filter_map(|(_, s, o)| Some((s.upgrade()?, *o)))
+        .collect();
+    if rings.is_empty() {
+        return None;
+    }
+    let name = name.trim_start_matches('/');
+    for (seg, offset) in rings {
+        let ring = super::Ring::attach_unregistered(seg, offset).ok()?;
+        if ring.names_side(name.as_bytes())? {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+/// Test support: where a large message's hand-off stops (see
+/// [`crate::testing::stall_side_handoff`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[doc(hidden)]
+pub enum SideStall {
+    /// A producer, after disowning the side segment, before committing its frame.
+    BeforeCommit,
+    /// A consumer, after committing the frame, before unlinking the side segment.
+    BeforeUnlink,
+}
+
+static STALL: Mutex<Option<(SideStall, crate::Event)>> = Mutex::new(None);
+/// Whether `STALL` is set: the hand-off of every large message looks, so one load.
+static STALL_SET: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn set_stall(stall: Option<(SideStall, crate::Event)>) {
+    let mut slot = STALL.lock().unwrap_or_else(PoisonError::into_inner);
+    STALL_SET.store(stall.is_some(), Ordering::Relaxed);
+    *slot = stall;
+}
+
+/// Stops this thread for good at `at` if a test asked for it (after setting the
+/// test's event): the test then kills the process there.
+pub(super) fn stall_point(at: SideStall) {
+    if !STALL_SET.load(Ordering::Relaxed) {
+        return;
+    }
+    let stall = STALL.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    if let Some((wanted, reached)) = stall {
+        if wanted == at {
+            reached.set();
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+    }
 }
