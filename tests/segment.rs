@@ -146,3 +146,48 @@ fn a_large_message_left_in_a_dropped_queue_is_swept() {
     // Alone in a process: a child forked by another test would map the queue too.
     run_test_alone("side_segment_helper", ("SHMPROC_SIDE_SEGMENT", "1"));
 }
+
+/// The threat model's line on truncation (#8): an anonymous segment is sealed, so no
+/// process can shrink it under others; a named one cannot be (POSIX shm has no
+/// seals), and a process with write access that truncates it makes the processes
+/// that map it die of SIGBUS at their next access, as README states.
+#[test]
+fn anonymous_segments_cannot_be_shrunk_and_a_truncated_named_one_is_sigbus() {
+    let child = shmproc::testing::fork(|| {
+        // In a child with one thread: every shmproc memfd here is this test's.
+        let v = Value::<u64>::new(7).unwrap();
+        let mut sealed = 0;
+        for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            let link = std::fs::read_link(entry.path()).unwrap_or_default();
+            if !link.to_string_lossy().starts_with("/memfd:shmproc") {
+                continue;
+            }
+            let fd: i32 = entry.file_name().to_string_lossy().parse().unwrap();
+            // SAFETY: `fd` is an open memfd of this process; a failing ftruncate changes nothing.
+            let r = unsafe { libc::ftruncate(fd, 0) };
+            if r != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+                return 1; // shrunk, or refused for another reason
+            }
+            sealed += 1;
+        }
+        if sealed == 0 || v.get().unwrap() != 7 {
+            return 2;
+        }
+        0
+    })
+    .unwrap();
+    assert_eq!(join(child), shmproc::testing::Exit::Code(0), "an anonymous segment could be shrunk");
+
+    let v = Value::<u64>::new_named(7).unwrap();
+    let path = shm_path(v.name().unwrap());
+    let theirs = v.clone();
+    let reader = shmproc::testing::fork(move || {
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+        let _ = theirs.get();
+        0
+    })
+    .unwrap();
+    assert_eq!(join(reader), shmproc::testing::Exit::Signal(libc::SIGBUS));
+    // (This process must not touch `v` now: dropping it unmaps and unlinks only.)
+    drop(v);
+}

@@ -138,6 +138,18 @@ mod tests {
     }
 
     #[test]
+    fn a_holder_whose_pid_was_recycled_is_counted_out() {
+        let t = table();
+        let me = ProcessId::me();
+        // This process's pid with another start time: a holder that died, its pid
+        // now this process's (liveness by pid alone would call it alive).
+        let earlier = ProcessId::from_bits(me.to_bits() ^ (1 << 40));
+        let slot = t.reserve(me).unwrap();
+        assert!(t.pass(slot, me, earlier));
+        assert!(t.gone());
+    }
+
+    #[test]
     fn pass_and_claim_meet_in_either_order() {
         let me = ProcessId::me();
         let parent = ProcessId::from_bits(12345);
