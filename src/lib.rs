@@ -69,6 +69,7 @@
 
 mod channel;
 mod executor;
+mod names;
 mod pool;
 mod process;
 mod segment;

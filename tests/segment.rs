@@ -191,3 +191,17 @@ fn anonymous_segments_cannot_be_shrunk_and_a_truncated_named_one_is_sigbus() {
     // (This process must not touch `v` now: dropping it unmaps and unlinks only.)
     drop(v);
 }
+
+/// Messages meant for users (#13): articles right, no private module paths.
+#[test]
+fn error_messages_read_as_plain_english_without_private_paths() {
+    let v = Value::<u64>::new_named(1).unwrap();
+    let wrong_kind = shmproc::Array::<u64>::open(v.name().unwrap()).unwrap_err().to_string();
+    assert_eq!(wrong_kind, "segment holds a Value, not an Array");
+    let wrong_type = Value::<f64>::open(v.name().unwrap()).unwrap_err().to_string();
+    assert_eq!(wrong_type, "segment's element type is not `f64`");
+    let q = shmproc::Queue::<Vec<String>>::new(0).unwrap();
+    q.put_bytes(&[0xff; 12]).unwrap();
+    let decode = q.get_timeout(PATIENCE).unwrap_err().to_string();
+    assert!(decode.starts_with("cannot decode the message as `Vec<String>`"), "{decode}");
+}

@@ -30,7 +30,7 @@ impl Encoding {
     #[inline]
     pub(crate) fn encode<T: Serialize>(&mut self, item: &T) -> Result<(), ChannelFault> {
         postcard::serialize_with_flavor::<T, _, ()>(item, self)
-            .map_err(|e| ChannelFault::Encode(format!("`{}`: {e}", std::any::type_name::<T>())))
+            .map_err(|e| ChannelFault::Encode(format!("`{}`: {e}", crate::names::type_name::<T>())))
     }
 
     #[inline]

@@ -11,7 +11,7 @@ pub enum ChannelFault {
     #[error("cannot encode the message: {0}")]
     Encode(String),
     /// A received message did not decode as the expected type.
-    #[error("cannot decode the message as `{expected}`: {reason}")]
+    #[error("cannot decode the message as `{}`: {reason}", crate::names::short_type_name(expected))]
     Decode {
         /// The type the receiver asked for.
         expected: &'static str,

@@ -589,6 +589,16 @@ mod tests {
         assert_eq!(ring::ring_len(u64::MAX), None);
         assert_eq!(ring::ring_len(1 << 63), None);
         assert!(ring::ring_len(1 << 20).is_some_and(|l| l > 1 << 20));
+        // What a hostile header could claim on a 32-bit target: 2^32 would wrap to a
+        // small ring with `as usize`, and 2^31 does not fit beside the header in an
+        // isize. (Run on i686 under Miri by `.ci/run`.)
+        #[cfg(target_pointer_width = "32")]
+        {
+            assert_eq!(ring::ring_len(1 << 32), None);
+            assert_eq!(ring::ring_len(1 << 31), None);
+        }
+        #[cfg(target_pointer_width = "64")]
+        assert!(ring::ring_len(1 << 32).is_some());
     }
 
     /// Regression: the unfinished count is 24 bits; past 16.7 M items taken and not

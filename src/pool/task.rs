@@ -229,7 +229,7 @@ pub(crate) fn append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Res
     let mark = out.len();
     postcard::serialize_with_flavor::<T, _, ()>(value, Append(out)).map_err(|e| {
         out.truncate(mark);
-        format!("`{}`: {e}", std::any::type_name::<T>())
+        format!("`{}`: {e}", crate::names::type_name::<T>())
     })
 }
 
@@ -346,7 +346,7 @@ fn run_chunk<C: Invoke>(capture: &PanicCapture, args: &[u8], count: u32, out: &m
 }
 
 fn decode_message<T>(e: postcard::Error) -> String {
-    format!("cannot decode the arguments as `{}`: {e}", std::any::type_name::<T>())
+    format!("cannot decode the arguments as `{}`: {e}", crate::names::type_name::<T>())
 }
 
 fn call<C: Invoke>(capture: &PanicCapture, input: C::In, out: &mut Vec<u8>) {
@@ -434,7 +434,7 @@ impl<'a> Items<'a> {
                     self.rest = rest;
                     Ok(value)
                 }
-                Err(e) => Err(damaged(self, e, &format!("the result as `{}`", std::any::type_name::<R>()))),
+                Err(e) => Err(damaged(self, e, &format!("the result as `{}`", crate::names::type_name::<R>()))),
             },
             ITEM_PANICKED => match postcard::take_from_bytes::<Panic>(payload) {
                 Ok((p, rest)) => {

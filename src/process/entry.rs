@@ -107,8 +107,8 @@ impl BinaryCheck {
 fn trampoline<A: DeserializeOwned + 'static>(target: usize, args: &[u8], incoming: Incoming) -> Result<(), String> {
     let (slot, args): (PanicSlot, A) = match transfer::receiving(incoming, || postcard::take_from_bytes(args)) {
         Ok((decoded, [])) => decoded,
-        Ok(_) => return Err(format!("bytes left over after the arguments (`{}`)", std::any::type_name::<A>())),
-        Err(e) => return Err(format!("cannot decode the arguments as `{}`: {e}", std::any::type_name::<A>())),
+        Ok(_) => return Err(format!("bytes left over after the arguments (`{}`)", crate::names::type_name::<A>())),
+        Err(e) => return Err(format!("cannot decode the arguments as `{}`: {e}", crate::names::type_name::<A>())),
     };
     // SAFETY: `target` came from `Entry::new::<A>` paired with this very
     // `trampoline::<A>`: in this process (fork), or in a parent running the same

@@ -13,10 +13,10 @@ pub enum SegmentCreateError {
     #[error("a shared array needs at least one element")]
     ZeroLength,
     /// The element type has size zero: there is nothing to share.
-    #[error("the zero-sized type `{0}` cannot be shared")]
+    #[error("the zero-sized type `{}` cannot be shared", crate::names::short_type_name(.0))]
     ZeroSizedType(&'static str),
     /// The requested size overflows what a segment can hold.
-    #[error("a {0} of the requested size does not fit in memory")]
+    #[error("{} of the requested size does not fit in memory", .0.with_article())]
     TooLarge(ObjectKind),
     /// An argument is outside what the object accepts (a barrier of zero parties, ...).
     #[error("invalid argument: {0}")]
@@ -67,7 +67,7 @@ pub enum SegmentOpenError {
         expected: u32,
     },
     /// It holds another kind of object than the one asked for.
-    #[error("segment holds a {found}, not a {expected}")]
+    #[error("segment holds {}, not {}", found.with_article(), expected.with_article())]
     WrongKind {
         /// What the header says it holds.
         found: ObjectKind,
@@ -75,7 +75,7 @@ pub enum SegmentOpenError {
         expected: ObjectKind,
     },
     /// It holds elements of another type than the one asked for.
-    #[error("segment's element type is not `{expected}`")]
+    #[error("segment's element type is not `{}`", crate::names::short_type_name(expected))]
     WrongType {
         /// The type the caller asked for.
         expected: &'static str,

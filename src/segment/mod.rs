@@ -105,6 +105,13 @@ impl ObjectKind {
         ObjectKind::QueueSide,
     ];
 
+    /// "a Value", "an Array": for messages.
+    pub(crate) fn with_article(self) -> String {
+        let name = format!("{self}");
+        let article = if name.starts_with(['A', 'E', 'I', 'O', 'U']) { "an" } else { "a" };
+        format!("{article} {name}")
+    }
+
     fn from_u32(v: u32) -> Option<ObjectKind> {
         Self::ALL.into_iter().find(|k| *k as u32 == v)
     }

@@ -82,7 +82,9 @@ pub(crate) fn file_len(fd: &OwnedFd) -> io::Result<u64> {
 /// The inode number of the file behind `fd` (what /proc/*/maps shows for its mappings).
 pub(crate) fn file_inode(fd: &OwnedFd) -> io::Result<u64> {
     let st = fstat(fd.as_fd()).map_err(nix_err)?;
-    Ok(st.st_ino)
+    // `ino_t` is 32 bits on 32-bit targets, 64 on 64-bit ones.
+    #[allow(clippy::useless_conversion)]
+    Ok(u64::from(st.st_ino))
 }
 
 /// Whether any process maps a file with inode `ino`: `Some(true)` or `Some(false)`,
