@@ -33,18 +33,20 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! ## Layers
-//! | module | owns |
-//! |---|---|
-//! | `segment` | shared-memory mappings: anonymous (memfd) and named (POSIX shm), each with a validated header |
-//! | `sync` | `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Condition`, `Event`, `Barrier` |
-//! | `shared` | `Value<T>`, `Array<T>`, `RawValue<T>`, `RawArray<T>` for `T: bytemuck::Pod` |
-//! | `channel` | `Queue<T>`, `JoinableQueue<T>`, `Pipe` / `Connection<T>` |
-//! | `process` | `Process` with the fork, spawn and forkserver start methods, contexts; `spawn` / `JoinHandle` |
-//! | `pool` | `Pool`, `AsyncResult`, `MapResult`, the imap iterators |
-//! | `sys` | every call into the operating system (Linux for now) |
+//! ## What is here, bottom up
+//! Every item is at the crate root; each layer is built on the ones above it.
 //!
-//! Executors and managers are planned; see the README.
+//! | layer | what you use |
+//! |---|---|
+//! | shared memory | anonymous (memfd) segments by default, named (POSIX shm) ones with `new_named` / `open`; [`remove_orphaned_segments`] |
+//! | locks and signals | [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Condition`], [`Event`], [`Barrier`]: robust when a holder dies |
+//! | shared data | [`Value`], [`Array`], [`RawValue`], [`RawArray`] of any `T: bytemuck::Pod` |
+//! | channels | [`Queue`], [`JoinableQueue`], [`Pipe`] and its [`Connection`]s, of any serde type |
+//! | processes | [`Process`] with the [`StartMethod`]s fork, spawn and forkserver; [`spawn`] and its [`JoinHandle`] |
+//! | pools | [`Pool`]: `apply`, `map`, `imap`, `starmap` and their async forms |
+//! | executors | [`ProcessPoolExecutor`], [`ThreadPoolExecutor`], [`TaskFuture`], [`as_completed`], [`wait`] |
+//!
+//! A manager (shared dicts and lists, also over TCP) is planned; see the README.
 //!
 //! ## Sharing with a child process
 //! Every object here lives in a `MAP_SHARED` mapping. Pass it to a [`Process`] as

@@ -236,7 +236,7 @@ fn an_idle_consumer_burns_no_cpu() {
 
 #[test]
 fn opening_with_another_type_is_a_typed_error() {
-    let q = Queue::<u64>::builder().named(true).build::<u64>().unwrap();
+    let q = Queue::<u64>::builder().named(true).build().unwrap();
     let name = q.name().unwrap();
     assert!(matches!(Queue::<String>::open(name), Err(SegmentOpenError::WrongType { .. })));
     assert!(matches!(
@@ -266,32 +266,32 @@ fn corrupted_bytes_give_errors_not_ub_or_hangs() {
     let fault =
         |r: Result<u64, RecvTimeoutError>| matches!(r, Err(RecvTimeoutError::Failed(ChannelFault::Corrupted(_))));
     // A damaged frame header.
-    let q = Queue::<u64>::builder().named(true).build::<u64>().unwrap();
+    let q = Queue::<u64>::builder().named(true).build().unwrap();
     q.put(1).unwrap();
     write_at(q.name().unwrap(), DATA_AT, &[0xff; 8]);
     assert!(fault(q.get_timeout(PATIENCE)));
     // A tail claiming more than the ring holds.
-    let q = Queue::<u64>::builder().named(true).build::<u64>().unwrap();
+    let q = Queue::<u64>::builder().named(true).build().unwrap();
     write_at(q.name().unwrap(), TAIL_AT, &u64::MAX.to_le_bytes());
     assert!(fault(q.get_timeout(PATIENCE)));
     assert!(matches!(q.try_put(1), Err(TrySendError::Failed { .. })));
     // Positions that agree with each other but are not frame boundaries (a header
     // there would be read and written misaligned, past the end of the data area).
     for pos in [3u64, (1 << 22) - 3] {
-        let q = Queue::<u64>::builder().named(true).build::<u64>().unwrap();
+        let q = Queue::<u64>::builder().named(true).build().unwrap();
         write_at(q.name().unwrap(), TAIL_AT, &pos.to_le_bytes());
         write_at(q.name().unwrap(), HEAD_AT, &pos.to_le_bytes());
         assert!(fault(q.get_timeout(PATIENCE)));
         assert!(matches!(q.try_put(1), Err(TrySendError::Failed { .. })));
     }
     // A frame whose length runs past the committed data.
-    let q = Queue::<u64>::builder().named(true).build::<u64>().unwrap();
+    let q = Queue::<u64>::builder().named(true).build().unwrap();
     q.put(1).unwrap();
     let header = 4096u64 | (1 << 32) | (0xA5 << 40);
     write_at(q.name().unwrap(), DATA_AT, &header.to_le_bytes());
     assert!(fault(q.get_timeout(PATIENCE)));
     // Garbage payload: a decode error naming the type.
-    let q = Queue::<String>::builder().named(true).build::<String>().unwrap();
+    let q = Queue::<String>::builder().named(true).build().unwrap();
     q.put_bytes(&[0xff, 0xff, 0xff, 0xff, 0x0f]).unwrap();
     assert!(matches!(q.get(), Err(RecvError::Failed(ChannelFault::Decode { .. }))));
 }
@@ -352,7 +352,7 @@ fn any_capacity_is_rounded_to_a_power_of_two_and_works() {
         q.put(round).unwrap();
         assert_eq!(q.get_timeout(PATIENCE).unwrap(), round);
     }
-    assert!(Queue::<u64>::builder().capacity(usize::MAX).build::<u64>().is_err());
+    assert!(Queue::<u64>::builder().capacity(usize::MAX).build().is_err());
 }
 
 #[test]

@@ -50,7 +50,7 @@ pub(crate) struct RawQueue {
 }
 
 impl RawQueue {
-    fn create(kind: ObjectKind, elem: TypeInfo, opts: &QueueBuilder) -> Result<RawQueue, SegmentCreateError> {
+    fn create(kind: ObjectKind, elem: TypeInfo, opts: &Options) -> Result<RawQueue, SegmentCreateError> {
         // A power of two, so that positions (kept modulo 2^40) map to the same offsets
         // on both sides of their wrap-around.
         let capacity = (opts.capacity as u64).checked_next_power_of_two().unwrap_or(u64::MAX);
@@ -130,26 +130,71 @@ impl RawQueue {
     }
 }
 
-/// Options for a new queue: `maxsize`, byte `capacity`, named or anonymous.
-#[derive(Debug, Clone)]
+/// Options for a new queue of `T`: `maxsize`, byte `capacity`, named or anonymous,
+/// checksummed. It carries the message type, so the queue it builds is of that
+/// type (named where the builder is made, or inferred from where the queue goes).
+///
+/// ```
+/// use shmproc::Queue;
+/// let q: Queue<String> = Queue::builder().maxsize(100).capacity(1 << 16).build()?;
+/// q.put("typed".to_string())?;
+/// let jobs = shmproc::JoinableQueue::<u32>::builder().maxsize(8).build_joinable()?;
+/// jobs.put(1)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// A builder of one type cannot build a queue of another:
+///
+/// ```compile_fail
+/// let q: shmproc::Queue<u32> = shmproc::Queue::<String>::builder().build()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "a builder does nothing until `build`"]
-pub struct QueueBuilder {
+pub struct QueueBuilder<T> {
+    options: Options,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+/// What a builder sets, whatever the message type.
+#[derive(Debug, Clone, Copy)]
+struct Options {
     maxsize: u32,
     capacity: usize,
     named: bool,
     checksum: bool,
 }
 
-impl Default for QueueBuilder {
+impl<T> Default for QueueBuilder<T> {
     fn default() -> Self {
-        QueueBuilder { maxsize: 0, capacity: DEFAULT_CAPACITY, named: false, checksum: false }
+        QueueBuilder {
+            options: Options { maxsize: 0, capacity: DEFAULT_CAPACITY, named: false, checksum: false },
+            _t: PhantomData,
+        }
     }
 }
 
-impl QueueBuilder {
+impl<T> Clone for QueueBuilder<T> {
+    fn clone(&self) -> Self {
+        QueueBuilder { options: self.options, _t: PhantomData }
+    }
+}
+
+impl<T> fmt::Debug for QueueBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueBuilder")
+            .field("message", &crate::names::type_name::<T>())
+            .field("maxsize", &self.options.maxsize)
+            .field("capacity", &self.options.capacity)
+            .field("named", &self.options.named)
+            .field("checksum", &self.options.checksum)
+            .finish()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
     /// The most messages the queue holds (0, the default: as many as fit).
     pub fn maxsize(mut self, maxsize: u32) -> Self {
-        self.maxsize = maxsize;
+        self.options.maxsize = maxsize;
         self
     }
 
@@ -157,7 +202,7 @@ impl QueueBuilder {
     /// [`DEFAULT_CAPACITY`], 256 bytes at least).
     /// Messages over a quarter of it are passed in side segments instead of the ring.
     pub fn capacity(mut self, bytes: usize) -> Self {
-        self.capacity = bytes;
+        self.options.capacity = bytes;
         self
     }
 
@@ -166,24 +211,25 @@ impl QueueBuilder {
     /// `ChannelFault::Corrupted` instead of a wrong value (default: off; see the
     /// README for what it costs).
     pub fn checksum(mut self, checksum: bool) -> Self {
-        self.checksum = checksum;
+        self.options.checksum = checksum;
         self
     }
 
     /// Makes the queue openable by name from unrelated processes.
     pub fn named(mut self, named: bool) -> Self {
-        self.named = named;
+        self.options.named = named;
         self
     }
 
     /// The queue.
-    pub fn build<T: Serialize + DeserializeOwned>(self) -> Result<Queue<T>, SegmentCreateError> {
-        Ok(Queue { raw: RawQueue::create(ObjectKind::Queue, TypeInfo::of_message::<T>(), &self)?, _t: PhantomData })
+    pub fn build(self) -> Result<Queue<T>, SegmentCreateError> {
+        let raw = RawQueue::create(ObjectKind::Queue, TypeInfo::of_message::<T>(), &self.options)?;
+        Ok(Queue { raw, _t: PhantomData })
     }
 
     /// A joinable queue.
-    pub fn build_joinable<T: Serialize + DeserializeOwned>(self) -> Result<JoinableQueue<T>, SegmentCreateError> {
-        let raw = RawQueue::create(ObjectKind::JoinableQueue, TypeInfo::of_message::<T>(), &self)?;
+    pub fn build_joinable(self) -> Result<JoinableQueue<T>, SegmentCreateError> {
+        let raw = RawQueue::create(ObjectKind::JoinableQueue, TypeInfo::of_message::<T>(), &self.options)?;
         Ok(JoinableQueue { queue: Queue { raw, _t: PhantomData } })
     }
 }
@@ -223,8 +269,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         QueueBuilder::default().maxsize(maxsize).build()
     }
 
-    /// Options for a new queue.
-    pub fn builder() -> QueueBuilder {
+    /// Options for a new queue of `T`.
+    pub fn builder() -> QueueBuilder<T> {
         QueueBuilder::default()
     }
 
@@ -461,6 +507,12 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// A joinable queue holding at most `maxsize` messages (0: as many as fit).
     pub fn new(maxsize: u32) -> Result<JoinableQueue<T>, SegmentCreateError> {
         QueueBuilder::default().maxsize(maxsize).build_joinable()
+    }
+
+    /// Options for a new joinable queue of `T` (finish with
+    /// [`build_joinable`](QueueBuilder::build_joinable)).
+    pub fn builder() -> QueueBuilder<T> {
+        QueueBuilder::default()
     }
 
     /// Attaches to the named joinable queue `name`.
