@@ -25,6 +25,8 @@ pub(crate) const ROLE_FORKSERVER: &str = "forkserver";
 pub(crate) const MAX_TASK: u64 = 1 << 30;
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
+/// How many threads ran when [`init`] was called too late (0: it was not).
+static CALLED_LATE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Who the child is to be.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -229,7 +231,8 @@ fn fail(why: &str) -> ! {
 /// In the program itself it only records that it ran, which is how `start()` knows
 /// re-executing this binary is safe; it must run while the program still has a
 /// single thread (a call from a later point does not count, and spawn then reports
-/// [`ProcessError::NotInitialized`](crate::ProcessError::NotInitialized)). In a copy of the program re-executed as a child,
+/// [`ProcessError::InitTooLate`](crate::ProcessError::InitTooLate); with no call at
+/// all, [`ProcessError::NotInitialized`](crate::ProcessError::NotInitialized)). In a copy of the program re-executed as a child,
 /// it runs the child's target and exits: the rest of `main` never runs there.
 ///
 /// ```no_run
@@ -247,8 +250,9 @@ pub fn init() {
     if role.is_err() {
         // Only at the top of `main`: called later, when threads already run, a
         // re-executed child would run whatever came before it again.
-        if sys::thread_count() == 1 {
-            INITIALIZED.store(true, Ordering::Release);
+        match sys::thread_count() {
+            1 => INITIALIZED.store(true, Ordering::Release),
+            threads => CALLED_LATE.store(threads, Ordering::Release),
         }
         return;
     }
@@ -271,6 +275,15 @@ pub fn init() {
 /// Whether [`init`] has run in this process.
 pub(crate) fn initialized() -> bool {
     INITIALIZED.load(Ordering::Acquire)
+}
+
+/// Why spawn and forkserver cannot start here: [`init`] never called, or called
+/// when threads already ran.
+pub(crate) fn not_initialized() -> super::ProcessError {
+    match CALLED_LATE.load(Ordering::Acquire) {
+        0 => super::ProcessError::NotInitialized,
+        threads => super::ProcessError::InitTooLate { threads },
+    }
 }
 
 /// Runs [`shmproc::init`](crate::init) before `main`, from the program's

@@ -95,6 +95,16 @@ pub enum ProcessError {
          (or `shmproc::init_before_main!()` in a test file)"
     )]
     NotInitialized,
+    /// [`init`] was called, but not first in `main`: `threads` threads already
+    /// ran, and a re-executed copy would run whatever came before it again.
+    #[error(
+        "`shmproc::init()` was called when {threads} threads already ran: it must be the first line of \
+         main, before anything starts a thread (or use `shmproc::init_before_main!()`)"
+    )]
+    InitTooLate {
+        /// How many threads the process had when `init` was called.
+        threads: usize,
+    },
     /// `Spawn` and `ForkServer` find the target again in a re-executed copy of the
     /// executable; this target lives in a shared library instead. Use `Fork`.
     #[error("the target function is not in the executable (a shared library?): use StartMethod::Fork")]
@@ -239,7 +249,7 @@ impl Process {
         }
         let method = self.method.unwrap_or_else(get_start_method);
         if method != StartMethod::Fork && !child::initialized() {
-            return Err(ProcessError::NotInitialized);
+            return Err(child::not_initialized());
         }
         let slot = PanicSlot::new().map_err(|e| ProcessError::Os {
             op: "creating the panic slot",
