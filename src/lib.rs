@@ -97,9 +97,9 @@ pub use executor::{
 };
 pub use pool::{AsyncResult, IMap, MapResult, Pool, PoolBuilder, PoolError, StarTask, TaskError};
 pub use process::{
-    active_children, context, cpu_count, current_process, get_start_method, init, parent_process, set_start_method,
-    spawn, Context, JoinError, JoinHandle, Process, ProcessBuilder, ProcessError, ProcessInfo, StartMethod,
-    EXITCODE_UNKNOWN,
+    active_children, context, cpu_count, current_process, get_all_start_methods, get_start_method, init,
+    parent_process, set_start_method, set_start_method_forced, spawn, Context, JoinError, JoinHandle, Process,
+    ProcessBuilder, ProcessError, ProcessInfo, StartMethod, EXITCODE_UNKNOWN,
 };
 pub use segment::{remove_orphaned_segments, ObjectKind, SegmentCreateError, SegmentOpenError};
 pub use shared::{Array, ArrayError, ArrayGuard, RawArray, RawValue, Value, ValueGuard};

@@ -230,3 +230,30 @@ fn rlock_timeouts_across_processes() {
     join_ok(child);
     assert!(r.acquire_timeout(PATIENCE).is_ok());
 }
+
+/// `locked()` (Python 3.13's `Lock.locked`, #13) sees a holder in another process,
+/// alive or dead, and a free lock once released or taken over.
+#[test]
+fn locked_sees_a_holder_in_another_process_alive_or_dead() {
+    let lock = Lock::new().unwrap();
+    let (holding, release) = (Event::new().unwrap(), Event::new().unwrap());
+    let child = {
+        let (lock, holding, release) = (lock.clone(), holding.clone(), release.clone());
+        spawn_child(move || {
+            let _guard = lock.acquire().unwrap();
+            holding.set();
+            i32::from(!release.wait_timeout(PATIENCE))
+        })
+    };
+    assert!(holding.wait_timeout(PATIENCE));
+    assert!(lock.locked());
+    release.set();
+    join_ok(child);
+    assert!(!lock.locked());
+
+    let l = lock.clone();
+    kill_while_holding(move || std::mem::forget(l.acquire().unwrap()));
+    assert!(lock.locked(), "a dead holder still holds the lock until it is taken over");
+    drop(lock.acquire_timeout(PATIENCE));
+    assert!(!lock.locked());
+}

@@ -76,6 +76,36 @@ pub fn set_start_method(method: StartMethod) -> Result<(), ProcessError> {
     })
 }
 
+/// Sets the default start method even if one was set already (Python's
+/// `set_start_method(m, force=True)`). Processes already started keep theirs.
+///
+/// ```
+/// use shmproc::{get_start_method, set_start_method_forced, StartMethod};
+/// set_start_method_forced(StartMethod::ForkServer);
+/// set_start_method_forced(StartMethod::Fork);
+/// assert_eq!(get_start_method(), StartMethod::Fork);
+/// ```
+pub fn set_start_method_forced(method: StartMethod) {
+    DEFAULT.store(method.to_u8(), Ordering::Release);
+}
+
+/// Every start method this platform has, the default (see [`get_start_method`])
+/// first (Python's `get_all_start_methods`).
+///
+/// ```
+/// use shmproc::{get_all_start_methods, get_start_method, StartMethod};
+/// let all = get_all_start_methods();
+/// assert_eq!(all[0], get_start_method());
+/// assert_eq!(all.len(), 3);
+/// assert!(all.contains(&StartMethod::ForkServer));
+/// ```
+pub fn get_all_start_methods() -> Vec<StartMethod> {
+    let default = get_start_method();
+    let mut all = vec![default];
+    all.extend([StartMethod::Fork, StartMethod::Spawn, StartMethod::ForkServer].into_iter().filter(|m| *m != default));
+    all
+}
+
 /// A way of starting processes (Python's `get_context(method)`): its constructors
 /// make objects that use that start method.
 ///
@@ -103,6 +133,20 @@ impl Context {
     /// This context's start method.
     pub fn start_method(&self) -> StartMethod {
         self.method
+    }
+
+    /// Changes this context's start method (Python's `ctx.set_start_method`): the
+    /// objects it makes from now on use `method`; the process-wide default is
+    /// left alone.
+    ///
+    /// ```
+    /// use shmproc::{context, StartMethod};
+    /// let mut ctx = context(StartMethod::Fork);
+    /// ctx.set_start_method(StartMethod::Spawn);
+    /// assert_eq!(ctx.start_method(), StartMethod::Spawn);
+    /// ```
+    pub fn set_start_method(&mut self, method: StartMethod) {
+        self.method = method;
     }
 
     /// A process started with this context's method (Python's `ctx.Process`).

@@ -47,7 +47,9 @@ use serde::Serialize;
 
 pub use child::init;
 pub(crate) use child::{catch_panic, Panic, PanicCapture};
-pub use context::{context, get_start_method, set_start_method, Context, StartMethod};
+pub use context::{
+    context, get_all_start_methods, get_start_method, set_start_method, set_start_method_forced, Context, StartMethod,
+};
 pub(crate) use entry::{code_address, code_offset, conjure};
 pub use join::{spawn, JoinError, JoinHandle};
 pub use registry::ProcessInfo;

@@ -113,6 +113,25 @@ impl Lock {
         lock_result(self.raw.acquire(wait, Reentry::Refuse), || LockGuard::new(self))
     }
 
+    /// Whether the lock is held now, by any thread of any process (Python's
+    /// `locked()`). A holder that died still holds it until the next locker takes it
+    /// over. Only a snapshot: use `try_acquire` to act on it.
+    ///
+    /// ```
+    /// let lock = shmproc::Lock::new()?;
+    /// assert!(!lock.locked());
+    /// // (`acquire()?` in a function returning `Box<dyn Error>` does not compile, as
+    /// // with std's `Mutex`: the error holds the guard, which borrows the lock.)
+    /// let guard = lock.acquire().unwrap();
+    /// assert!(lock.locked());
+    /// drop(guard);
+    /// assert!(!lock.locked());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn locked(&self) -> bool {
+        self.raw.is_locked()
+    }
+
     /// Whether a holder died or panicked holding the lock since the poison was last
     /// cleared. Visible in every process.
     pub fn is_poisoned(&self) -> bool {

@@ -375,6 +375,12 @@ impl RawMutex {
         self.poisoned.store(1, Ordering::Release);
     }
 
+    /// Whether some thread holds the lock now (a dead holder too, until a locker
+    /// takes it over). A snapshot: it may change as soon as it is read.
+    pub(crate) fn is_locked(&self) -> bool {
+        self.word.load(Ordering::Acquire) & TID_MASK != 0
+    }
+
     #[inline]
     pub(crate) fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::Acquire) != 0
