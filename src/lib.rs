@@ -52,7 +52,9 @@
 //! Every object here lives in a `MAP_SHARED` mapping. Pass it to a [`Process`] as
 //! (part of) its arguments and the child gets a handle to the same memory, under
 //! every start method. Objects made with `new_named` (or `from_slice_named`) can
-//! also be opened by name from an unrelated process with `open`.
+//! also be opened by name from an unrelated process with `open`, and travel inside
+//! a `Queue` or `Pipe` message (the receiver opens them by name); an anonymous one
+//! in a message is an error that says so.
 //!
 //! ```
 //! use shmproc::{Process, Value};

@@ -447,3 +447,36 @@ fn side_segments_of_hand_offs_killed_midway_are_swept_while_the_queue_lives() {
         }
     }
 }
+
+fn bump_from_message(q: Queue<Value<u64>>) {
+    let v = q.get_timeout(PATIENCE).expect("the value's message");
+    *v.lock().unwrap() += 41;
+}
+
+/// #13: a named shared object travels inside a message (the receiver opens it by
+/// name); an anonymous one (and a pipe end) is refused with an error that says why
+/// and what to do, instead of "Serde Serialization Error".
+#[test]
+fn named_shared_objects_travel_in_messages_and_anonymous_ones_say_why() {
+    for method in [StartMethod::Fork, StartMethod::Spawn] {
+        let q = Queue::<Value<u64>>::new(0).unwrap();
+        let p = Process::builder(bump_from_message, q.clone()).start_method(method).start().unwrap();
+        let v = Value::<u64>::new_named(1).unwrap();
+        q.put(v.clone()).unwrap();
+        assert_eq!(finish(&p), Some(0), "{method:?}");
+        assert_eq!(v.get().unwrap(), 42, "{method:?}: the child's update went elsewhere");
+    }
+    let q = Queue::<Value<u64>>::new(0).unwrap();
+    let err = q.put(Value::<u64>::new(1).unwrap()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("`Value<u64>` is an anonymous shared object") && msg.contains("new_named"), "{msg}");
+    let SendError::Failed { value, .. } = err else { panic!("{msg}") };
+    assert_eq!(value.get().unwrap(), 1, "the refused value is handed back");
+
+    let pipes = Queue::<shmproc::Connection<u8>>::new(0).unwrap();
+    let (a, b) = shmproc::Pipe::duplex::<u8>().unwrap();
+    let msg = pipes.put(a).unwrap_err().to_string();
+    assert!(msg.contains("`Connection` is an anonymous shared object"), "{msg}");
+    // The refused end was handed back whole: dropping it closes it for its peer.
+    assert!(matches!(b.recv_timeout(PATIENCE), Err(RecvTimeoutError::Disconnected)));
+}

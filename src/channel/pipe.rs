@@ -483,6 +483,10 @@ impl<T> Serialize for Connection<T> {
         if self.closed_here.load(Ordering::Acquire) {
             return Err(S::Error::custom(ChannelFault::UseAfterClose));
         }
+        if !transfer::collecting_now() {
+            // A pipe is anonymous: it cannot travel by name in a message.
+            return Err(S::Error::custom(transfer::refuse(transfer::anonymous_refusal("Connection"))));
+        }
         let me = sys::ProcessId::me();
         let slot = self.holders(self.end).reserve(me).ok_or_else(|| S::Error::custom(ChannelFault::TooManyHolders))?;
         self.holding().reserved.push(slot);
@@ -499,7 +503,7 @@ impl<T> Serialize for Connection<T> {
                 holders.give_back(own, me);
             }
         }));
-        (self.end as u8, slot as u32, me.to_bits(), transfer::SegmentsOf(&[&self.seg])).serialize(s)
+        (self.end as u8, slot as u32, me.to_bits(), transfer::SegmentsOf(&[&self.seg], "Connection")).serialize(s)
     }
 }
 

@@ -456,7 +456,7 @@ impl<T> Queue<T> {
 
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        transfer::serialize_segments(&[self.raw.ring.segment()], s)
+        transfer::serialize_segments(&[self.raw.ring.segment()], &crate::names::type_name::<Self>(), s)
     }
 }
 
@@ -564,7 +564,7 @@ impl<T> Deref for JoinableQueue<T> {
 
 impl<T> Serialize for JoinableQueue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        transfer::serialize_segments(&[self.queue.raw.ring.segment()], s)
+        transfer::serialize_segments(&[self.queue.raw.ring.segment()], &crate::names::type_name::<Self>(), s)
     }
 }
 

@@ -256,15 +256,21 @@ impl Segment {
 
     /// Attaches to the named segment `name`, checking that it holds what `expect` says.
     pub(crate) fn open(name: &str, expect: Expect) -> Result<Segment, SegmentOpenError> {
+        let seg = Segment::open_unchecked(name)?;
+        seg.check(expect)?;
+        Ok(seg)
+    }
+
+    /// Attaches to the named segment `name`, checking its header but not yet what it
+    /// holds: see [`Segment::check`].
+    pub(crate) fn open_unchecked(name: &str) -> Result<Segment, SegmentOpenError> {
         check_name(name)?;
         let fd = sys::shm_open_existing(name).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => SegmentOpenError::NotFound(name.to_owned()),
             io::ErrorKind::PermissionDenied => SegmentOpenError::PermissionDenied(name.to_owned()),
             _ => SegmentOpenError::Os { op: "shm_open", source: e },
         })?;
-        let seg = Segment::attach(fd, Some(name.to_owned()))?;
-        seg.check(expect)?;
-        Ok(seg)
+        Segment::attach(fd, Some(name.to_owned()))
     }
 
     /// Attaches to the segment behind `fd` (handed over by a parent process), checking

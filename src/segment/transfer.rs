@@ -9,8 +9,10 @@
 //! [`receiving`], which turns slots back into segments, attaching each descriptor at
 //! most once and validating its header before any typed code looks at it.
 //!
-//! Outside those two scopes a shared object refuses to serialize: a handle means
-//! nothing without the descriptor that travels beside it.
+//! Outside those scopes (a shared object inside a `Queue` or `Pipe` message, say), a
+//! named object serializes as its name, and the receiver opens it by name; an
+//! anonymous one refuses, and says so in the sender's error (see [`take_refusal`]):
+//! a slot means nothing without the descriptor that travels beside it.
 
 use std::cell::RefCell;
 use std::os::fd::OwnedFd;
@@ -24,9 +26,13 @@ use super::{Segment, SegmentOpenError};
 
 #[derive(Serialize, Deserialize)]
 struct SegmentHandle {
+    /// The segment's place among those handed to the child, or [`BY_NAME`].
     slot: u32,
     name: Option<String>,
 }
+
+/// A handle's slot when it travels in a message: the receiver opens it by name.
+const BY_NAME: u32 = u32::MAX;
 
 /// Where a child's incoming segments come from.
 pub(crate) enum Incoming {
@@ -49,6 +55,25 @@ thread_local! {
     static OUTGOING: RefCell<Option<Vec<Arc<Segment>>>> = const { RefCell::new(None) };
     static HANDOVERS: RefCell<Vec<HandOver>> = const { RefCell::new(Vec::new()) };
     static INCOMING: RefCell<Option<Receiving>> = const { RefCell::new(None) };
+    /// Why the last shared object that refused to serialize on this thread did.
+    static REFUSED: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Why a shared object refused to serialize just now on this thread, if one did:
+/// for the encoder's error (serde formats keep no custom message).
+pub(crate) fn take_refusal() -> Option<String> {
+    REFUSED.with(|r| r.borrow_mut().take())
+}
+
+/// Records `why` as this thread's refusal (see [`take_refusal`]) and returns it.
+pub(crate) fn refuse(why: String) -> String {
+    REFUSED.with(|r| *r.borrow_mut() = Some(why.clone()));
+    why
+}
+
+/// Whether shared objects serialized now go to a child being started.
+pub(crate) fn collecting_now() -> bool {
+    OUTGOING.with(|o| o.borrow().is_some())
 }
 
 /// Runs `serialize` with shared objects allowed to serialize, and returns what it
@@ -104,13 +129,18 @@ pub(crate) fn receiving<R>(source: Incoming, deserialize: impl FnOnce() -> R) ->
     deserialize()
 }
 
-/// Serializes handles to `segments` (and registers them for delivery).
-pub(crate) fn serialize_segments<S: Serializer>(segments: &[&Arc<Segment>], s: S) -> Result<S::Ok, S::Error> {
+/// Serializes handles to `segments` of the object `what` (a type name): slots of
+/// the segments handed to a child being started, or names in a message.
+pub(crate) fn serialize_segments<S: Serializer>(
+    segments: &[&Arc<Segment>],
+    what: &str,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     let handles = OUTGOING.with(|o| {
         let mut o = o.borrow_mut();
-        let out = o.as_mut().ok_or_else(|| {
-            S::Error::custom("shmproc objects serialize only as arguments to a child process (Process::new)")
-        })?;
+        let Some(out) = o.as_mut() else {
+            return by_name(segments, what).map_err(|why| S::Error::custom(refuse(why)));
+        };
         Ok(segments
             .iter()
             .map(|seg| {
@@ -128,6 +158,25 @@ pub(crate) fn serialize_segments<S: Serializer>(segments: &[&Arc<Segment>], s: S
     handles.serialize(s)
 }
 
+/// A message's handles: the segments' names, if all are named.
+fn by_name(segments: &[&Arc<Segment>], what: &str) -> Result<Vec<SegmentHandle>, String> {
+    segments
+        .iter()
+        .map(|seg| match seg.name() {
+            Some(name) => Ok(SegmentHandle { slot: BY_NAME, name: Some(name.to_owned()) }),
+            None => Err(anonymous_refusal(what)),
+        })
+        .collect()
+}
+
+/// What an anonymous object sent in a message is told.
+pub(crate) fn anonymous_refusal(what: &str) -> String {
+    format!(
+        "`{what}` is an anonymous shared object: it travels to a child as (part of) its process arguments, \
+         not inside a message; make it with `new_named` to send it by name"
+    )
+}
+
 /// Deserializes `N` segment handles written by [`serialize_segments`].
 pub(crate) fn deserialize_segments<'de, D: Deserializer<'de>, const N: usize>(
     d: D,
@@ -138,8 +187,14 @@ pub(crate) fn deserialize_segments<'de, D: Deserializer<'de>, const N: usize>(
     }
     let segments = INCOMING.with(|i| {
         let mut i = i.borrow_mut();
-        let r = i.as_mut().ok_or_else(|| D::Error::custom("no shared segments were handed to this process"))?;
-        handles.into_iter().map(|h| r.segment(h).map_err(D::Error::custom)).collect::<Result<Vec<_>, _>>()
+        handles
+            .into_iter()
+            .map(|h| match (h.slot, &h.name, i.as_mut()) {
+                (BY_NAME, Some(name), _) => Segment::open_unchecked(name).map(Arc::new).map_err(D::Error::custom),
+                (_, _, Some(r)) => r.segment(h).map_err(D::Error::custom),
+                (_, _, None) => Err(D::Error::custom("no shared segments were handed to this process")),
+            })
+            .collect::<Result<Vec<_>, _>>()
     })?;
     segments.try_into().map_err(|_| D::Error::custom("handle count"))
 }
@@ -171,7 +226,8 @@ macro_rules! serde_as_segments {
         impl serde::Serialize for $ty {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let $this = self;
-                $crate::segment::transfer::serialize_segments(&$segs, s)
+                let what = $crate::names::type_name::<Self>();
+                $crate::segment::transfer::serialize_segments(&$segs, &what, s)
             }
         }
 
@@ -187,13 +243,13 @@ macro_rules! serde_as_segments {
 }
 pub(crate) use serde_as_segments;
 
-/// Handles to some segments, as one serializable value (for objects that
-/// serialize other fields beside their segments).
-pub(crate) struct SegmentsOf<'a>(pub(crate) &'a [&'a Arc<Segment>]);
+/// Handles to some segments of the object named by the `str`, as one serializable
+/// value (for objects that serialize other fields beside their segments).
+pub(crate) struct SegmentsOf<'a>(pub(crate) &'a [&'a Arc<Segment>], pub(crate) &'a str);
 
 impl Serialize for SegmentsOf<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        serialize_segments(self.0, s)
+        serialize_segments(self.0, self.1, s)
     }
 }
 

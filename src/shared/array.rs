@@ -137,7 +137,11 @@ impl<T: Pod> Array<T> {
 
 impl<T: Pod> Serialize for Array<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        transfer::serialize_segments(&[self.cells.segment(), self.lock.segment()], s)
+        transfer::serialize_segments(
+            &[self.cells.segment(), self.lock.segment()],
+            &crate::names::type_name::<Self>(),
+            s,
+        )
     }
 }
 
@@ -306,7 +310,7 @@ impl<T: Pod> RawArray<T> {
 
 impl<T: Pod> Serialize for RawArray<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        transfer::serialize_segments(&[self.cells.segment()], s)
+        transfer::serialize_segments(&[self.cells.segment()], &crate::names::type_name::<Self>(), s)
     }
 }
 

@@ -127,7 +127,11 @@ impl<T: Pod> Value<T> {
 
 impl<T: Pod> Serialize for Value<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        transfer::serialize_segments(&[self.cells.segment(), self.lock.segment()], s)
+        transfer::serialize_segments(
+            &[self.cells.segment(), self.lock.segment()],
+            &crate::names::type_name::<Self>(),
+            s,
+        )
     }
 }
 
@@ -235,7 +239,7 @@ impl<T: Pod> RawValue<T> {
 
 impl<T: Pod> Serialize for RawValue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        transfer::serialize_segments(&[self.cells.segment()], s)
+        transfer::serialize_segments(&[self.cells.segment()], &crate::names::type_name::<Self>(), s)
     }
 }
 
