@@ -205,3 +205,58 @@ fn error_messages_read_as_plain_english_without_private_paths() {
     let decode = q.get_timeout(PATIENCE).unwrap_err().to_string();
     assert!(decode.starts_with("cannot decode the message as `Vec<String>`"), "{decode}");
 }
+
+/// #13: a name the user chooses (Python's `SharedMemory(name=...)`): another
+/// process opens it by that name; a name in use, or one that cannot be a name, is a
+/// clear error; a creator killed while it holds the name leaves a file the sweep
+/// reclaims, like a generated name's.
+#[test]
+fn a_chosen_name_is_met_by_another_process_checked_and_reclaimed() {
+    let name = format!("/shmproc_test_chosen_{}", std::process::id());
+    let v = Value::<u64>::new_named_as(&name, 5).unwrap();
+    assert_eq!(v.name(), Some(name.as_str()));
+    let opener = {
+        let name = name.clone();
+        shmproc::testing::fork(move || {
+            let v = Value::<u64>::open(&name).unwrap();
+            *v.lock().unwrap() += 37;
+            0
+        })
+        .unwrap()
+    };
+    join_ok(opener);
+    assert_eq!(v.get().unwrap(), 42);
+    assert!(matches!(
+        shmproc::Lock::new_named_as(&name),
+        Err(shmproc::SegmentCreateError::AlreadyExists(n)) if n == name
+    ));
+    for bad in ["no_slash", "/a/b", "/shmproc.mine", "/", &format!("/{}", "x".repeat(255))] {
+        assert!(
+            matches!(shmproc::Event::new_named_as(bad), Err(shmproc::SegmentCreateError::InvalidName { .. })),
+            "{bad:?} was taken as a name"
+        );
+    }
+    drop(v);
+    assert!(!shm_path(&name).exists(), "the creator's drop leaves its chosen name behind");
+
+    // The creator killed: the sweep tells its file by the header it published.
+    let holder = {
+        let name = name.clone();
+        shmproc::testing::fork(move || {
+            let _q = shmproc::Queue::<u8>::builder().name(&name).build().unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            0
+        })
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !shm_path(&name).exists() {
+        assert!(std::time::Instant::now() < deadline, "the child never made its queue");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    holder.signal(libc::SIGKILL).unwrap();
+    assert_eq!(join(holder), shmproc::testing::Exit::Signal(libc::SIGKILL));
+    assert!(shm_path(&name).exists());
+    shmproc::remove_orphaned_segments().unwrap();
+    assert!(!shm_path(&name).exists(), "a dead creator's chosen name was not reclaimed");
+}

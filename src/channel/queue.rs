@@ -59,7 +59,11 @@ impl RawQueue {
         }
         let maxsize = opts.maxsize;
         let expect = Expect { kind, elem: Some(elem) };
-        let backing = if opts.named { Backing::Named } else { Backing::Anonymous };
+        let backing = match (&opts.name, opts.named) {
+            (Some(name), _) => Backing::NamedAs(name),
+            (None, true) => Backing::Named,
+            (None, false) => Backing::Anonymous,
+        };
         let len = ring::ring_len(capacity)
             .ok_or(SegmentCreateError::InvalidArgument("queue capacity out of range for this machine"))?;
         let seg = Segment::create(expect, 1, len, backing, |body| {
@@ -156,18 +160,20 @@ pub struct QueueBuilder<T> {
 }
 
 /// What a builder sets, whatever the message type.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Options {
     maxsize: u32,
     capacity: usize,
     named: bool,
+    /// The name the user chose, if any (then `named`).
+    name: Option<String>,
     checksum: bool,
 }
 
 impl<T> Default for QueueBuilder<T> {
     fn default() -> Self {
         QueueBuilder {
-            options: Options { maxsize: 0, capacity: DEFAULT_CAPACITY, named: false, checksum: false },
+            options: Options { maxsize: 0, capacity: DEFAULT_CAPACITY, named: false, name: None, checksum: false },
             _t: PhantomData,
         }
     }
@@ -175,7 +181,7 @@ impl<T> Default for QueueBuilder<T> {
 
 impl<T> Clone for QueueBuilder<T> {
     fn clone(&self) -> Self {
-        QueueBuilder { options: self.options, _t: PhantomData }
+        QueueBuilder { options: self.options.clone(), _t: PhantomData }
     }
 }
 
@@ -186,6 +192,7 @@ impl<T> fmt::Debug for QueueBuilder<T> {
             .field("maxsize", &self.options.maxsize)
             .field("capacity", &self.options.capacity)
             .field("named", &self.options.named)
+            .field("name", &self.options.name)
             .field("checksum", &self.options.checksum)
             .finish()
     }
@@ -218,6 +225,28 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
     /// Makes the queue openable by name from unrelated processes.
     pub fn named(mut self, named: bool) -> Self {
         self.options.named = named;
+        if !named {
+            self.options.name = None;
+        }
+        self
+    }
+
+    /// Makes the queue openable under `name`, chosen by you, so that unrelated
+    /// programs can meet at it (implies `named(true)`). `name` is `/` then up to 254
+    /// characters, not starting with `/shmproc.`; a name in use makes `build` fail
+    /// with [`SegmentCreateError::AlreadyExists`].
+    ///
+    /// ```
+    /// use shmproc::Queue;
+    /// let q = Queue::<u32>::builder().name("/doc_jobs_example").build()?;
+    /// let other = Queue::<u32>::open("/doc_jobs_example")?; // from any process
+    /// q.put(7)?;
+    /// assert_eq!(other.get()?, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn name(mut self, name: &str) -> Self {
+        self.options.named = true;
+        self.options.name = Some(name.to_owned());
         self
     }
 

@@ -21,6 +21,18 @@ pub enum SegmentCreateError {
     /// An argument is outside what the object accepts (a barrier of zero parties, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
+    /// A chosen name that cannot name a segment (`why` says what is wrong with it).
+    #[error("`{name}` cannot name a shared object: {why}")]
+    InvalidName {
+        /// The name asked for.
+        name: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A shared object of that name exists already (Python's `FileExistsError`):
+    /// open it with `open`, or choose another name.
+    #[error("a shared object named `{0}` exists already")]
+    AlreadyExists(String),
     /// The operating system refused a step (`op` names it).
     #[error("{op} failed: {source}")]
     Os {

@@ -163,12 +163,15 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// Where a new segment's memory comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) enum Backing {
+pub(crate) enum Backing<'a> {
     /// memfd: shared with forked children, nameless, gone with its last mapping.
     #[default]
     Anonymous,
     /// POSIX shm under a random name, openable by unrelated processes.
     Named,
+    /// POSIX shm under a name the user chose, so that unrelated programs can meet
+    /// at it (made under a random name, then renamed into place once published).
+    NamedAs(&'a str),
 }
 
 fn os_create(op: &'static str) -> impl FnOnce(io::Error) -> SegmentCreateError {
@@ -219,7 +222,10 @@ impl Segment {
         }
         let (fd, name) = match backing {
             Backing::Anonymous => (sys::memfd_create("shmproc").map_err(os_create("memfd_create"))?, None),
-            Backing::Named => {
+            Backing::Named | Backing::NamedAs(_) => {
+                if let Backing::NamedAs(chosen) = backing {
+                    orphans::check_chosen_name(chosen)?;
+                }
                 // Named segments are the ones a crash can leave behind: reclaim those
                 // of dead creators while we are here. Best effort by nature.
                 orphans::sweep_now_and_then();
@@ -233,7 +239,7 @@ impl Segment {
             }
         })?;
         // From here on, `Drop` unlinks a named segment if anything fails.
-        let seg = Segment {
+        let mut seg = Segment {
             map,
             _fd: fd,
             unlink_in: std::sync::atomic::AtomicI32::new(if name.is_some() { sys::getpid() } else { 0 }),
@@ -251,6 +257,16 @@ impl Segment {
         init(seg.body()).map_err(os_create("initialising the shared object"))?;
         // SAFETY: as above; `publish` is an atomic store.
         unsafe { (*header).publish() };
+        if let (Backing::NamedAs(chosen), Some(made_as)) = (backing, &seg.name) {
+            // Whole and published under its own name first, so that no process ever
+            // opens a half-made segment under the chosen one, and a creator killed
+            // before this line leaves a file the sweep knows by its name.
+            sys::shm_rename_noreplace(made_as, chosen).map_err(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => SegmentCreateError::AlreadyExists(chosen.to_owned()),
+                _ => SegmentCreateError::Os { op: "renameat2", source: e },
+            })?;
+            seg.name = Some(chosen.to_owned());
+        }
         Ok(seg)
     }
 
@@ -379,7 +395,7 @@ fn size_and_map(fd: &OwnedFd, total: usize, backing: Backing) -> Result<MmapRaw,
         Backing::Anonymous => sys::seal_size(fd).map_err(os_create("fcntl(F_ADD_SEALS)"))?,
         // A /dev/shm too small for the segment (64 MiB in a default container) must
         // fail here, not raise SIGBUS at the first touch of a missing page.
-        Backing::Named => sys::allocate(fd, total).map_err(os_create("posix_fallocate"))?,
+        Backing::Named | Backing::NamedAs(_) => sys::allocate(fd, total).map_err(os_create("posix_fallocate"))?,
     }
     MmapOptions::new().len(total).map_raw(fd).map_err(os_create("mmap"))
 }

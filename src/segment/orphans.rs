@@ -48,7 +48,10 @@ pub(super) fn this_process() -> Creator {
 pub fn remove_orphaned_segments() -> io::Result<usize> {
     let mut removed = 0;
     let ours = sys::pid_namespace();
-    for name in sys::shm_names_with_prefix(NAME_PREFIX)? {
+    // Every file: a name the user chose (see `check_chosen_name`) is shmproc's only if
+    // it holds a valid shmproc header, whose creator then decides.
+    for name in sys::shm_names_with_prefix("")? {
+        let generated = name.trim_start_matches('/').starts_with(NAME_PREFIX);
         let Ok(fd) = sys::shm_open_existing(&name) else { continue };
         let creator = match owner_of(fd) {
             Some(Owner::Creator(from_header)) => from_header,
@@ -67,6 +70,7 @@ pub fn remove_orphaned_segments() -> io::Result<usize> {
                 continue;
             }
             Some(Owner::Nobody) => continue,
+            None if !generated => continue,
             // No valid header (yet): the name says who made it, if ours.
             None => match creator_in_name(&name) {
                 Some(from_name) => from_name,
@@ -171,6 +175,19 @@ const NAME_PREFIX: &str = "shmproc.";
 pub(super) fn random_name() -> io::Result<String> {
     let me = this_process();
     Ok(format!("/{NAME_PREFIX}{:x}.{:x}.{:x}.{:032x}", me.pid_ns, me.pid, me.start, sys::random_u128()?))
+}
+
+/// Whether `name` can be a user's chosen name: a valid POSIX shm name, outside the
+/// names shmproc generates (whose form the sweep reads).
+pub(super) fn check_chosen_name(name: &str) -> Result<(), super::SegmentCreateError> {
+    let invalid = |why| super::SegmentCreateError::InvalidName { name: name.to_owned(), why };
+    if check_name(name).is_err() {
+        return Err(invalid("a name is '/' and then 1 to 254 characters, none of them '/' or NUL"));
+    }
+    if name[1..].starts_with(NAME_PREFIX) {
+        return Err(invalid("names starting with `/shmproc.` are the ones shmproc makes up"));
+    }
+    Ok(())
 }
 
 pub(super) fn check_name(name: &str) -> Result<(), SegmentOpenError> {

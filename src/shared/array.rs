@@ -54,6 +54,13 @@ impl<T: Pod> Array<T> {
         Self::create(src.len(), Some(src), Backing::Named)
     }
 
+    /// A copy of `src`, with its own lock, under `name`, chosen by you (Python's `name=` argument): unrelated programs can
+    /// meet at it and [`open`](Array::open) it. `name` is `/` then up to 254 characters, not
+    /// starting with `/shmproc.`; a name in use is [`SegmentCreateError::AlreadyExists`].
+    pub fn from_slice_named_as(name: &str, src: &[T]) -> Result<Array<T>, SegmentCreateError> {
+        Self::create(src.len(), Some(src), Backing::NamedAs(name))
+    }
+
     fn create(len: usize, src: Option<&[T]>, backing: Backing) -> Result<Array<T>, SegmentCreateError> {
         let (lock, cells) = cells::create_locked(ObjectKind::Array, len, src, backing)?;
         Ok(Array { lock, cells })
@@ -235,6 +242,13 @@ impl<T: Pod> RawArray<T> {
     /// A copy of `src` in a named segment.
     pub fn from_slice_named(src: &[T]) -> Result<RawArray<T>, SegmentCreateError> {
         Self::create(src.len(), Some(src), Backing::Named)
+    }
+
+    /// A copy of `src`, under `name`, chosen by you (Python's `name=` argument): unrelated programs can
+    /// meet at it and [`open`](RawArray::open) it. `name` is `/` then up to 254 characters, not
+    /// starting with `/shmproc.`; a name in use is [`SegmentCreateError::AlreadyExists`].
+    pub fn from_slice_named_as(name: &str, src: &[T]) -> Result<RawArray<T>, SegmentCreateError> {
+        Self::create(src.len(), Some(src), Backing::NamedAs(name))
     }
 
     fn create(len: usize, src: Option<&[T]>, backing: Backing) -> Result<RawArray<T>, SegmentCreateError> {

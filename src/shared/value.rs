@@ -47,6 +47,13 @@ impl<T: Pod> Value<T> {
         Self::create(value, Backing::Named)
     }
 
+    /// A value holding `value`, with its own lock, under `name`, chosen by you (Python's `name=` argument): unrelated programs can
+    /// meet at it and [`open`](Value::open) it. `name` is `/` then up to 254 characters, not
+    /// starting with `/shmproc.`; a name in use is [`SegmentCreateError::AlreadyExists`].
+    pub fn new_named_as(name: &str, value: T) -> Result<Value<T>, SegmentCreateError> {
+        Self::create(value, Backing::NamedAs(name))
+    }
+
     fn create(value: T, backing: Backing) -> Result<Value<T>, SegmentCreateError> {
         let (lock, cells) = cells::create_locked(ObjectKind::Value, 1, Some(&[value]), backing)?;
         Ok(Value { lock, cells })
@@ -210,6 +217,13 @@ impl<T: Pod> RawValue<T> {
     /// A raw value holding `value`, in a named segment.
     pub fn new_named(value: T) -> Result<RawValue<T>, SegmentCreateError> {
         Self::create(value, Backing::Named)
+    }
+
+    /// A raw value holding `value`, under `name`, chosen by you (Python's `name=` argument): unrelated programs can
+    /// meet at it and [`open`](RawValue::open) it. `name` is `/` then up to 254 characters, not
+    /// starting with `/shmproc.`; a name in use is [`SegmentCreateError::AlreadyExists`].
+    pub fn new_named_as(name: &str, value: T) -> Result<RawValue<T>, SegmentCreateError> {
+        Self::create(value, Backing::NamedAs(name))
     }
 
     fn create(value: T, backing: Backing) -> Result<RawValue<T>, SegmentCreateError> {

@@ -79,6 +79,13 @@ impl Barrier {
         Self::create(parties, Backing::Named)
     }
 
+    /// A barrier for `parties` parties, under `name`, chosen by you (Python's `name=` argument): unrelated programs can
+    /// meet at it and [`open`](Barrier::open) it. `name` is `/` then up to 254 characters, not
+    /// starting with `/shmproc.`; a name in use is [`SegmentCreateError::AlreadyExists`].
+    pub fn new_named_as(name: &str, parties: u32) -> Result<Barrier, SegmentCreateError> {
+        Self::create(parties, Backing::NamedAs(name))
+    }
+
     fn create(parties: u32, backing: Backing) -> Result<Barrier, SegmentCreateError> {
         if parties == 0 {
             return Err(SegmentCreateError::InvalidArgument("a barrier needs at least one party"));

@@ -113,6 +113,13 @@ impl Condition {
         Self::create(Backing::Named, None)
     }
 
+    /// A condition with its own lock, under `name`, chosen by you (Python's `name=` argument): unrelated programs can
+    /// meet at it and [`open`](Condition::open) it. `name` is `/` then up to 254 characters, not
+    /// starting with `/shmproc.`; a name in use is [`SegmentCreateError::AlreadyExists`].
+    pub fn new_named_as(name: &str) -> Result<Condition, SegmentCreateError> {
+        Self::create(Backing::NamedAs(name), None)
+    }
+
     /// Attaches to the named condition `name` (one made by `new_named`).
     pub fn open(name: &str) -> Result<Condition, SegmentOpenError> {
         let body: View<ConditionBody> = segment::open_view(name, ObjectKind::Condition)?;

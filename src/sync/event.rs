@@ -50,6 +50,13 @@ impl Event {
         Self::create(Backing::Named)
     }
 
+    /// A new, clear event under `name`, chosen by you (Python's `name=` argument): unrelated programs can
+    /// meet at it and [`open`](Event::open) it. `name` is `/` then up to 254 characters, not
+    /// starting with `/shmproc.`; a name in use is [`SegmentCreateError::AlreadyExists`].
+    pub fn new_named_as(name: &str) -> Result<Event, SegmentCreateError> {
+        Self::create(Backing::NamedAs(name))
+    }
+
     /// Attaches to the named event `name`.
     pub fn open(name: &str) -> Result<Event, SegmentOpenError> {
         Ok(Event { body: segment::open_view(name, ObjectKind::Event)? })

@@ -51,6 +51,26 @@ impl Lock {
         Self::create(Backing::Named)
     }
 
+    /// A new lock under `name`, chosen by you (Python's `name=` argument): unrelated programs can
+    /// meet at it and [`open`](Lock::open) it. `name` is `/` then up to 254 characters, not
+    /// starting with `/shmproc.`; a name in use is [`SegmentCreateError::AlreadyExists`].
+    ///
+    /// ```
+    /// let lock = shmproc::Lock::new_named_as("/doc_lock_example")?;
+    /// let same = shmproc::Lock::open("/doc_lock_example")?; // from any process
+    /// assert!(matches!(
+    ///     shmproc::Lock::new_named_as("/doc_lock_example"),
+    ///     Err(shmproc::SegmentCreateError::AlreadyExists(_))
+    /// ));
+    /// drop(same);
+    /// drop(lock); // its creator's drop removes the name
+    /// assert!(shmproc::Lock::open("/doc_lock_example").is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn new_named_as(name: &str) -> Result<Lock, SegmentCreateError> {
+        Self::create(Backing::NamedAs(name))
+    }
+
     /// Attaches to the named lock `name`.
     pub fn open(name: &str) -> Result<Lock, SegmentOpenError> {
         Ok(Lock { raw: segment::open_view(name, ObjectKind::Lock)? })

@@ -46,6 +46,13 @@ impl RLock {
         Self::create(Backing::Named)
     }
 
+    /// A new re-entrant lock under `name`, chosen by you (Python's `name=` argument): unrelated programs can
+    /// meet at it and [`open`](RLock::open) it. `name` is `/` then up to 254 characters, not
+    /// starting with `/shmproc.`; a name in use is [`SegmentCreateError::AlreadyExists`].
+    pub fn new_named_as(name: &str) -> Result<RLock, SegmentCreateError> {
+        Self::create(Backing::NamedAs(name))
+    }
+
     /// Attaches to the named re-entrant lock `name`.
     pub fn open(name: &str) -> Result<RLock, SegmentOpenError> {
         Ok(RLock { raw: segment::open_view(name, ObjectKind::RLock)? })

@@ -205,6 +205,13 @@ impl Semaphore {
         Ok(Semaphore { raw: RawSemaphore::create(ObjectKind::Semaphore, value, u32::MAX, Backing::Named)? })
     }
 
+    /// A semaphore with `value` permits, under `name`, chosen by you (Python's `name=` argument): unrelated programs can
+    /// meet at it and [`open`](Semaphore::open) it. `name` is `/` then up to 254 characters, not
+    /// starting with `/shmproc.`; a name in use is [`SegmentCreateError::AlreadyExists`].
+    pub fn new_named_as(name: &str, value: u32) -> Result<Semaphore, SegmentCreateError> {
+        Ok(Semaphore { raw: RawSemaphore::create(ObjectKind::Semaphore, value, u32::MAX, Backing::NamedAs(name))? })
+    }
+
     /// Gives a permit back and wakes one waiter. Fails only at `u32::MAX` permits.
     pub fn release(&self) -> Result<(), ReleaseError> {
         self.raw.release()
@@ -237,6 +244,14 @@ impl BoundedSemaphore {
     /// A bounded semaphore with `value` permits, in a named segment.
     pub fn new_named(value: u32) -> Result<BoundedSemaphore, SegmentCreateError> {
         Ok(BoundedSemaphore { raw: RawSemaphore::create(ObjectKind::BoundedSemaphore, value, value, Backing::Named)? })
+    }
+
+    /// A bounded semaphore with `value` permits, under `name`, chosen by you (Python's `name=` argument): unrelated programs can
+    /// meet at it and [`open`](BoundedSemaphore::open) it. `name` is `/` then up to 254 characters, not
+    /// starting with `/shmproc.`; a name in use is [`SegmentCreateError::AlreadyExists`].
+    pub fn new_named_as(name: &str, value: u32) -> Result<BoundedSemaphore, SegmentCreateError> {
+        let raw = RawSemaphore::create(ObjectKind::BoundedSemaphore, value, value, Backing::NamedAs(name))?;
+        Ok(BoundedSemaphore { raw })
     }
 
     /// Gives a permit back; [`ReleaseError::TooManyReleases`] if that would exceed

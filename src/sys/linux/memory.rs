@@ -37,6 +37,25 @@ pub(crate) fn shm_open_existing(name: &str) -> io::Result<OwnedFd> {
     shm_open(name, OFlag::O_RDWR, Mode::empty()).map_err(nix_err)
 }
 
+/// Renames the POSIX shm object `from` to `to`, failing with `AlreadyExists` if `to`
+/// exists (one atomic step: `renameat2` with `RENAME_NOREPLACE` in /dev/shm).
+pub(crate) fn shm_rename_noreplace(from: &str, to: &str) -> io::Result<()> {
+    let path = |name: &str| {
+        std::ffi::CString::new(format!("/dev/shm/{}", name.trim_start_matches('/')))
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let (from, to) = (path(from)?, path(to)?);
+    // SAFETY: both are NUL-terminated paths that outlive the call; AT_FDCWD with
+    // absolute paths uses no descriptor.
+    let r =
+        unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 pub(crate) fn shm_unlink(name: &str) -> io::Result<()> {
     nix_shm_unlink(name).map_err(nix_err)
 }
