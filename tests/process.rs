@@ -513,3 +513,38 @@ fn fork_server_death_helper() {
 fn a_fork_server_killed_under_a_running_child_leaves_its_end_known_not_alive() {
     run_test_alone("fork_server_death_helper", ("SHMPROC_FORK_SERVER_DEATH", "1"));
 }
+
+fn report_self(q: shmproc::Queue<(bool, bool, i32, bool)>) {
+    let me = shmproc::current_process();
+    let parent = shmproc::parent_process().expect("a child has a parent");
+    let parent_waits = !parent.join_timeout(Duration::from_millis(20));
+    q.put((me.daemon, parent.is_alive(), parent.pid, parent_waits)).unwrap();
+}
+
+/// #13: `current_process().daemon`, and the parent as a handle with `is_alive` and
+/// `join_timeout`, under every start method.
+#[test]
+fn a_child_knows_whether_it_is_a_daemon_and_sees_its_parent_alive() {
+    for method in [StartMethod::Fork, StartMethod::Spawn, StartMethod::ForkServer] {
+        for daemon in [false, true] {
+            let q = shmproc::Queue::new(0).unwrap();
+            let p = Process::builder(report_self, q.clone()).start_method(method).daemon(daemon).start().unwrap();
+            let got = q.get_timeout(PATIENCE).expect("the child's report");
+            assert_eq!(got, (daemon, true, std::process::id() as i32, true), "{method:?} daemon={daemon}");
+            assert_eq!(finish(&p), Some(0));
+        }
+    }
+    assert!(!shmproc::current_process().daemon);
+}
+
+fn sleep_long(_: ()) {
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// #13: `interrupt()` sends SIGINT.
+#[test]
+fn interrupt_ends_a_child_as_ctrl_c_would() {
+    let p = Process::builder(sleep_long, ()).start_method(StartMethod::Fork).start().unwrap();
+    p.interrupt().unwrap();
+    assert_eq!(finish(&p), Some(-libc::SIGINT));
+}

@@ -63,8 +63,8 @@ pub(crate) fn run(setup: Setup, watch_parent: Option<i32>, body: impl FnOnce() -
             sys::exit_now(1);
         }
     }
-    let parent = ProcessInfo { name: setup.parent.0.clone(), pid: setup.parent.1 };
-    registry::become_child(setup.name.clone(), setup.identity.clone(), parent);
+    let parent = ProcessInfo::new(setup.parent.0.clone(), setup.parent.1, false);
+    registry::become_child(setup.name.clone(), setup.identity.clone(), parent, setup.daemon);
     super::context::inherit_start_method(setup.method);
     // Already done before a fork (see there); a re-executed child is single-threaded.
     install_panic_hook();

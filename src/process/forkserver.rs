@@ -112,8 +112,8 @@ struct Served {
 
 /// The server's `main`: never returns.
 pub(crate) fn server_main() -> ! {
-    let parent = ProcessInfo { name: "client".into(), pid: sys::getppid() };
-    registry::become_child("ForkServer".into(), Vec::new(), parent);
+    let parent = ProcessInfo::new("client".into(), sys::getppid(), false);
+    registry::become_child("ForkServer".into(), Vec::new(), parent, false);
     if !sys::fd_is_open(3) {
         sys::exit_now(1);
     }

@@ -426,6 +426,12 @@ impl Process {
         self.record()?.signal(libc::SIGTERM).map_err(os("kill"))
     }
 
+    /// Sends SIGINT (Python's `interrupt()`, 3.14): a child that does not handle it
+    /// ends as if by Ctrl-C.
+    pub fn interrupt(&self) -> Result<(), ProcessError> {
+        self.record()?.signal(libc::SIGINT).map_err(os("kill"))
+    }
+
     /// Sends SIGKILL (Python's `kill()`).
     pub fn kill(&self) -> Result<(), ProcessError> {
         self.record()?.signal(libc::SIGKILL).map_err(os("kill"))

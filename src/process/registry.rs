@@ -21,10 +21,52 @@ pub struct ProcessInfo {
     pub name: String,
     /// Its process id.
     pub pid: i32,
+    /// Whether it was started as a daemon (terminated when its parent leaves). False
+    /// for the main process, and for a parent (its own parent knows, not its child).
+    pub daemon: bool,
+    /// Its pid and start time (`sys::ProcessId`), so that a recycled pid never passes
+    /// for it.
+    id: u64,
+}
+
+impl ProcessInfo {
+    pub(crate) fn new(name: String, pid: i32, daemon: bool) -> ProcessInfo {
+        ProcessInfo { name, pid, daemon, id: sys::ProcessId::of(pid).to_bits() }
+    }
+
+    /// Whether the process still runs (not gone, not a zombie, its pid not taken by
+    /// a later process). Python's `parent_process().is_alive()`.
+    pub fn is_alive(&self) -> bool {
+        sys::ProcessId::from_bits(self.id).is_alive()
+    }
+
+    /// Waits up to `timeout` for the process to end; whether it did. For a process
+    /// that is not this one's child (its parent, say), which cannot be waited for,
+    /// it looks every 5 ms. Python's `parent_process().join(timeout)`.
+    ///
+    /// ```
+    /// let me = shmproc::current_process();
+    /// assert!(me.is_alive());
+    /// assert!(!me.join_timeout(std::time::Duration::from_millis(10)));
+    /// ```
+    pub fn join_timeout(&self, timeout: std::time::Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.is_alive() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            std::thread::sleep((deadline - now).min(std::time::Duration::from_millis(5)));
+        }
+    }
 }
 
 pub(crate) struct Current {
     pub(crate) name: String,
+    daemon: bool,
     identity: Vec<u32>,
     pub(crate) parent: Option<ProcessInfo>,
     next_child: AtomicU32,
@@ -47,7 +89,7 @@ pub(crate) fn current() -> &'static Current {
         // SAFETY: a non-null CURRENT always comes from `Box::leak` and is never freed.
         return unsafe { &*p };
     }
-    let main = Current::new("MainProcess".into(), Vec::new(), None);
+    let main = Current::new("MainProcess".into(), Vec::new(), None, false);
     let fresh = Box::into_raw(Box::new(main));
     match CURRENT.compare_exchange(std::ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
         // SAFETY: we just published our own leaked box.
@@ -64,7 +106,7 @@ pub(crate) fn current() -> &'static Current {
 }
 
 /// Makes this (new) process the child described, forgetting the parent's state.
-pub(crate) fn become_child(name: String, identity: Vec<u32>, parent: ProcessInfo) {
+pub(crate) fn become_child(name: String, identity: Vec<u32>, parent: ProcessInfo, daemon: bool) {
     let inherited = CURRENT.load(Ordering::Acquire);
     if !inherited.is_null() {
         // SAFETY: a non-null CURRENT is a leaked box, never freed.
@@ -75,13 +117,14 @@ pub(crate) fn become_child(name: String, identity: Vec<u32>, parent: ProcessInfo
             drop(server.take());
         }
     }
-    install(Current::new(name, identity, Some(parent)));
+    install(Current::new(name, identity, Some(parent), daemon));
 }
 
 impl Current {
-    fn new(name: String, identity: Vec<u32>, parent: Option<ProcessInfo>) -> Current {
+    fn new(name: String, identity: Vec<u32>, parent: Option<ProcessInfo>, daemon: bool) -> Current {
         Current {
             name,
+            daemon,
             identity,
             parent,
             next_child: AtomicU32::new(0),
@@ -101,7 +144,7 @@ impl Current {
     }
 
     pub(crate) fn info(&self) -> ProcessInfo {
-        ProcessInfo { name: self.name.clone(), pid: sys::getpid() }
+        ProcessInfo::new(self.name.clone(), sys::getpid(), self.daemon)
     }
 
     pub(crate) fn register(&self, child: Arc<ChildRecord>) {
@@ -124,7 +167,7 @@ impl Current {
     pub(crate) fn active_children(&self) -> Vec<ProcessInfo> {
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         children.retain(|c| c.poll().is_none());
-        children.iter().map(|c| ProcessInfo { name: c.name.clone(), pid: c.pid }).collect()
+        children.iter().map(|c| ProcessInfo::new(c.name.clone(), c.pid, c.daemon)).collect()
     }
 }
 
