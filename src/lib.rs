@@ -91,7 +91,8 @@ struct ReadmeDoctests;
 
 pub use channel::{
     BufferTooShort, ChannelFault, Connection, JoinableQueue, Pipe, Queue, QueueBuilder, RecvError, RecvIntoError,
-    RecvTimeoutError, SendError, SendTimeoutError, TaskDoneError, TryRecvError, TrySendError, DEFAULT_CAPACITY,
+    RecvTimeoutError, SendError, SendTimeoutError, SimpleQueue, TaskDoneError, TryRecvError, TrySendError,
+    DEFAULT_CAPACITY,
 };
 pub use executor::{
     as_completed, wait, AsCompleted, Executor, ExecutorMap, MapOptions, ProcessPoolExecutor,

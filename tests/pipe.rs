@@ -336,3 +336,29 @@ fn an_end_refuses_holders_beyond_its_table() {
     drop(again);
     assert!(matches!(a.recv_timeout(PATIENCE), Err(RecvTimeoutError::Disconnected)));
 }
+
+fn send_sizes(conn: Connection<()>) {
+    conn.send_bytes(&[7u8; 100]).unwrap();
+    conn.send_bytes(&[8u8; 3]).unwrap();
+}
+
+/// #13: `recv_bytes(maxlength)` and `readable()` / `writable()`. A message over the
+/// maximum comes back whole in the error, and the connection goes on (Python's
+/// leaves it unusable).
+#[test]
+fn recv_bytes_max_refuses_a_long_message_without_losing_it() {
+    let (rx, tx) = Pipe::simplex::<()>().unwrap();
+    assert!(rx.readable() && !rx.writable());
+    assert!(tx.writable() && !tx.readable());
+    let p = Process::builder(send_sizes, tx).start_method(StartMethod::Spawn).start().unwrap();
+    assert!(rx.poll(Some(PATIENCE)));
+    match rx.recv_bytes_max(10) {
+        Err(RecvIntoError::BufferTooShort(e)) => assert_eq!(e.message, vec![7u8; 100]),
+        other => panic!("{other:?}"),
+    }
+    assert!(rx.poll(Some(PATIENCE)));
+    assert_eq!(rx.recv_bytes_max(10).unwrap(), vec![8u8; 3]);
+    assert_eq!(finish(&p), Some(0));
+    let (a, _b) = Pipe::duplex::<u8>().unwrap();
+    assert!(a.readable() && a.writable());
+}

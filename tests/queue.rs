@@ -480,3 +480,47 @@ fn named_shared_objects_travel_in_messages_and_anonymous_ones_say_why() {
     // The refused end was handed back whole: dropping it closes it for its peer.
     assert!(matches!(b.recv_timeout(PATIENCE), Err(RecvTimeoutError::Disconnected)));
 }
+
+fn drain_until_shut(args: (Queue<u32>, shmproc::SimpleQueue<Vec<u32>>)) {
+    let (q, report) = args;
+    let mut got = Vec::new();
+    loop {
+        match q.get_timeout(PATIENCE) {
+            Ok(x) => got.push(x),
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    report.put(got).unwrap();
+}
+
+/// #13: Python 3.13's `shutdown(immediate)`, seen by a consumer in another process:
+/// it drains what was queued, or nothing when immediate, and then learns the queue is
+/// shut (`Disconnected`, Python's `ShutDown`); a joinable queue's `join` returns
+/// after an immediate shutdown. `SimpleQueue` carries the report back.
+#[test]
+fn shutdown_ends_a_consumer_in_another_process_with_or_without_the_rest() {
+    for immediate in [false, true] {
+        let q = Queue::<u32>::new(0).unwrap();
+        for i in 0..5 {
+            q.put(i).unwrap();
+        }
+        assert_eq!(q.shutdown(immediate), if immediate { 5 } else { 0 });
+        assert!(matches!(q.put(9), Err(SendError::Disconnected(9))));
+        let report = shmproc::SimpleQueue::new().unwrap();
+        let p = Process::builder(drain_until_shut, (q.clone(), report.clone()))
+            .start_method(StartMethod::Spawn)
+            .start()
+            .unwrap();
+        let got = report.get_timeout(PATIENCE).expect("the consumer's report");
+        assert_eq!(got, if immediate { vec![] } else { vec![0, 1, 2, 3, 4] });
+        assert_eq!(finish(&p), Some(0));
+        assert!(report.empty());
+    }
+    let jq = JoinableQueue::<u32>::new(0).unwrap();
+    jq.put(1).unwrap();
+    jq.put(2).unwrap();
+    assert!(!jq.join_timeout(Duration::from_millis(10)));
+    assert_eq!(jq.shutdown(true), 2);
+    assert!(jq.join_timeout(PATIENCE), "join waits for items the shutdown discarded");
+}

@@ -28,7 +28,7 @@ pub use error::{
     TryRecvError, TrySendError,
 };
 pub use pipe::{Connection, Pipe, RecvIntoError};
-pub use queue::{JoinableQueue, Queue, QueueBuilder, DEFAULT_CAPACITY};
+pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue, DEFAULT_CAPACITY};
 pub(crate) use ring::set_side_stall;
 #[doc(hidden)]
 pub use ring::SideStall;

@@ -386,6 +386,43 @@ impl<T> Connection<T> {
         Ok(out)
     }
 
+    /// Receives raw bytes, refusing a message longer than `max` (Python's
+    /// `recv_bytes(maxlength)`). Python then leaves the connection unusable; here the
+    /// message is not lost: it comes back whole inside the error, and the
+    /// connection goes on.
+    ///
+    /// ```
+    /// use shmproc::{Pipe, RecvIntoError};
+    /// let (a, b) = Pipe::duplex::<()>()?;
+    /// a.send_bytes(b"0123456789")?;
+    /// a.send_bytes(b"ok")?;
+    /// let Err(RecvIntoError::BufferTooShort(e)) = b.recv_bytes_max(4) else { panic!() };
+    /// assert_eq!(e.message, b"0123456789");
+    /// assert_eq!(b.recv_bytes_max(4)?, b"ok");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn recv_bytes_max(&self, max: usize) -> Result<Vec<u8>, RecvIntoError> {
+        let mut out = Vec::new();
+        match self.recv_raw(&mut out, Wait::Forever) {
+            Ok(()) if out.len() <= max => Ok(out),
+            Ok(()) => Err(RecvIntoError::BufferTooShort(BufferTooShort { buffer_len: max, message: out })),
+            Err(RecvTimeoutError::Failed(f)) => Err(RecvIntoError::Failed(f)),
+            Err(_) => Err(RecvIntoError::Disconnected),
+        }
+    }
+
+    /// Whether this end can receive (Python's `readable`): false for the sending
+    /// end of a simplex pipe.
+    pub fn readable(&self) -> bool {
+        self.recv.is_some()
+    }
+
+    /// Whether this end can send (Python's `writable`): false for the receiving end
+    /// of a simplex pipe.
+    pub fn writable(&self) -> bool {
+        self.send.is_some()
+    }
+
     /// Receives raw bytes into `buf`; their length (Python's `recv_bytes_into`). A
     /// message longer than `buf` is still received, whole, inside the error.
     pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, RecvIntoError> {

@@ -446,9 +446,103 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.raw.ring.close();
     }
 
+    /// Shuts the queue down for every process (Python 3.13's `shutdown`): later
+    /// puts fail and hand the item back; gets drain what is left, then report
+    /// `Disconnected` (Python's `ShutDown`). With `immediate`, what is left is
+    /// discarded instead, so gets report `Disconnected` at once (a `JoinableQueue`
+    /// counts each discarded item done, so `join` returns). How many were discarded.
+    ///
+    /// ```
+    /// let q = shmproc::Queue::<u8>::new(0)?;
+    /// q.put(1)?;
+    /// q.put(2)?;
+    /// assert_eq!(q.shutdown(true), 2);
+    /// assert!(matches!(q.get(), Err(shmproc::RecvError::Disconnected)));
+    /// assert!(q.put(3).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn shutdown(&self, immediate: bool) -> usize {
+        self.close();
+        if immediate {
+            self.raw.ring.discard_all()
+        } else {
+            0
+        }
+    }
+
     /// Whether the queue was closed.
     pub fn is_closed(&self) -> bool {
         self.raw.ring.is_closed()
+    }
+}
+
+/// An unbounded queue with only `put`, `get` and `empty` (Python's `SimpleQueue`):
+/// a [`Queue`] without a size limit, under a narrower API.
+///
+/// ```
+/// let q = shmproc::SimpleQueue::<String>::new()?;
+/// q.put("job".to_string())?;
+/// assert!(!q.empty());
+/// assert_eq!(q.get()?, "job");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct SimpleQueue<T> {
+    queue: Queue<T>,
+}
+
+impl<T> Clone for SimpleQueue<T> {
+    fn clone(&self) -> Self {
+        SimpleQueue { queue: self.queue.clone() }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
+    /// An empty queue.
+    pub fn new() -> Result<SimpleQueue<T>, SegmentCreateError> {
+        Ok(SimpleQueue { queue: Queue::new(0)? })
+    }
+
+    /// Puts `item`, waiting for room in the ring if it is full.
+    pub fn put(&self, item: T) -> Result<(), SendError<T>> {
+        self.queue.put(item)
+    }
+
+    /// Takes the oldest item, waiting for one.
+    pub fn get(&self) -> Result<T, RecvError> {
+        self.queue.get()
+    }
+
+    /// Takes the oldest item, waiting at most `timeout`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.queue.get_timeout(timeout)
+    }
+
+    /// Whether the queue is empty now.
+    pub fn empty(&self) -> bool {
+        self.queue.empty()
+    }
+
+    /// Closes the queue for every process (see [`Queue::close`]).
+    pub fn close(&self) {
+        self.queue.close();
+    }
+}
+
+impl<T> Serialize for SimpleQueue<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.queue.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for SimpleQueue<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(SimpleQueue { queue: Queue::deserialize(d)? })
+    }
+}
+
+impl<T> fmt::Debug for SimpleQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimpleQueue").field("queue", &self.queue).finish()
     }
 }
 

@@ -754,6 +754,20 @@ impl Ring {
         puts.wrapping_sub(h.done.load(Ordering::Acquire) as u32) & COUNT_MASK
     }
 
+    /// Takes and drops every message now in the ring (a joinable ring counts each
+    /// as done); how many. Stops at the first damaged one.
+    pub(crate) fn discard_all(&self) -> usize {
+        let mut buf = Vec::new();
+        let mut n = 0;
+        while self.try_get(&mut buf, Wait::Forever).is_ok() {
+            n += 1;
+            if self.joinable {
+                self.task_done();
+            }
+        }
+        n
+    }
+
     /// Marks one message done; `false` if none is unfinished.
     pub(crate) fn task_done(&self) -> bool {
         let h = self.header();
