@@ -123,3 +123,23 @@ fn named_barrier_and_bad_arguments() {
     assert!(b.wait_timeout(PATIENCE).is_ok());
     join_ok(child);
 }
+
+/// #13: Python's `Barrier(parties, timeout=t)`: the default timeout, set in one
+/// process, bounds a plain `wait` in another.
+#[test]
+fn a_default_timeout_set_here_bounds_a_wait_in_another_process() {
+    let b = Barrier::new(2).unwrap();
+    assert_eq!(b.timeout(), None);
+    b.set_timeout(Some(Duration::from_millis(50)));
+    let child = {
+        let b = b.clone();
+        spawn_child(move || {
+            let start = Instant::now();
+            let r = b.wait();
+            let quick = start.elapsed() < PROMPT;
+            i32::from(!(r == Err(BarrierError::Broken) && quick))
+        })
+    };
+    join_ok(child);
+    assert!(b.broken());
+}

@@ -43,6 +43,8 @@ pub(crate) struct BarrierBody {
     generation: AtomicU32,
     broken: AtomicU32,
     reset_generation: AtomicU32,
+    /// The default timeout of `wait`, in microseconds (0: none), for every process.
+    default_timeout_us: AtomicU64,
 }
 
 /// A rendezvous point for `parties` processes (or threads): each `wait` blocks until
@@ -84,6 +86,39 @@ impl Barrier {
     /// starting with `/shmproc.`; a name in use is [`SegmentCreateError::AlreadyExists`].
     pub fn new_named_as(name: &str, parties: u32) -> Result<Barrier, SegmentCreateError> {
         Self::create(parties, Backing::NamedAs(name))
+    }
+
+    /// A barrier for `parties` parties whose `wait` gives up after `timeout` unless
+    /// told otherwise (Python's `Barrier(parties, timeout=t)`), breaking the barrier as
+    /// [`wait_timeout`](Self::wait_timeout) does.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let b = shmproc::Barrier::with_timeout(2, Duration::from_millis(20))?;
+    /// assert_eq!(b.timeout(), Some(Duration::from_millis(20)));
+    /// // The other party never comes: the default timeout ends the wait.
+    /// assert_eq!(b.wait(), Err(shmproc::BarrierError::Broken));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_timeout(parties: u32, timeout: Duration) -> Result<Barrier, SegmentCreateError> {
+        let b = Self::create(parties, Backing::Anonymous)?;
+        b.set_timeout(Some(timeout));
+        Ok(b)
+    }
+
+    /// Sets (or, with `None`, removes) the default timeout of [`wait`](Self::wait),
+    /// for every process using the barrier.
+    pub fn set_timeout(&self, timeout: Option<Duration>) {
+        let us = timeout.map_or(0, |t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX).max(1));
+        self.body.default_timeout_us.store(us, Ordering::Release);
+    }
+
+    /// The default timeout of [`wait`](Self::wait), if any (Python's `timeout`).
+    pub fn timeout(&self) -> Option<Duration> {
+        match self.body.default_timeout_us.load(Ordering::Acquire) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
     }
 
     fn create(parties: u32, backing: Backing) -> Result<Barrier, SegmentCreateError> {
@@ -160,8 +195,12 @@ impl Barrier {
     }
 
     /// Waits for every party; returns this party's arrival index, `0..parties`.
+    /// With a default [`timeout`](Self::timeout), as `wait_timeout` with it.
     pub fn wait(&self) -> Result<u32, BarrierError> {
-        self.wait_with(Wait::Forever)
+        match self.timeout() {
+            Some(t) => self.wait_with(Wait::timeout(t)),
+            None => self.wait_with(Wait::Forever),
+        }
     }
 
     /// As [`wait`](Self::wait), but a party still waiting after `timeout` breaks the
