@@ -72,6 +72,7 @@
 //! ```
 
 mod channel;
+pub mod connection;
 mod executor;
 mod names;
 mod pool;
@@ -102,7 +103,7 @@ pub use pool::{AsyncResult, IMap, MapResult, Pool, PoolBuilder, PoolError, StarT
 pub use process::{
     active_children, context, cpu_count, current_process, get_all_start_methods, get_start_method, init,
     parent_process, set_start_method, set_start_method_forced, spawn, Context, JoinError, JoinHandle, Process,
-    ProcessBuilder, ProcessError, ProcessInfo, StartMethod, EXITCODE_UNKNOWN,
+    ProcessBuilder, ProcessError, ProcessInfo, Sentinel, StartMethod, EXITCODE_UNKNOWN,
 };
 pub use segment::{remove_orphaned_segments, ObjectKind, SegmentCreateError, SegmentOpenError};
 pub use shared::{Array, ArrayError, ArrayGuard, RawArray, RawValue, Value, ValueGuard};

@@ -362,3 +362,61 @@ fn recv_bytes_max_refuses_a_long_message_without_losing_it() {
     let (a, _b) = Pipe::duplex::<u8>().unwrap();
     assert!(a.readable() && a.writable());
 }
+
+fn reply_after(args: (Connection<u64>, u64)) {
+    std::thread::sleep(Duration::from_millis(args.1));
+    args.0.send(&args.1).unwrap();
+    // Holds its end until the parent has read (its exit would also make the end ready).
+    let _ = args.0.recv_timeout(PATIENCE);
+}
+
+fn exit_after(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// #13: `connection::wait` over pipes, a queue and process sentinels from children
+/// under every start method: it returns what is ready, as it becomes ready, and
+/// nothing on a timeout.
+#[test]
+fn connection_wait_multiplexes_pipes_queues_and_sentinels() {
+    let mut ends = Vec::new();
+    let mut children = Vec::new();
+    for (i, method) in [StartMethod::Fork, StartMethod::Spawn, StartMethod::ForkServer].into_iter().enumerate() {
+        let (mine, theirs) = Pipe::duplex::<u64>().unwrap();
+        let delay = 100 + 150 * i as u64;
+        children.push(Process::builder(reply_after, (theirs, delay)).start_method(method).start().unwrap());
+        ends.push(mine);
+    }
+    let quitter = Process::builder(exit_after, 50).start_method(StartMethod::Spawn).start().unwrap();
+    let sentinel = quitter.sentinel().unwrap();
+    let q = shmproc::Queue::<u8>::new(0).unwrap();
+    let objects: Vec<&dyn shmproc::connection::Ready> = vec![&ends[0], &ends[1], &ends[2], &sentinel, &q];
+    assert!(shmproc::connection::wait(&objects, Some(Duration::from_millis(10))).is_empty());
+    // The quitter ends first, then each pipe speaks in turn.
+    assert_eq!(shmproc::connection::wait(&objects, Some(PATIENCE)), [3]);
+    assert_eq!(finish(&quitter), Some(0));
+    // (A served child then exits, and its end stays ready, as at EOF in Python: wait
+    // only on those not served yet.)
+    let mut order: Vec<usize> = Vec::new();
+    while order.len() < 3 {
+        let pending: Vec<usize> = (0..3).filter(|i| !order.contains(i)).collect();
+        let waiting: Vec<&dyn shmproc::connection::Ready> = pending.iter().map(|&i| objects[i]).collect();
+        let ready = shmproc::connection::wait(&waiting, Some(PATIENCE));
+        assert!(!ready.is_empty(), "timed out after {order:?}");
+        for k in ready {
+            let i = pending[k];
+            assert_eq!(ends[i].recv_timeout(PATIENCE).unwrap(), 100 + 150 * i as u64);
+            ends[i].send(&0).unwrap();
+            order.push(i);
+        }
+    }
+    assert_eq!(order, [0, 1, 2]);
+    q.put(1).unwrap();
+    assert!(shmproc::connection::wait(&objects, Some(PATIENCE)).contains(&4));
+    for p in &children {
+        assert_eq!(finish(p), Some(0));
+    }
+    // An ended process's sentinel, asked for late, is ready at once and readable.
+    let late = quitter.sentinel().unwrap();
+    assert!(shmproc::connection::wait(&[&late], Some(Duration::ZERO)) == [0]);
+}

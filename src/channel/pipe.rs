@@ -411,6 +411,15 @@ impl<T> Connection<T> {
         }
     }
 
+    /// Whether a receive would return at once (a message, or the news that the peer
+    /// is gone), looking at the peer's process at most every `PEER_CHECK`.
+    pub(crate) fn ready_now(&self) -> bool {
+        match &self.recv {
+            Some(ring) => ring.has_data_or_closed() || self.peer_closed() || self.peer_gone_now_and_then(),
+            None => false,
+        }
+    }
+
     /// Whether this end can receive (Python's `readable`): false for the sending
     /// end of a simplex pipe.
     pub fn readable(&self) -> bool {

@@ -332,6 +332,32 @@ impl Process {
         }
     }
 
+    /// A descriptor that becomes readable when the child ends (Python's
+    /// `sentinel`): for [`connection::wait`](crate::connection::wait), or for your own
+    /// `poll`/`epoll` loop through `AsFd`. A pidfd, or, for a child that has ended
+    /// already, a descriptor that is readable at once.
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// fn work(_: ()) {}
+    /// let mut p = shmproc::Process::new(work, ());
+    /// p.start()?;
+    /// let sentinel = p.sentinel()?;
+    /// let _fd = sentinel.as_fd();
+    /// assert_eq!(shmproc::connection::wait(&[&sentinel], Some(std::time::Duration::from_secs(10))), [0]);
+    /// p.join()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn sentinel(&self) -> Result<Sentinel, ProcessError> {
+        let record = Arc::clone(self.record()?);
+        let fd = match sys::pidfd_open(record.pid) {
+            Ok(fd) if record.poll().is_none() => fd,
+            // Ended (and perhaps reaped: then its pid may be another process's now).
+            _ => sys::readable_fd().map_err(os("eventfd"))?,
+        };
+        Ok(Sentinel { record, fd })
+    }
+
     /// Something to wait on for the child's end without borrowing this `Process`
     /// (a pool's result thread waits on several, outside its lock).
     pub(crate) fn end_watch(&self) -> Option<EndWatch> {
@@ -614,6 +640,31 @@ pub fn active_children() -> Vec<ProcessInfo> {
 /// The number of CPUs online (Python's `cpu_count()`).
 pub fn cpu_count() -> usize {
     sys::cpu_count()
+}
+
+/// A child process's end, to wait on (see [`Process::sentinel`]).
+pub struct Sentinel {
+    record: Arc<ChildRecord>,
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Sentinel {
+    /// Whether the child has ended (reaping it if it is this process's own).
+    pub fn ended(&self) -> bool {
+        self.record.poll().is_some()
+    }
+}
+
+impl std::os::fd::AsFd for Sentinel {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl fmt::Debug for Sentinel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sentinel").field("pid", &self.record.pid).finish()
+    }
 }
 
 /// A started child's end, to wait for (see [`Process::end_watch`]).

@@ -140,6 +140,18 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { adopt_fd(fd as i32) })
 }
 
+/// A descriptor that is readable at once and stays so (an eventfd holding 1): the
+/// sentinel of a process that had ended before anyone asked for one.
+pub(crate) fn readable_fd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes an initial value and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::eventfd(1, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this descriptor.
+    Ok(unsafe { adopt_fd(fd) })
+}
+
 /// Waits until one of `fds` is readable (or hung up); which are (none if a signal
 /// interrupted the wait).
 pub(crate) fn poll_readable(fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<Vec<bool>> {
