@@ -1,5 +1,7 @@
 //! `Barrier` across real processes.
 
+shmproc::init_before_main!();
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -141,5 +143,50 @@ fn a_default_timeout_set_here_bounds_a_wait_in_another_process() {
         })
     };
     join_ok(child);
+    assert!(b.broken());
+}
+
+const ACTION_VALUE: &str = "SHMPROC_TEST_BARRIER_ACTION";
+
+/// The action: counts itself in the value named by the environment (an action is a
+/// function, not a closure: it runs in whichever process arrives last).
+fn count_action() {
+    let v = shmproc::Value::<u64>::open(&std::env::var(ACTION_VALUE).unwrap()).unwrap();
+    *v.lock().unwrap() += 1;
+}
+
+fn three_rounds(b: Barrier) {
+    for _ in 0..3 {
+        b.wait_timeout(PATIENCE).unwrap();
+    }
+}
+
+fn boom() {
+    panic!("the action failed");
+}
+
+/// #13: Python's `Barrier(n, action=f)`: the action runs once per round, in the
+/// last party to arrive, whichever process that is (the parent, a forked or a
+/// spawned child); an action that panics breaks the barrier for every party.
+#[test]
+fn an_action_runs_once_a_round_in_the_last_party_to_arrive() {
+    let name = format!("/shmproc_test_barrier_action_{}", std::process::id());
+    let counter = shmproc::Value::<u64>::new_named_as(&name, 0).unwrap();
+    std::env::set_var(ACTION_VALUE, &name);
+    let b = Barrier::with_action(3, count_action).unwrap();
+    let children: Vec<_> = [shmproc::StartMethod::Fork, shmproc::StartMethod::Spawn]
+        .into_iter()
+        .map(|m| shmproc::Process::builder(three_rounds, b.clone()).start_method(m).start().unwrap())
+        .collect();
+    three_rounds(b);
+    for p in &children {
+        assert!(p.join_timeout(PATIENCE).unwrap());
+        assert_eq!(p.exitcode(), Some(0));
+    }
+    assert_eq!(counter.get().unwrap(), 3, "the action must run exactly once a round");
+
+    let b = Barrier::with_action(1, boom).unwrap();
+    quiet_panics();
+    assert_eq!(b.wait(), Err(BarrierError::Broken));
     assert!(b.broken());
 }

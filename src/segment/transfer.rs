@@ -71,6 +71,11 @@ pub(crate) fn refuse(why: String) -> String {
     why
 }
 
+/// Whether what is deserialized now is a child's start arguments.
+pub(crate) fn receiving_now() -> bool {
+    INCOMING.with(|i| i.borrow().is_some())
+}
+
 /// Whether shared objects serialized now go to a child being started.
 pub(crate) fn collecting_now() -> bool {
     OUTGOING.with(|o| o.borrow().is_some())

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use super::error::BarrierError;
 use super::raw_mutex::{Acquire, RawMutex, Reentry};
 use super::wait::{sleep_on, spin, wake, Wait};
-use crate::segment::transfer::serde_as_segments;
+use crate::segment::transfer;
 use crate::segment::{Backing, Expect, ObjectKind, Segment, SegmentCreateError, SegmentOpenError, View};
 use crate::sys;
 
@@ -50,8 +50,8 @@ pub(crate) struct BarrierBody {
 /// A rendezvous point for `parties` processes (or threads): each `wait` blocks until
 /// all have arrived.
 ///
-/// Python's `action` argument has no counterpart: run the action in the party whose
-/// `wait` returned index 0 (any fixed index works; exactly one party gets each).
+/// Python's `action` is [`with_action`](Barrier::with_action): a function the last
+/// party to arrive calls before any party passes.
 ///
 /// ```
 /// let b = shmproc::Barrier::new(1)?;
@@ -63,6 +63,13 @@ pub struct Barrier {
     body: View<BarrierBody>,
     pids: View<AtomicU64>,
     parties: u32,
+    /// Called by the last party to arrive through this handle (`run_action::<F>`).
+    action: Option<fn()>,
+}
+
+/// Calls the action `F`, a zero-sized function type (see [`Barrier::with_action`]).
+fn run_action<F: Fn() + Copy + 'static>() {
+    crate::process::conjure::<F>()();
 }
 
 fn body_len(parties: u32) -> Option<usize> {
@@ -121,6 +128,30 @@ impl Barrier {
         }
     }
 
+    /// A barrier for `parties` parties whose last arrival calls `action` before any
+    /// party passes (Python's `Barrier(parties, action=f)`). `action` is a fn item or
+    /// a non-capturing closure, so that it can be called in every process the
+    /// barrier is handed to as a process argument. If it panics, the barrier breaks:
+    /// every party gets [`BarrierError::Broken`].
+    ///
+    /// ```
+    /// fn announce() {
+    ///     println!("everyone is here");
+    /// }
+    /// let b = shmproc::Barrier::with_action(1, announce)?;
+    /// assert_eq!(b.wait(), Ok(0)); // the one party arrives last, and announces
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_action<F>(parties: u32, action: F) -> Result<Barrier, SegmentCreateError>
+    where
+        F: Fn() + Copy + Send + Sync + 'static,
+    {
+        let _ = action; // a zero-sized type: its type is the action
+        let mut b = Self::create(parties, Backing::Anonymous)?;
+        b.action = Some(run_action::<F>);
+        Ok(b)
+    }
+
     fn create(parties: u32, backing: Backing) -> Result<Barrier, SegmentCreateError> {
         if parties == 0 {
             return Err(SegmentCreateError::InvalidArgument("a barrier needs at least one party"));
@@ -162,7 +193,7 @@ impl Barrier {
         // length was made or checked to be exactly that, and the body's size is a
         // multiple of 8, so they are aligned), built by the creator.
         let (body, pids) = unsafe { (View::new(seg.clone(), 0), View::new(seg, std::mem::size_of::<BarrierBody>())) };
-        Barrier { body, pids, parties }
+        Barrier { body, pids, parties, action: None }
     }
 
     fn pid_slot(&self, index: u32) -> &AtomicU64 {
@@ -276,6 +307,15 @@ impl Barrier {
         let gen = b.generation.load(Ordering::Relaxed);
         self.pid_slot(index).store(sys::ProcessId::me().to_bits(), Ordering::Release);
         if index + 1 == self.parties {
+            if let Some(action) = self.action {
+                // Before any party passes, as in Python; a panic breaks the barrier.
+                if std::panic::catch_unwind(action).is_err() {
+                    b.broken.store(1, Ordering::Release);
+                    self.unlock();
+                    wake(&b.generation, u32::MAX);
+                    return Err(BarrierError::Broken);
+                }
+            }
             b.count.store(0, Ordering::Relaxed);
             b.generation.store(gen.wrapping_add(1), Ordering::Release);
             self.unlock();
@@ -332,10 +372,45 @@ impl Barrier {
     }
 }
 
-serde_as_segments!(Barrier, 1, |b| [b.body.segment()], |segs| {
-    let [seg] = segs;
-    Barrier::attach(seg)
-});
+// A barrier travels as its segment and its action's place in the executable. The
+// place is a code address to call, so it travels only in a child's start arguments
+// (written by its parent, never in shared memory, where a scribble could make it
+// any address): in a message, a barrier with an action is refused, and an action
+// arriving outside a child's arguments is not believed.
+impl serde::Serialize for Barrier {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
+        let action = match self.action {
+            None => None,
+            Some(_) if !transfer::collecting_now() => {
+                let why = "a Barrier with an action travels only as a process argument, not in a message";
+                return Err(S::Error::custom(transfer::refuse(why.to_owned())));
+            }
+            Some(f) => Some(
+                crate::process::code_offset(f as usize)
+                    .ok_or_else(|| S::Error::custom("the barrier's action lives outside the executable"))?,
+            ),
+        };
+        (action, transfer::SegmentsOf(&[self.body.segment()], "Barrier")).serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Barrier {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let (action, transfer::Segments([seg])) = <(Option<u64>, transfer::Segments<1>)>::deserialize(d)?;
+        if action.is_some() && !transfer::receiving_now() {
+            return Err(D::Error::custom("a barrier's action arrived outside a child's start arguments"));
+        }
+        let mut b = Barrier::attach(seg).map_err(D::Error::custom)?;
+        // SAFETY: the offset came in this child's start arguments, written by its
+        // parent (which runs this same executable, checked when the child started)
+        // from the address of a `run_action::<F>`, a `fn()`.
+        b.action =
+            action.map(|offset| unsafe { std::mem::transmute::<usize, fn()>(crate::process::code_address(offset)) });
+        Ok(b)
+    }
+}
 
 impl fmt::Debug for Barrier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
