@@ -7,6 +7,36 @@
 //! object that becomes ready is seen within about a millisecond, and a long wait
 //! costs a thousand short looks a second. A process's end is also a descriptor
 //! ([`Process::sentinel`](crate::Process::sentinel)) for a `poll` loop of your own.
+//!
+//! Serving a child's messages until it ends, from one thread:
+//!
+//! ```
+//! use shmproc::{connection, Process, Queue};
+//! use std::time::Duration;
+//!
+//! fn produce(q: Queue<u32>) {
+//!     for i in 0..3 {
+//!         q.put(i).unwrap();
+//!     }
+//! }
+//! let q = Queue::new(0)?;
+//! let mut p = Process::new(produce, q.clone());
+//! p.start()?;
+//! let end = p.sentinel()?;
+//! let mut got = Vec::new();
+//! loop {
+//!     let ready = connection::wait(&[&q, &end], Some(Duration::from_secs(10)));
+//!     // Messages first: the child put them all before it ended.
+//!     if ready.contains(&0) {
+//!         got.push(q.get()?);
+//!     } else if ready.contains(&1) {
+//!         break;
+//!     }
+//! }
+//! p.join()?;
+//! assert_eq!(got, [0, 1, 2]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +48,27 @@ use crate::channel::{JoinableQueue, Queue, SimpleQueue};
 use crate::process::Sentinel;
 
 /// Something [`wait`] can wait on: whether it is ready now.
+///
+/// Implemented for connections, queues and sentinels; implement it for your own
+/// type to wait on it beside them.
+///
+/// ```
+/// use shmproc::connection::{self, Ready};
+/// use shmproc::{Event, Queue};
+///
+/// struct Stop(Event);
+/// impl Ready for Stop {
+///     fn ready(&self) -> bool {
+///         self.0.is_set()
+///     }
+/// }
+/// let q = Queue::<u32>::new(0)?;
+/// let stop = Stop(Event::new()?);
+/// assert!(!q.ready() && !stop.ready());
+/// stop.0.set();
+/// assert_eq!(connection::wait(&[&q, &stop], None), [1]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Ready {
     /// Whether a wait on it would return at once: a message (or the news that the
     /// other side is gone) to receive, an ended process.

@@ -70,6 +70,35 @@
 //! assert_eq!(v.get()?, 42);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! A target takes one argument: a tuple carries several objects. Here a queue, one
+//! end of a pipe and a lock go to one child:
+//!
+//! ```
+//! use shmproc::{Connection, Lock, Pipe, Process, Queue};
+//! use std::time::Duration;
+//!
+//! fn worker((jobs, reply, lock): (Queue<u32>, Connection<String>, Lock)) {
+//!     let n = jobs.get().unwrap();
+//!     let _held = lock.acquire().unwrap();
+//!     reply.send(&format!("{n} squared is {}", n * n)).unwrap();
+//! }
+//!
+//! let jobs = Queue::new(0)?;
+//! let (mine, theirs) = Pipe::duplex::<String>()?;
+//! let lock = Lock::new()?;
+//! let mut p = Process::new(worker, (jobs.clone(), theirs, lock.clone()));
+//! let guard = lock.acquire().unwrap();
+//! p.start()?;
+//! jobs.put(7)?;
+//! // The child waits for the lock we hold, so no reply can come yet.
+//! assert!(mine.recv_timeout(Duration::from_millis(20)).is_err());
+//! drop(guard);
+//! assert_eq!(mine.recv()?, "7 squared is 49");
+//! p.join()?;
+//! assert_eq!(p.exitcode(), Some(0));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod channel;
 pub mod connection;

@@ -4,6 +4,27 @@
 use std::fmt;
 
 /// Why the bytes of a message could not be sent or received, beyond full/empty/closed.
+///
+/// It comes inside the `Failed` case of every channel error.
+///
+/// ```
+/// use shmproc::{ChannelFault, Pipe, Queue, RecvError, SendError};
+///
+/// let (rx, tx) = Pipe::simplex::<u32>()?;
+/// // The first end of a simplex pipe only receives.
+/// match rx.send(&1) {
+///     Err(SendError::Failed { fault: ChannelFault::WrongDirection(_), .. }) => {}
+///     other => panic!("{other:?}"),
+/// }
+/// tx.send(&2)?;
+/// assert_eq!(rx.recv()?, 2);
+///
+/// // Raw bytes that are not a `String` fail at the receiver, which goes on.
+/// let q = Queue::<String>::new(0)?;
+/// q.put_bytes(&[0xff])?;
+/// assert!(matches!(q.get(), Err(RecvError::Failed(ChannelFault::Decode { .. }))));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ChannelFault {
@@ -93,17 +114,57 @@ macro_rules! send_error {
 
 send_error!(
     /// `put` / `send` failed; the value is handed back.
+    ///
+    /// ```
+    /// use shmproc::{Queue, SendError};
+    ///
+    /// let q = Queue::<String>::new(0)?;
+    /// q.close(); // for every process: puts fail from now on
+    /// match q.put("late".to_string()) {
+    ///     // Nothing is lost: the item comes back.
+    ///     Err(SendError::Disconnected(item)) => assert_eq!(item, "late"),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     SendError { /// The channel is closed (a pipe: the other end is closed or its process died).
     Disconnected }
 );
 send_error!(
     /// `try_put` failed without waiting; the value is handed back.
+    ///
+    /// ```
+    /// use shmproc::{Queue, TrySendError};
+    ///
+    /// let q = Queue::<u32>::new(1)?;
+    /// q.try_put(1)?;
+    /// match q.try_put(2) {
+    ///     // Python's `queue.Full`, with the item back to keep or retry.
+    ///     Err(TrySendError::Full(item)) => assert_eq!(item, 2),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     TrySendError { /// No room now (Python's `queue.Full`).
     Full, /// The channel is closed.
     Disconnected }
 );
 send_error!(
     /// `put_timeout` failed; the value is handed back.
+    ///
+    /// ```
+    /// use shmproc::{Queue, SendTimeoutError};
+    /// use std::time::Duration;
+    ///
+    /// let q = Queue::<u32>::new(1)?;
+    /// q.put(1)?;
+    /// // Nobody takes the first item, so no room comes.
+    /// match q.put_timeout(2, Duration::from_millis(10)) {
+    ///     Err(SendTimeoutError::Timeout(item)) => assert_eq!(item, 2),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     SendTimeoutError { /// No room before the deadline (Python's `queue.Full`).
     Timeout, /// The channel is closed.
     Disconnected }
@@ -124,6 +185,20 @@ impl<T> SendTimeoutError<T> {
 }
 
 /// `get` / `recv` failed.
+///
+/// ```
+/// use shmproc::{Pipe, RecvError};
+///
+/// let (a, b) = Pipe::duplex::<u32>()?;
+/// a.send(&1)?;
+/// drop(a); // the other end is gone, but what it sent still arrives
+/// assert_eq!(b.recv()?, 1);
+/// match b.recv() {
+///     Err(RecvError::Disconnected) => {} // Python's EOFError
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RecvError {
@@ -136,6 +211,19 @@ pub enum RecvError {
 }
 
 /// `try_get` failed without waiting.
+///
+/// ```
+/// use shmproc::{Queue, TryRecvError};
+///
+/// let q = Queue::<u32>::new(0)?;
+/// match q.try_get() {
+///     Err(TryRecvError::Empty) => {} // Python's queue.Empty: try again later
+///     other => panic!("{other:?}"),
+/// }
+/// q.put(7)?;
+/// assert_eq!(q.try_get()?, 7);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TryRecvError {
@@ -151,6 +239,21 @@ pub enum TryRecvError {
 }
 
 /// `get_timeout` / `recv_timeout` failed.
+///
+/// ```
+/// use shmproc::{Queue, RecvTimeoutError};
+/// use std::time::Duration;
+///
+/// let q = Queue::<u32>::new(0)?;
+/// match q.get_timeout(Duration::from_millis(10)) {
+///     Err(RecvTimeoutError::Timeout) => {} // Python's queue.Empty
+///     other => panic!("{other:?}"),
+/// }
+/// q.close();
+/// // Closed and drained: no wait, however long, would bring an item.
+/// assert_eq!(q.get_timeout(Duration::from_secs(10)), Err(RecvTimeoutError::Disconnected));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RecvTimeoutError {
@@ -189,6 +292,19 @@ impl TryRecvError {
 
 /// `recv_bytes_into` was given a buffer too short for the message (Python's
 /// `BufferTooShort`); the whole message is inside.
+///
+/// ```
+/// use shmproc::{Pipe, RecvIntoError};
+///
+/// let (a, b) = Pipe::duplex::<()>()?;
+/// a.send_bytes(b"0123456789")?;
+/// let mut buf = [0u8; 4];
+/// let Err(RecvIntoError::BufferTooShort(e)) = b.recv_bytes_into(&mut buf) else {
+///     panic!("10 bytes cannot fit in 4");
+/// };
+/// assert_eq!((e.buffer_len, e.message.as_slice()), (4, &b"0123456789"[..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("buffer of {buffer_len} bytes is too short for a {}-byte message", .message.len())]
 pub struct BufferTooShort {
@@ -200,6 +316,19 @@ pub struct BufferTooShort {
 
 /// `JoinableQueue::task_done` was called more times than items were put (Python's
 /// ValueError).
+///
+/// ```
+/// use shmproc::{JoinableQueue, TaskDoneError};
+///
+/// let q = JoinableQueue::<u32>::new(0)?;
+/// q.put(1)?;
+/// q.get()?;
+/// q.task_done()?;
+/// // One `task_done` per item: a second is a bookkeeping mistake.
+/// assert_eq!(q.task_done(), Err(TaskDoneError));
+/// q.join(); // every item is done
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("task_done() called more times than there were items")]
 pub struct TaskDoneError;

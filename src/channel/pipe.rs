@@ -119,6 +119,21 @@ pub struct Connection<T> {
 }
 
 /// `recv_bytes_into` failed.
+///
+/// ```
+/// use shmproc::{Pipe, RecvIntoError};
+///
+/// let (a, b) = Pipe::duplex::<()>()?;
+/// a.send_bytes(b"hello, world")?;
+/// let mut buf = [0u8; 5];
+/// match b.recv_bytes_into(&mut buf) {
+///     Ok(n) => panic!("12 bytes cannot fit in 5, yet {n} came"),
+///     // Nothing is lost: the whole message is in the error.
+///     Err(RecvIntoError::BufferTooShort(e)) => assert_eq!(e.message, b"hello, world"),
+///     Err(e) => return Err(e.into()),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RecvIntoError {

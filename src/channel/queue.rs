@@ -21,6 +21,16 @@ use crate::sync::wait::Wait;
 
 /// The default byte capacity of a queue's ring: 4 MiB. Messages larger than a
 /// quarter of it travel in side segments (see [`QueueBuilder::capacity`]).
+///
+/// ```
+/// use shmproc::{Queue, DEFAULT_CAPACITY};
+///
+/// let q: Queue<Vec<u8>> = Queue::builder().capacity(4 * DEFAULT_CAPACITY).build()?;
+/// // Under a quarter of this 16 MiB ring: it travels in the ring, not in a side segment.
+/// q.put(vec![7; DEFAULT_CAPACITY / 2])?;
+/// assert_eq!(q.get()?.len(), DEFAULT_CAPACITY / 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const DEFAULT_CAPACITY: usize = 4 << 20;
 
 /// Why a blocking or timed operation stopped early.

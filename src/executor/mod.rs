@@ -49,6 +49,22 @@ use crate::sync::wait::Wait;
 /// takes capturing closures). The generic methods make the trait unusable as
 /// `dyn Executor` except for [`shutdown`](Executor::shutdown) and
 /// [`max_workers`](Executor::max_workers), which a `dyn Executor` keeps.
+///
+/// ```
+/// use shmproc::{Executor, MapOptions, ProcessPoolExecutor, ThreadPoolExecutor};
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+/// // Written once against the trait, run on threads or on processes.
+/// fn sum_of_squares(ex: &impl Executor, n: u64) -> u64 {
+///     let results = ex.map(square, 0..n, MapOptions::new().chunksize(4)).unwrap();
+///     results.map(Result::unwrap).sum()
+/// }
+/// assert_eq!(sum_of_squares(&ThreadPoolExecutor::new(2), 10), 285);
+/// assert_eq!(sum_of_squares(&ProcessPoolExecutor::new(2)?, 10), 285);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Executor {
     /// Submits `f(args)` (Python's `submit(fn, *args)`); its future. Fails, handing
     /// `args` back, once the executor is shut down or broken.
@@ -83,6 +99,18 @@ pub trait Executor {
 /// `submit` or `map` could not take the task: the executor is shut down or broken.
 /// The arguments come back in the error, as std's `SendError<T>` hands back its
 /// value.
+///
+/// ```
+/// use shmproc::{Executor, SubmitError, ThreadPoolExecutor};
+///
+/// let ex = ThreadPoolExecutor::new(1);
+/// ex.shutdown(true, false);
+/// match ex.submit(|x: u32| x + 1, 41) {
+///     // Python raises RuntimeError; here the arguments come back too.
+///     Err(SubmitError::Shutdown(args)) => assert_eq!(args, 41),
+///     other => panic!("{other:?}"),
+/// }
+/// ```
 #[derive(Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError<T> {
     /// After [`Executor::shutdown`] (Python's `RuntimeError: cannot schedule new
@@ -116,6 +144,18 @@ impl<T> fmt::Debug for SubmitError<T> {
 /// How [`Executor::map`] cuts and waits: `chunksize` tasks per message to a worker
 /// (default 1, as in Python; larger chunks cost less per item), and a `timeout`
 /// for the whole map, counted from the call.
+///
+/// ```
+/// use shmproc::{Executor, MapOptions, ProcessPoolExecutor, TaskError};
+/// use std::time::Duration;
+///
+/// let ex = ProcessPoolExecutor::new(2)?;
+/// // Chunks of 100 cost far less per item than a message each.
+/// let options = MapOptions::new().chunksize(100).timeout(Duration::from_secs(30));
+/// let total: u64 = ex.map(|x: u64| x + 1, 0..1000u64, options)?.sum::<Result<u64, TaskError>>()?;
+/// assert_eq!(total, 500_500);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MapOptions {
     chunksize: Option<usize>,
@@ -150,6 +190,22 @@ impl MapOptions {
 /// The iterator of [`Executor::map`]: one `Result<R, TaskError>` per input item,
 /// in input order, each as soon as its chunk is done. Dropped early, it cancels the
 /// chunks that have not started.
+///
+/// ```
+/// use shmproc::{Executor, MapOptions, ProcessPoolExecutor, TaskError};
+///
+/// fn half(x: u32) -> u32 {
+///     assert!(x % 2 == 0, "{x} is odd");
+///     x / 2
+/// }
+/// let ex = ProcessPoolExecutor::new(2)?;
+/// // A task that fails is an `Err` in its place; the others still come.
+/// let results: Vec<Result<u32, TaskError>> = ex.map(half, [2, 3, 4], MapOptions::new())?.collect();
+/// assert_eq!(results[0], Ok(1));
+/// assert!(matches!(&results[1], Err(TaskError::Panicked { message, .. }) if message == "3 is odd"));
+/// assert_eq!(results[2], Ok(2));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "an ExecutorMap yields the results; dropped, it cancels what has not started"]
 pub struct ExecutorMap<R> {
     /// Each chunk's future, with its number of items.

@@ -45,6 +45,23 @@ pub struct ProcessPoolExecutor {
 /// Options for a [`ProcessPoolExecutor`]: the number of workers, their start
 /// method, an initializer, how many tasks a worker runs before it is replaced, and
 /// whether a worker's death breaks the executor.
+///
+/// ```
+/// use shmproc::{Executor, ProcessPoolExecutor, StartMethod};
+///
+/// fn double(x: u64) -> u64 {
+///     x * 2
+/// }
+/// let ex = ProcessPoolExecutor::builder()
+///     .max_workers(2)
+///     .start_method(StartMethod::Fork)
+///     .max_tasks_per_child(50)
+///     .build()?;
+/// assert_eq!(ex.max_workers(), 2);
+/// let f = ex.submit(double, 21)?;
+/// assert_eq!(*f.result(None)?, 42);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "a builder does nothing until `build`"]
 #[derive(Debug, Default)]
 pub struct ProcessPoolExecutorBuilder {

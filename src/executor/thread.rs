@@ -206,6 +206,19 @@ pub struct ThreadPoolExecutor {
 }
 
 /// Options for a [`ThreadPoolExecutor`].
+///
+/// ```
+/// use shmproc::ThreadPoolExecutor;
+///
+/// let ex = ThreadPoolExecutor::builder()
+///     .max_workers(2)
+///     .thread_name_prefix("io")
+///     .initializer(|| println!("a thread is up"))
+///     .build();
+/// let f = ex.submit(|_: ()| std::thread::current().name().map(str::to_owned), ()).unwrap();
+/// // The first thread: the prefix and its number.
+/// assert_eq!(f.result(None).unwrap().as_deref(), Some("io_0"));
+/// ```
 #[must_use = "a builder does nothing until `build`"]
 #[derive(Default)]
 pub struct ThreadPoolExecutorBuilder {

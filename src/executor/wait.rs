@@ -85,6 +85,22 @@ where
 }
 
 /// The iterator of [`as_completed`].
+///
+/// ```
+/// use shmproc::{as_completed, ThreadPoolExecutor};
+/// use std::time::Duration;
+///
+/// let ex = ThreadPoolExecutor::new(2);
+/// let futures: Vec<_> = (1..=3u32).map(|i| ex.submit(move |x: u32| x * i, 10).unwrap()).collect();
+/// let mut seen = Vec::new();
+/// // In the order they finish; an `Err(TaskError::Timeout)` ends it if time runs out.
+/// for f in as_completed(&futures, Some(Duration::from_secs(10))) {
+///     seen.push(*f?.result(None)?);
+/// }
+/// seen.sort();
+/// assert_eq!(seen, [10, 20, 30]);
+/// # Ok::<(), shmproc::TaskError>(())
+/// ```
 pub struct AsCompleted<'a, R> {
     futures: Vec<&'a TaskFuture<R>>,
     board: Arc<Board>,
@@ -144,6 +160,21 @@ impl<R> fmt::Debug for AsCompleted<'_, R> {
 
 /// When [`wait`] returns (Python's `FIRST_COMPLETED`, `FIRST_EXCEPTION`,
 /// `ALL_COMPLETED`).
+///
+/// ```
+/// use shmproc::{wait, Event, ReturnWhen, ThreadPoolExecutor};
+///
+/// let ex = ThreadPoolExecutor::new(2);
+/// let gate = Event::new()?;
+/// let held = gate.clone();
+/// let slow = ex.submit(move |x: u32| { held.wait(); x }, 1).unwrap();
+/// let quick = ex.submit(|x: u32| x, 2).unwrap();
+/// let (done, not_done) = wait([&slow, &quick], None, ReturnWhen::FirstCompleted);
+/// assert_eq!((done.len(), not_done.len()), (1, 1));
+/// assert_eq!(*done[0].result(None)?, 2);
+/// gate.set(); // or dropping the executor would wait for `slow` forever
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReturnWhen {
     /// As soon as any future is done (or cancelled).

@@ -5,6 +5,22 @@ use crate::ProcessError;
 
 /// Why a task has no result. Each task fails alone: the others in the same pool,
 /// map or chunk carry on.
+///
+/// ```
+/// use shmproc::{Pool, TaskError};
+///
+/// fn check(x: u32) -> u32 {
+///     assert!(x < 10, "{x} is too big");
+///     x
+/// }
+/// let pool = Pool::new(1)?;
+/// match pool.apply(check, 12) {
+///     Err(TaskError::Panicked { message, .. }) => assert_eq!(message, "12 is too big"),
+///     other => panic!("{other:?}"),
+/// }
+/// assert_eq!(pool.apply(check, 3)?, 3); // the same worker serves on
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TaskError {
@@ -88,6 +104,21 @@ impl TaskError {
 }
 
 /// Creating, joining or shutting down a [`Pool`](crate::Pool) failed.
+///
+/// ```
+/// use shmproc::{Pool, PoolError};
+///
+/// match Pool::new(0) {
+///     Err(PoolError::InvalidArgument(why)) => println!("no pool: {why}"),
+///     other => panic!("{other:?}"),
+/// }
+/// let pool = Pool::new(1)?;
+/// // The workers leave only after `close` or `terminate`: joining first would wait forever.
+/// assert!(matches!(pool.join(), Err(PoolError::StillRunning)));
+/// pool.close();
+/// pool.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PoolError {

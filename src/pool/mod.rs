@@ -96,6 +96,28 @@ pub struct Pool {
 
 /// Options for a [`Pool`]: the number of workers, an initializer, how many tasks a
 /// worker runs before it is replaced, the start method.
+///
+/// ```
+/// use shmproc::{Pool, StartMethod};
+/// use std::sync::OnceLock;
+///
+/// // Set once in each worker by the initializer; tasks read it.
+/// static FACTOR: OnceLock<u64> = OnceLock::new();
+/// fn init(factor: u64) {
+///     let _ = FACTOR.set(factor);
+/// }
+/// fn scale(x: u64) -> u64 {
+///     x * FACTOR.get().copied().unwrap_or(0)
+/// }
+/// let pool = Pool::builder()
+///     .processes(2)
+///     .initializer(init, 10)
+///     .max_tasks_per_child(100)
+///     .start_method(StartMethod::Fork)
+///     .build()?;
+/// assert_eq!(pool.map(scale, 1..4u64)?, [10, 20, 30]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "a builder does nothing until `build`"]
 pub struct PoolBuilder {
     processes: Option<usize>,
@@ -582,6 +604,23 @@ impl fmt::Debug for Pool {
 /// The iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: one
 /// `Result<R, TaskError>` per input item (a task that failed is an `Err`; the
 /// others carry on).
+///
+/// ```
+/// use std::time::Duration;
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+/// let pool = shmproc::Pool::new(2)?;
+/// let mut results = pool.imap_unordered(square, 1..=4u64);
+/// // A bounded wait for one result, as Python's `next(timeout)`.
+/// let first = results.next_timeout(Duration::from_secs(10)).expect("four results to come")?;
+/// let mut squares: Vec<u64> = results.collect::<Result<_, _>>()?;
+/// squares.push(first);
+/// squares.sort();
+/// assert_eq!(squares, [1, 4, 9, 16]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct IMap<'p, A, R, I> {
     pool: &'p Pool,
     runner: Result<TaggedRunner, TaskError>,

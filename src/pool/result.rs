@@ -430,6 +430,22 @@ impl<R: DeserializeOwned + Send + 'static> Sink for StreamSink<R> {
 
 /// The result of [`Pool::apply_async`](crate::Pool::apply_async) (Python's
 /// `AsyncResult`): wait for it, ask whether it is there, or take it.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+/// let pool = shmproc::Pool::new(1)?;
+/// let r = pool.apply_async(square, 12);
+/// // Free to do other work here; then:
+/// assert!(r.wait_timeout(Duration::from_secs(10)));
+/// assert!(r.ready());
+/// assert_eq!(r.successful(), Some(true));
+/// assert_eq!(r.get()?, 144);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "an AsyncResult does nothing unless you get its value (the task runs anyway)"]
 pub struct AsyncResult<R> {
     cell: Arc<Cell<R>>,
@@ -501,6 +517,21 @@ impl<R> fmt::Debug for AsyncResult<R> {
 /// The result of [`Pool::map_async`](crate::Pool::map_async) and
 /// [`starmap_async`](crate::Pool::starmap_async): every value in input order, or
 /// the first error.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+/// let pool = shmproc::Pool::new(2)?;
+/// // The callback runs in this process, once every value is in.
+/// let r = pool.map_async(square, 0..10u64).callback(|v: &[u64]| assert_eq!(v[3], 9));
+/// assert!(r.wait_timeout(Duration::from_secs(10)));
+/// assert_eq!(r.successful(), Some(true));
+/// assert_eq!(r.get()?.iter().sum::<u64>(), 285);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "a MapResult does nothing unless you get its values (the tasks run anyway)"]
 pub struct MapResult<R> {
     cell: Arc<Cell<Vec<R>>>,

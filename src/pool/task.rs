@@ -49,6 +49,16 @@ const ITEM_DECODE_FAILED: u8 = 3;
 
 /// A function of several arguments that `starmap` can call with a tuple: any fn item
 /// or non-capturing closure of 1 to 4 arguments (implemented for you).
+///
+/// ```
+/// fn clamp(x: i32, lo: i32, hi: i32) -> i32 {
+///     x.clamp(lo, hi)
+/// }
+/// let pool = shmproc::Pool::new(2)?;
+/// // `clamp` is a StarTask of `(i32, i32, i32)`: each tuple is spread into its arguments.
+/// assert_eq!(pool.starmap(clamp, [(5, 0, 3), (-2, 0, 3), (1, 0, 3)])?, [3, 0, 1]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait StarTask<Args>: Copy + Send + Sync + 'static {
     /// What the function returns.
     type Output;

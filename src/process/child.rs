@@ -289,9 +289,24 @@ pub(crate) fn not_initialized() -> super::ProcessError {
 /// Runs [`shmproc::init`](crate::init) before `main`, from the program's
 /// initialisers: for test harnesses and other programs whose `main` you do not write.
 ///
+/// Put it once at the top of the file (in a test file, outside every `#[test]`); the
+/// tests may then use every start method.
+///
 /// ```
 /// shmproc::init_before_main!();
-/// # fn main() {}
+///
+/// fn work(n: u32) {
+///     assert_eq!(n, 7);
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // A test's body: here with the default start method, fork.
+/// let mut p = shmproc::Process::new(work, 7);
+/// p.start()?;
+/// p.join()?;
+/// assert_eq!(p.exitcode(), Some(0));
+/// # Ok(())
+/// # }
 /// ```
 #[macro_export]
 macro_rules! init_before_main {

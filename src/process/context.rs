@@ -8,6 +8,18 @@ use serde::Serialize;
 use super::{Process, ProcessBuilder, ProcessError};
 
 /// How a child process is made. See the [`process`](crate::Process) docs.
+///
+/// ```
+/// use shmproc::{get_start_method, Process, StartMethod};
+///
+/// fn work(_: ()) {}
+/// // Fork unless the program chose another; Spawn and ForkServer need
+/// // `shmproc::init()` as the first line of `main`.
+/// assert_eq!(get_start_method(), StartMethod::Fork);
+/// let p = Process::builder(work, ()).start_method(StartMethod::Fork).start()?;
+/// p.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum StartMethod {
@@ -53,6 +65,19 @@ pub(crate) fn inherit_start_method(method: u8) {
 }
 
 /// The start method used when none is given (in a child: the one that started it).
+///
+/// ```
+/// use shmproc::{get_start_method, Process, StartMethod};
+///
+/// assert_eq!(get_start_method(), StartMethod::Fork); // until `set_start_method`
+/// fn child(_: ()) {
+///     assert_eq!(shmproc::get_start_method(), StartMethod::Fork);
+/// }
+/// let p = Process::builder(child, ()).start()?;
+/// p.join()?;
+/// assert_eq!(p.exitcode(), Some(0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn get_start_method() -> StartMethod {
     StartMethod::from_u8(DEFAULT.load(Ordering::Acquire)).unwrap_or(StartMethod::Fork)
 }
@@ -125,6 +150,18 @@ pub struct Context {
 }
 
 /// A context for `method` (Python's `get_context`).
+///
+/// ```
+/// use shmproc::{context, StartMethod};
+///
+/// fn work(_: ()) {}
+/// let ctx = context(StartMethod::Fork); // Python's get_context('fork')
+/// let p = ctx.builder(work, ()).name("from-ctx").start()?;
+/// p.join()?;
+/// // Everything made through `ctx` uses its method, whatever the default.
+/// assert_eq!(ctx.spawn(|x: u32| x + 1, 41)?.join()?, 42);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn context(method: StartMethod) -> Context {
     Context { method }
 }

@@ -17,6 +17,22 @@ use super::{Process, ProcessError, StartMethod};
 use crate::channel::Queue;
 
 /// Why a [`JoinHandle`] has no value to give.
+///
+/// ```
+/// use shmproc::JoinError;
+///
+/// fn parse(text: String) -> u32 {
+///     text.parse().expect("a number")
+/// }
+/// match shmproc::spawn(parse, "seven".to_string())?.join() {
+///     Ok(n) => println!("got {n}"),
+///     Err(JoinError::Panicked { message, location }) => {
+///         assert!(message.starts_with("a number"), "{message} at {location}");
+///     }
+///     Err(e) => return Err(e.into()),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum JoinError {
@@ -93,6 +109,21 @@ where
 }
 
 /// A child process running a task that returns a value (see [`spawn`]).
+///
+/// ```
+/// use std::time::Duration;
+///
+/// fn count_words(text: String) -> usize {
+///     text.split_whitespace().count()
+/// }
+/// let h = shmproc::spawn(count_words, "one two three".to_string())?;
+/// assert!(h.process().pid().is_some());
+/// // Waiting is bounded if you like; `join` then returns at once.
+/// assert!(h.join_timeout(Duration::from_secs(10))?);
+/// assert!(h.is_finished());
+/// assert_eq!(h.join()?, 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct JoinHandle<R> {
     process: Process,
     outcome: Queue<Outcome<R>>,

@@ -68,9 +68,40 @@ use crate::sys::{self, ExecImage, Forked};
 /// The [`Process::exitcode`] of a child that has ended but whose exit status is
 /// unknowable: a fork-server child whose server was killed before it (Python would
 /// hang; shmproc reports the end).
+///
+/// ```
+/// use shmproc::{Process, EXITCODE_UNKNOWN};
+///
+/// fn work(_: ()) {}
+/// let mut p = Process::new(work, ());
+/// p.start()?;
+/// p.join()?;
+/// match p.exitcode() {
+///     Some(0) => {} // the target returned
+///     Some(EXITCODE_UNKNOWN) => eprintln!("it ended, but its fork server died first"),
+///     Some(code) if code < 0 => eprintln!("killed by signal {}", -code),
+///     other => panic!("unexpected end: {other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub const EXITCODE_UNKNOWN: i32 = i32::MIN;
 
 /// Starting or managing a [`Process`] failed.
+///
+/// ```
+/// use shmproc::{Process, ProcessError};
+///
+/// fn work(_: ()) {}
+/// let mut p = Process::new(work, ());
+/// assert!(matches!(p.join(), Err(ProcessError::NotStarted)));
+/// p.start()?;
+/// match p.start() {
+///     Err(ProcessError::AlreadyStarted) => {} // one handle, one child
+///     other => panic!("{other:?}"),
+/// }
+/// p.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProcessError {
@@ -201,6 +232,20 @@ enum State {
 }
 
 /// Configures a [`Process`] before it starts: `name`, `daemon`, start method.
+///
+/// ```
+/// use shmproc::{Process, StartMethod};
+///
+/// fn work(_: ()) {
+///     assert_eq!(shmproc::current_process().name, "cruncher");
+/// }
+/// let mut p = Process::builder(work, ()).name("cruncher").daemon(true).start_method(StartMethod::Fork).build();
+/// assert!(p.is_daemon());
+/// p.start()?; // `.start()` on the builder does both steps
+/// p.join()?;
+/// assert_eq!(p.exitcode(), Some(0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "a builder does nothing until `start` or `build`"]
 pub struct ProcessBuilder {
     process: Process,
@@ -622,27 +667,109 @@ fn via_fork_server(
 }
 
 /// This process, as Python's `current_process()` describes it.
+///
+/// ```
+/// let me = shmproc::current_process();
+/// assert_eq!(me.name, "MainProcess");
+/// assert_eq!(me.pid, std::process::id() as i32);
+///
+/// fn child(_: ()) {
+///     let me = shmproc::current_process();
+///     assert!(me.name.starts_with("Process-"));
+///     assert_eq!(me.pid, std::process::id() as i32);
+/// }
+/// let mut p = shmproc::Process::new(child, ());
+/// p.start()?;
+/// p.join()?;
+/// assert_eq!(p.exitcode(), Some(0)); // 1 if an assertion in the child failed
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn current_process() -> ProcessInfo {
     registry::current().info()
 }
 
 /// The process that started this one, or `None` in the main process.
+///
+/// ```
+/// assert!(shmproc::parent_process().is_none());
+///
+/// fn child(parent_pid: i32) {
+///     let parent = shmproc::parent_process().expect("a child has a parent");
+///     assert_eq!((parent.name.as_str(), parent.pid), ("MainProcess", parent_pid));
+///     // A worker can stop once its parent is gone.
+///     assert!(parent.is_alive());
+/// }
+/// let mut p = shmproc::Process::new(child, std::process::id() as i32);
+/// p.start()?;
+/// p.join()?;
+/// assert_eq!(p.exitcode(), Some(0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn parent_process() -> Option<ProcessInfo> {
     registry::current().parent.clone()
 }
 
 /// The children this process started that are still running (reaping those that
 /// have ended, as Python's `active_children()` does).
+///
+/// ```
+/// use shmproc::{Event, Process};
+///
+/// fn wait_for(go: Event) {
+///     go.wait();
+/// }
+/// let go = Event::new()?;
+/// let p = Process::builder(wait_for, go.clone()).name("waiter").start()?;
+/// // It waits for `go`, so it is surely still running here.
+/// let names: Vec<String> = shmproc::active_children().into_iter().map(|c| c.name).collect();
+/// assert_eq!(names, ["waiter"]);
+/// go.set();
+/// p.join()?;
+/// assert!(shmproc::active_children().is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn active_children() -> Vec<ProcessInfo> {
     registry::current().active_children()
 }
 
 /// The number of CPUs online (Python's `cpu_count()`).
+///
+/// ```
+/// let cpus = shmproc::cpu_count();
+/// assert!(cpus >= 1);
+/// // A worker per CPU is the default size of a pool; capped here to keep the example light.
+/// let pool = shmproc::Pool::new(cpus.min(4))?;
+/// assert_eq!(pool.processes(), cpus.min(4));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn cpu_count() -> usize {
     sys::cpu_count()
 }
 
 /// A child process's end, to wait on (see [`Process::sentinel`]).
+///
+/// ```
+/// use shmproc::{connection, Event, Process};
+/// use std::time::Duration;
+///
+/// fn quick(_: Event) {}
+/// fn held(go: Event) {
+///     go.wait();
+/// }
+/// let go = Event::new()?;
+/// let mut a = Process::new(quick, go.clone());
+/// let mut b = Process::new(held, go.clone());
+/// a.start()?;
+/// b.start()?;
+/// let (end_a, end_b) = (a.sentinel()?, b.sentinel()?);
+/// // Only `a` can end before `go` is set.
+/// assert_eq!(connection::wait(&[&end_a, &end_b], Some(Duration::from_secs(10))), [0]);
+/// go.set();
+/// b.join()?;
+/// a.join()?;
+/// assert!(end_a.ended() && end_b.ended());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Sentinel {
     record: Arc<ChildRecord>,
     fd: std::os::fd::OwnedFd,

@@ -6,6 +6,18 @@ use std::io;
 use super::ObjectKind;
 
 /// Creating a shared object failed.
+///
+/// ```
+/// use shmproc::{Array, Lock, SegmentCreateError};
+///
+/// match Array::<u64>::zeroed(0) {
+///     Err(SegmentCreateError::ZeroLength) => {}
+///     other => panic!("{other:?}"),
+/// }
+/// // A chosen name starts with one '/' and has no other.
+/// assert!(matches!(Lock::new_named_as("no/slash"), Err(SegmentCreateError::InvalidName { .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SegmentCreateError {
@@ -44,6 +56,20 @@ pub enum SegmentCreateError {
 }
 
 /// Attaching to an existing shared object failed.
+///
+/// ```
+/// use shmproc::{Lock, SegmentOpenError, Value};
+///
+/// match Lock::open("/shmproc_doc_no_such_lock") {
+///     Err(SegmentOpenError::NotFound(name)) => assert_eq!(name, "/shmproc_doc_no_such_lock"),
+///     other => panic!("{other:?}"),
+/// }
+/// // The header records the element type: a `u64` is never read as an `f64`.
+/// let v = Value::<u64>::new_named(1)?;
+/// let name = v.name().expect("a named value has a name");
+/// assert!(matches!(Value::<f64>::open(name), Err(SegmentOpenError::WrongType { .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SegmentOpenError {

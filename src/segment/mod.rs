@@ -47,6 +47,22 @@ use orphans::{check_name, random_name, this_process};
 pub(crate) use view::{create_view, open_view, view_of, View};
 
 /// The kind of shared object a segment holds, recorded in its header.
+///
+/// You meet it when a name leads to another kind of object than the one asked for:
+///
+/// ```
+/// use shmproc::{Event, Lock, ObjectKind, SegmentOpenError};
+///
+/// let lock = Lock::new_named()?;
+/// let name = lock.name().expect("a named lock has a name");
+/// match Event::open(name) {
+///     Err(SegmentOpenError::WrongKind { found, expected }) => {
+///         assert_eq!((found, expected), (ObjectKind::Lock, ObjectKind::Event));
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 #[non_exhaustive]

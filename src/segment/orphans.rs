@@ -45,6 +45,27 @@ pub(super) fn this_process() -> Creator {
 /// gone at once. Segments of other users, and files that are not shmproc's, are left
 /// alone, and so are segments made in another pid namespace (another container
 /// sharing /dev/shm), whose creators this process cannot see.
+///
+/// ```
+/// use shmproc::{Lock, Process, Queue, SegmentOpenError};
+///
+/// fn leak(names: Queue<String>) {
+///     let lock = Lock::new_named().unwrap();
+///     names.put(lock.name().unwrap().to_owned()).unwrap();
+///     std::mem::forget(lock); // as if killed: its drop never unlinks the name
+/// }
+///
+/// let names = Queue::new(1)?;
+/// let mut p = Process::new(leak, names.clone());
+/// p.start()?;
+/// p.join()?;
+/// let name = names.get()?;
+/// // Another process's sweep may have removed it first: the count can be 0.
+/// let removed = shmproc::remove_orphaned_segments()?;
+/// println!("removed {removed} orphaned segments");
+/// assert!(matches!(Lock::open(&name), Err(SegmentOpenError::NotFound(_))));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn remove_orphaned_segments() -> io::Result<usize> {
     let mut removed = 0;
     let ours = sys::pid_namespace();

@@ -172,6 +172,17 @@ impl<T: Pod> fmt::Debug for Array<T> {
 }
 
 /// The locked elements of an [`Array`]; derefs to `[T]`, unlocks when dropped.
+///
+/// ```
+/// let a = shmproc::Array::from_slice(&[3u32, 1, 2])?;
+/// {
+///     let mut g = a.lock().unwrap();
+///     // Every slice method, under one hold: no process sees it half sorted.
+///     g.sort();
+/// }
+/// assert_eq!(a.to_vec()?, [1, 2, 3]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ArrayGuard<'a, T: Pod> {
     _held: LockGuard<'a>,

@@ -19,6 +19,19 @@ pub use array::{Array, ArrayGuard, RawArray};
 pub use value::{RawValue, Value, ValueGuard};
 
 /// Indexing or copying into a shared array failed; nothing was written.
+///
+/// ```
+/// use shmproc::{Array, ArrayError, RawArray};
+///
+/// let a = Array::<f64>::zeroed(3)?;
+/// match a.copy_from_slice(&[1.0, 2.0]) {
+///     Err(ArrayError::LengthMismatch { len, src_len }) => assert_eq!((len, src_len), (3, 2)),
+///     other => panic!("{other:?}"),
+/// }
+/// let raw = RawArray::<u8>::zeroed(2)?;
+/// assert!(matches!(raw.set(5, 1), Err(ArrayError::OutOfBounds { index: 5, len: 2 })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ArrayError {

@@ -158,6 +158,18 @@ impl<T: Pod + fmt::Debug> fmt::Debug for Value<T> {
 }
 
 /// The locked value of a [`Value`]; derefs to `T`, unlocks when dropped.
+///
+/// ```
+/// let stats = shmproc::Value::new([0u64; 2])?; // [count, total]
+/// {
+///     let mut g = stats.lock().unwrap();
+///     // Both fields change under one hold: no process sees one without the other.
+///     g[0] += 1;
+///     g[1] += 250;
+/// }
+/// assert_eq!(stats.get()?, [1, 250]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ValueGuard<'a, T: Pod> {
     _held: LockGuard<'a>,

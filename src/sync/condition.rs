@@ -288,6 +288,29 @@ impl fmt::Debug for Condition {
 /// The held lock of a [`Condition`], through which the holder waits.
 ///
 /// Released when dropped; dropping it during a panic poisons the lock.
+///
+/// ```
+/// use shmproc::{Condition, Process, RawValue};
+/// use std::time::Duration;
+///
+/// fn finish((cond, done): (Condition, RawValue<u32>)) {
+///     // Changed under the lock, so a waiter cannot miss it between check and sleep.
+///     let _guard = cond.acquire().unwrap();
+///     done.set(1);
+///     cond.notify_all();
+/// }
+///
+/// let cond = Condition::new()?;
+/// let done = RawValue::new(0u32)?;
+/// let mut p = Process::new(finish, (cond.clone(), done.clone()));
+/// p.start()?;
+/// let mut guard = cond.acquire().unwrap();
+/// // The lock is let go while waiting and held again each time the predicate runs.
+/// assert!(guard.wait_for(|| done.get() == 1, Some(Duration::from_secs(10))).unwrap());
+/// drop(guard);
+/// p.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ConditionGuard<'a> {
     cond: &'a Condition,

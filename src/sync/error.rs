@@ -14,6 +14,31 @@ use super::raw_mutex::Acquire;
 /// ([`Corrupted`](Self::Corrupted)). `acquire()` / `lock()` return only `Poisoned`,
 /// `Deadlock` and `Corrupted`; `try_*` may add `WouldBlock`; `*_timeout` and
 /// `*_deadline` may add `Timeout`.
+///
+/// ```
+/// use shmproc::{Lock, LockError};
+///
+/// let lock = Lock::new()?;
+/// let guard = lock.acquire().unwrap();
+/// // Waiting for ourselves would never end: said at once, not a hang.
+/// assert!(matches!(lock.try_acquire(), Err(LockError::Deadlock)));
+/// drop(guard);
+///
+/// // A holder that panics poisons the lock; the next taker still gets it.
+/// let _ = std::thread::scope(|s| s.spawn(|| {
+///     let _held = lock.acquire().unwrap();
+///     panic!("mid-update");
+/// }).join());
+/// match lock.acquire() {
+///     Ok(_) => unreachable!("the lock is poisoned"),
+///     Err(LockError::Poisoned(p)) => {
+///         let _guard = p.into_inner(); // repair the data here, then:
+///         lock.clear_poison();
+///     }
+///     Err(e) => return Err(e.to_string().into()),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[non_exhaustive]
 pub enum LockError<G> {
     /// The lock *was* acquired, but a holder died (killed, crashed) or panicked while
@@ -35,6 +60,23 @@ pub enum LockError<G> {
 }
 
 /// The result of acquiring a lock: the guard, or why not.
+///
+/// Its error holds the guard (on `Poisoned`), which borrows the lock, so `?` cannot
+/// send it up to a `Box<dyn Error>`, as with std's `Mutex`. Take the guard out of
+/// a poisoned result, or turn the error into a string first:
+///
+/// ```
+/// use shmproc::{Lock, LockGuard, LockResult};
+///
+/// let lock = Lock::new()?;
+/// let r: LockResult<LockGuard<'_>> = lock.acquire();
+/// // Poisoned still means acquired: keep the guard; any other error goes up as text.
+/// let guard = r.or_else(|e| e.into_inner().ok_or("lock not acquired"))?;
+/// assert!(lock.locked());
+/// drop(guard);
+/// let _guard = lock.acquire().map_err(|e| e.to_string())?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub type LockResult<G> = Result<G, LockError<G>>;
 
 impl<G> LockError<G> {
@@ -113,6 +155,19 @@ impl<G> fmt::Display for LockError<G> {
 impl<G> Error for LockError<G> {}
 
 /// Releasing an `RLock` or a semaphore failed; nothing was released.
+///
+/// ```
+/// use shmproc::{BoundedSemaphore, ReleaseError, RLock};
+///
+/// let s = BoundedSemaphore::new(1)?;
+/// // Nothing was acquired, so a release would raise it above its bound.
+/// match s.release() {
+///     Err(ReleaseError::TooManyReleases { max }) => assert_eq!(max, 1),
+///     other => panic!("{other:?}"),
+/// }
+/// assert_eq!(RLock::new()?.release(), Err(ReleaseError::NotOwner));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReleaseError {
@@ -129,6 +184,20 @@ pub enum ReleaseError {
 }
 
 /// Waiting at a [`Barrier`](crate::Barrier) failed (Python's `BrokenBarrierError`).
+///
+/// ```
+/// use shmproc::{Barrier, BarrierError};
+/// use std::time::Duration;
+///
+/// let b = Barrier::new(2)?;
+/// // The other party never comes: this one gives up, and breaks the barrier for all.
+/// match b.wait_timeout(Duration::from_millis(10)) {
+///     Err(BarrierError::Broken) => assert!(b.broken()),
+///     other => panic!("{other:?}"),
+/// }
+/// b.reset()?; // usable again
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BarrierError {

@@ -183,6 +183,21 @@ impl fmt::Debug for Lock {
 /// Dropping it while the thread panics poisons the lock, as std's `MutexGuard` does.
 /// Not `Send`: the lock belongs to the thread that acquired it, and only that thread
 /// can release it.
+///
+/// ```
+/// use shmproc::{Lock, RawValue};
+///
+/// let lock = Lock::new()?;
+/// let balance = RawValue::new(100i64)?;
+/// {
+///     // Read and write under one hold, so no other process sees the half-done update.
+///     let _guard = lock.acquire().unwrap();
+///     balance.set(balance.get() - 30);
+/// } // released here
+/// assert!(!lock.locked());
+/// assert_eq!(balance.get(), 70);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard<'a> {
     lock: &'a Lock,

@@ -125,6 +125,17 @@ impl fmt::Debug for RLock {
 }
 
 /// One level of hold on an [`RLock`]; dropping it releases that level.
+///
+/// ```
+/// let r = shmproc::RLock::new()?;
+/// let outer = r.acquire().unwrap();
+/// // Python's unpaired style: keep a level with no guard, and give it back later.
+/// r.acquire().unwrap().detach();
+/// r.release()?;
+/// drop(outer); // the last level: the lock is free
+/// assert_eq!(r.release(), Err(shmproc::ReleaseError::NotOwner));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "the level is released as soon as the guard is dropped"]
 pub struct RLockGuard<'a> {
     lock: &'a RLock,
