@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use shmproc::testing::{fork, set_spin_rounds, Child, Exit, DEFAULT_SPIN_ROUNDS};
 use shmproc::{
-    as_completed, Barrier, Connection, Event, Executor, JoinableQueue, Lock, MapOptions, Pipe, Pool, Process,
-    ProcessPoolExecutor, Queue, RawArray, Semaphore, StartMethod, ThreadPoolExecutor, Value,
+    as_completed, Barrier, Condition, Connection, Event, Executor, JoinableQueue, Lock, MapOptions, Pipe, Pool, Process,
+    ProcessPoolExecutor, Queue, RawArray, RawValue, Semaphore, StartMethod, ThreadPoolExecutor, Value,
 };
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -323,6 +323,73 @@ fn pipe_roundtrip() {
     emit("pipe_roundtrip", median(rtts), "us/roundtrip(median)");
 }
 
+fn pipe_echo_bytes(args: (Connection<()>, u64)) {
+    let (conn, n) = args;
+    for _ in 0..n {
+        let m = conn.recv_bytes().unwrap();
+        conn.send_bytes(&m).unwrap();
+    }
+}
+
+/// A child echoes 4 KiB byte messages; 10 000 round trips; the median (of three runs'
+/// medians), as Python's side does.
+fn pipe_roundtrip_bytes() {
+    const N: u64 = 10_000;
+    let buf: Vec<u8> = (0..4096).map(|i| i as u8).collect();
+    let mut medians = Vec::new();
+    for _ in 0..3 {
+        let (a, b) = Pipe::duplex::<()>().unwrap();
+        let p = Process::builder(pipe_echo_bytes, (b, N + 100)).start().unwrap();
+        for _ in 0..100 {
+            a.send_bytes(&buf).unwrap();
+            a.recv_bytes().unwrap();
+        }
+        let mut rtts = Vec::with_capacity(N as usize);
+        for _ in 0..N {
+            let t = Instant::now();
+            a.send_bytes(&buf).unwrap();
+            let got = a.recv_bytes().unwrap();
+            rtts.push(t.elapsed().as_secs_f64() * 1e6);
+            assert_eq!(got.len(), 4096);
+        }
+        finish(&p);
+        medians.push(median(rtts));
+    }
+    emit("pipe_roundtrip_bytes_4KiB", median(medians), "us/roundtrip(median)");
+}
+
+fn condition_partner(args: (Condition, RawValue<i32>, u32)) {
+    let (cond, turn, n) = args;
+    for _ in 0..n {
+        let mut g = cond.acquire().unwrap();
+        assert!(g.wait_for(|| turn.get() == 1, Some(PATIENCE)).unwrap());
+        turn.set(0);
+        cond.notify_all();
+    }
+}
+
+/// Two processes take turns under one Condition: `wait_for(my turn)`, flip the turn,
+/// `notify_all`; 20 000 hand-offs; time per hand-off (median of three runs).
+fn condition_handoff() {
+    const N: u32 = 20_000;
+    let mut per = Vec::new();
+    for _ in 0..3 {
+        let cond = Condition::new().unwrap();
+        let turn = RawValue::<i32>::new(0).unwrap();
+        let p = Process::builder(condition_partner, (cond.clone(), turn.clone(), N)).start().unwrap();
+        let t = Instant::now();
+        for _ in 0..N {
+            let mut g = cond.acquire().unwrap();
+            turn.set(1);
+            cond.notify_all();
+            assert!(g.wait_for(|| turn.get() == 0, Some(PATIENCE)).unwrap());
+        }
+        per.push(t.elapsed().as_secs_f64() * 1e6 / f64::from(N));
+        finish(&p);
+    }
+    emit("condition_handoff", median(per), "us/handoff");
+}
+
 fn pipe_sink(args: (Connection<u64>, u64)) {
     let (conn, n) = args;
     let mut got = 0u64;
@@ -532,7 +599,7 @@ fn pool_startup() {
 fn main() {
     shmproc::init();
     let prefixes: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let workloads: [(&str, fn()); 9] = [
+    let workloads: [(&str, fn()); 11] = [
         ("value_lock_increment", value_lock_increment),
         ("value_lock_increment_1proc", value_lock_increment_1proc),
         ("lock_uncontended", lock_uncontended),
@@ -542,6 +609,8 @@ fn main() {
         ("joinable_queue", joinable_queue),
         ("pipe_roundtrip", pipe_roundtrip),
         ("pipe_send_bytes_1MiB", pipe_send_bytes),
+        ("pipe_roundtrip_bytes_4KiB", pipe_roundtrip_bytes),
+        ("condition_handoff", condition_handoff),
     ];
     let pool_family_names = [
         "pool_map_20000",
