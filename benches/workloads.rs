@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use shmproc::testing::{fork, set_spin_rounds, Child, Exit, DEFAULT_SPIN_ROUNDS};
 use shmproc::{
-    as_completed, Barrier, Condition, Connection, Event, Executor, JoinableQueue, Lock, MapOptions, Pipe, Pool, Process,
-    ProcessPoolExecutor, Queue, RawArray, RawValue, Semaphore, StartMethod, ThreadPoolExecutor, Value,
+    as_completed, Barrier, Condition, Connection, Event, Executor, JoinableQueue, Lock, MapOptions, Pipe, Pool,
+    Process, ProcessPoolExecutor, Queue, RawArray, RawValue, Semaphore, StartMethod, ThreadPoolExecutor, Value,
 };
 
 const PATIENCE: Duration = Duration::from_secs(60);

@@ -121,3 +121,36 @@ fn a_sleeping_receiver_is_woken_not_polled() {
     assert!(t.elapsed() < Duration::from_millis(600), "20 receives took {:?}", t.elapsed());
     assert_eq!(finish(&p), Some(0));
 }
+
+/// Flips the turn to 1 every 5 ms (after the parent has gone to sleep waiting for
+/// it), then waits for the parent to flip it back.
+fn flip_slowly((cond, turn): (shmproc::Condition, shmproc::RawValue<u32>)) {
+    for _ in 0..WAKE_ROUNDS {
+        std::thread::sleep(Duration::from_millis(5));
+        let mut g = cond.acquire().unwrap();
+        turn.set(1);
+        cond.notify_all();
+        assert!(g.wait_for(|| turn.get() == 0, Some(NO_LOST_WAKE_UPS)).unwrap(), "a wake-up was lost");
+    }
+}
+
+/// A Condition's waiter that went to sleep (past its spin and yield) is woken by a
+/// notify from another process, even though a notify makes no system call when it
+/// sees no sleeper: the sleeper count and the token are fenced against each other.
+#[test]
+fn a_sleeping_condition_waiter_is_woken_not_polled() {
+    no_safety_poll();
+    let cond = shmproc::Condition::new().unwrap();
+    let turn = shmproc::RawValue::<u32>::new(0).unwrap();
+    let p = Process::builder(flip_slowly, (cond.clone(), turn.clone())).start().unwrap();
+    let t = Instant::now();
+    for _ in 0..WAKE_ROUNDS {
+        let mut g = cond.acquire().unwrap();
+        assert!(g.wait_for(|| turn.get() == 1, Some(NO_LOST_WAKE_UPS)).unwrap(), "a wake-up was lost");
+        turn.set(0);
+        cond.notify_all();
+    }
+    assert_eq!(finish(&p), Some(0));
+    // 20 rounds of 5 ms sleeps: about 100 ms; a lost wake-up would cost an hour.
+    assert!(t.elapsed() < NO_LOST_WAKE_UPS, "took {:?}", t.elapsed());
+}

@@ -26,7 +26,8 @@
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::sync::wait::{safety_poll, sleep_on, spin, spin_rounds, wake, Wait};
+pub(crate) use crate::sync::wait::YIELD_TIME;
+use crate::sync::wait::{safety_poll, sleep_on, spin, spin_rounds, wake, yield_until, Wait};
 use crate::sync::RawMutex;
 
 /// How a [`Signal::wait_until`] ended.
@@ -56,36 +57,14 @@ pub(crate) enum Asker<'a> {
     Release(&'a RawMutex),
 }
 
-/// How long a waiter whose spin ran out keeps giving its CPU away before it sleeps.
-pub(crate) const YIELD_TIME: Duration = Duration::from_micros(100);
-
 /// What a waiter does between spinning and sleeping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Patience {
-    /// Yields its CPU for up to [`YIELD_TIME`] first (see [`yield_until`]).
+    /// Yields its CPU for up to [`YIELD_TIME`] first (see [`yield_until`](crate::sync::wait::yield_until)).
     Yield,
     /// Sleeps at once: for a waiter whose waits have been long (an idle worker
     /// between sporadic tasks), where yielding would only burn CPU.
     Sleep,
-}
-
-/// Between spinning and sleeping: yields the CPU while looking for `ready()`, for
-/// up to [`YIELD_TIME`]. A waiter sharing a CPU with the process it waits for (more
-/// processes than CPUs) thus lets it run, and is not asleep when it delivers: a
-/// sleeper, once woken, is often run on the waker's CPU, taking it from the waker.
-/// Measured with a producer and two consumers on two CPUs (`joinable_queue`): 1 to
-/// 12 M items/s from run to run, the producer preempted up to 2 700 times in a
-/// 50 000-item run, without this phase; 11.6 to 12.4 M items/s, no preemption, with.
-fn yield_until(wait: Wait, ready: &mut impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    let end = wait.deadline().map_or(start + YIELD_TIME, |d| d.min(start + YIELD_TIME));
-    while Instant::now() < end {
-        std::thread::yield_now();
-        if ready() {
-            return true;
-        }
-    }
-    false
 }
 
 #[repr(C)]
