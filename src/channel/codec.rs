@@ -146,3 +146,27 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ChannelFaul
         Err(e) => Err(fault(e.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    type Message = (u32, String, Vec<u64>, Option<i8>);
+
+    proptest! {
+        /// Bytes from a damaged ring: a value or a decode error, never a panic.
+        #[test]
+        fn any_bytes_decode_to_a_value_or_an_error(bytes: Vec<u8>) {
+            let _ = decode::<Message>(&bytes);
+        }
+
+        /// What is encoded decodes to itself, with nothing left over.
+        #[test]
+        fn a_message_decodes_to_itself(m: Message) {
+            let mut e = Encoding::new();
+            e.encode(&m).unwrap();
+            prop_assert_eq!(decode::<Message>(e.bytes()).unwrap(), m);
+        }
+    }
+}

@@ -722,6 +722,27 @@ impl<T> fmt::Debug for JoinableQueue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// A scribbled byte near the head and an arbitrary head word (position and
+        /// count): each get gives a message or an error, at once, never a panic.
+        #[test]
+        fn any_head_word_and_scribble_give_messages_or_errors(head: u64, at in 0u64..200, mask: u8) {
+            let q = Queue::<Vec<u8>>::builder().capacity(4096).build().unwrap();
+            for i in 0..5u8 {
+                q.put(vec![i; usize::from(i) * 30]).unwrap();
+            }
+            q.raw.ring.scribble_at_head(at, mask);
+            q.raw.ring.set_head(head);
+            for _ in 0..8 {
+                if let Ok(m) = q.try_get() {
+                    prop_assert!(m.len() <= 4096);
+                }
+            }
+        }
+    }
 
     /// Regression: a head moved back by one whole frame used to deliver the old
     /// message again, silently; each frame now carries its number.

@@ -193,3 +193,43 @@ pub(crate) struct Validated {
     /// For a disowned segment: the inode of the segment that keeps it.
     pub(crate) keeper: Option<u64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// `bytes` as a header, as `owner_of` reads one from a file.
+    fn header_of(bytes: &[u8]) -> Header {
+        let mut header = std::mem::MaybeUninit::<Header>::uninit();
+        // SAFETY: `bytes` holds HEADER_LEN bytes (the strategy's length), and every bit
+        // pattern is a valid Header (integers and atomics).
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), header.as_mut_ptr().cast::<u8>(), HEADER_LEN);
+            header.assume_init()
+        }
+    }
+
+    proptest! {
+        /// Any 64 bytes, made plausible (right magic, version, published) half the
+        /// time to reach the deeper checks: an error or a header whose body fits in
+        /// the file, never a panic.
+        #[test]
+        fn any_bytes_validate_to_an_error_or_a_body_that_fits(
+            mut bytes in prop::collection::vec(any::<u8>(), HEADER_LEN),
+            plausible: bool,
+            file_len: u64,
+        ) {
+            if plausible {
+                bytes[0..8].copy_from_slice(&MAGIC);
+                bytes[8..12].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
+                bytes[12..16].copy_from_slice(&READY.to_le_bytes());
+            }
+            let header = header_of(&bytes);
+            // SAFETY: `header` is a whole, aligned Header on our stack.
+            if let Ok(v) = unsafe { Header::read_and_validate(&header, file_len) } {
+                prop_assert!(v.body_len.checked_add(HEADER_LEN as u64).is_some_and(|end| end <= file_len));
+            }
+        }
+    }
+}

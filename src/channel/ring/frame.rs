@@ -43,3 +43,38 @@ pub(super) const CRC_LEN: usize = 4;
 pub(super) fn frame_fields(word: u64) -> (u64, u8, u64, u16) {
     (word & 0xFFFF_FFFF, (word >> 32) as u8, (word >> 40) & 0xFF, (word >> 48) as u16)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn positions_and_counts_pack_and_unpack(pos in 0u64..(1 << POS_BITS), count in 0u32..=COUNT_MASK) {
+            prop_assert_eq!(unpack(pack(pos, count)), (pos, count));
+        }
+
+        #[test]
+        fn any_position_and_count_wrap_into_their_fields(pos: u64, count: u32) {
+            prop_assert_eq!(unpack(pack(pos, count)), (pos & POS_MASK, count & COUNT_MASK));
+        }
+
+        #[test]
+        fn a_frame_header_reads_back_what_was_written(len in 0u64..(1 << 32), kind: u8, number: u32) {
+            prop_assert_eq!(frame_fields(frame_word(len, kind, number)), (len, kind, CHECK, number as u16));
+        }
+
+        #[test]
+        fn a_frame_is_whole_words_and_holds_its_payload(payload in 0u64..(1 << 40)) {
+            let f = frame_len(payload);
+            prop_assert!(f % 8 == 0 && f >= FRAME_HEADER + payload && f < FRAME_HEADER + payload + 8);
+        }
+
+        #[test]
+        fn any_word_parses_to_fields_without_panicking(word: u64) {
+            let (len, _, check, _) = frame_fields(word);
+            prop_assert!(len <= u64::from(u32::MAX) && check <= 0xFF);
+        }
+    }
+}
