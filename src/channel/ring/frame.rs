@@ -68,7 +68,7 @@ mod tests {
         #[test]
         fn a_frame_is_whole_words_and_holds_its_payload(payload in 0u64..(1 << 40)) {
             let f = frame_len(payload);
-            prop_assert!(f % 8 == 0 && f >= FRAME_HEADER + payload && f < FRAME_HEADER + payload + 8);
+            prop_assert!(f.is_multiple_of(8) && f >= FRAME_HEADER + payload && f < FRAME_HEADER + payload + 8);
         }
 
         #[test]
