@@ -260,3 +260,49 @@ fn a_chosen_name_is_met_by_another_process_checked_and_reclaimed() {
     shmproc::remove_orphaned_segments().unwrap();
     assert!(!shm_path(&name).exists(), "a dead creator's chosen name was not reclaimed");
 }
+
+fn open_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps").unwrap().lines().count()
+}
+
+/// #14: every shared object type made and dropped 10 000 times leaves the
+/// process's descriptors and mappings where they were (run alone: other tests'
+/// objects would move the counts).
+#[test]
+fn making_and_dropping_every_object_leaks_no_descriptor_or_mapping_helper() {
+    if std::env::var("SHMPROC_LEAK_CYCLES").is_err() {
+        return;
+    }
+    let cycle = || {
+        drop(shmproc::Lock::new().unwrap());
+        drop(shmproc::RLock::new().unwrap());
+        drop(shmproc::Semaphore::new(1).unwrap());
+        drop(shmproc::BoundedSemaphore::new(1).unwrap());
+        drop(shmproc::Condition::new().unwrap());
+        drop(shmproc::Event::new().unwrap());
+        drop(shmproc::Barrier::new(2).unwrap());
+        drop(Value::<u64>::new(1).unwrap());
+        drop(shmproc::Array::<u32>::zeroed(8).unwrap());
+        drop(shmproc::RawValue::<u8>::new(1).unwrap());
+        drop(RawArray::<u8>::zeroed(8).unwrap());
+        drop(shmproc::Queue::<u8>::builder().capacity(4096).build().unwrap());
+        drop(shmproc::JoinableQueue::<u8>::builder().capacity(4096).build_joinable().unwrap());
+        drop(shmproc::Pipe::duplex::<u8>().unwrap());
+        drop(Value::<u64>::new_named(1).unwrap());
+    };
+    cycle(); // first-use allocations (registries, thread-locals) happen here
+    let (fds, maps) = (open_descriptors(), open_mappings());
+    for _ in 0..10_000 {
+        cycle();
+    }
+    assert_eq!(open_descriptors(), fds, "descriptors leaked");
+    assert_eq!(open_mappings(), maps, "mappings leaked");
+}
+
+#[test]
+fn making_and_dropping_every_object_leaks_no_descriptor_or_mapping() {
+    run_test_alone(
+        "making_and_dropping_every_object_leaks_no_descriptor_or_mapping_helper",
+        ("SHMPROC_LEAK_CYCLES", "1"),
+    );
+}
