@@ -306,3 +306,34 @@ fn making_and_dropping_every_object_leaks_no_descriptor_or_mapping() {
         ("SHMPROC_LEAK_CYCLES", "1"),
     );
 }
+
+/// #14: what is at a segment's name is checked, not trusted: a FIFO, a symlink, or
+/// a foreign file there is refused with an error (never a hang, never followed), and
+/// the sweep neither hangs on them nor removes them.
+#[test]
+fn a_fifo_a_symlink_or_a_foreign_file_at_a_name_is_refused() {
+    let _watchdog = watchdog(Duration::from_secs(60));
+    let base = format!("shmproc_test_hostile_{}", std::process::id());
+    let fifo = format!("/dev/shm/{base}_fifo");
+    let link = format!("/dev/shm/{base}_link");
+    let foreign = format!("/dev/shm/{base}_foreign");
+    let c = std::ffi::CString::new(fifo.clone()).unwrap();
+    // SAFETY: a NUL-terminated path; mkfifo only creates a file.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let target = Value::<u64>::new_named(5).unwrap();
+    std::os::unix::fs::symlink(shm_path(target.name().unwrap()), &link).unwrap();
+    std::fs::write(&foreign, vec![0x5a; 4096]).unwrap();
+    for path in [&fifo, &link, &foreign] {
+        let name = format!("/{}", path.trim_start_matches("/dev/shm/"));
+        let r = quickly(|| shmproc::Lock::open(&name).map(drop));
+        assert!(matches!(r, Some(Err(_))), "{name}: {r:?}");
+        let r = quickly(|| Value::<u64>::open(&name).map(drop));
+        assert!(matches!(r, Some(Err(_))), "{name}: the symlink was followed, or worse: {r:?}");
+    }
+    assert!(quickly(shmproc::remove_orphaned_segments).is_some(), "the sweep hung");
+    for path in [&fifo, &link, &foreign] {
+        assert!(std::fs::symlink_metadata(path).is_ok(), "the sweep removed {path}, which is not shmproc's");
+        std::fs::remove_file(path).unwrap();
+    }
+    assert_eq!(target.get().unwrap(), 5);
+}
