@@ -453,3 +453,78 @@ fn rlock_holders_killed_inside() {
     }
     t.report("rlock");
 }
+
+/// Load (#14): 16 producers and 16 consumers, processes all, on however few CPUs,
+/// move `MESSAGES` numbered messages through one queue: every message is taken
+/// exactly once (count, sum and sum of squares agree), and nothing hangs.
+#[test]
+fn sixteen_producers_and_sixteen_consumers_account_for_every_message() {
+    const SIDES: usize = 16;
+    const MESSAGES: u64 = 1_000_000;
+    let q = Queue::<u64>::builder().capacity(64 << 10).build().unwrap();
+    // Per consumer: count, sum, sum of squares (wrapping).
+    let tallies = RawArray::<u64>::zeroed(SIDES * 3).unwrap();
+    let start = Instant::now();
+    let consumers: Vec<Child> = (0..SIDES)
+        .map(|c| {
+            let (q, tallies) = (q.clone(), tallies.clone());
+            fork(move || {
+                let (mut n, mut sum, mut squares) = (0u64, 0u64, 0u64);
+                loop {
+                    match q.get_timeout(PATIENCE) {
+                        Ok(x) => {
+                            n += 1;
+                            sum = sum.wrapping_add(x);
+                            squares = squares.wrapping_add(x.wrapping_mul(x));
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                        Err(_) => return 1,
+                    }
+                }
+                tallies.set(c * 3, n).unwrap();
+                tallies.set(c * 3 + 1, sum).unwrap();
+                tallies.set(c * 3 + 2, squares).unwrap();
+                0
+            })
+            .unwrap()
+        })
+        .collect();
+    let per = MESSAGES / SIDES as u64;
+    let producers: Vec<Child> = (0..SIDES as u64)
+        .map(|p| {
+            let q = q.clone();
+            fork(move || {
+                for x in p * per..(p + 1) * per {
+                    if q.put(x).is_err() {
+                        return 1;
+                    }
+                }
+                0
+            })
+            .unwrap()
+        })
+        .collect();
+    let mut t = Tally::default();
+    for p in producers {
+        if join(p) != shmproc::testing::Exit::Code(0) {
+            t.hangs += 1;
+        }
+    }
+    q.close(); // the consumers drain what is left, then see Disconnected
+    for c in consumers {
+        if join(c) != shmproc::testing::Exit::Code(0) {
+            t.hangs += 1;
+        }
+    }
+    let total = |k: usize| (0..SIDES).fold(0u64, |a, c| a.wrapping_add(tallies.get(c * 3 + k).unwrap()));
+    let expect_sum = (0..MESSAGES).fold(0u64, |a, x| a.wrapping_add(x));
+    let expect_squares = (0..MESSAGES).fold(0u64, |a, x| a.wrapping_add(x.wrapping_mul(x)));
+    let taken = total(0);
+    t.lost = MESSAGES.saturating_sub(taken);
+    t.duplicated = taken.saturating_sub(MESSAGES);
+    if taken == MESSAGES && (total(1), total(2)) != (expect_sum, expect_squares) {
+        t.torn += 1; // as many as sent, but not the same ones
+    }
+    say(format!("crash-injection load: {MESSAGES} messages, 16 producers, 16 consumers, {:?}", start.elapsed()));
+    t.report("load-16x16");
+}
