@@ -528,3 +528,134 @@ fn sixteen_producers_and_sixteen_consumers_account_for_every_message() {
     say(format!("crash-injection load: {MESSAGES} messages, 16 producers, 16 consumers, {:?}", start.elapsed()));
     t.report("load-16x16");
 }
+
+/// `JoinableQueue` consumers killed between `get` and `task_done`: each strands at
+/// most the one message it held, so `unfinished` never exceeds the kills once the
+/// rest is done; marking those done lets `join` return, and one more `task_done` is
+/// refused: the counters stay consistent.
+#[test]
+fn joinable_consumers_killed_between_get_and_task_done() {
+    let mut rng = Rng(seed());
+    let mut t = Tally::default();
+    let q = shmproc::JoinableQueue::<u64>::builder().capacity(16 << 10).build_joinable().unwrap();
+    const MESSAGES: u64 = 3_000;
+    const KILLS: u64 = 60;
+    let producer = {
+        let q = q.clone();
+        std::thread::spawn(move || (0..MESSAGES).for_each(|x| q.put(x).unwrap()))
+    };
+    for _ in 0..KILLS {
+        let child = {
+            let q = q.clone();
+            fork(move || loop {
+                if q.get_timeout(Duration::from_millis(100)).is_ok() {
+                    for _ in 0..20 {
+                        std::hint::spin_loop(); // widen the window between get and task_done
+                    }
+                    let _ = q.task_done();
+                }
+            })
+            .unwrap()
+        };
+        std::thread::sleep(Duration::from_micros(200 + rng.below(1500)));
+        kill_and_reap(child);
+        t.kills += 1;
+    }
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match q.get_timeout(Duration::from_millis(50)) {
+            Ok(_) => q.task_done().unwrap(),
+            Err(RecvTimeoutError::Timeout) if producer.is_finished() => break,
+            Err(RecvTimeoutError::Timeout) if Instant::now() > deadline => {
+                t.hangs += 1;
+                break;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    producer.join().unwrap();
+    let stranded = q.unfinished() as u64;
+    say(format!("crash-injection joinable-queue: {stranded} messages stranded by killed consumers"));
+    if stranded > KILLS {
+        t.lost += stranded - KILLS; // more stranded than consumers died: counts went wrong
+    }
+    for _ in 0..stranded {
+        q.task_done().unwrap();
+    }
+    if !q.join_timeout(PROMPT) {
+        t.hangs += 1;
+    }
+    if q.task_done().is_ok() {
+        t.duplicated += 1; // a task_done beyond what was put: the count wrapped
+    }
+    t.report("joinable-queue");
+}
+
+/// `Condition` users killed while holding its lock or waiting on it: the next
+/// user gets the lock (poisoned if the holder died inside) within the documented
+/// time, and the condition still hands off between two live processes at once.
+#[test]
+fn condition_users_killed_holding_or_waiting() {
+    let mut rng = Rng(seed());
+    let mut t = Tally::default();
+    let cond = shmproc::Condition::new().unwrap();
+    let turn = RawArray::<u32>::zeroed(1).unwrap();
+    const KILLS: u64 = 50;
+    for _ in 0..KILLS {
+        let child = {
+            let (cond, turn) = (cond.clone(), turn.clone());
+            fork(move || loop {
+                let mut g = cond.acquire().unwrap_or_else(|e| match e {
+                    LockError::Poisoned(p) => p.into_inner(),
+                    _ => std::process::abort(),
+                });
+                let _ = g.wait_for(|| turn.get(0) == Some(1), Some(Duration::from_micros(300)));
+                turn.set(0, 0).unwrap();
+                cond.notify_all();
+            })
+            .unwrap()
+        };
+        std::thread::sleep(Duration::from_micros(100 + rng.below(1000)));
+        kill_and_reap(child);
+        t.kills += 1;
+        let start = Instant::now();
+        let got = match cond.get_lock().acquire_timeout(PATIENCE) {
+            Ok(g) => Some(g),
+            Err(LockError::Poisoned(p)) => {
+                let g = p.into_inner();
+                cond.get_lock().clear_poison();
+                Some(g)
+            }
+            Err(_) => None,
+        };
+        match got {
+            Some(g) if start.elapsed() < Duration::from_millis(100) => drop(g),
+            _ => t.hangs += 1,
+        }
+    }
+    // Still a working condition: one more hand-off with a live partner.
+    let partner = {
+        let (cond, turn) = (cond.clone(), turn.clone());
+        fork(move || {
+            let mut g = cond.acquire().unwrap();
+            let ok = g.wait_for(|| turn.get(0) == Some(1), Some(PATIENCE)).unwrap();
+            turn.set(0, 2).unwrap();
+            cond.notify_all();
+            i32::from(!ok)
+        })
+        .unwrap()
+    };
+    {
+        let mut g = cond.acquire().unwrap();
+        turn.set(0, 1).unwrap();
+        cond.notify_all();
+        if !g.wait_for(|| turn.get(0) == Some(2), Some(PROMPT)).unwrap() {
+            t.hangs += 1;
+        }
+    }
+    if join(partner) != shmproc::testing::Exit::Code(0) {
+        t.hangs += 1;
+    }
+    t.report("condition");
+}
