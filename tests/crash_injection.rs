@@ -21,22 +21,6 @@ fn say(line: String) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-/// A small, seeded generator (xorshift64*): the same seed, the same kill times.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 fn seed() -> u64 {
     let seed = std::env::var("SHMPROC_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
@@ -103,14 +87,26 @@ fn length_of(number: u64) -> usize {
 
 /// The shmproc files in /dev/shm whose names carry one of `pids` as creator.
 fn files_of(pids: &HashSet<i32>) -> u64 {
-    std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| {
-            n.starts_with("shmproc.")
-                && n.split('.').nth(2).and_then(|p| i32::from_str_radix(p, 16).ok()).is_some_and(|p| pids.contains(&p))
-        })
-        .count() as u64
+    pids.iter().map(|&p| shm_files_of(p).len() as u64).sum()
+}
+
+/// Takes messages with `take` (which gets and handles one, waiting at most the time
+/// given) until `producer` has finished and nothing is left; false if that took
+/// longer than [`PATIENCE`].
+fn drain_until_done(
+    producer: &std::thread::JoinHandle<()>,
+    mut take: impl FnMut(Duration) -> Result<(), RecvTimeoutError>,
+) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match take(Duration::from_millis(50)) {
+            Ok(()) => {}
+            Err(RecvTimeoutError::Timeout) if producer.is_finished() => return true,
+            Err(RecvTimeoutError::Timeout) if Instant::now() > deadline => return false,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(e) => panic!("the parent's get failed: {e:?}"),
+        }
+    }
 }
 
 fn kill_and_reap(child: Child) {
@@ -237,22 +233,17 @@ fn consumers_killed_mid_get() {
         t.kills += 1;
     }
     // What is left (the producer may still be putting), the parent takes.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match q.get_bytes_timeout(Duration::from_millis(50)) {
-            Ok(m) => match parse(&m) {
-                Some((_, n)) if n < MESSAGES => taken.set(n as usize, taken.get(n as usize).unwrap() + 1).unwrap(),
-                _ => t.torn += 1,
-            },
-            Err(RecvTimeoutError::Timeout) if producer.is_finished() => break,
-            Err(RecvTimeoutError::Timeout) if Instant::now() > deadline => {
-                t.hangs += 1;
-                break;
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(e) => panic!("the parent's get failed: {e:?}"),
+    let mut torn = 0;
+    let in_time = drain_until_done(&producer, |wait| {
+        let m = q.get_bytes_timeout(wait)?;
+        match parse(&m) {
+            Some((_, n)) if n < MESSAGES => taken.set(n as usize, taken.get(n as usize).unwrap() + 1).unwrap(),
+            _ => torn += 1,
         }
-    }
+        Ok(())
+    });
+    t.torn += torn;
+    t.hangs += u64::from(!in_time);
     producer.join().unwrap();
     let mut with_dead_consumers: u64 = 0;
     for n in 0..MESSAGES as usize {
@@ -561,19 +552,12 @@ fn joinable_consumers_killed_between_get_and_task_done() {
         kill_and_reap(child);
         t.kills += 1;
     }
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match q.get_timeout(Duration::from_millis(50)) {
-            Ok(_) => q.task_done().unwrap(),
-            Err(RecvTimeoutError::Timeout) if producer.is_finished() => break,
-            Err(RecvTimeoutError::Timeout) if Instant::now() > deadline => {
-                t.hangs += 1;
-                break;
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(e) => panic!("{e:?}"),
-        }
-    }
+    let in_time = drain_until_done(&producer, |wait| {
+        q.get_timeout(wait)?;
+        q.task_done().unwrap();
+        Ok(())
+    });
+    t.hangs += u64::from(!in_time);
     producer.join().unwrap();
     let stranded = q.unfinished() as u64;
     say(format!("crash-injection joinable-queue: {stranded} messages stranded by killed consumers"));

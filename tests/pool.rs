@@ -444,19 +444,6 @@ fn a_killed_worker_fails_exactly_its_task_and_is_replaced() {
     }
 }
 
-/// A small deterministic generator (xorshift64*), so that a failing run can be
-/// repeated from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 fn spin_us(x: u64) -> u64 {
     let until = Instant::now() + Duration::from_micros(20 + x % 200);
     while Instant::now() < until {
@@ -771,5 +758,27 @@ fn a_result_whose_deserialize_panics_fails_that_task_and_the_pool_serves_on() {
     let pool = pool(StartMethod::Fork, 1);
     assert!(matches!(pool.apply(grumpy, 1), Err(TaskError::Decode(_))));
     assert_eq!(pool.apply(square, 6), Ok(36));
+    finish_pool(pool);
+}
+
+fn read_value(v: shmproc::Value<u64>) -> u64 {
+    v.get().unwrap()
+}
+
+/// A shared object as a task's argument: a named one travels by name; an
+/// anonymous one fails that task with an error that says why (not postcard's
+/// "Serde Serialization Error").
+#[test]
+fn shared_objects_as_task_arguments_travel_by_name_or_say_why() {
+    let _watchdog = watchdog(WATCHDOG);
+    let pool = pool(StartMethod::Fork, 1);
+    // (Kept here: the creator's handle dropping would unlink the name before the
+    // worker opens it.)
+    let named = shmproc::Value::<u64>::new_named(7).unwrap();
+    assert_eq!(pool.apply(read_value, named.clone()), Ok(7));
+    match pool.apply(read_value, shmproc::Value::<u64>::new(7).unwrap()) {
+        Err(TaskError::Encode(why)) => assert!(why.contains("anonymous shared object"), "{why}"),
+        other => panic!("{other:?}"),
+    }
     finish_pool(pool);
 }

@@ -390,15 +390,6 @@ fn a_get_out_of_descriptors_leaves_a_large_message_in_the_queue() {
     assert_eq!(join(child), Exit::Code(0));
 }
 
-fn shm_files_of(pid: u32) -> std::collections::HashSet<String> {
-    let mine = format!(".{pid:x}.");
-    std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with("shmproc.") && n.contains(&mine))
-        .collect()
-}
-
 fn stalled_producer(args: (Queue<Vec<u8>>, Event)) {
     shmproc::testing::stall_side_handoff(Some(shmproc::testing::SideStall::BeforeCommit), args.1);
     let _ = args.0.put_bytes(&vec![7u8; 100_000]);
@@ -418,11 +409,11 @@ fn side_segments_of_hand_offs_killed_midway_are_swept_while_the_queue_lives() {
     for method in [StartMethod::Fork, StartMethod::Spawn] {
         for (who, target) in [("producer", stalled_producer as fn(_)), ("consumer", stalled_consumer)] {
             let q = Queue::<Vec<u8>>::builder().capacity(4096).build().unwrap();
-            let before = shm_files_of(std::process::id());
+            let before = shm_files_of(std::process::id() as i32);
             if who == "consumer" {
                 q.put_bytes(&vec![9u8; 100_000]).unwrap();
             }
-            let queued: Vec<String> = shm_files_of(std::process::id()).difference(&before).cloned().collect();
+            let queued: Vec<String> = shm_files_of(std::process::id() as i32).difference(&before).cloned().collect();
             let reached = Event::new().unwrap();
             let child = Process::builder(target, (q.clone(), reached.clone()))
                 .start_method(method)
@@ -430,7 +421,7 @@ fn side_segments_of_hand_offs_killed_midway_are_swept_while_the_queue_lives() {
                 .start()
                 .unwrap();
             assert!(reached.wait_timeout(PATIENCE), "{method:?} {who}: never reached the stall");
-            let pid = child.pid().unwrap() as u32;
+            let pid = child.pid().unwrap();
             let files: Vec<String> = if who == "producer" { shm_files_of(pid).into_iter().collect() } else { queued };
             assert_eq!(files.len(), 1, "{method:?} {who}: {files:?}");
             child.kill().unwrap();

@@ -29,18 +29,8 @@ impl Encoding {
     /// Encodes `item` (into an empty `Encoding`: built where it is used, not moved).
     #[inline]
     pub(crate) fn encode<T: Serialize>(&mut self, item: &T) -> Result<(), ChannelFault> {
-        postcard::serialize_with_flavor::<T, _, ()>(item, self).map_err(|e| {
-            // A shared object that refused says why; postcard keeps no custom message.
-            let why = match e {
-                postcard::Error::SerdeSerCustom => crate::segment::transfer::take_refusal(),
-                _ => None,
-            };
-            ChannelFault::Encode(format!(
-                "`{}`: {}",
-                crate::names::type_name::<T>(),
-                why.unwrap_or_else(|| e.to_string())
-            ))
-        })
+        postcard::serialize_with_flavor::<T, _, ()>(item, self)
+            .map_err(|e| ChannelFault::Encode(crate::segment::transfer::encode_failure::<T>(e)))
     }
 
     #[inline]

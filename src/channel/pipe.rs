@@ -542,14 +542,17 @@ impl<T> Serialize for Connection<T> {
         // leaves both slots to this handle, which gives them back when it closes.
         use serde::ser::Error as _;
         if self.closed_here.load(Ordering::Acquire) {
-            return Err(S::Error::custom(ChannelFault::UseAfterClose));
+            return Err(S::Error::custom(transfer::refuse(ChannelFault::UseAfterClose.to_string())));
         }
         if !transfer::collecting_now() {
             // A pipe is anonymous: it cannot travel by name in a message.
             return Err(S::Error::custom(transfer::refuse(transfer::anonymous_refusal("Connection"))));
         }
         let me = sys::ProcessId::me();
-        let slot = self.holders(self.end).reserve(me).ok_or_else(|| S::Error::custom(ChannelFault::TooManyHolders))?;
+        let slot = self
+            .holders(self.end)
+            .reserve(me)
+            .ok_or_else(|| S::Error::custom(transfer::refuse(ChannelFault::TooManyHolders.to_string())))?;
         self.holding().reserved.push(slot);
         let (seg, end, holding) = (Arc::clone(&self.seg), self.end, Arc::clone(&self.holding));
         transfer::on_handover(Box::new(move |child| {

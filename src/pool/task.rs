@@ -239,7 +239,7 @@ pub(crate) fn append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Res
     let mark = out.len();
     postcard::serialize_with_flavor::<T, _, ()>(value, Append(out)).map_err(|e| {
         out.truncate(mark);
-        format!("`{}`: {e}", crate::names::type_name::<T>())
+        crate::segment::transfer::encode_failure::<T>(e)
     })
 }
 

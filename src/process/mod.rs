@@ -185,7 +185,7 @@ trait EncodeArgs: Send {
 
 impl<A: Serialize + Send> EncodeArgs for A {
     fn encode(&self, slot: &PanicSlot) -> Result<Vec<u8>, String> {
-        postcard::to_stdvec(&(slot, self)).map_err(|e| format!("`{}`: {e}", crate::names::type_name::<A>()))
+        postcard::to_stdvec(&(slot, self)).map_err(crate::segment::transfer::encode_failure::<A>)
     }
 }
 

@@ -65,6 +65,18 @@ pub(crate) fn take_refusal() -> Option<String> {
     REFUSED.with(|r| r.borrow_mut().take())
 }
 
+/// What to say of `e`, a failed serialization of a `T`: the refusal of a shared
+/// object inside it if that is what failed (postcard keeps no custom message), else
+/// `e` itself. The one place every encoder (messages, pool tasks, start
+/// arguments) explains its failures.
+pub(crate) fn encode_failure<T: ?Sized>(e: postcard::Error) -> String {
+    let why = match e {
+        postcard::Error::SerdeSerCustom => take_refusal(),
+        _ => None,
+    };
+    format!("`{}`: {}", crate::names::type_name::<T>(), why.unwrap_or_else(|| e.to_string()))
+}
+
 /// Records `why` as this thread's refusal (see [`take_refusal`]) and returns it.
 pub(crate) fn refuse(why: String) -> String {
     REFUSED.with(|r| *r.borrow_mut() = Some(why.clone()));

@@ -386,10 +386,9 @@ impl serde::Serialize for Barrier {
                 let why = "a Barrier with an action travels only as a process argument, not in a message";
                 return Err(S::Error::custom(transfer::refuse(why.to_owned())));
             }
-            Some(f) => Some(
-                crate::process::code_offset(f as usize)
-                    .ok_or_else(|| S::Error::custom("the barrier's action lives outside the executable"))?,
-            ),
+            Some(f) => Some(crate::process::code_offset(f as usize).ok_or_else(|| {
+                S::Error::custom(transfer::refuse("the barrier's action lives outside the executable".into()))
+            })?),
         };
         (action, transfer::SegmentsOf(&[self.body.segment()], "Barrier")).serialize(s)
     }

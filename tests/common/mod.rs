@@ -185,3 +185,33 @@ impl Drop for Watchdog {
         self.armed.store(false, std::sync::atomic::Ordering::Release);
     }
 }
+
+/// The shmproc files in /dev/shm whose generated name says `pid` created them
+/// (`shmproc.<pid namespace>.<pid>.<start time>.<random>`, hex).
+pub fn shm_files_of(pid: i32) -> std::collections::HashSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| {
+            n.starts_with("shmproc.") && n.split('.').nth(2).and_then(|p| i32::from_str_radix(p, 16).ok()) == Some(pid)
+        })
+        .collect()
+}
+
+/// A small deterministic generator (xorshift64*), so that a failing run can be
+/// repeated from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `n` (0 for `n` 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
