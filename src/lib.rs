@@ -45,8 +45,7 @@
 //! | processes | [`Process`] with the [`StartMethod`]s fork, spawn and forkserver; [`spawn`] and its [`JoinHandle`] |
 //! | pools | [`Pool`]: `apply`, `map`, `imap`, `starmap` and their async forms |
 //! | executors | [`ProcessPoolExecutor`], [`ThreadPoolExecutor`], [`TaskFuture`], [`as_completed`], [`wait`] |
-//!
-//! A manager (shared dicts and lists, also over TCP) is planned; see the README.
+//! | manager | [`Manager`] and its [`Dict`], [`List`] and [`Namespace`] proxies, also over TCP ([`Server`]) |
 //!
 //! ## Sharing with a child process
 //! Every object here lives in a `MAP_SHARED` mapping. Pass it to a [`Process`] as
@@ -103,6 +102,7 @@
 mod channel;
 pub mod connection;
 mod executor;
+mod manager;
 mod names;
 mod pool;
 mod process;
@@ -127,6 +127,10 @@ pub use channel::{
 pub use executor::{
     as_completed, wait, AsCompleted, Executor, ExecutorMap, MapOptions, ProcessPoolExecutor,
     ProcessPoolExecutorBuilder, ReturnWhen, SubmitError, TaskFuture, ThreadPoolExecutor, ThreadPoolExecutorBuilder,
+};
+pub use manager::{
+    Dict, List, Manager, ManagerBuilder, ManagerError, Namespace, ServeOptions, Server,
+    DEFAULT_CAPACITY as MANAGER_DEFAULT_CAPACITY,
 };
 pub use pool::{AsyncResult, IMap, MapResult, Pool, PoolBuilder, PoolError, StarTask, TaskError};
 pub use process::{

@@ -99,10 +99,12 @@ pub enum ObjectKind {
     Pipe = 15,
     /// A message too large for its queue's ring, on its way to a consumer.
     QueueSide = 16,
+    /// A [`Manager`](crate::Manager)'s arena: its dicts, lists and namespaces.
+    Manager = 17,
 }
 
 impl ObjectKind {
-    const ALL: [ObjectKind; 16] = [
+    const ALL: [ObjectKind; 17] = [
         ObjectKind::Lock,
         ObjectKind::RLock,
         ObjectKind::Semaphore,
@@ -119,6 +121,7 @@ impl ObjectKind {
         ObjectKind::JoinableQueue,
         ObjectKind::Pipe,
         ObjectKind::QueueSide,
+        ObjectKind::Manager,
     ];
 
     /// "a Value", "an Array": for messages.

@@ -1,0 +1,312 @@
+//! The operations a proxy asks of its manager, as data: run at once on a local
+//! arena, or sent over the network and run by the server on its own.
+
+use serde::{Deserialize, Serialize};
+
+use super::arena::Arena;
+use super::table::{self, Dict, List};
+use super::ManagerError;
+
+/// Which kind of container an [`Op::Open`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Kind {
+    Dict,
+    List,
+}
+
+impl Kind {
+    pub(crate) fn tag(self) -> u64 {
+        match self {
+            Kind::Dict => table::DICT,
+            Kind::List => table::LIST,
+        }
+    }
+}
+
+/// One request. Keys, values and items are their encoded bytes.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Op {
+    /// A new container (`name: None`) or the named one; replies its id.
+    Open {
+        kind: Kind,
+        name: Option<String>,
+        types: [u64; 2],
+    },
+    /// Checks that `id` is a container of `kind` holding `types`.
+    Check {
+        id: u64,
+        kind: Kind,
+        types: [u64; 2],
+    },
+    Len {
+        id: u64,
+        kind: Kind,
+    },
+    Clear {
+        id: u64,
+        kind: Kind,
+    },
+    DictGet {
+        id: u64,
+        key: Vec<u8>,
+    },
+    DictContains {
+        id: u64,
+        key: Vec<u8>,
+    },
+    DictInsert {
+        id: u64,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    DictRemove {
+        id: u64,
+        key: Vec<u8>,
+    },
+    /// Sets `key` to `new` only if its value is still `expected` (`None`: absent);
+    /// replies whether it did, and the value found.
+    DictSwap {
+        id: u64,
+        key: Vec<u8>,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    },
+    DictKeys {
+        id: u64,
+    },
+    DictValues {
+        id: u64,
+    },
+    DictItems {
+        id: u64,
+    },
+    ListExtend {
+        id: u64,
+        items: Vec<Vec<u8>>,
+    },
+    ListPop {
+        id: u64,
+    },
+    ListGet {
+        id: u64,
+        index: u64,
+    },
+    ListSet {
+        id: u64,
+        index: u64,
+        item: Vec<u8>,
+    },
+    ListToVec {
+        id: u64,
+    },
+}
+
+/// One answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Reply {
+    Unit,
+    Id(u64),
+    Len(u64),
+    Bool(bool),
+    Bytes(Vec<u8>),
+    Maybe(Option<Vec<u8>>),
+    Many(Vec<Vec<u8>>),
+    Pairs(Vec<(Vec<u8>, Vec<u8>)>),
+    Swapped { done: bool, found: Option<Vec<u8>> },
+    Failed(WireError),
+}
+
+/// A [`ManagerError`] as it crosses the network.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum WireError {
+    ShutDown,
+    Full { capacity: u64 },
+    TooLarge { len: u64 },
+    IndexOutOfRange { index: u64, len: u64 },
+    WrongType,
+    WrongKind,
+    Other(String),
+}
+
+impl From<ManagerError> for WireError {
+    fn from(e: ManagerError) -> WireError {
+        match e {
+            ManagerError::ShutDown => WireError::ShutDown,
+            ManagerError::Full { capacity } => WireError::Full { capacity: capacity as u64 },
+            ManagerError::TooLarge { len } => WireError::TooLarge { len: len as u64 },
+            ManagerError::IndexOutOfRange { index, len } => WireError::IndexOutOfRange { index, len },
+            ManagerError::WrongType => WireError::WrongType,
+            ManagerError::WrongKind => WireError::WrongKind,
+            other => WireError::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<WireError> for ManagerError {
+    fn from(e: WireError) -> ManagerError {
+        match e {
+            WireError::ShutDown => ManagerError::ShutDown,
+            WireError::Full { capacity } => ManagerError::Full { capacity: capacity as usize },
+            WireError::TooLarge { len } => ManagerError::TooLarge { len: len as usize },
+            WireError::IndexOutOfRange { index, len } => ManagerError::IndexOutOfRange { index, len },
+            WireError::WrongType => ManagerError::WrongType,
+            WireError::WrongKind => ManagerError::WrongKind,
+            WireError::Other(why) => ManagerError::Remote(why),
+        }
+    }
+}
+
+impl Reply {
+    fn shape(self, wanted: &str) -> ManagerError {
+        match self {
+            Reply::Failed(e) => e.into(),
+            other => ManagerError::Protocol(format!("expected {wanted}, got {other:?}")),
+        }
+    }
+
+    pub(crate) fn unit(self) -> Result<(), ManagerError> {
+        match self {
+            Reply::Unit => Ok(()),
+            other => Err(other.shape("nothing")),
+        }
+    }
+
+    pub(crate) fn id(self) -> Result<u64, ManagerError> {
+        match self {
+            Reply::Id(id) => Ok(id),
+            other => Err(other.shape("an id")),
+        }
+    }
+
+    pub(crate) fn len(self) -> Result<u64, ManagerError> {
+        match self {
+            Reply::Len(n) => Ok(n),
+            other => Err(other.shape("a length")),
+        }
+    }
+
+    pub(crate) fn bool(self) -> Result<bool, ManagerError> {
+        match self {
+            Reply::Bool(b) => Ok(b),
+            other => Err(other.shape("a boolean")),
+        }
+    }
+
+    pub(crate) fn bytes(self) -> Result<Vec<u8>, ManagerError> {
+        match self {
+            Reply::Bytes(b) => Ok(b),
+            other => Err(other.shape("bytes")),
+        }
+    }
+
+    pub(crate) fn maybe(self) -> Result<Option<Vec<u8>>, ManagerError> {
+        match self {
+            Reply::Maybe(b) => Ok(b),
+            other => Err(other.shape("maybe bytes")),
+        }
+    }
+
+    pub(crate) fn many(self) -> Result<Vec<Vec<u8>>, ManagerError> {
+        match self {
+            Reply::Many(v) => Ok(v),
+            other => Err(other.shape("a list of bytes")),
+        }
+    }
+
+    pub(crate) fn pairs(self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ManagerError> {
+        match self {
+            Reply::Pairs(v) => Ok(v),
+            other => Err(other.shape("pairs")),
+        }
+    }
+
+    pub(crate) fn swapped(self) -> Result<(bool, Option<Vec<u8>>), ManagerError> {
+        match self {
+            Reply::Swapped { done, found } => Ok((done, found)),
+            other => Err(other.shape("a swap")),
+        }
+    }
+}
+
+/// Runs `op` on `arena`, as one transaction.
+pub(crate) fn execute(arena: &Arena, op: Op) -> Result<Reply, ManagerError> {
+    let mut tx = arena.begin()?;
+    let reply = match op {
+        Op::Open { kind, name: None, types } => Reply::Id(table::create(&mut tx, kind.tag(), types)?),
+        Op::Open { kind, name: Some(name), types } => Reply::Id(table::named(&mut tx, &name, kind.tag(), types)?),
+        Op::Check { id, kind, types } => {
+            table::check(&tx, id, kind.tag(), types)?;
+            Reply::Unit
+        }
+        Op::Len { id, kind: Kind::Dict } => Reply::Len(dict(&tx, id)?.len(&tx)?),
+        Op::Len { id, kind: Kind::List } => Reply::Len(list(&tx, id)?.len(&tx)?),
+        Op::Clear { id, kind: Kind::Dict } => {
+            dict(&tx, id)?.clear(&mut tx)?;
+            Reply::Unit
+        }
+        Op::Clear { id, kind: Kind::List } => {
+            list(&tx, id)?.clear(&mut tx)?;
+            Reply::Unit
+        }
+        Op::DictGet { id, key } => Reply::Maybe(dict(&tx, id)?.get(&tx, &key, table::hash(&key))?),
+        Op::DictContains { id, key } => Reply::Bool(dict(&tx, id)?.contains(&tx, &key, table::hash(&key))?),
+        Op::DictInsert { id, key, value } => {
+            Reply::Maybe(dict(&tx, id)?.insert(&mut tx, &key, table::hash(&key), &value)?)
+        }
+        Op::DictRemove { id, key } => Reply::Maybe(dict(&tx, id)?.remove(&mut tx, &key, table::hash(&key))?),
+        Op::DictSwap { id, key, expected, new } => {
+            let d = dict(&tx, id)?;
+            let h = table::hash(&key);
+            let found = d.get(&tx, &key, h)?;
+            if found == expected {
+                d.insert(&mut tx, &key, h, &new)?;
+                Reply::Swapped { done: true, found }
+            } else {
+                Reply::Swapped { done: false, found }
+            }
+        }
+        Op::DictKeys { id } => Reply::Many(dict(&tx, id)?.keys(&tx)?),
+        Op::DictValues { id } => Reply::Many(dict(&tx, id)?.values(&tx)?),
+        Op::DictItems { id } => Reply::Pairs(dict(&tx, id)?.items(&tx)?),
+        Op::ListExtend { id, items } => {
+            list(&tx, id)?.extend(&mut tx, items.iter().map(Vec::as_slice))?;
+            Reply::Unit
+        }
+        Op::ListPop { id } => Reply::Maybe(list(&tx, id)?.pop(&mut tx)?),
+        Op::ListGet { id, index } => Reply::Bytes(list(&tx, id)?.get(&tx, index)?),
+        Op::ListSet { id, index, item } => Reply::Bytes(list(&tx, id)?.set(&mut tx, index, &item)?),
+        Op::ListToVec { id } => Reply::Many(list(&tx, id)?.to_vec(&tx)?),
+    };
+    tx.commit();
+    Ok(reply)
+}
+
+/// The dict `id`, after checking that it is one. Proxies were checked when made, but
+/// a request from the network names any id.
+fn dict(tx: &super::arena::Tx, id: u64) -> Result<Dict, ManagerError> {
+    table::check_kind_only(tx, id, table::DICT)?;
+    Ok(Dict(id))
+}
+
+fn list(tx: &super::arena::Tx, id: u64) -> Result<List, ManagerError> {
+    table::check_kind_only(tx, id, table::LIST)?;
+    Ok(List(id))
+}
+
+/// Replaces the value under `key` in the dict `id` with what `f` makes of the old
+/// one, under the arena's lock; returns what `f` returned beside the new bytes.
+pub(crate) fn update_local<R>(
+    arena: &Arena,
+    id: u64,
+    key: &[u8],
+    f: &mut dyn FnMut(Option<&[u8]>) -> Result<(Vec<u8>, R), ManagerError>,
+) -> Result<R, ManagerError> {
+    let mut tx = arena.begin()?;
+    let d = dict(&tx, id)?;
+    let h = table::hash(key);
+    let old = d.get(&tx, key, h)?;
+    let (new, out) = f(old.as_deref())?;
+    d.insert(&mut tx, key, h, &new)?;
+    tx.commit();
+    Ok(out)
+}
