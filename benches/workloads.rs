@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use shmproc::testing::{fork, set_spin_rounds, Child, Exit, DEFAULT_SPIN_ROUNDS};
 use shmproc::{
-    as_completed, Barrier, Condition, Connection, Event, Executor, JoinableQueue, Lock, MapOptions, Pipe, Pool,
-    Process, ProcessPoolExecutor, Queue, RawArray, RawValue, Semaphore, StartMethod, ThreadPoolExecutor, Value,
+    as_completed, Barrier, Condition, Connection, Dict, Event, Executor, JoinableQueue, Lock, Manager, MapOptions,
+    Pipe, Pool, Process, ProcessPoolExecutor, Queue, RawArray, RawValue, Semaphore, StartMethod, ThreadPoolExecutor,
+    Value,
 };
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -596,10 +597,116 @@ fn pool_startup() {
     emit("pool_startup", median(times), "ms");
 }
 
+const MANAGER_KEYS: u64 = 20_000;
+
+/// Runs `work(k)` in 2 forked children (k = 0, 1) released together by a barrier;
+/// returns MANAGER_KEYS operations over the time from the barrier to the last join.
+fn manager_rate(work: impl Fn(u64) -> bool + Clone + Send + 'static) -> f64 {
+    let start = Barrier::new(3).unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|k| {
+            let (start, work) = (start.clone(), work.clone());
+            fork(move || {
+                if start.wait_timeout(PATIENCE).is_err() {
+                    return 1;
+                }
+                if work(k) {
+                    0
+                } else {
+                    2
+                }
+            })
+            .unwrap()
+        })
+        .collect();
+    start.wait_timeout(PATIENCE).unwrap();
+    let t = Instant::now();
+    children.into_iter().for_each(join);
+    MANAGER_KEYS as f64 / t.elapsed().as_secs_f64()
+}
+
+/// The keys child `k` of 2 works on.
+fn manager_share(k: u64) -> std::ops::Range<u64> {
+    k * MANAGER_KEYS / 2..(k + 1) * MANAGER_KEYS / 2
+}
+
+fn set_all(d: &Dict<u64, u64>, k: u64) -> bool {
+    manager_share(k).all(|i| d.insert(i, i).is_ok())
+}
+
+/// 2 processes set 10 000 distinct keys each in a fresh manager dict; then 2
+/// processes get 10 000 keys each from a filled one.
+fn manager_dict() {
+    let m = Manager::start().unwrap();
+    let mut rates = Vec::new();
+    for _ in 0..6 {
+        let d = m.dict::<u64, u64>().unwrap();
+        let dc = d.clone();
+        rates.push(manager_rate(move |k| set_all(&dc, k)));
+        assert_eq!(d.len().unwrap() as u64, MANAGER_KEYS, "lost writes");
+        d.clear().unwrap();
+    }
+    rates.remove(0); // warm-up
+    emit("manager_dict_set", median(rates), "ops/s");
+
+    let d = m.dict::<u64, u64>().unwrap();
+    for i in 0..MANAGER_KEYS {
+        d.insert(i, i).unwrap();
+    }
+    let mut rates = Vec::new();
+    for _ in 0..6 {
+        let d = d.clone();
+        rates.push(manager_rate(move |k| {
+            let expected: u64 = manager_share(k).sum();
+            manager_share(k).map(|i| d.get(&i).ok().flatten().unwrap_or(u64::MAX)).sum::<u64>() == expected
+        }));
+    }
+    rates.remove(0);
+    emit("manager_dict_get", median(rates), "ops/s");
+}
+
+/// As manager_dict_set, each child connected over loopback TCP with an authkey.
+fn manager_dict_set_tcp() {
+    let m = Manager::start().unwrap();
+    let server = m.serve("127.0.0.1:0", b"shmproc-bench").unwrap();
+    let addr = server.local_addr();
+    let mut rates = Vec::new();
+    for rep in 0..4 {
+        let name = format!("tcp-{rep}");
+        let d = m.dict_named::<u64, u64>(&name).unwrap();
+        let start = Barrier::new(3).unwrap();
+        let children: Vec<_> = (0..2)
+            .map(|k| {
+                let (start, name) = (start.clone(), name.clone());
+                fork(move || {
+                    let Ok(remote) = Manager::connect(addr, b"shmproc-bench") else { return 3 };
+                    let Ok(d) = remote.dict_named::<u64, u64>(&name) else { return 4 };
+                    if start.wait_timeout(PATIENCE).is_err() {
+                        return 1;
+                    }
+                    if set_all(&d, k) {
+                        0
+                    } else {
+                        2
+                    }
+                })
+                .unwrap()
+            })
+            .collect();
+        start.wait_timeout(PATIENCE).unwrap();
+        let t = Instant::now();
+        children.into_iter().for_each(join);
+        rates.push(MANAGER_KEYS as f64 / t.elapsed().as_secs_f64());
+        assert_eq!(d.len().unwrap() as u64, MANAGER_KEYS, "lost writes");
+    }
+    rates.remove(0);
+    emit("manager_dict_set_tcp", median(rates), "ops/s");
+}
+
 fn main() {
     shmproc::init();
     let prefixes: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let workloads: [(&str, fn()); 11] = [
+    let workloads: [(&str, fn()); 13] = [
         ("value_lock_increment", value_lock_increment),
         ("value_lock_increment_1proc", value_lock_increment_1proc),
         ("lock_uncontended", lock_uncontended),
@@ -611,6 +718,8 @@ fn main() {
         ("pipe_send_bytes_1MiB", pipe_send_bytes),
         ("pipe_roundtrip_bytes_4KiB", pipe_roundtrip_bytes),
         ("condition_handoff", condition_handoff),
+        ("manager_dict_set_tcp", manager_dict_set_tcp),
+        ("manager_dict", manager_dict),
     ];
     let pool_family_names = [
         "pool_map_20000",

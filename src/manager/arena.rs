@@ -5,18 +5,23 @@
 //! ## Layout (in words of 8 bytes, from the start of the segment's body)
 //! | words        | what |
 //! |--------------|------|
-//! | 0–7          | the [`RawMutex`] every transaction holds |
-//! | 8            | magic and layout version |
-//! | 9            | shut down (1) or serving (0) |
-//! | 10           | the bump pointer: first word never handed out |
-//! | 11           | the registry of named containers (a dict's data word) |
-//! | 12           | undo log length |
-//! | 16–47        | free-list heads, one per block class |
-//! | 48–239       | undo log: (word, old value) pairs |
+//! | 0–2          | the [`RawMutex`] every transaction holds |
+//! | 3            | change sequence: odd while a transaction changes words |
+//! | 4            | undo log length |
+//! | 5            | the bump pointer: first word never handed out |
+//! | 6            | shut down (1) or serving (0) |
+//! | 7            | magic and layout version |
+//! | 8            | the registry of named containers (a dict's data word) |
+//! | 16–207       | undo log: (word, old value) pairs |
+//! | 208–239      | free-list heads, one per block class |
 //! | 256–         | blocks |
 //!
-//! A block of class `c` is `4 << c` words: its class, a free-list link (meaningful
-//! only while the block is free), then data. Blocks are carved from the bump pointer
+//! Words 0–7 are one cache line: taking the lock brings the words every
+//! transaction writes with it.
+//!
+//! A block of class `c` is `4 << c` words: one word holding its class (low 8 bits)
+//! and, only while the block is free, the next free block of its class (above them);
+//! then data. Blocks are carved from the bump pointer
 //! and recycled through their class's free list.
 //!
 //! ## Transactions
@@ -30,6 +35,15 @@
 //! leaves the lock poisoned, and the next [`Arena::begin`] rolls the log back before
 //! it does anything else. So a container is always as it was before or after one
 //! whole operation.
+//!
+//! ## Readers without the lock
+//! Operations that only read ([`Arena::read`]) take no lock: they read the change
+//! sequence, run, and read it again; an odd or changed sequence means a writer was
+//! at work, and they run again (after a few tries, under the lock). A writer makes
+//! the sequence odd before its first store and even again when it commits or rolls
+//! back; recovering a dead writer's log makes it even too. Because every read is
+//! bounds-checked, a read racing a writer sees wrong but harmless words, and the
+//! sequence check throws its result away.
 //!
 //! ## Never trusting the words
 //! Every index read from the arena is checked against the length this process
@@ -48,21 +62,28 @@ use crate::segment::{Backing, Expect, ObjectKind, Segment, SegmentCreateError, S
 use crate::sync::{Lock, LockError, LockGuard, RawMutex};
 
 const MAGIC: u64 = 0x5348_4d4d_4752_0001; // "SHMMGR", layout 1
-const W_MAGIC: u64 = 8;
-const W_SHUTDOWN: u64 = 9;
-const W_BUMP: u64 = 10;
-pub(super) const W_REGISTRY: u64 = 11;
-const W_LOG_LEN: u64 = 12;
-const W_FREE: u64 = 16;
+                                          // The words every transaction touches share the lock's cache line, so that a
+                                          // transaction moves as few lines between processes as it can.
+/// Even while no transaction changes anything; odd while one does (a seqlock for
+/// readers that take no lock).
+const W_SEQ: u64 = 3;
+const W_LOG_LEN: u64 = 4;
+const W_BUMP: u64 = 5;
+const W_SHUTDOWN: u64 = 6;
+const W_MAGIC: u64 = 7;
+pub(super) const W_REGISTRY: u64 = 8;
+const W_LOG: u64 = 16;
+const W_FREE: u64 = W_LOG + 2 * LOG_CAP;
 const CLASSES: u64 = 32;
-const W_LOG: u64 = 48;
 /// Distinct words one transaction may change. An operation changes a bounded set:
 /// the bump pointer, free-list heads, a container's header and one table or array
 /// slot; the largest (a dict growing while an entry is replaced) about 16.
 const LOG_CAP: u64 = 96;
 pub(super) const HEAP: u64 = 256;
-/// Words of a block before its data: the class and the free-list link.
-const BLOCK_HEAD: u64 = 2;
+/// Words of a block before its data: one, its class in the low 8 bits and, while
+/// the block is free, the next free block's index above them.
+const BLOCK_HEAD: u64 = 1;
+const CLASS_BITS: u64 = 0xff;
 
 /// The smallest arena: the fixed words and a little room.
 pub(crate) const MIN_CAPACITY: usize = 64 * 1024;
@@ -168,7 +189,7 @@ impl Arena {
     /// Takes the lock, repairing what a holder that died or panicked left, and
     /// starts a transaction.
     pub(crate) fn begin(&self) -> Result<Tx<'_>, ManagerError> {
-        let guard = match self.lock.acquire() {
+        let guard = match self.lock.acquire_spinning() {
             Ok(g) => g,
             Err(LockError::Poisoned(p)) => {
                 let g = p.into_inner();
@@ -182,7 +203,41 @@ impl Arena {
         if self.is_shut_down() {
             return Err(ManagerError::ShutDown);
         }
-        Ok(Tx { arena: self, logged: Vec::new(), freed: Vec::new(), committed: false, _guard: guard })
+        Ok(Tx {
+            reader: Reader { arena: self },
+            logged: [0; LOG_CAP as usize],
+            logged_len: 0,
+            freed: Marks::default(),
+            changing: false,
+            committed: false,
+            _guard: guard,
+        })
+    }
+
+    /// Runs the read-only `f` without the lock when no writer interferes, else under
+    /// the lock. `f` may run several times; only a run no writer overlapped counts.
+    pub(crate) fn read<R>(&self, f: impl Fn(&Reader) -> Result<R, ManagerError>) -> Result<R, ManagerError> {
+        const TRIES: u32 = 4;
+        let reader = Reader { arena: self };
+        for _ in 0..TRIES {
+            let Some(before) = self.even_sequence() else { continue };
+            if self.is_shut_down() {
+                return Err(ManagerError::ShutDown);
+            }
+            let out = f(&reader);
+            std::sync::atomic::fence(Ordering::Acquire);
+            if self.word(W_SEQ).load(Ordering::Relaxed) == before {
+                return out;
+            }
+        }
+        let tx = self.begin()?;
+        f(&tx)
+    }
+
+    /// The change sequence once it is even, waiting a little for a writer to finish;
+    /// `None` if it stays odd (a slow writer, or a dead one the lock will repair).
+    fn even_sequence(&self) -> Option<u64> {
+        crate::sync::wait::spin(|| Some(self.load(W_SEQ)).filter(|s| s % 2 == 0))
     }
 
     /// Restores every word the undo log names to its old value, newest first.
@@ -199,7 +254,24 @@ impl Arena {
             self.word(at).store(old, Ordering::Release);
         }
         self.word(W_LOG_LEN).store(0, Ordering::Release);
+        self.end_change();
         Ok(())
+    }
+
+    /// Makes the change sequence odd: a writer is about to store.
+    fn begin_change(&self) {
+        let seq = self.word(W_SEQ);
+        seq.store(seq.load(Ordering::Relaxed) | 1, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+    }
+
+    /// Makes the change sequence even again, past every odd value it had.
+    fn end_change(&self) {
+        let seq = self.word(W_SEQ);
+        let s = seq.load(Ordering::Relaxed);
+        if s % 2 == 1 {
+            seq.store(s.wrapping_add(1), Ordering::Release);
+        }
     }
 }
 
@@ -217,12 +289,16 @@ fn loggable(at: u64, len: u64) -> bool {
 
 /// One operation under the arena's lock; rolled back unless committed.
 pub(crate) struct Tx<'a> {
-    arena: &'a Arena,
-    /// The words logged so far, in log order (a private copy, for the dedup check).
-    logged: Vec<u64>,
+    reader: Reader<'a>,
+    /// The words logged so far, in log order (a private copy, for the dedup check;
+    /// on the stack, so that the critical section allocates nothing).
+    logged: [u64; LOG_CAP as usize],
+    logged_len: usize,
     /// Blocks freed in this transaction: never handed out again before it commits,
     /// since a rollback makes them live again with whatever was written into them.
-    freed: Vec<u64>,
+    freed: Marks,
+    /// Whether this transaction made the change sequence odd.
+    changing: bool,
     committed: bool,
     // Dropped after `Drop::drop` has rolled back: the lock outlives the repair.
     _guard: LockGuard<'a>,
@@ -230,7 +306,7 @@ pub(crate) struct Tx<'a> {
 
 impl fmt::Debug for Tx<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tx").field("logged", &self.logged.len()).finish()
+        f.debug_struct("Tx").field("logged", &self.logged_len).finish()
     }
 }
 
@@ -238,7 +314,50 @@ fn corrupted(what: &'static str) -> ManagerError {
     ManagerError::Corrupted(what)
 }
 
-impl Tx<'_> {
+/// A set of word indices, the first few kept inline (most transactions free at
+/// most one or two blocks; a `clear` frees many).
+#[derive(Debug, Default)]
+struct Marks {
+    inline: [u64; 8],
+    len: usize,
+    spill: Vec<u64>,
+}
+
+impl Marks {
+    fn push(&mut self, v: u64) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => {
+                *slot = v;
+                self.len += 1;
+            }
+            None => self.spill.push(v),
+        }
+    }
+
+    fn contains(&self, v: &u64) -> bool {
+        self.inline[..self.len].contains(v) || self.spill.contains(v)
+    }
+}
+
+/// Read access to an arena's words: what a [`Tx`] reads through, and what
+/// [`Arena::read`] hands to a reader that holds no lock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reader<'a> {
+    arena: &'a Arena,
+}
+
+impl<'a> std::ops::Deref for Tx<'a> {
+    type Target = Reader<'a>;
+    fn deref(&self) -> &Reader<'a> {
+        &self.reader
+    }
+}
+
+impl Reader<'_> {
+    pub(crate) fn capacity(&self) -> usize {
+        self.arena.capacity()
+    }
+
     /// Checks that words `at..at + n` lie in the heap.
     pub(crate) fn check_range(&self, at: u64, n: u64) -> Result<(), ManagerError> {
         match at.checked_add(n) {
@@ -255,101 +374,21 @@ impl Tx<'_> {
         Ok(self.arena.load(at))
     }
 
-    /// Stores `v` at `at`, a word that existed before this transaction, logging its
-    /// old value first.
-    pub(crate) fn set(&mut self, at: u64, v: u64) -> Result<(), ManagerError> {
-        if !loggable(at, self.arena.len) {
-            return Err(corrupted("a store outside the mutable words"));
-        }
-        if !self.logged.contains(&at) {
-            let k = self.logged.len() as u64;
-            if k == LOG_CAP {
-                return Err(corrupted("an operation changing more words than the undo log holds"));
-            }
-            let old = self.arena.load(at);
-            self.arena.word(W_LOG + 2 * k).store(at, Ordering::Relaxed);
-            self.arena.word(W_LOG + 2 * k + 1).store(old, Ordering::Relaxed);
-            // The entry is whole before the length says it exists, and the length is
-            // out before the store it guards (Release on both).
-            self.arena.word(W_LOG_LEN).store(k + 1, Ordering::Release);
-            self.logged.push(at);
-        }
-        self.arena.word(at).store(v, Ordering::Release);
-        Ok(())
-    }
-
-    /// Stores into a block handed out by this transaction (nothing reachable points
-    /// at it until commit, so a rollback need not restore it).
-    pub(crate) fn init(&mut self, at: u64, v: u64) -> Result<(), ManagerError> {
-        self.check_range(at, 1)?;
-        self.arena.word(at).store(v, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Hands out a block with room for `n` data words; returns its first data word.
-    /// The data holds whatever was there before: callers initialise what they read.
-    pub(crate) fn alloc(&mut self, n: u64) -> Result<u64, ManagerError> {
-        let class = class_for(n).ok_or(ManagerError::Full { capacity: self.arena.capacity() })?;
-        let head = self.get(W_FREE + class)?;
-        if head != 0 && !self.freed.contains(&head) {
-            self.check_block(head, class)?;
-            let next = self.get(head + 1)?;
-            self.set(W_FREE + class, next)?;
-            return Ok(head + BLOCK_HEAD);
-        }
-        let block = self.get(W_BUMP)?;
-        let end = block.checked_add(4 << class).filter(|e| *e <= self.arena.len);
-        let Some(end) = end else {
-            return Err(ManagerError::Full { capacity: self.arena.capacity() });
-        };
-        if block < HEAP || block % 4 != 0 {
-            return Err(corrupted("the bump pointer"));
-        }
-        self.set(W_BUMP, end)?;
-        self.init(block, class)?;
-        Ok(block + BLOCK_HEAD)
-    }
-
     /// Data words of the block whose data starts at `data`.
     pub(crate) fn block_room(&self, data: u64) -> Result<u64, ManagerError> {
         let block = data.checked_sub(BLOCK_HEAD).ok_or(corrupted("a block index"))?;
-        let class = self.get(block)?;
+        let class = self.get(block)? & CLASS_BITS;
         self.check_block(block, class)?;
         Ok((4 << class) - BLOCK_HEAD)
     }
 
     fn check_block(&self, block: u64, class: u64) -> Result<(), ManagerError> {
-        if class >= CLASSES || block % 4 != 0 {
+        if class >= CLASSES || !block.is_multiple_of(4) {
             return Err(corrupted("a block header"));
         }
         self.check_range(block, 4 << class)?;
-        if self.get(block)? != class {
+        if self.get(block)? & CLASS_BITS != class {
             return Err(corrupted("a block's class"));
-        }
-        Ok(())
-    }
-
-    /// Returns the block whose data starts at `data` to its class's free list.
-    pub(crate) fn free(&mut self, data: u64) -> Result<(), ManagerError> {
-        let block = data.checked_sub(BLOCK_HEAD).ok_or(corrupted("a block index"))?;
-        let class = self.get(block)?;
-        self.check_block(block, class)?;
-        let head = self.get(W_FREE + class)?;
-        // The link of a block in use is never read, so writing it needs no log; the
-        // head's old value is logged, so a rollback unreaches the block again.
-        self.init(block + 1, head)?;
-        self.freed.push(block);
-        self.set(W_FREE + class, block)
-    }
-
-    /// Writes `bytes` into fresh words from `at` (see [`Tx::init`]), zero-padded to
-    /// whole words.
-    pub(crate) fn init_bytes(&mut self, at: u64, bytes: &[u8]) -> Result<(), ManagerError> {
-        self.check_range(at, words_for(bytes.len()))?;
-        for (i, chunk) in bytes.chunks(8).enumerate() {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            self.arena.word(at + i as u64).store(u64::from_le_bytes(w), Ordering::Relaxed);
         }
         Ok(())
     }
@@ -366,22 +405,115 @@ impl Tx<'_> {
         Ok(out)
     }
 
-    /// Whether the words at `at` hold exactly `packed` (bytes packed as by `pack`).
-    pub(crate) fn words_equal(&self, at: u64, packed: &[u64]) -> Result<bool, ManagerError> {
-        self.check_range(at, packed.len() as u64)?;
-        Ok(packed.iter().enumerate().all(|(i, w)| self.arena.load(at + i as u64) == *w))
+    /// Whether the words at `at` hold exactly `bytes` (as [`Tx::init_bytes`] writes them).
+    pub(crate) fn words_equal(&self, at: u64, bytes: &[u8]) -> Result<bool, ManagerError> {
+        self.check_range(at, words_for(bytes.len()))?;
+        Ok(packed(bytes).enumerate().all(|(i, w)| self.arena.load(at + i as u64) == w))
+    }
+}
+
+impl Tx<'_> {
+    /// Stores `v` at `at`, a word that existed before this transaction, logging its
+    /// old value first.
+    pub(crate) fn set(&mut self, at: u64, v: u64) -> Result<(), ManagerError> {
+        if !loggable(at, self.arena.len) {
+            return Err(corrupted("a store outside the mutable words"));
+        }
+        self.changing();
+        if !self.logged[..self.logged_len].contains(&at) {
+            let k = self.logged_len as u64;
+            if k == LOG_CAP {
+                return Err(corrupted("an operation changing more words than the undo log holds"));
+            }
+            let old = self.arena.load(at);
+            self.arena.word(W_LOG + 2 * k).store(at, Ordering::Relaxed);
+            self.arena.word(W_LOG + 2 * k + 1).store(old, Ordering::Relaxed);
+            // The entry is whole before the length says it exists, and the length is
+            // out before the store it guards (Release on both).
+            self.arena.word(W_LOG_LEN).store(k + 1, Ordering::Release);
+            self.logged[self.logged_len] = at;
+            self.logged_len += 1;
+        }
+        self.arena.word(at).store(v, Ordering::Release);
+        Ok(())
+    }
+
+    /// Stores into a block handed out by this transaction (nothing reachable points
+    /// at it until commit, so a rollback need not restore it).
+    pub(crate) fn init(&mut self, at: u64, v: u64) -> Result<(), ManagerError> {
+        self.check_range(at, 1)?;
+        self.changing();
+        self.arena.word(at).store(v, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Hands out a block with room for `n` data words; returns its first data word.
+    /// The data holds whatever was there before: callers initialise what they read.
+    pub(crate) fn alloc(&mut self, n: u64) -> Result<u64, ManagerError> {
+        let class = class_for(n).ok_or(ManagerError::Full { capacity: self.arena.capacity() })?;
+        let head = self.get(W_FREE + class)?;
+        if head != 0 && !self.freed.contains(&head) {
+            self.check_block(head, class)?;
+            let next = self.get(head)? >> 8;
+            self.set(W_FREE + class, next)?;
+            return Ok(head + BLOCK_HEAD);
+        }
+        let block = self.get(W_BUMP)?;
+        let end = block.checked_add(4 << class).filter(|e| *e <= self.arena.len);
+        let Some(end) = end else {
+            return Err(ManagerError::Full { capacity: self.arena.capacity() });
+        };
+        if block < HEAP || !block.is_multiple_of(4) {
+            return Err(corrupted("the bump pointer"));
+        }
+        self.set(W_BUMP, end)?;
+        self.init(block, class)?;
+        Ok(block + BLOCK_HEAD)
+    }
+
+    /// Returns the block whose data starts at `data` to its class's free list.
+    pub(crate) fn free(&mut self, data: u64) -> Result<(), ManagerError> {
+        let block = data.checked_sub(BLOCK_HEAD).ok_or(corrupted("a block index"))?;
+        let class = self.get(block)? & CLASS_BITS;
+        self.check_block(block, class)?;
+        let head = self.get(W_FREE + class)?;
+        // The link of a block in use is never read, so writing it needs no log; the
+        // head's old value is logged, so a rollback unreaches the block again.
+        self.init(block, class | (head << 8))?;
+        self.freed.push(block);
+        self.set(W_FREE + class, block)
+    }
+
+    /// Writes `bytes` into fresh words from `at` (see [`Tx::init`]), zero-padded to
+    /// whole words.
+    pub(crate) fn init_bytes(&mut self, at: u64, bytes: &[u8]) -> Result<(), ManagerError> {
+        self.check_range(at, words_for(bytes.len()))?;
+        self.changing();
+        for (i, w) in packed(bytes).enumerate() {
+            self.arena.word(at + i as u64).store(w, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Makes every change so far permanent and releases the lock.
     pub(crate) fn commit(mut self) {
         self.arena.word(W_LOG_LEN).store(0, Ordering::Release);
+        self.arena.end_change();
         self.committed = true;
+    }
+
+    /// Makes the change sequence odd before this transaction's first store.
+    fn changing(&mut self) {
+        if !self.changing {
+            self.arena.begin_change();
+            self.changing = true;
+        }
     }
 }
 
 impl Drop for Tx<'_> {
     fn drop(&mut self) {
-        if !self.committed {
+        if !self.committed && self.changing {
             // A scribbled log found here is found again, and reported, by the next
             // `begin` (the lock is poisoned when this drop runs in a panic).
             let _ = self.arena.roll_back_log();
@@ -395,15 +527,12 @@ pub(crate) fn words_for(n: usize) -> u64 {
 }
 
 /// `bytes` as the words [`Tx::init_bytes`] writes.
-pub(crate) fn pack(bytes: &[u8]) -> Vec<u64> {
-    bytes
-        .chunks(8)
-        .map(|c| {
-            let mut w = [0u8; 8];
-            w[..c.len()].copy_from_slice(c);
-            u64::from_le_bytes(w)
-        })
-        .collect()
+pub(crate) fn packed(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    bytes.chunks(8).map(|c| {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        u64::from_le_bytes(w)
+    })
 }
 
 /// The smallest block class with room for `n` data words.
@@ -424,10 +553,10 @@ mod tests {
     #[test]
     fn classes_fit_their_data() {
         assert_eq!(class_for(0), Some(0));
-        assert_eq!(class_for(2), Some(0));
-        assert_eq!(class_for(3), Some(1));
-        assert_eq!(class_for(6), Some(1));
-        assert_eq!(class_for(7), Some(2));
+        assert_eq!(class_for(3), Some(0));
+        assert_eq!(class_for(4), Some(1));
+        assert_eq!(class_for(7), Some(1));
+        assert_eq!(class_for(8), Some(2));
         for n in [1u64, 5, 100, 1 << 20] {
             let c = class_for(n).unwrap();
             assert!((4u64 << c) - BLOCK_HEAD >= n && (c == 0 || (2u64 << c) - BLOCK_HEAD < n), "{n}");

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::arena::Arena;
-use super::table::{self, Dict, List};
+use super::arena::{Arena, Reader};
+use super::table::{self, Dict, List, Pair};
 use super::ManagerError;
 
 /// Which kind of container an [`Op::Open`] asks for.
@@ -111,7 +111,7 @@ pub(crate) enum Reply {
     Bytes(Vec<u8>),
     Maybe(Option<Vec<u8>>),
     Many(Vec<Vec<u8>>),
-    Pairs(Vec<(Vec<u8>, Vec<u8>)>),
+    Pairs(Vec<Pair>),
     Swapped { done: bool, found: Option<Vec<u8>> },
     Failed(WireError),
 }
@@ -213,7 +213,7 @@ impl Reply {
         }
     }
 
-    pub(crate) fn pairs(self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ManagerError> {
+    pub(crate) fn pairs(self) -> Result<Vec<Pair>, ManagerError> {
         match self {
             Reply::Pairs(v) => Ok(v),
             other => Err(other.shape("pairs")),
@@ -228,18 +228,19 @@ impl Reply {
     }
 }
 
-/// Runs `op` on `arena`, as one transaction.
+/// Runs `op` on `arena`: a read without the lock when it only reads (see
+/// [`Arena::read`]), else as one transaction.
 pub(crate) fn execute(arena: &Arena, op: Op) -> Result<Reply, ManagerError> {
+    if op.only_reads() {
+        return arena.read(|r| read(r, &op));
+    }
+    if let Op::DictInsert { id, key, value } = op {
+        return dict_insert(arena, id, &key, &value).map(Reply::Maybe);
+    }
     let mut tx = arena.begin()?;
     let reply = match op {
         Op::Open { kind, name: None, types } => Reply::Id(table::create(&mut tx, kind.tag(), types)?),
         Op::Open { kind, name: Some(name), types } => Reply::Id(table::named(&mut tx, &name, kind.tag(), types)?),
-        Op::Check { id, kind, types } => {
-            table::check(&tx, id, kind.tag(), types)?;
-            Reply::Unit
-        }
-        Op::Len { id, kind: Kind::Dict } => Reply::Len(dict(&tx, id)?.len(&tx)?),
-        Op::Len { id, kind: Kind::List } => Reply::Len(list(&tx, id)?.len(&tx)?),
         Op::Clear { id, kind: Kind::Dict } => {
             dict(&tx, id)?.clear(&mut tx)?;
             Reply::Unit
@@ -247,11 +248,6 @@ pub(crate) fn execute(arena: &Arena, op: Op) -> Result<Reply, ManagerError> {
         Op::Clear { id, kind: Kind::List } => {
             list(&tx, id)?.clear(&mut tx)?;
             Reply::Unit
-        }
-        Op::DictGet { id, key } => Reply::Maybe(dict(&tx, id)?.get(&tx, &key, table::hash(&key))?),
-        Op::DictContains { id, key } => Reply::Bool(dict(&tx, id)?.contains(&tx, &key, table::hash(&key))?),
-        Op::DictInsert { id, key, value } => {
-            Reply::Maybe(dict(&tx, id)?.insert(&mut tx, &key, table::hash(&key), &value)?)
         }
         Op::DictRemove { id, key } => Reply::Maybe(dict(&tx, id)?.remove(&mut tx, &key, table::hash(&key))?),
         Op::DictSwap { id, key, expected, new } => {
@@ -265,42 +261,74 @@ pub(crate) fn execute(arena: &Arena, op: Op) -> Result<Reply, ManagerError> {
                 Reply::Swapped { done: false, found }
             }
         }
-        Op::DictKeys { id } => Reply::Many(dict(&tx, id)?.keys(&tx)?),
-        Op::DictValues { id } => Reply::Many(dict(&tx, id)?.values(&tx)?),
-        Op::DictItems { id } => Reply::Pairs(dict(&tx, id)?.items(&tx)?),
         Op::ListExtend { id, items } => {
             list(&tx, id)?.extend(&mut tx, items.iter().map(Vec::as_slice))?;
             Reply::Unit
         }
         Op::ListPop { id } => Reply::Maybe(list(&tx, id)?.pop(&mut tx)?),
-        Op::ListGet { id, index } => Reply::Bytes(list(&tx, id)?.get(&tx, index)?),
         Op::ListSet { id, index, item } => Reply::Bytes(list(&tx, id)?.set(&mut tx, index, &item)?),
-        Op::ListToVec { id } => Reply::Many(list(&tx, id)?.to_vec(&tx)?),
+        reading => read(&tx, &reading)?,
     };
     tx.commit();
     Ok(reply)
 }
 
+impl Op {
+    fn only_reads(&self) -> bool {
+        matches!(
+            self,
+            Op::Check { .. }
+                | Op::Len { .. }
+                | Op::DictGet { .. }
+                | Op::DictContains { .. }
+                | Op::DictKeys { .. }
+                | Op::DictValues { .. }
+                | Op::DictItems { .. }
+                | Op::ListGet { .. }
+                | Op::ListToVec { .. }
+        )
+    }
+}
+
+/// Runs an operation that only reads.
+fn read(r: &Reader, op: &Op) -> Result<Reply, ManagerError> {
+    Ok(match op {
+        Op::Check { id, kind, types } => {
+            table::check(r, *id, kind.tag(), *types)?;
+            Reply::Unit
+        }
+        Op::Len { id, kind: Kind::Dict } => Reply::Len(dict(r, *id)?.len(r)?),
+        Op::Len { id, kind: Kind::List } => Reply::Len(list(r, *id)?.len(r)?),
+        Op::DictGet { id, key } => Reply::Maybe(dict(r, *id)?.get(r, key, table::hash(key))?),
+        Op::DictContains { id, key } => Reply::Bool(dict(r, *id)?.contains(r, key, table::hash(key))?),
+        Op::DictKeys { id } => Reply::Many(dict(r, *id)?.keys(r)?),
+        Op::DictValues { id } => Reply::Many(dict(r, *id)?.values(r)?),
+        Op::DictItems { id } => Reply::Pairs(dict(r, *id)?.items(r)?),
+        Op::ListGet { id, index } => Reply::Bytes(list(r, *id)?.get(r, *index)?),
+        Op::ListToVec { id } => Reply::Many(list(r, *id)?.to_vec(r)?),
+        other => return Err(ManagerError::Protocol(format!("{other:?} changes the manager"))),
+    })
+}
+
 /// The dict `id`, after checking that it is one. Proxies were checked when made, but
 /// a request from the network names any id.
-fn dict(tx: &super::arena::Tx, id: u64) -> Result<Dict, ManagerError> {
+fn dict(tx: &Reader, id: u64) -> Result<Dict, ManagerError> {
     table::check_kind_only(tx, id, table::DICT)?;
     Ok(Dict(id))
 }
 
-fn list(tx: &super::arena::Tx, id: u64) -> Result<List, ManagerError> {
+fn list(tx: &Reader, id: u64) -> Result<List, ManagerError> {
     table::check_kind_only(tx, id, table::LIST)?;
     Ok(List(id))
 }
 
+/// What [`update_local`] runs: the old value's bytes in, the new value's bytes and
+/// what to return out.
+pub(crate) type Updater<'a, R> = dyn FnMut(Option<&[u8]>) -> Result<(Vec<u8>, R), ManagerError> + 'a;
+
 /// Replaces the value under `key` in the dict `id` with what `f` makes of the old
 /// one, under the arena's lock; returns what `f` returned beside the new bytes.
-pub(crate) fn update_local<R>(
-    arena: &Arena,
-    id: u64,
-    key: &[u8],
-    f: &mut dyn FnMut(Option<&[u8]>) -> Result<(Vec<u8>, R), ManagerError>,
-) -> Result<R, ManagerError> {
+pub(crate) fn update_local<R>(arena: &Arena, id: u64, key: &[u8], f: &mut Updater<'_, R>) -> Result<R, ManagerError> {
     let mut tx = arena.begin()?;
     let d = dict(&tx, id)?;
     let h = table::hash(key);
@@ -309,4 +337,19 @@ pub(crate) fn update_local<R>(
     d.insert(&mut tx, key, h, &new)?;
     tx.commit();
     Ok(out)
+}
+
+/// [`Op::DictInsert`] without building one: a local proxy's fast path.
+pub(crate) fn dict_insert(arena: &Arena, id: u64, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>, ManagerError> {
+    let h = table::hash(key);
+    let mut tx = arena.begin()?;
+    let old = dict(&tx, id)?.insert(&mut tx, key, h, value)?;
+    tx.commit();
+    Ok(old)
+}
+
+/// [`Op::DictGet`] without building one: a local proxy's fast path.
+pub(crate) fn dict_get(arena: &Arena, id: u64, key: &[u8]) -> Result<Option<Vec<u8>>, ManagerError> {
+    let h = table::hash(key);
+    arena.read(|r| dict(r, id)?.get(r, key, h))
 }

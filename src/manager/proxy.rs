@@ -71,6 +71,21 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ManagerError> {
     postcard::to_allocvec(value).map_err(|e| ManagerError::Encode(transfer::encode_failure::<T>(e)))
 }
 
+/// Hands `value`'s encoding to `f`: from a buffer on the stack when it fits (most
+/// keys and values), else from the heap. The local fast paths use it so that a small
+/// `insert` or `get` allocates nothing before taking the lock.
+fn with_encoded<T: Serialize, R>(
+    value: &T,
+    f: impl FnOnce(&[u8]) -> Result<R, ManagerError>,
+) -> Result<R, ManagerError> {
+    let mut buf = [0u8; 128];
+    match postcard::to_slice(value, &mut buf) {
+        Ok(bytes) => f(bytes),
+        Err(postcard::Error::SerializeBufferFull) => f(&encode(value)?),
+        Err(e) => Err(ManagerError::Encode(transfer::encode_failure::<T>(e))),
+    }
+}
+
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ManagerError> {
     postcard::from_bytes(bytes).map_err(|e| ManagerError::Decode(format!("`{}`: {e}", crate::names::type_name::<T>())))
 }
@@ -133,12 +148,19 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
 
     /// Sets `key` to `value`; returns the value it replaced (Python's `d[key] = value`).
     pub fn insert(&self, key: K, value: V) -> Result<Option<V>, ManagerError> {
+        if let Backend::Local(arena) = &self.backend {
+            let old = with_encoded(&key, |k| with_encoded(&value, |v| op::dict_insert(arena, self.id, k, v)))?;
+            return decode_maybe(old);
+        }
         let op = Op::DictInsert { id: self.id, key: encode(&key)?, value: encode(&value)? };
         decode_maybe(self.backend.call(op)?.maybe()?)
     }
 
     /// A copy of the value under `key` (Python's `d.get(key)`).
     pub fn get(&self, key: &K) -> Result<Option<V>, ManagerError> {
+        if let Backend::Local(arena) = &self.backend {
+            return decode_maybe(with_encoded(key, |k| op::dict_get(arena, self.id, k))?);
+        }
         decode_maybe(self.backend.call(Op::DictGet { id: self.id, key: encode(key)? })?.maybe()?)
     }
 

@@ -9,17 +9,21 @@
 //! | 3 | entries | length |
 //! | 4 | tombstones | the array's first data word (0: none yet) |
 //! | 5 | the table's first data word (0: none yet) | the array's capacity |
-//! | 6 | buckets (a power of two) | |
+//! | 6 | buckets | |
 //!
-//! A bucket is two words, the key's hash and its entry (0 empty, 1 removed, else an
-//! entry's first data word). An entry holds the key's and value's byte lengths in its
+//! A bucket is one word: the top half of the key's hash above the index of its
+//! entry's first data word (0 empty, 1 removed). A table fills its block, so its
+//! bucket count is any number, and a key's first bucket is its hash scaled to it. An entry holds the key's and value's byte lengths in its
 //! first word (32 bits each), then the key's bytes, then the value's, each padded to
 //! whole words. A list's array holds one entry per item: its length, then its bytes.
 //! Replacing a value writes a new entry and swaps one word, so readers never see half
 //! of one.
 
-use super::arena::{pack, words_for, Tx, HEAP, W_REGISTRY};
+use super::arena::{packed, words_for, Reader, Tx, HEAP, W_REGISTRY};
 use super::ManagerError;
+
+/// A key's and a value's bytes.
+pub(crate) type Pair = (Vec<u8>, Vec<u8>);
 
 /// Container tags: what a container header's first word holds.
 pub(crate) const DICT: u64 = 0x4449_4354; // "DICT"
@@ -34,14 +38,16 @@ fn corrupted(what: &'static str) -> ManagerError {
     ManagerError::Corrupted(what)
 }
 
-/// The hash of a key's bytes (FNV-1a over words, then a final mix).
+/// The hash of a key's bytes: every word through splitmix64's finalizer, so that
+/// keys differing in a few low bits (small integers) spread over the whole table.
 pub(crate) fn hash(key: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ key.len() as u64;
-    for w in pack(key) {
-        h = (h ^ w).wrapping_mul(0x0100_0000_01b3);
-        h ^= h >> 29;
-    }
-    h ^ (h >> 32)
+    packed(key).fold(0x9e37_79b9_7f4a_7c15 ^ key.len() as u64, |h, w| mix(h ^ w))
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// A new container of kind `tag` with type fingerprints `types`; returns its id.
@@ -54,7 +60,7 @@ pub(crate) fn create(tx: &mut Tx, tag: u64, types: [u64; 2]) -> Result<u64, Mana
 }
 
 /// Checks that `id` is a container of kind `tag` holding `types`.
-pub(crate) fn check(tx: &Tx, id: u64, tag: u64, types: [u64; 2]) -> Result<(), ManagerError> {
+pub(crate) fn check(tx: &Reader, id: u64, tag: u64, types: [u64; 2]) -> Result<(), ManagerError> {
     check_kind_only(tx, id, tag)?;
     if [tx.get(id + 1)?, tx.get(id + 2)?] != types {
         return Err(ManagerError::WrongType);
@@ -62,7 +68,7 @@ pub(crate) fn check(tx: &Tx, id: u64, tag: u64, types: [u64; 2]) -> Result<(), M
     Ok(())
 }
 
-pub(crate) fn check_kind_only(tx: &Tx, id: u64, tag: u64) -> Result<(), ManagerError> {
+pub(crate) fn check_kind_only(tx: &Reader, id: u64, tag: u64) -> Result<(), ManagerError> {
     if id < HEAP || tx.block_room(id)? < HEADER_WORDS {
         return Err(corrupted("a container id"));
     }
@@ -105,29 +111,46 @@ struct Probe {
     entry: Option<u64>,
 }
 
+/// A bucket's word: the key hash's top 32 bits above the entry's index (below 2^32,
+/// so an arena holds at most 32 GiB), or [`EMPTY`] or [`REMOVED`].
+fn bucket_word(h: u64, entry: u64) -> u64 {
+    (h & !0xffff_ffff) | entry
+}
+
+fn entry_of(bucket: u64) -> u64 {
+    bucket & 0xffff_ffff
+}
+
+/// The bucket a probe for hash `h` starts at, among `cap` (any count, not only
+/// powers of two: a table fills its block exactly).
+/// Only the hash's top half counts: it is all a bucket keeps for rehashing.
+fn home(h: u64, cap: u64) -> u64 {
+    ((u128::from(h >> 32) * u128::from(cap)) >> 32) as u64
+}
+
 impl Dict {
-    fn count(self, tx: &Tx) -> Result<u64, ManagerError> {
+    fn count(self, tx: &Reader) -> Result<u64, ManagerError> {
         tx.get(self.0 + 3)
     }
 
-    pub(crate) fn len(self, tx: &Tx) -> Result<u64, ManagerError> {
+    pub(crate) fn len(self, tx: &Reader) -> Result<u64, ManagerError> {
         self.count(tx)
     }
 
     /// The table's first data word and bucket count, checked against its block.
-    fn table(self, tx: &Tx) -> Result<(u64, u64), ManagerError> {
+    fn table(self, tx: &Reader) -> Result<(u64, u64), ManagerError> {
         let (table, cap) = (tx.get(self.0 + 5)?, tx.get(self.0 + 6)?);
         if table == 0 {
             return Ok((0, 0));
         }
-        if !cap.is_power_of_two() || tx.block_room(table)? < cap.saturating_mul(2) {
+        if cap == 0 || tx.block_room(table)? < cap {
             return Err(corrupted("a dict's table"));
         }
         Ok((table, cap))
     }
 
     /// An entry's key and value lengths, checked against its block.
-    fn lengths(tx: &Tx, entry: u64) -> Result<(u64, u64), ManagerError> {
+    fn lengths(tx: &Reader, entry: u64) -> Result<(u64, u64), ManagerError> {
         let w = tx.get(entry)?;
         let (k, v) = (w & 0xffff_ffff, w >> 32);
         if 1 + words_for(k as usize) + words_for(v as usize) > tx.block_room(entry)? {
@@ -136,32 +159,32 @@ impl Dict {
         Ok((k, v))
     }
 
-    fn probe(self, tx: &Tx, key: &[u8], h: u64) -> Result<Probe, ManagerError> {
+    fn probe(self, tx: &Reader, key: &[u8], h: u64) -> Result<Probe, ManagerError> {
         let (table, cap) = self.table(tx)?;
         if cap == 0 {
             return Ok(Probe { bucket: u64::MAX, entry: None });
         }
-        let packed = pack(key);
         let mut free = None;
-        let mut i = h & (cap - 1);
+        let mut i = home(h, cap);
         // Bounded by the table's size: a scribbled table with no empty bucket ends here.
         for _ in 0..cap {
-            let bucket = table + 2 * i;
-            match tx.get(bucket + 1)? {
+            let bucket = table + i;
+            let word = tx.get(bucket)?;
+            match entry_of(word) {
                 EMPTY => return Ok(Probe { bucket: free.unwrap_or(bucket), entry: None }),
                 REMOVED => {
                     free.get_or_insert(bucket);
                 }
                 entry => {
-                    if tx.get(bucket)? == h {
+                    if bucket_word(h, entry) == word {
                         let (k, _) = Self::lengths(tx, entry)?;
-                        if k == key.len() as u64 && tx.words_equal(entry + 1, &packed)? {
+                        if k == key.len() as u64 && tx.words_equal(entry + 1, key)? {
                             return Ok(Probe { bucket, entry: Some(entry) });
                         }
                     }
                 }
             }
-            i = (i + 1) & (cap - 1);
+            i = if i + 1 == cap { 0 } else { i + 1 };
         }
         match free {
             Some(bucket) => Ok(Probe { bucket, entry: None }),
@@ -169,24 +192,24 @@ impl Dict {
         }
     }
 
-    fn value_of(tx: &Tx, entry: u64) -> Result<Vec<u8>, ManagerError> {
+    fn value_of(tx: &Reader, entry: u64) -> Result<Vec<u8>, ManagerError> {
         let (k, v) = Self::lengths(tx, entry)?;
         tx.read_bytes(entry + 1 + words_for(k as usize), v)
     }
 
-    fn key_of(tx: &Tx, entry: u64) -> Result<Vec<u8>, ManagerError> {
+    fn key_of(tx: &Reader, entry: u64) -> Result<Vec<u8>, ManagerError> {
         let (k, _) = Self::lengths(tx, entry)?;
         tx.read_bytes(entry + 1, k)
     }
 
-    pub(crate) fn get(self, tx: &Tx, key: &[u8], h: u64) -> Result<Option<Vec<u8>>, ManagerError> {
+    pub(crate) fn get(self, tx: &Reader, key: &[u8], h: u64) -> Result<Option<Vec<u8>>, ManagerError> {
         match self.probe(tx, key, h)?.entry {
             Some(entry) => Self::value_of(tx, entry).map(Some),
             None => Ok(None),
         }
     }
 
-    pub(crate) fn contains(self, tx: &Tx, key: &[u8], h: u64) -> Result<bool, ManagerError> {
+    pub(crate) fn contains(self, tx: &Reader, key: &[u8], h: u64) -> Result<bool, ManagerError> {
         Ok(self.probe(tx, key, h)?.entry.is_some())
     }
 
@@ -196,6 +219,9 @@ impl Dict {
         }
         let kw = words_for(key.len());
         let entry = tx.alloc(1 + kw + words_for(value.len()))?;
+        if entry > 0xffff_ffff {
+            return Err(ManagerError::Full { capacity: tx.capacity() });
+        }
         tx.init(entry, key.len() as u64 | ((value.len() as u64) << 32))?;
         tx.init_bytes(entry + 1, key)?;
         tx.init_bytes(entry + 1 + kw, value)?;
@@ -208,16 +234,15 @@ impl Dict {
         let probe = self.probe(tx, key, h)?;
         if let Some(old) = probe.entry {
             let previous = Self::value_of(tx, old)?;
-            tx.set(probe.bucket + 1, entry)?;
+            tx.set(probe.bucket, bucket_word(h, entry))?;
             tx.free(old)?;
             return Ok(Some(previous));
         }
         self.make_room(tx)?;
         // Growing moved the buckets: look again.
         let probe = self.probe(tx, key, h)?;
-        let was_removed = tx.get(probe.bucket + 1)? == REMOVED;
-        tx.set(probe.bucket, h)?;
-        tx.set(probe.bucket + 1, entry)?;
+        let was_removed = entry_of(tx.get(probe.bucket)?) == REMOVED;
+        tx.set(probe.bucket, bucket_word(h, entry))?;
         tx.set(self.0 + 3, self.count(tx)? + 1)?;
         if was_removed {
             tx.set(self.0 + 4, tx.get(self.0 + 4)?.saturating_sub(1))?;
@@ -232,29 +257,29 @@ impl Dict {
         if (count + removed + 1) * 4 <= cap * 3 {
             return Ok(());
         }
-        let new_cap = if (count + 1) * 2 <= cap { cap } else { (cap * 2).max(8) };
-        let new_table = tx.alloc(2 * new_cap)?;
-        for i in 0..2 * new_cap {
-            tx.init(new_table + i, 0)?;
+        let wanted = if (count + 1) * 2 <= cap { cap } else { (cap * 2).max(7) };
+        let new_table = tx.alloc(wanted)?;
+        // The whole block: its size is the next power of two, minus its head.
+        let new_cap = tx.block_room(new_table)?;
+        for i in 0..new_cap {
+            tx.init(new_table + i, EMPTY)?;
         }
         for i in 0..cap {
-            let entry = tx.get(table + 2 * i + 1)?;
-            if entry == EMPTY || entry == REMOVED {
+            let word = tx.get(table + i)?;
+            if matches!(entry_of(word), EMPTY | REMOVED) {
                 continue;
             }
-            let h = tx.get(table + 2 * i)?;
-            let mut j = h & (new_cap - 1);
+            let mut j = home(word, new_cap);
             // The new table has more buckets than entries, so an empty one is found
             // within new_cap steps; the bound only guards against a scribbled count.
             let mut placed = false;
             for _ in 0..new_cap {
-                if tx.get(new_table + 2 * j + 1)? == EMPTY {
-                    tx.init(new_table + 2 * j, h)?;
-                    tx.init(new_table + 2 * j + 1, entry)?;
+                if tx.get(new_table + j)? == EMPTY {
+                    tx.init(new_table + j, word)?;
                     placed = true;
                     break;
                 }
-                j = (j + 1) & (new_cap - 1);
+                j = if j + 1 == new_cap { 0 } else { j + 1 };
             }
             if !placed {
                 return Err(corrupted("a dict holding more entries than its count"));
@@ -274,7 +299,7 @@ impl Dict {
         let probe = self.probe(tx, key, h)?;
         let Some(entry) = probe.entry else { return Ok(None) };
         let value = Self::value_of(tx, entry)?;
-        tx.set(probe.bucket + 1, REMOVED)?;
+        tx.set(probe.bucket, REMOVED)?;
         tx.set(self.0 + 3, self.count(tx)?.saturating_sub(1))?;
         tx.set(self.0 + 4, tx.get(self.0 + 4)? + 1)?;
         tx.free(entry)?;
@@ -282,11 +307,11 @@ impl Dict {
     }
 
     /// Every live entry, in table order.
-    fn entries(self, tx: &Tx) -> Result<Vec<u64>, ManagerError> {
+    fn entries(self, tx: &Reader) -> Result<Vec<u64>, ManagerError> {
         let (table, cap) = self.table(tx)?;
         let mut out = Vec::with_capacity(self.count(tx)?.min(cap) as usize);
         for i in 0..cap {
-            match tx.get(table + 2 * i + 1)? {
+            match entry_of(tx.get(table + i)?) {
                 EMPTY | REMOVED => {}
                 entry => out.push(entry),
             }
@@ -294,15 +319,15 @@ impl Dict {
         Ok(out)
     }
 
-    pub(crate) fn keys(self, tx: &Tx) -> Result<Vec<Vec<u8>>, ManagerError> {
+    pub(crate) fn keys(self, tx: &Reader) -> Result<Vec<Vec<u8>>, ManagerError> {
         self.entries(tx)?.into_iter().map(|e| Self::key_of(tx, e)).collect()
     }
 
-    pub(crate) fn values(self, tx: &Tx) -> Result<Vec<Vec<u8>>, ManagerError> {
+    pub(crate) fn values(self, tx: &Reader) -> Result<Vec<Vec<u8>>, ManagerError> {
         self.entries(tx)?.into_iter().map(|e| Self::value_of(tx, e)).collect()
     }
 
-    pub(crate) fn items(self, tx: &Tx) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ManagerError> {
+    pub(crate) fn items(self, tx: &Reader) -> Result<Vec<Pair>, ManagerError> {
         self.entries(tx)?.into_iter().map(|e| Ok((Self::key_of(tx, e)?, Self::value_of(tx, e)?))).collect()
     }
 
@@ -328,7 +353,7 @@ pub(crate) struct List(pub(crate) u64);
 
 impl List {
     /// Length, array and capacity, checked against the array's block.
-    fn parts(self, tx: &Tx) -> Result<(u64, u64, u64), ManagerError> {
+    fn parts(self, tx: &Reader) -> Result<(u64, u64, u64), ManagerError> {
         let (len, array, cap) = (tx.get(self.0 + 3)?, tx.get(self.0 + 4)?, tx.get(self.0 + 5)?);
         if array == 0 {
             return if len == 0 { Ok((0, 0, 0)) } else { Err(corrupted("a list's length")) };
@@ -339,7 +364,7 @@ impl List {
         Ok((len, array, cap))
     }
 
-    pub(crate) fn len(self, tx: &Tx) -> Result<u64, ManagerError> {
+    pub(crate) fn len(self, tx: &Reader) -> Result<u64, ManagerError> {
         Ok(self.parts(tx)?.0)
     }
 
@@ -353,7 +378,7 @@ impl List {
         Ok(item)
     }
 
-    fn read_item(tx: &Tx, item: u64) -> Result<Vec<u8>, ManagerError> {
+    fn read_item(tx: &Reader, item: u64) -> Result<Vec<u8>, ManagerError> {
         let n = tx.get(item)?;
         if 1 + n.div_ceil(8) > tx.block_room(item)? {
             return Err(corrupted("a list item's length"));
@@ -403,7 +428,7 @@ impl List {
         Ok(Some(bytes))
     }
 
-    fn slot(self, tx: &Tx, index: u64) -> Result<u64, ManagerError> {
+    fn slot(self, tx: &Reader, index: u64) -> Result<u64, ManagerError> {
         let (len, array, _) = self.parts(tx)?;
         if index >= len {
             return Err(ManagerError::IndexOutOfRange { index, len });
@@ -411,7 +436,7 @@ impl List {
         Ok(array + index)
     }
 
-    pub(crate) fn get(self, tx: &Tx, index: u64) -> Result<Vec<u8>, ManagerError> {
+    pub(crate) fn get(self, tx: &Reader, index: u64) -> Result<Vec<u8>, ManagerError> {
         let slot = self.slot(tx, index)?;
         Self::read_item(tx, tx.get(slot)?)
     }
@@ -427,7 +452,7 @@ impl List {
         Ok(previous)
     }
 
-    pub(crate) fn to_vec(self, tx: &Tx) -> Result<Vec<Vec<u8>>, ManagerError> {
+    pub(crate) fn to_vec(self, tx: &Reader) -> Result<Vec<Vec<u8>>, ManagerError> {
         let (len, array, _) = self.parts(tx)?;
         (0..len).map(|i| Self::read_item(tx, tx.get(array + i)?)).collect()
     }
