@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shmproc::testing::{fork, Child};
-use shmproc::{LockError, Queue, RawArray, RecvTimeoutError, Value};
+use shmproc::{LockError, Manager, Queue, RawArray, RawValue, RecvTimeoutError, Value};
 
 /// Prints past the test harness's capture, so that CI's log shows the figures.
 fn say(line: String) {
@@ -642,4 +642,76 @@ fn condition_users_killed_holding_or_waiting() {
         t.hangs += 1;
     }
     t.report("condition");
+}
+
+/// The value stored under key `k` by the manager scenario: its length and bytes
+/// follow from `k`, so that a torn or mixed-up entry shows.
+fn manager_value(k: u64) -> Vec<u64> {
+    vec![k; (k % 13) as usize]
+}
+
+/// Manager users killed mid-operation: inserts that grow the table, replacements,
+/// removals, list pushes and pops, and counted atomic updates. After every kill
+/// every entry is whole and the dict's length matches its entries; the counter
+/// holds every acknowledged update and at most the one in flight.
+#[test]
+fn manager_users_killed_mid_operation() {
+    let mut rng = Rng(seed());
+    let mut t = Tally::default();
+    let m = Manager::start().unwrap();
+    let d = m.dict::<u64, Vec<u64>>().unwrap();
+    let l = m.list::<Vec<u64>>().unwrap();
+    let acked = RawValue::<u64>::new(0).unwrap();
+    const COUNTER: u64 = u64::MAX;
+    const KILLS: u64 = 100;
+    let mut pids = HashSet::new();
+    for round in 0..KILLS {
+        let child = {
+            let (d, l, acked) = (d.clone(), l.clone(), acked.clone());
+            let mut r = Rng(rng.next() | 1);
+            fork(move || loop {
+                let k = r.below(3000);
+                let done = match r.below(6) {
+                    0 | 1 => d.insert(k, manager_value(k)).map(drop),
+                    2 => d.remove(&k).map(drop),
+                    3 => l.push(manager_value(k)),
+                    4 => l.pop().map(drop),
+                    _ => d.update(COUNTER, |v| vec![v.map_or(0, |v| v[0]) + 1]).map(|n| acked.set(n[0])),
+                };
+                if done.is_err() {
+                    std::process::exit(7);
+                }
+            })
+            .unwrap()
+        };
+        pids.insert(child.pid());
+        std::thread::sleep(Duration::from_micros(200 + rng.below(3000)));
+        child.signal(libc::SIGKILL).unwrap();
+        assert_eq!(join(child), Exit::Signal(libc::SIGKILL), "round {round}: a manager user failed by itself");
+        t.kills += 1;
+        let start = Instant::now();
+        let items = d.items().unwrap();
+        if items.len() != d.len().unwrap() {
+            t.torn += 1;
+        }
+        for (k, v) in items {
+            if k != COUNTER {
+                t.torn += u64::from(v != manager_value(k));
+                continue;
+            }
+            let (count, ack) = (v[0], acked.get());
+            t.lost += u64::from(count < ack);
+            t.duplicated += u64::from(count > ack + 1);
+            acked.set(count);
+        }
+        for item in l.to_vec().unwrap() {
+            let whole = item.first().is_none_or(|k| item == manager_value(*k));
+            t.torn += u64::from(!whole);
+        }
+        if start.elapsed() > PROMPT {
+            t.hangs += 1;
+        }
+    }
+    t.files_left = files_of(&pids);
+    t.report("manager");
 }
