@@ -12,13 +12,12 @@
 //! checks out, and the client sends none before step 3 does: a server without the
 //! key learns nothing but a MAC it cannot use.
 
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{read_frame, write_frame};
+use super::Framed;
 use crate::manager::ManagerError;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -48,16 +47,17 @@ fn mac(key: &[u8], label: &[u8], a: &[u8], b: &[u8]) -> HmacSha256 {
     m
 }
 
-fn read(stream: &mut TcpStream, deadline: Instant) -> Result<Vec<u8>, ManagerError> {
-    Ok(read_frame(stream, MAX, Some(deadline), deadline.saturating_duration_since(Instant::now()))?)
+fn read(stream: &mut Framed, deadline: Instant) -> Result<Vec<u8>, ManagerError> {
+    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    Ok(stream.read_frame(MAX, Some(left), left)?)
 }
 
-fn send(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), ManagerError> {
-    write_frame(stream, bytes).map_err(ManagerError::Connection)
+fn send(stream: &mut Framed, bytes: &[u8]) -> Result<(), ManagerError> {
+    stream.write_frame(bytes).map_err(ManagerError::Connection)
 }
 
 /// The server's side; `Ok` once the client proved it holds `key`.
-pub(crate) fn server(stream: &mut TcpStream, key: &[u8], timeout: Duration) -> Result<(), ManagerError> {
+pub(crate) fn server(stream: &mut Framed, key: &[u8], timeout: Duration) -> Result<(), ManagerError> {
     let deadline = Instant::now() + timeout;
     let s = nonce()?;
     send(stream, &[&HELLO[..], &s].concat())?;
@@ -75,7 +75,7 @@ pub(crate) fn server(stream: &mut TcpStream, key: &[u8], timeout: Duration) -> R
 }
 
 /// The client's side; `Ok` once the server proved it holds `key`.
-pub(crate) fn client(stream: &mut TcpStream, key: &[u8], timeout: Duration) -> Result<(), ManagerError> {
+pub(crate) fn client(stream: &mut Framed, key: &[u8], timeout: Duration) -> Result<(), ManagerError> {
     let deadline = Instant::now() + timeout;
     let hello = read(stream, deadline)?;
     let s = match hello.strip_prefix(&HELLO[..]) {

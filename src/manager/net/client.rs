@@ -3,9 +3,9 @@
 use std::fmt;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::{auth, read_frame, write_frame, MAX_FRAME, MAX_REPLY};
+use super::{auth, Framed, MAX_FRAME, MAX_REPLY};
 use crate::manager::op::{Op, Reply};
 use crate::manager::ManagerError;
 
@@ -19,7 +19,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) struct Client {
     addr: SocketAddr,
     /// `None` once the connection broke: a reply half read cannot be resynchronised.
-    stream: Mutex<Option<TcpStream>>,
+    stream: Mutex<Option<Framed>>,
 }
 
 impl fmt::Debug for Client {
@@ -36,9 +36,9 @@ impl Client {
         let mut last = None;
         for addr in addr.to_socket_addrs().map_err(ManagerError::Connection)? {
             match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-                Ok(mut stream) => {
-                    stream.set_nodelay(true).map_err(ManagerError::Connection)?;
+                Ok(stream) => {
                     stream.set_write_timeout(Some(CONNECT_TIMEOUT)).map_err(ManagerError::Connection)?;
+                    let mut stream = Framed::new(stream).map_err(ManagerError::Connection)?;
                     auth::client(&mut stream, key, CONNECT_TIMEOUT)?;
                     return Ok(Client { addr, stream: Mutex::new(Some(stream)) });
                 }
@@ -69,8 +69,7 @@ impl Client {
     }
 }
 
-fn exchange(stream: &mut TcpStream, request: &[u8]) -> Result<Vec<u8>, ManagerError> {
-    write_frame(stream, request).map_err(ManagerError::Connection)?;
-    let deadline = Instant::now() + REPLY_TIMEOUT;
-    Ok(read_frame(stream, MAX_REPLY, Some(deadline), REPLY_TIMEOUT)?)
+fn exchange(stream: &mut Framed, request: &[u8]) -> Result<Vec<u8>, ManagerError> {
+    stream.write_frame(request).map_err(ManagerError::Connection)?;
+    Ok(stream.read_frame(MAX_REPLY, Some(REPLY_TIMEOUT), REPLY_TIMEOUT)?)
 }

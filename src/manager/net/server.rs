@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{auth, read_frame, write_frame, FrameError, MAX_FRAME};
+use super::{auth, FrameError, Framed, MAX_FRAME};
 use crate::manager::arena::Arena;
 use crate::manager::op::{self, Op, Reply};
 use crate::manager::ManagerError;
@@ -230,13 +230,12 @@ fn accept_loop(listener: TcpListener, arena: Arena, key: Vec<u8>, options: Serve
 
 /// Authenticates one client and runs its requests until it leaves, breaks the
 /// protocol, or stays silent past the idle timeout.
-fn serve_client(mut stream: TcpStream, arena: &Arena, key: &[u8], options: &ServeOptions) -> Result<(), ManagerError> {
-    stream.set_nodelay(true).map_err(ManagerError::Connection)?;
+fn serve_client(stream: TcpStream, arena: &Arena, key: &[u8], options: &ServeOptions) -> Result<(), ManagerError> {
     stream.set_write_timeout(Some(options.frame_timeout)).map_err(ManagerError::Connection)?;
+    let mut stream = Framed::new(stream).map_err(ManagerError::Connection)?;
     auth::server(&mut stream, key, options.handshake_timeout)?;
     loop {
-        let idle_until = options.idle_timeout.map(|d| Instant::now() + d);
-        let frame = match read_frame(&mut stream, options.max_frame, idle_until, options.frame_timeout) {
+        let frame = match stream.read_frame(options.max_frame, options.idle_timeout, options.frame_timeout) {
             Ok(f) => f,
             Err(FrameError::Closed) => return Ok(()),
             Err(e) => return Err(e.into()),
@@ -245,6 +244,6 @@ fn serve_client(mut stream: TcpStream, arena: &Arena, key: &[u8], options: &Serv
         let op: Op = postcard::from_bytes(&frame).map_err(|e| ManagerError::Protocol(e.to_string()))?;
         let reply = op::execute(arena, op).unwrap_or_else(|e| Reply::Failed(e.into()));
         let bytes = postcard::to_allocvec(&reply).map_err(|e| ManagerError::Protocol(e.to_string()))?;
-        write_frame(&mut stream, &bytes).map_err(ManagerError::Connection)?;
+        stream.write_frame(&bytes).map_err(ManagerError::Connection)?;
     }
 }
