@@ -205,8 +205,7 @@ impl Arena {
         }
         Ok(Tx {
             reader: Reader { arena: self },
-            logged: [0; LOG_CAP as usize],
-            logged_len: 0,
+            logged: Marks::default(),
             freed: Marks::default(),
             changing: false,
             committed: false,
@@ -290,10 +289,9 @@ fn loggable(at: u64, len: u64) -> bool {
 /// One operation under the arena's lock; rolled back unless committed.
 pub(crate) struct Tx<'a> {
     reader: Reader<'a>,
-    /// The words logged so far, in log order (a private copy, for the dedup check;
-    /// on the stack, so that the critical section allocates nothing).
-    logged: [u64; LOG_CAP as usize],
-    logged_len: usize,
+    /// The words logged so far (a private copy, for the dedup check; the first few
+    /// on the stack, so that a small transaction allocates nothing).
+    logged: Marks,
     /// Blocks freed in this transaction: never handed out again before it commits,
     /// since a rollback makes them live again with whatever was written into them.
     freed: Marks,
@@ -306,7 +304,7 @@ pub(crate) struct Tx<'a> {
 
 impl fmt::Debug for Tx<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tx").field("logged", &self.logged_len).finish()
+        f.debug_struct("Tx").field("logged", &self.logged.len()).finish()
     }
 }
 
@@ -336,6 +334,10 @@ impl Marks {
 
     fn contains(&self, v: &u64) -> bool {
         self.inline[..self.len].contains(v) || self.spill.contains(v)
+    }
+
+    fn len(&self) -> usize {
+        self.len + self.spill.len()
     }
 }
 
@@ -420,8 +422,8 @@ impl Tx<'_> {
             return Err(corrupted("a store outside the mutable words"));
         }
         self.changing();
-        if !self.logged[..self.logged_len].contains(&at) {
-            let k = self.logged_len as u64;
+        if !self.logged.contains(&at) {
+            let k = self.logged.len() as u64;
             if k == LOG_CAP {
                 return Err(corrupted("an operation changing more words than the undo log holds"));
             }
@@ -431,8 +433,7 @@ impl Tx<'_> {
             // The entry is whole before the length says it exists, and the length is
             // out before the store it guards (Release on both).
             self.arena.word(W_LOG_LEN).store(k + 1, Ordering::Release);
-            self.logged[self.logged_len] = at;
-            self.logged_len += 1;
+            self.logged.push(at);
         }
         self.arena.word(at).store(v, Ordering::Release);
         Ok(())

@@ -143,9 +143,12 @@ impl Dict {
         if table == 0 {
             return Ok((0, 0));
         }
-        if cap == 0 || tx.block_room(table)? < cap {
+        // Bounds are what safety needs; a table that overlaps another block is merely
+        // wrong, and reading its block's head would cost a cache line per operation.
+        if cap == 0 {
             return Err(corrupted("a dict's table"));
         }
+        tx.check_range(table, cap)?;
         Ok((table, cap))
     }
 
@@ -238,9 +241,8 @@ impl Dict {
             tx.free(old)?;
             return Ok(Some(previous));
         }
-        self.make_room(tx)?;
-        // Growing moved the buckets: look again.
-        let probe = self.probe(tx, key, h)?;
+        // Growing moves the buckets: then look again.
+        let probe = if self.make_room(tx)? { self.probe(tx, key, h)? } else { probe };
         let was_removed = entry_of(tx.get(probe.bucket)?) == REMOVED;
         tx.set(probe.bucket, bucket_word(h, entry))?;
         tx.set(self.0 + 3, self.count(tx)? + 1)?;
@@ -250,12 +252,13 @@ impl Dict {
         Ok(None)
     }
 
-    /// Grows (or cleans) the table so that one more key keeps it at most 3/4 full.
-    fn make_room(self, tx: &mut Tx) -> Result<(), ManagerError> {
+    /// Grows (or cleans) the table so that one more key keeps it at most 3/4 full;
+    /// whether it did.
+    fn make_room(self, tx: &mut Tx) -> Result<bool, ManagerError> {
         let (table, cap) = self.table(tx)?;
         let (count, removed) = (self.count(tx)?, tx.get(self.0 + 4)?);
         if (count + removed + 1) * 4 <= cap * 3 {
-            return Ok(());
+            return Ok(false);
         }
         let wanted = if (count + 1) * 2 <= cap { cap } else { (cap * 2).max(7) };
         let new_table = tx.alloc(wanted)?;
@@ -291,7 +294,7 @@ impl Dict {
         if table != 0 {
             tx.free(table)?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Removes `key`; returns its value.
