@@ -57,7 +57,8 @@ use crate::{
 use arena::Arena;
 use proxy::Backend;
 
-/// A manager's capacity unless [`ManagerBuilder::capacity`] says otherwise: 16 MiB.
+/// A manager's capacity unless [`ManagerBuilder::capacity`] says otherwise: 16 MiB
+/// (262 080 `u64 -> u64` dict entries).
 pub const DEFAULT_CAPACITY: usize = 16 << 20;
 
 /// Shared containers for processes (Python's `multiprocessing.Manager()`): dicts,
