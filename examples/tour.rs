@@ -468,11 +468,9 @@ fn count_words((words, text): (shmproc::Dict<String, u64>, String)) {
 }
 
 fn killed_mid_update(d: shmproc::Dict<String, u64>) {
-    let _ = d.update("total".into(), |n| {
+    let _ = d.update("total".into(), |_| -> u64 {
         // Holding the manager's lock, halfway through a read-modify-write.
-        std::process::abort();
-        #[allow(unreachable_code)]
-        n.unwrap_or(0)
+        std::process::abort()
     });
 }
 
