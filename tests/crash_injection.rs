@@ -658,7 +658,9 @@ fn manager_value(k: u64) -> Vec<u64> {
 fn manager_users_killed_mid_operation() {
     let mut rng = Rng(seed());
     let mut t = Tally::default();
-    let m = Manager::start().unwrap();
+    // Anonymous: a named one would be a file of this process, which the scenarios
+    // that count this process's files (queue-consumers) would see while it lives.
+    let m = Manager::builder().anonymous().start().unwrap();
     let d = m.dict::<u64, Vec<u64>>().unwrap();
     let l = m.list::<Vec<u64>>().unwrap();
     let acked = RawValue::<u64>::new(0).unwrap();
