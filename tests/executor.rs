@@ -32,6 +32,11 @@ fn sleep_ms(ms: u64) -> u64 {
     ms
 }
 
+/// Waits (at most PATIENCE) until the named event is set.
+fn after_event(event: shmproc::Event) -> u64 {
+    u64::from(event.wait_timeout(PATIENCE))
+}
+
 fn fails_on_even(n: u64) -> u64 {
     assert!(n % 2 == 1, "even input {n}");
     n
@@ -222,11 +227,15 @@ fn waiting_inside_a_process_executors_callback_is_an_error_not_a_hang() {
     let _watchdog = watchdog(WATCHDOG);
     let ex = executor(StartMethod::Fork, 2);
     let slow = ex.submit(sleep_ms, 1000).unwrap();
-    let first = ex.submit(sleep_ms, 0).unwrap();
+    // `first` finishes only once its callback is registered: a callback added to a
+    // finished future runs at once on this thread, where waiting is allowed.
+    let go = shmproc::Event::new_named().unwrap();
+    let first = ex.submit(after_event, go.clone()).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     first.add_done_callback(move |_| {
         tx.send(slow.result(None).copied()).unwrap();
     });
+    go.set();
     assert_eq!(rx.recv_timeout(PATIENCE).unwrap(), Err(TaskError::WouldDeadlock));
 }
 
