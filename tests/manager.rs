@@ -199,6 +199,24 @@ fn a_proxy_travels_through_a_queue_and_an_anonymous_one_says_why_not() {
     assert!(err.to_string().contains("anonymous"), "{err}");
 }
 
+fn reply_through_pipe(conn: shmproc::Connection<List<String>>) {
+    let l = conn.recv_timeout(PATIENCE).unwrap();
+    l.push("from the child".into()).unwrap();
+    conn.send(&l).unwrap();
+}
+
+#[test]
+fn a_proxy_travels_through_a_pipe_both_ways() {
+    let m = Manager::start().unwrap();
+    let l = m.list::<String>().unwrap();
+    let (mine, theirs) = shmproc::Pipe::duplex::<List<String>>().unwrap();
+    let p = Process::builder(reply_through_pipe, theirs).start_method(StartMethod::ForkServer).start().unwrap();
+    mine.send(&l).unwrap();
+    let back = mine.recv_timeout(PATIENCE).unwrap();
+    assert_eq!(back.to_vec().unwrap(), ["from the child"]);
+    assert_eq!(finish(&p), Some(0));
+}
+
 fn use_after_shutdown(d: Dict<u64, u64>) {
     let deadline = Instant::now() + PATIENCE;
     while Instant::now() < deadline {
@@ -578,6 +596,38 @@ fn garbage_and_oversized_requests_after_authenticating_close_only_that_connectio
     // connection stays usable for the rest.
     assert_eq!(d.get(&1).unwrap(), Some(1));
     assert_eq!(server.connections(), 1);
+}
+
+#[test]
+fn idle_and_trickling_clients_are_cut_off_after_authenticating() {
+    let m = Manager::start().unwrap();
+    let options = shmproc::ServeOptions::default()
+        .idle_timeout(Duration::from_millis(200))
+        .frame_timeout(Duration::from_millis(200));
+    let server = m.serve_with("127.0.0.1:0", AUTHKEY, options).unwrap();
+    let addr = server.local_addr();
+
+    let idle = authenticated_raw_client(addr);
+    let t = Instant::now();
+    assert!(closed_by_server(idle));
+    assert!(t.elapsed() >= Duration::from_millis(150) && t.elapsed() < PROMPT, "{:?}", t.elapsed());
+
+    // A frame announced, then one byte every 50 ms: cut off at the frame time-out,
+    // not kept alive by its trickle.
+    let mut slow = authenticated_raw_client(addr);
+    slow.write_all(&100u32.to_le_bytes()).unwrap();
+    let t = Instant::now();
+    let cut = loop {
+        std::thread::sleep(Duration::from_millis(50));
+        if slow.write_all(&[0]).is_err() || t.elapsed() > PROMPT {
+            break t.elapsed();
+        }
+    };
+    assert!(cut < PROMPT, "a trickling client was served for {cut:?}");
+    assert!(closed_by_server(slow));
+    // Others are served throughout.
+    let d = Manager::connect(addr, AUTHKEY).unwrap().dict::<u8, u8>().unwrap();
+    d.insert(1, 1).unwrap();
 }
 
 fn serve_until_killed((name, ready): (String, shmproc::Queue<u16>)) {
