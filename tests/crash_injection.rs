@@ -4,6 +4,8 @@
 //! and fails on any non-zero count but N. The seed is printed; set
 //! `SHMPROC_CRASH_SEED` to replay a run.
 
+shmproc::init_before_main!();
+
 mod common;
 
 use std::collections::HashSet;
@@ -13,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shmproc::testing::{fork, Child};
-use shmproc::{LockError, Manager, Queue, RawArray, RawValue, RecvTimeoutError, Value};
+use shmproc::{
+    Executor, LockError, Manager, Process, ProcessPoolExecutor, Queue, RawArray, RawValue, RecvTimeoutError,
+    StartMethod, TaskError, Value,
+};
 
 /// Prints past the test harness's capture, so that CI's log shows the figures.
 fn say(line: String) {
@@ -716,4 +721,152 @@ fn manager_users_killed_mid_operation() {
     }
     t.files_left = files_of(&pids);
     t.report("manager");
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn sleeper(_: ()) {
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Starts two daemon children with the start method numbered `method`, says their
+/// pids, and sleeps until killed.
+fn daemon_parent((method, pids): (u8, RawArray<i32>)) {
+    let method = [StartMethod::Fork, StartMethod::Spawn, StartMethod::ForkServer][method as usize];
+    let children: Vec<Process> =
+        (0..2).map(|_| Process::builder(sleeper, ()).daemon(true).start_method(method).start().unwrap()).collect();
+    for (i, c) in children.iter().enumerate() {
+        pids.set(i, c.pid().unwrap()).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Parents of daemon children killed at random moments after the children started,
+/// under every start method: every daemon child is gone shortly after (a hang is one
+/// that outlives its parent by PATIENCE); no file of any of them is left.
+#[test]
+fn parents_of_daemon_children_killed() {
+    let mut rng = Rng(seed());
+    let mut t = Tally::default();
+    const ROUNDS: u64 = 30;
+    let mut pids = HashSet::new();
+    let mut slowest = Duration::ZERO;
+    for round in 0..ROUNDS {
+        let method = (round % 3) as u8;
+        let children = RawArray::<i32>::zeroed(2).unwrap();
+        let parent = Process::builder(daemon_parent, (method, children.clone()))
+            .start_method(StartMethod::Fork)
+            .start()
+            .unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        while children.to_vec().contains(&0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let daemons = children.to_vec();
+        assert!(!daemons.contains(&0), "round {round}: the daemon children never started");
+        std::thread::sleep(Duration::from_micros(rng.below(5000)));
+        pids.insert(parent.pid().unwrap());
+        pids.extend(daemons.iter().copied());
+        parent.kill().unwrap();
+        assert!(parent.join_timeout(PATIENCE).unwrap(), "round {round}: the killed parent was not reaped");
+        t.kills += 1;
+        let start = Instant::now();
+        while daemons.iter().any(|&d| running(d)) && start.elapsed() < PATIENCE {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if daemons.iter().any(|&d| running(d)) {
+            t.hangs += 1;
+            for &d in &daemons {
+                // SAFETY: kill(2) on a pid this test started (cleaning up after a failure).
+                unsafe { libc::kill(d, libc::SIGKILL) };
+            }
+        }
+        slowest = slowest.max(start.elapsed());
+    }
+    say(format!("crash-injection daemon-parents: slowest daemon exit after its parent's death {slowest:?}"));
+    t.files_left = files_of(&pids);
+    t.report("daemon-parents");
+}
+
+/// How many times each executor task ran, across worker processes (set in every
+/// worker by the executor's initializer).
+static EXECUTIONS: std::sync::OnceLock<RawArray<u32>> = std::sync::OnceLock::new();
+
+fn keep_executions(a: RawArray<u32>) {
+    let _ = EXECUTIONS.set(a);
+}
+
+/// Counts its run, spins 20–220 µs, returns 3 × its input.
+fn counted_spin(i: u64) -> u64 {
+    match EXECUTIONS.get() {
+        Some(a) => {
+            let _ = a.set(i as usize, a.get(i as usize).unwrap_or(0) + 1);
+        }
+        None => return u64::MAX,
+    }
+    let until = Instant::now() + Duration::from_micros(20 + i % 200);
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+    3 * i
+}
+
+/// Process-pool executor workers killed at random moments while 2 000 futures run,
+/// under fork and the fork server: every future completes with its value (its task
+/// ran exactly once) or with `WorkerDied` (its task started at most once); no future
+/// waits past PATIENCE; no more futures fail than workers were killed.
+#[test]
+fn executor_workers_killed_mid_task() {
+    let mut rng = Rng(seed());
+    let mut t = Tally::default();
+    const TASKS: u64 = 2_000;
+    let mut failed_with_worker = 0;
+    for method in [StartMethod::Fork, StartMethod::ForkServer] {
+        let runs = RawArray::<u32>::zeroed(TASKS as usize).unwrap();
+        let ex = ProcessPoolExecutor::builder()
+            .max_workers(2)
+            .start_method(method)
+            .initializer(keep_executions, runs.clone())
+            .build()
+            .unwrap();
+        let futures: Vec<_> = (0..TASKS).map(|i| ex.submit(counted_spin, i).unwrap()).collect();
+        let mut kills = 0;
+        while kills < 10 && !futures.iter().all(|f| f.done()) {
+            std::thread::sleep(Duration::from_micros(2_000 + rng.below(15_000)));
+            let pids = ex.worker_pids();
+            if let Some(&victim) = pids.get(rng.below(pids.len() as u64) as usize) {
+                // SAFETY: kill(2) on one of our own workers.
+                if unsafe { libc::kill(victim, libc::SIGKILL) } == 0 {
+                    kills += 1;
+                }
+            }
+        }
+        t.kills += kills;
+        let mut died: u64 = 0;
+        for (i, f) in futures.iter().enumerate() {
+            let result = f.result(Some(PATIENCE));
+            let ran = runs.get(i).unwrap(); // after the result: the task may run late
+            match result {
+                Ok(v) if *v == 3 * i as u64 && ran == 1 => {}
+                Ok(v) if *v == 3 * i as u64 => t.duplicated += 1,
+                Ok(_) => t.torn += 1,
+                Err(TaskError::WorkerDied { .. }) if ran <= 1 => died += 1,
+                Err(TaskError::WorkerDied { .. }) => t.duplicated += 1,
+                Err(TaskError::Timeout) => t.hangs += 1,
+                Err(e) => panic!("{method:?}: future {i}: {e:?}"),
+            }
+        }
+        // A kill fails at most the one task its victim was running.
+        t.lost += died.saturating_sub(kills);
+        failed_with_worker += died;
+        ex.shutdown(true, false);
+    }
+    say(format!("crash-injection executor-workers: {failed_with_worker} futures failed with their killed worker"));
+    t.report("executor-workers");
 }
