@@ -629,7 +629,7 @@ fn spawn_exec(
     fds.extend(segments.iter().map(|s| s.fd().as_fd()));
     let image = ExecImage::this_program(&[(child::ROLE_ENV, child::ROLE_CHILD.to_owned())]).map_err(os("exec"))?;
     let _gate = FORK_GATE.read().unwrap_or_else(|p| p.into_inner());
-    let pid = sys::spawn_exec(&image, &fds, daemon).map_err(os("exec"))?;
+    let pid = sys::spawn_exec(&image, &fds, daemon).map_err(os("fork and exec"))?;
     Ok(ChildRecord::new(pid, name, daemon, Watch::Reaped))
 }
 
