@@ -325,6 +325,9 @@ impl<T> Connection<T> {
             }
             match ring.try_put(&message, wait) {
                 Ok(()) => return Ok(()),
+                // Past the deadline, room that shows (a hint) but cannot be taken (a
+                // lock another holds) must not send us round again.
+                Err(PutFail::Full) if wait.expired() => return Err(SendTimeoutError::Timeout(())),
                 Err(PutFail::Full) => {}
                 Err(PutFail::Closed) => return Err(SendTimeoutError::Disconnected(())),
                 Err(PutFail::Fault(fault)) => return Err(failed(fault)),
@@ -348,7 +351,9 @@ impl<T> Connection<T> {
         }
         let ring = self.recv.as_ref().ok_or(RecvTimeoutError::Failed(ChannelFault::WrongDirection("receive")))?;
         loop {
-            match ring.try_get(out, Wait::Forever) {
+            // The lock, too, is waited for only until the deadline: a lock word that
+            // names another live thread (scribbled) must not outlast the time-out.
+            match ring.try_get(out, wait) {
                 Ok(()) => return Ok(()),
                 Err(GetFail::Empty) => {}
                 Err(GetFail::Closed) => return Err(RecvTimeoutError::Disconnected),
@@ -357,7 +362,10 @@ impl<T> Connection<T> {
             let ready = || ring.has_data_or_closed() || self.peer_closed();
             let mut gone = || self.peer_gone();
             let poll = Poll { every: PEER_CHECK, gone: &mut gone };
-            let gone = match ring.wait_for_data(wait, Some(poll), ready) {
+            // Past the deadline, data that shows but cannot be taken must not send us
+            // round again.
+            let waited = if wait.expired() { Waited::TimedOut } else { ring.wait_for_data(wait, Some(poll), ready) };
+            let gone = match waited {
                 // A short timeout never reaches a poll: look before reporting it.
                 Waited::TimedOut if !self.peer_gone_now_and_then() => return Err(RecvTimeoutError::Timeout),
                 Waited::TimedOut => true,
@@ -365,8 +373,9 @@ impl<T> Connection<T> {
                 Waited::Gone => true,
             };
             if gone {
-                // One more look: the peer may have sent just before it went.
-                return match ring.try_get(out, Wait::Forever) {
+                // One more look: the peer may have sent just before it went (the lock
+                // waited for a moment at most, as above).
+                return match ring.try_get(out, Wait::timeout(LAST_LOOK)) {
                     Ok(()) => Ok(()),
                     Err(GetFail::Fault(f)) => Err(RecvTimeoutError::Failed(f)),
                     Err(_) => Err(RecvTimeoutError::Disconnected),
@@ -483,6 +492,9 @@ impl<T> Connection<T> {
         }
     }
 }
+
+/// How long the last look for a message from a peer that is gone waits for the lock.
+const LAST_LOOK: Duration = Duration::from_millis(100);
 
 impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// Sends `msg` (Python's `send`).

@@ -101,7 +101,9 @@ impl RawQueue {
         loop {
             match self.ring.try_put(&message, wait) {
                 Ok(()) => return Ok(()),
-                Err(PutFail::Full) if wait != Wait::Never => {}
+                // Past the deadline, a waiter that sees room (a hint) but cannot put
+                // (a lock another holds) must not go round again: that loop never ends.
+                Err(PutFail::Full) if !wait.expired() => {}
                 Err(PutFail::Full) => return Err(Stop::Timeout),
                 Err(PutFail::Closed) => return Err(Stop::Closed),
                 Err(PutFail::Fault(f)) => return Err(Stop::Fault(f)),
@@ -119,7 +121,8 @@ impl RawQueue {
     fn get_many(&self, outs: &mut [Vec<u8>], wait: Wait) -> Result<usize, GetFail> {
         loop {
             match self.ring.try_get_many(outs, wait) {
-                Err(GetFail::Empty) if wait != Wait::Never => {}
+                // As in `put`: the deadline is checked here, not only while waiting.
+                Err(GetFail::Empty) if !wait.expired() => {}
                 other => return other,
             }
             match self.ring.wait_for_data(wait, None, || self.ring.has_data_or_closed()) {
@@ -133,7 +136,8 @@ impl RawQueue {
     fn get(&self, out: &mut Vec<u8>, wait: Wait) -> Result<(), GetFail> {
         loop {
             match self.ring.try_get(out, wait) {
-                Err(GetFail::Empty) if wait != Wait::Never => {}
+                // As in `put`: the deadline is checked here, not only while waiting.
+                Err(GetFail::Empty) if !wait.expired() => {}
                 other => return other,
             }
             match self.ring.wait_for_data(wait, None, || self.ring.has_data_or_closed()) {
