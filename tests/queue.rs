@@ -515,3 +515,48 @@ fn shutdown_ends_a_consumer_in_another_process_with_or_without_the_rest() {
     assert_eq!(jq.shutdown(true), 2);
     assert!(jq.join_timeout(PATIENCE), "join waits for items the shutdown discarded");
 }
+
+/// Resident memory of `pid` in KiB, from /proc.
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// 5 000 000 messages through one queue, from a producer process to this one: the
+/// sum is exact and neither side's resident memory grows between the first million
+/// and the last (nothing accumulates per message).
+#[test]
+fn five_million_messages_keep_memory_flat() {
+    const N: u64 = 5_000_000;
+    let q = Queue::<u64>::new(1024).unwrap();
+    let producer = {
+        let q = q.clone();
+        spawn_child(move || {
+            for i in 0..N {
+                if q.put_timeout(i, PATIENCE).is_err() {
+                    return 1;
+                }
+            }
+            0
+        })
+    };
+    let (mut sum, mut early, mut late) = (0u64, (0, 0), (0, 0));
+    for i in 0..N {
+        sum += q.get_timeout(PATIENCE).unwrap();
+        // The producer is at most a ring ahead: alive at both looks.
+        if i == 1_000_000 || i == N - 10_000 {
+            let now = (rss_kib(std::process::id() as i32), rss_kib(producer.pid()));
+            *if i == 1_000_000 { &mut early } else { &mut late } = now;
+        }
+    }
+    join_ok(producer);
+    assert_eq!(sum, N * (N - 1) / 2);
+    eprintln!("5 000 000 messages: consumer RSS {} → {} KiB, producer {} → {} KiB", early.0, late.0, early.1, late.1);
+    // Other tests in this process allocate meanwhile: allow them a few MiB.
+    assert!(late.0 < early.0 + 8 * 1024, "the consumer grew from {} to {} KiB", early.0, late.0);
+    assert!(late.1 <= early.1 + 1024, "the producer grew from {} to {} KiB", early.1, late.1);
+}
