@@ -213,7 +213,10 @@ fn mutated_segments_give_errors_or_values_never_a_crash_or_a_hang() {
         }
     };
     let t = tally.to_vec();
-    eprintln!("fuzz: {iters} inputs, {} opened and used ({} calls returned a value), {} refused at open", t[0], t[2], t[1]);
+    eprintln!(
+        "fuzz: {iters} inputs, {} opened and used ({} calls returned a value), {} refused at open",
+        t[0], t[2], t[1]
+    );
     assert_eq!(exit, Exit::Code(0), "the fuzzer's child crashed (seed {seed}; the last input is /dev/shm/fuzz-*)");
     assert_eq!(t[0] + t[1], iters);
 }

@@ -208,6 +208,7 @@ impl Arena {
             logged: Marks::default(),
             freed: Marks::default(),
             changing: false,
+            dead: false,
             committed: false,
             _guard: guard,
         })
@@ -297,6 +298,8 @@ pub(crate) struct Tx<'a> {
     freed: Marks,
     /// Whether this transaction made the change sequence odd.
     changing: bool,
+    /// A test killed the simulated holder here: nothing more is stored or undone.
+    dead: bool,
     committed: bool,
     // Dropped after `Drop::drop` has rolled back: the lock outlives the repair.
     _guard: LockGuard<'a>,
@@ -421,6 +424,7 @@ impl Tx<'_> {
         if !loggable(at, self.arena.len) {
             return Err(corrupted("a store outside the mutable words"));
         }
+        self.dies_here()?;
         self.changing();
         if !self.logged.contains(&at) {
             let k = self.logged.len() as u64;
@@ -430,12 +434,24 @@ impl Tx<'_> {
             let old = self.arena.load(at);
             self.arena.word(W_LOG + 2 * k).store(at, Ordering::Relaxed);
             self.arena.word(W_LOG + 2 * k + 1).store(old, Ordering::Relaxed);
+            self.dies_here()?;
             // The entry is whole before the length says it exists, and the length is
             // out before the store it guards (Release on both).
             self.arena.word(W_LOG_LEN).store(k + 1, Ordering::Release);
             self.logged.push(at);
+            self.dies_here()?;
         }
         self.arena.word(at).store(v, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether a test kills the simulated holder at this step (never outside tests):
+    /// then it stores nothing more and undoes nothing, as a process killed here.
+    fn dies_here(&mut self) -> Result<(), ManagerError> {
+        if self.dead || crash::now() {
+            self.dead = true;
+            return Err(corrupted("the holder was killed here (a test)"));
+        }
         Ok(())
     }
 
@@ -443,6 +459,7 @@ impl Tx<'_> {
     /// at it until commit, so a rollback need not restore it).
     pub(crate) fn init(&mut self, at: u64, v: u64) -> Result<(), ManagerError> {
         self.check_range(at, 1)?;
+        self.dies_here()?;
         self.changing();
         self.arena.word(at).store(v, Ordering::Relaxed);
         Ok(())
@@ -491,6 +508,7 @@ impl Tx<'_> {
         self.check_range(at, words_for(bytes.len()))?;
         self.changing();
         for (i, w) in packed(bytes).enumerate() {
+            self.dies_here()?;
             self.arena.word(at + i as u64).store(w, Ordering::Relaxed);
         }
         Ok(())
@@ -498,6 +516,9 @@ impl Tx<'_> {
 
     /// Makes every change so far permanent and releases the lock.
     pub(crate) fn commit(mut self) {
+        if self.dies_here().is_err() {
+            return; // killed with every store made and the log still full
+        }
         self.arena.word(W_LOG_LEN).store(0, Ordering::Release);
         self.arena.end_change();
         self.committed = true;
@@ -514,11 +535,62 @@ impl Tx<'_> {
 
 impl Drop for Tx<'_> {
     fn drop(&mut self) {
+        if self.dead {
+            // As a killed holder: the log stays as it is, the lock is found poisoned
+            // (a dead owner's lock is taken over poisoned) and repaired by the next
+            // `begin`.
+            self.arena.lock.raw().poison();
+            return;
+        }
         if !self.committed && self.changing {
             // A scribbled log found here is found again, and reported, by the next
             // `begin` (the lock is poisoned when this drop runs in a panic).
             let _ = self.arena.roll_back_log();
         }
+    }
+}
+
+/// Killing a transaction's holder at a chosen step, for tests that try every step.
+pub(crate) mod crash {
+    #[cfg(test)]
+    thread_local! {
+        /// Steps left before the holder dies (`None`: it lives).
+        static AFTER: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+    }
+
+    /// Kills the holder of this thread's next transaction after `steps` steps
+    /// (stores, log writes); `None` lets it live.
+    #[cfg(test)]
+    pub(crate) fn after(steps: Option<u32>) {
+        AFTER.with(|a| a.set(steps));
+    }
+
+    /// Whether the kill set by [`after`] has happened (it is then spent).
+    #[cfg(test)]
+    pub(crate) fn now_pending_is_spent() -> bool {
+        AFTER.with(|a| a.get().is_none())
+    }
+
+    /// Whether the holder dies at this step; counts the step.
+    #[cfg(test)]
+    pub(crate) fn now() -> bool {
+        AFTER.with(|a| match a.get() {
+            Some(0) => {
+                a.set(None);
+                true
+            }
+            Some(n) => {
+                a.set(Some(n - 1));
+                false
+            }
+            None => false,
+        })
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    pub(crate) fn now() -> bool {
+        false
     }
 }
 

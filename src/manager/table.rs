@@ -478,7 +478,7 @@ impl List {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manager::arena::{Arena, MIN_CAPACITY};
+    use crate::manager::arena::{crash, Arena, MIN_CAPACITY};
     use crate::segment::Backing;
 
     fn dict() -> (Arena, Dict) {
@@ -549,6 +549,78 @@ mod tests {
         let tx = a.begin().unwrap();
         assert_eq!(d.len(&tx).unwrap(), 1);
         assert_eq!(d.get(&tx, b"k", hash(b"k")).unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    /// A dict's and a list's whole contents, as a model to compare with.
+    fn snapshot(a: &Arena, d: Dict, l: List) -> (Vec<Pair>, Vec<Vec<u8>>) {
+        let tx = a.begin().unwrap();
+        let mut items = d.items(&tx).unwrap();
+        items.sort();
+        assert_eq!(d.len(&tx).unwrap() as usize, items.len(), "the count and the entries disagree");
+        for (k, v) in &items {
+            assert_eq!(d.get(&tx, k, hash(k)).unwrap().as_ref(), Some(v), "an entry its key cannot find");
+        }
+        (items, l.to_vec(&tx).unwrap())
+    }
+
+    /// Every operation, with its holder killed at every step it takes (each store,
+    /// each log write, the commit), one kill per run: afterwards the containers are
+    /// exactly as before the operation, and usable; with no kill, as after it.
+    #[test]
+    fn a_holder_killed_at_every_step_of_every_operation_changes_nothing() {
+        type Op = fn(&mut Tx, Dict, List) -> Result<(), ManagerError>;
+        let ops: [(&str, Op); 9] = [
+            ("insert a new key", |tx, d, _| d.insert(tx, b"new", hash(b"new"), b"value").map(drop)),
+            ("insert that grows the table", |tx, d, _| d.insert(tx, b"k5", hash(b"k5"), b"v").map(drop)),
+            ("replace a value", |tx, d, _| d.insert(tx, b"k1", hash(b"k1"), &[9; 40]).map(drop)),
+            ("remove a key", |tx, d, _| d.remove(tx, b"k2", hash(b"k2")).map(drop)),
+            ("clear a dict", |tx, d, _| d.clear(tx)),
+            ("extend a list past its capacity", |tx, _, l| l.extend(tx, [&b"x"[..], b"yy", b"zzz"].into_iter())),
+            ("pop", |tx, _, l| l.pop(tx).map(drop)),
+            ("set an item", |tx, _, l| l.set(tx, 0, b"replaced").map(drop)),
+            ("clear a list", |tx, _, l| l.clear(tx)),
+        ];
+        let mut kills = 0;
+        for (name, op) in ops {
+            for step in 0.. {
+                let a = Arena::create(MIN_CAPACITY, Backing::Anonymous).unwrap();
+                let mut tx = a.begin().unwrap();
+                let d = Dict(create(&mut tx, DICT, [1, 2]).unwrap());
+                let l = List(create(&mut tx, LIST, [3, 0]).unwrap());
+                // 5 keys: the next one grows the table (8 buckets at most 3/4 full).
+                for i in 0..5u8 {
+                    let k = [b'k', b'0' + i];
+                    d.insert(&mut tx, &k, hash(&k), &[i; 12]).unwrap();
+                }
+                l.extend(&mut tx, [&b"a"[..], b"b", b"c", b"d"].into_iter()).unwrap();
+                tx.commit();
+                let before = snapshot(&a, d, l);
+
+                let mut tx = a.begin().unwrap();
+                crash::after(Some(step));
+                let result = op(&mut tx, d, l);
+                if result.is_ok() {
+                    tx.commit();
+                } else {
+                    drop(tx);
+                }
+                let killed = crash::now_pending_is_spent();
+                crash::after(None);
+                let after = snapshot(&a, d, l);
+                if !killed {
+                    assert!(result.is_ok(), "{name}: {result:?}");
+                    assert_ne!(after, before, "{name}: the operation changed nothing");
+                    break;
+                }
+                kills += 1;
+                assert_eq!(after, before, "{name}: killed at step {step}, the containers changed");
+                // Usable: the same operation now succeeds.
+                let mut tx = a.begin().unwrap();
+                op(&mut tx, d, l).unwrap_or_else(|e| panic!("{name} after a kill at step {step}: {e}"));
+                tx.commit();
+            }
+        }
+        assert!(kills > 100, "only {kills} steps were tried");
     }
 
     #[test]
