@@ -870,3 +870,151 @@ fn executor_workers_killed_mid_task() {
     say(format!("crash-injection executor-workers: {failed_with_worker} futures failed with their killed worker"));
     t.report("executor-workers");
 }
+
+/// Holders of a plain `Lock` (guarding a pair kept equal in a `RawArray`) and of an
+/// `Array`'s own lock (all its elements kept equal) killed inside their critical
+/// sections: the next locker gets the lock within the documented time, poisoned
+/// whenever the holder died inside, and a torn state is never seen without the poison.
+#[test]
+fn lock_and_array_holders_killed_inside() {
+    let mut rng = Rng(seed());
+    let mut t = Tally::default();
+    const KILLS: u64 = 40;
+    let lock = shmproc::Lock::new().unwrap();
+    let pair = RawArray::<u64>::zeroed(2).unwrap();
+    let array = shmproc::Array::<u64>::zeroed(64).unwrap();
+    let mut slowest = Duration::ZERO;
+    for round in 0..2 * KILLS {
+        let on_array = round % 2 == 1;
+        let child = {
+            let (lock, pair, array) = (lock.clone(), pair.clone(), array.clone());
+            fork(move || loop {
+                if on_array {
+                    let mut g = array.lock().unwrap_or_else(|e| match e {
+                        LockError::Poisoned(p) => p.into_inner(),
+                        _ => std::process::abort(),
+                    });
+                    let next = g[0] + 1;
+                    for x in g.iter_mut() {
+                        *x = next;
+                    }
+                } else {
+                    let g = lock.acquire().unwrap_or_else(|e| match e {
+                        LockError::Poisoned(p) => p.into_inner(),
+                        _ => std::process::abort(),
+                    });
+                    let n = pair.get(0).unwrap() + 1;
+                    pair.set(0, n).unwrap();
+                    std::hint::spin_loop();
+                    pair.set(1, n).unwrap();
+                    drop(g);
+                }
+            })
+            .unwrap()
+        };
+        std::thread::sleep(Duration::from_micros(100 + rng.below(1000)));
+        kill_and_reap(child);
+        t.kills += 1;
+        let start = Instant::now();
+        if on_array {
+            match array.lock_timeout(PATIENCE) {
+                Ok(g) => t.torn += u64::from(g.iter().any(|x| *x != g[0])),
+                Err(LockError::Poisoned(p)) => {
+                    let mut g = p.into_inner();
+                    let first = g[0];
+                    for x in g.iter_mut() {
+                        *x = first; // repaired, as a user would
+                    }
+                    drop(g);
+                    array.get_lock().clear_poison();
+                }
+                Err(LockError::Timeout) => t.hangs += 1,
+                Err(e) => panic!("{e}"),
+            }
+        } else {
+            match lock.acquire_timeout(PATIENCE) {
+                Ok(g) => {
+                    t.torn += u64::from(pair.get(0) != pair.get(1));
+                    drop(g);
+                }
+                Err(LockError::Poisoned(p)) => {
+                    let g = p.into_inner();
+                    pair.set(1, pair.get(0).unwrap()).unwrap();
+                    drop(g);
+                    lock.clear_poison();
+                }
+                Err(LockError::Timeout) => t.hangs += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        slowest = slowest.max(start.elapsed());
+    }
+    say(format!("crash-injection lock-and-array: slowest recovery {slowest:?}"));
+    if slowest > Duration::from_millis(100) {
+        t.hangs += 1;
+    }
+    t.report("lock-and-array");
+}
+
+/// The parent pid of `pid`, from /proc.
+fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+}
+
+/// Run alone (see below): fork servers killed, each with two children running.
+#[test]
+fn fork_server_kill_helper() {
+    if std::env::var("SHMPROC_FORK_SERVER_KILLS").is_err() {
+        return;
+    }
+    // The killed servers' orphans come to this process, which reaps them.
+    // SAFETY: prctl with plain integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let mut rng = Rng(seed());
+    let mut t = Tally::default();
+    const ROUNDS: u64 = 10;
+    for round in 0..ROUNDS {
+        let children: Vec<Process> = (0..2)
+            .map(|_| Process::builder(sleeper, ()).start_method(StartMethod::ForkServer).start().unwrap())
+            .collect();
+        let server = parent_of(children[0].pid().unwrap());
+        assert_ne!(server, std::process::id() as i32, "round {round}: a fork-server child is not the server's");
+        std::thread::sleep(Duration::from_micros(rng.below(3000)));
+        // SAFETY: kill and waitpid on our own child, the fork server.
+        unsafe {
+            libc::kill(server, libc::SIGKILL);
+            libc::waitpid(server, std::ptr::null_mut(), 0);
+        }
+        t.kills += 1;
+        for c in &children {
+            // Its children live on, are still known alive, and end when told to.
+            t.lost += u64::from(!c.is_alive());
+            let pid = c.pid().unwrap();
+            c.kill().unwrap();
+            match c.join_timeout(PATIENCE) {
+                Ok(true) => {}
+                _ => t.hangs += 1,
+            }
+            // SAFETY: reaping the orphan that came to us.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        }
+        // The next start starts a new server, which works.
+        let p = Process::builder(sleeper_brief, ()).start_method(StartMethod::ForkServer).start().unwrap();
+        match p.join_timeout(PATIENCE) {
+            Ok(true) if p.exitcode() == Some(0) => {}
+            _ => t.hangs += 1,
+        }
+    }
+    t.report("fork-server");
+}
+
+fn sleeper_brief(_: ()) {}
+
+/// Fork servers killed with children running, 10 times (in a fresh process of its
+/// own, which can take in and reap the orphans): every child is still known alive,
+/// ends when killed, and the next start gets a new, working server.
+#[test]
+fn fork_servers_killed_with_children_running() {
+    run_test_alone("fork_server_kill_helper", ("SHMPROC_FORK_SERVER_KILLS", "1"));
+}
