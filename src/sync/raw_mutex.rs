@@ -448,4 +448,124 @@ mod tests {
         let lock = with_word(NOTIFY);
         assert_eq!(lock.acquire(Wait::timeout(Duration::from_secs(5)), Reentry::Refuse), Acquire::Clean);
     }
+
+    /// Who the word names, in the exhaustive model below.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Holder {
+        Free,
+        /// A thread that has exited (killed holding the lock).
+        Dead,
+        /// A live thread of this process, with its true tag.
+        LiveOther,
+        /// A live thread's id, with a tag of another start time: a recycled id.
+        Recycled,
+        /// The calling thread, with its own tag: it holds the lock.
+        MineOwnTag,
+        /// The calling thread's id with another start time's tag: an earlier thread
+        /// with this id died holding it.
+        MineForeignTag,
+    }
+
+    /// The lock with owner death, as a state machine: every state the word and its
+    /// fields can be in (who holds it, the waiter and notify bits, the poison), an
+    /// acquisition of each kind (timed, try; counting and refusing re-entry) from
+    /// each, and the outcome and state it must leave. 192 cases.
+    #[test]
+    fn every_state_of_the_lock_acquires_as_specified() {
+        let me = sys::current_thread();
+        let dead = std::thread::spawn(sys::current_thread).join().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let live_thread = std::thread::spawn(move || {
+            tx.send(sys::current_thread()).unwrap();
+            let _ = stop_rx.recv();
+        });
+        let live = rx.recv().unwrap();
+        let holders = [
+            Holder::Free,
+            Holder::Dead,
+            Holder::LiveOther,
+            Holder::Recycled,
+            Holder::MineOwnTag,
+            Holder::MineForeignTag,
+        ];
+        // Kept alive to the end, so that no two cases share an address (the try
+        // path rate-limits its /proc looks per lock address).
+        let mut locks = Vec::new();
+        let mut cases = 0;
+        for holder in holders {
+            for bits in [0, WAITERS, NOTIFY, WAITERS | NOTIFY] {
+                for poisoned in [false, true] {
+                    for timed in [true, false] {
+                        for reentry in [Reentry::Refuse, Reentry::Count] {
+                            let (owner, owner_tag) = match holder {
+                                Holder::Free => (0, 0),
+                                Holder::Dead => (dead.tid, tag(dead)),
+                                Holder::LiveOther => (live.tid, tag(live)),
+                                Holder::Recycled => (live.tid, (u64::from(live.tid) << 32) | u64::from(live.start ^ 1)),
+                                Holder::MineOwnTag => (me.tid, tag(me)),
+                                Holder::MineForeignTag => (me.tid, (u64::from(me.tid) << 32) | u64::from(me.start ^ 1)),
+                            };
+                            let lock = Box::new(with_word(owner | bits));
+                            lock.owner_tag.store(owner_tag, Ordering::Relaxed);
+                            lock.depth.store(u32::from(owner != 0), Ordering::Relaxed);
+                            lock.poisoned.store(u32::from(poisoned), Ordering::Relaxed);
+                            let wait = if timed { Wait::timeout(Duration::from_millis(80)) } else { Wait::Never };
+                            let started = Instant::now();
+                            let got = lock.acquire(wait, reentry);
+                            let took = started.elapsed();
+                            let case =
+                                format!("{holder:?} bits {bits:#x} poisoned {poisoned} timed {timed} {reentry:?}");
+                            let held_by_me = lock.word.load(Ordering::Relaxed) & TID_MASK == me.tid;
+                            let clean_or_poisoned = if poisoned { Acquire::Poisoned } else { Acquire::Clean };
+                            match (holder, timed, reentry) {
+                                (Holder::Free, ..) => {
+                                    assert_eq!(got, clean_or_poisoned, "{case}");
+                                    assert!(held_by_me, "{case}");
+                                    assert_eq!(
+                                        lock.word.load(Ordering::Relaxed) & NOTIFY,
+                                        bits & NOTIFY,
+                                        "{case}: NOTIFY kept"
+                                    );
+                                    assert_eq!(lock.owner_tag.load(Ordering::Relaxed), tag(me), "{case}");
+                                }
+                                (Holder::Dead | Holder::MineForeignTag, ..) | (Holder::Recycled, true, _) => {
+                                    assert_eq!(
+                                        got,
+                                        Acquire::Poisoned,
+                                        "{case}: a dead owner's lock is taken over, poisoned"
+                                    );
+                                    assert!(held_by_me && lock.is_poisoned(), "{case}");
+                                    assert_eq!(lock.depth.load(Ordering::Relaxed), 1, "{case}: a fresh hold");
+                                }
+                                (Holder::LiveOther, true, _) => {
+                                    assert_eq!(got, Acquire::TimedOut, "{case}");
+                                    assert!(took >= Duration::from_millis(80), "{case}: gave up early");
+                                    assert_eq!(lock.word.load(Ordering::Relaxed) & TID_MASK, live.tid, "{case}");
+                                }
+                                (Holder::LiveOther | Holder::Recycled, false, _) => {
+                                    // A try never takes from an owner that may live.
+                                    assert_eq!(got, Acquire::WouldBlock, "{case}");
+                                    assert_eq!(lock.word.load(Ordering::Relaxed) & TID_MASK, live.tid, "{case}");
+                                }
+                                (Holder::MineOwnTag, _, Reentry::Refuse) => {
+                                    assert_eq!(got, Acquire::Deadlock, "{case}")
+                                }
+                                (Holder::MineOwnTag, _, Reentry::Count) => {
+                                    assert_eq!(got, clean_or_poisoned, "{case}");
+                                    assert_eq!(lock.depth.load(Ordering::Relaxed), 2, "{case}: one level deeper");
+                                }
+                            }
+                            assert!(took < Duration::from_secs(2), "{case}: took {took:?}");
+                            cases += 1;
+                            locks.push(lock);
+                        }
+                    }
+                }
+            }
+        }
+        stop_tx.send(()).unwrap();
+        live_thread.join().unwrap();
+        assert_eq!(cases, 192);
+    }
 }
