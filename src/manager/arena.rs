@@ -197,8 +197,8 @@ impl Arena {
                 self.lock.clear_poison();
                 g
             }
-            Err(LockError::Corrupted { .. }) => return Err(ManagerError::Corrupted("the manager's lock word")),
-            Err(e) => return Err(ManagerError::Corrupted(lock_error_reason(&e))),
+            Err(LockError::Deadlock) => return Err(ManagerError::WouldDeadlock),
+            Err(_) => return Err(ManagerError::Corrupted("the manager's lock word")),
         };
         if self.is_shut_down() {
             return Err(ManagerError::ShutDown);
@@ -207,6 +207,7 @@ impl Arena {
             reader: Reader { arena: self },
             logged: Marks::default(),
             freed: Marks::default(),
+            popped: Marks::default(),
             changing: false,
             dead: false,
             committed: false,
@@ -246,12 +247,16 @@ impl Arena {
         if n > LOG_CAP {
             return Err(ManagerError::Corrupted("undo log length"));
         }
+        // Every entry checked before any is applied: a rollback happens whole or not
+        // at all, and one that cannot leaves the log (and the poison) for the next try.
+        if (0..n).any(|k| !loggable(self.load(W_LOG + 2 * k), self.len)) {
+            return Err(ManagerError::Corrupted("undo log entry"));
+        }
         for k in (0..n).rev() {
             let (at, old) = (self.load(W_LOG + 2 * k), self.load(W_LOG + 2 * k + 1));
-            if !loggable(at, self.len) {
-                return Err(ManagerError::Corrupted("undo log entry"));
+            if loggable(at, self.len) {
+                self.word(at).store(old, Ordering::Release);
             }
-            self.word(at).store(old, Ordering::Release);
         }
         self.word(W_LOG_LEN).store(0, Ordering::Release);
         self.end_change();
@@ -275,13 +280,6 @@ impl Arena {
     }
 }
 
-fn lock_error_reason<G>(e: &LockError<G>) -> &'static str {
-    match e {
-        LockError::Deadlock => "the manager's lock is already held by this thread (a manager call inside update)",
-        _ => "the manager's lock",
-    }
-}
-
 /// Whether the undo log may name word `at`: a mutable word, never the log itself.
 fn loggable(at: u64, len: u64) -> bool {
     at < len && (at == W_BUMP || at == W_REGISTRY || (W_FREE..W_FREE + CLASSES).contains(&at) || at >= HEAP)
@@ -296,6 +294,9 @@ pub(crate) struct Tx<'a> {
     /// Blocks freed in this transaction: never handed out again before it commits,
     /// since a rollback makes them live again with whatever was written into them.
     freed: Marks,
+    /// Blocks taken from a free list in this transaction: freeing one again must log
+    /// its head word, which a rollback then restores (it is on the free list again).
+    popped: Marks,
     /// Whether this transaction made the change sequence odd.
     changing: bool,
     /// A test killed the simulated holder here: nothing more is stored or undone.
@@ -474,6 +475,7 @@ impl Tx<'_> {
             self.check_block(head, class)?;
             let next = self.get(head)? >> 8;
             self.set(W_FREE + class, next)?;
+            self.popped.push(head);
             return Ok(head + BLOCK_HEAD);
         }
         let block = self.get(W_BUMP)?;
@@ -497,7 +499,11 @@ impl Tx<'_> {
         let head = self.get(W_FREE + class)?;
         // The link of a block in use is never read, so writing it needs no log; the
         // head's old value is logged, so a rollback unreaches the block again.
-        self.init(block, class | (head << 8))?;
+        if self.popped.contains(&block) {
+            self.set(block, class | (head << 8))?;
+        } else {
+            self.init(block, class | (head << 8))?;
+        }
         self.freed.push(block);
         self.set(W_FREE + class, block)
     }
@@ -542,10 +548,10 @@ impl Drop for Tx<'_> {
             self.arena.lock.raw().poison();
             return;
         }
-        if !self.committed && self.changing {
-            // A scribbled log found here is found again, and reported, by the next
-            // `begin` (the lock is poisoned when this drop runs in a panic).
-            let _ = self.arena.roll_back_log();
+        if !self.committed && self.changing && self.arena.roll_back_log().is_err() {
+            // A scribbled log: the poison makes the next `begin` try again (and
+            // report it), instead of going on from half-restored words.
+            self.arena.lock.raw().poison();
         }
     }
 }
@@ -708,5 +714,45 @@ mod tests {
         a.word(W_LOG_LEN).store(u64::MAX, Ordering::Relaxed);
         a.lock.raw().poison();
         assert!(matches!(a.begin(), Err(ManagerError::Corrupted(_))));
+    }
+
+    /// Review finding: a block taken from a free list and freed again in the same
+    /// transaction had its link rewritten unlogged; rolled back, the list then ran
+    /// through a live block, handed out twice.
+    #[test]
+    fn a_block_popped_and_freed_again_in_one_transaction_rolls_back_cleanly() {
+        let a = arena();
+        let mut tx = a.begin().unwrap();
+        let (x, y, z) = (tx.alloc(1).unwrap(), tx.alloc(1).unwrap(), tx.alloc(1).unwrap());
+        tx.free(z).unwrap();
+        tx.commit();
+        let mut tx = a.begin().unwrap();
+        tx.free(x).unwrap(); // the list: x, z; y is live
+        tx.commit();
+        let mut tx = a.begin().unwrap();
+        assert_eq!(tx.alloc(1).unwrap(), x);
+        tx.free(y).unwrap();
+        tx.free(x).unwrap();
+        drop(tx); // rolled back: x, z free again, y live
+        let mut tx = a.begin().unwrap();
+        let handed: Vec<u64> = (0..3).map(|_| tx.alloc(1).unwrap()).collect();
+        assert_eq!(&handed[..2], &[x, z]);
+        assert!(!handed.contains(&y), "a live block was handed out: {handed:?}");
+    }
+
+    /// A log with one bad entry is not applied at all (never half), and the lock
+    /// stays poisoned so that every later `begin` reports it.
+    #[test]
+    fn a_rollback_is_whole_or_not_at_all() {
+        let a = arena();
+        a.word(W_LOG).store(W_REGISTRY, Ordering::Relaxed);
+        a.word(W_LOG + 1).store(77, Ordering::Relaxed);
+        a.word(W_LOG + 2).store(W_LOG_LEN, Ordering::Relaxed); // not loggable
+        a.word(W_LOG + 3).store(5, Ordering::Relaxed);
+        a.word(W_LOG_LEN).store(2, Ordering::Relaxed);
+        a.lock.raw().poison();
+        assert!(matches!(a.begin(), Err(ManagerError::Corrupted(_))));
+        assert_eq!(a.load(W_REGISTRY), 0, "half a rollback was applied");
+        assert!(matches!(a.begin(), Err(ManagerError::Corrupted(_))), "the damage is reported again");
     }
 }

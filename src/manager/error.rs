@@ -2,8 +2,9 @@
 
 use std::io;
 
-/// Why a manager or one of its proxies could not do what was asked. Nothing was
-/// changed when an operation fails: a container is as it was before the call.
+/// Why a manager or one of its proxies could not do what was asked. A failed
+/// operation changed nothing: a container is as it was before the call (except a
+/// remote call whose connection failed after the request left: it may have run).
 ///
 /// ```
 /// use shmproc::{Manager, ManagerError};
@@ -29,8 +30,9 @@ pub enum ManagerError {
         /// The manager's capacity in bytes.
         capacity: usize,
     },
-    /// A key, value or item over the limit of 4 GiB - 1 bytes encoded.
-    #[error("an item of {len} bytes is over the limit of 4 GiB - 1")]
+    /// A key, value or item over 4 GiB - 1 bytes encoded, or a request to a remote
+    /// manager over 64 MiB (a server's default frame limit).
+    #[error("{len} bytes are over the limit (an item: 4 GiB - 1; a request over the network: 64 MiB)")]
     TooLarge {
         /// Its encoded length.
         len: usize,
@@ -47,8 +49,13 @@ pub enum ManagerError {
     #[error("the container or field holds another type than asked for")]
     WrongType,
     /// A named container is of another kind (a list where a dict was asked for).
-    #[error("the named container is of another kind (dict, list or namespace)")]
+    /// A dict and a namespace are the same kind with other types: `WrongType`.
+    #[error("the named container is of another kind (a dict or a list)")]
     WrongKind,
+    /// A call that changes the manager from inside [`Dict::update`](crate::Dict::update)'s
+    /// closure, which runs under the manager's lock (reads there work).
+    #[error("a manager call that changes it, inside update's closure, would deadlock")]
+    WouldDeadlock,
     /// A key or value could not be encoded; the message says which and why.
     #[error("encoding {0}")]
     Encode(String),

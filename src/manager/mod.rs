@@ -190,7 +190,10 @@ impl Manager {
     /// Connects to a manager served at `addr` with [`serve`](Manager::serve), proving
     /// that this process holds `authkey` and checking that the server does
     /// (Python's `BaseManager(address, authkey).connect()`). Its proxies behave as a
-    /// local manager's.
+    /// local manager's, over one connection shared by all of them: a connection
+    /// that fails (the server gone, a reply later than a minute) stays failed, and
+    /// every proxy made through it answers [`ManagerError::Connection`]; connect
+    /// again for a new one.
     pub fn connect(addr: impl ToSocketAddrs, authkey: &[u8]) -> Result<Manager, ManagerError> {
         let client = net::Client::connect(addr, authkey)?;
         Ok(Manager { backend: Backend::Remote(Arc::new(client)), owner: false })
@@ -247,10 +250,12 @@ impl Manager {
 
     /// Shuts the manager down: every proxy, in every process, then answers
     /// [`ManagerError::ShutDown`] (Python's `manager.shutdown()`). On a remote
-    /// manager, closes nothing but this process's way in.
+    /// manager, closes this process's connection only: its proxies then answer
+    /// [`ManagerError::Connection`], and the server serves on.
     pub fn shutdown(&self) {
-        if let Backend::Local(arena) = &self.backend {
-            arena.shut_down();
+        match &self.backend {
+            Backend::Local(arena) => arena.shut_down(),
+            Backend::Remote(client) => client.close(),
         }
     }
 

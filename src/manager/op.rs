@@ -80,9 +80,13 @@ pub(crate) enum Op {
     DictItems {
         id: u64,
     },
+    /// `items` holds `count` items, each a 4-byte little-endian length and its
+    /// bytes: one buffer, so that a request of many tiny items costs its own size
+    /// to decode, not a vector per item.
     ListExtend {
         id: u64,
-        items: Vec<Vec<u8>>,
+        count: u64,
+        items: Vec<u8>,
     },
     ListPop {
         id: u64,
@@ -125,6 +129,7 @@ pub(crate) enum WireError {
     IndexOutOfRange { index: u64, len: u64 },
     WrongType,
     WrongKind,
+    WouldDeadlock,
     Other(String),
 }
 
@@ -137,6 +142,7 @@ impl From<ManagerError> for WireError {
             ManagerError::IndexOutOfRange { index, len } => WireError::IndexOutOfRange { index, len },
             ManagerError::WrongType => WireError::WrongType,
             ManagerError::WrongKind => WireError::WrongKind,
+            ManagerError::WouldDeadlock => WireError::WouldDeadlock,
             other => WireError::Other(other.to_string()),
         }
     }
@@ -151,6 +157,7 @@ impl From<WireError> for ManagerError {
             WireError::IndexOutOfRange { index, len } => ManagerError::IndexOutOfRange { index, len },
             WireError::WrongType => ManagerError::WrongType,
             WireError::WrongKind => ManagerError::WrongKind,
+            WireError::WouldDeadlock => ManagerError::WouldDeadlock,
             WireError::Other(why) => ManagerError::Remote(why),
         }
     }
@@ -261,8 +268,9 @@ pub(crate) fn execute(arena: &Arena, op: Op) -> Result<Reply, ManagerError> {
                 Reply::Swapped { done: false, found }
             }
         }
-        Op::ListExtend { id, items } => {
-            list(&tx, id)?.extend(&mut tx, items.iter().map(Vec::as_slice))?;
+        Op::ListExtend { id, count, items } => {
+            let items = Packed::check(count, &items)?;
+            list(&tx, id)?.extend(&mut tx, items)?;
             Reply::Unit
         }
         Op::ListPop { id } => Reply::Maybe(list(&tx, id)?.pop(&mut tx)?),
@@ -273,7 +281,90 @@ pub(crate) fn execute(arena: &Arena, op: Op) -> Result<Reply, ManagerError> {
     Ok(reply)
 }
 
+/// Items packed for [`Op::ListExtend`].
+pub(crate) fn pack_items(items: impl IntoIterator<Item = Vec<u8>>) -> Result<(u64, Vec<u8>), ManagerError> {
+    let (mut count, mut out) = (0u64, Vec::new());
+    for item in items {
+        let len = u32::try_from(item.len()).map_err(|_| ManagerError::TooLarge { len: item.len() })?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&item);
+        count += 1;
+    }
+    Ok((count, out))
+}
+
+/// The items of a checked [`Op::ListExtend`] buffer, in order.
+#[derive(Debug, Clone)]
+pub(crate) struct Packed<'a> {
+    rest: &'a [u8],
+    left: usize,
+}
+
+impl<'a> Packed<'a> {
+    /// Checks that `bytes` holds exactly `count` items.
+    fn check(count: u64, bytes: &'a [u8]) -> Result<Packed<'a>, ManagerError> {
+        let bad = || ManagerError::Protocol("a list's packed items do not add up".into());
+        let left = usize::try_from(count).map_err(|_| bad())?;
+        let mut walk = Packed { rest: bytes, left };
+        for _ in 0..left {
+            walk.split().ok_or_else(bad)?;
+        }
+        if !walk.rest.is_empty() {
+            return Err(bad());
+        }
+        Ok(Packed { rest: bytes, left })
+    }
+
+    fn split(&mut self) -> Option<&'a [u8]> {
+        let (len, rest) = self.rest.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let (item, rest) = rest.split_at_checked(len)?;
+        self.rest = rest;
+        Some(item)
+    }
+}
+
+impl<'a> Iterator for Packed<'a> {
+    type Item = &'a [u8];
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        self.split()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for Packed<'_> {}
+
 impl Op {
+    /// The container a request names, to check against those its connection opened.
+    pub(crate) fn target(&self) -> Option<u64> {
+        match self {
+            Op::Open { .. } => None,
+            Op::Check { id, .. }
+            | Op::Len { id, .. }
+            | Op::Clear { id, .. }
+            | Op::DictGet { id, .. }
+            | Op::DictContains { id, .. }
+            | Op::DictInsert { id, .. }
+            | Op::DictRemove { id, .. }
+            | Op::DictSwap { id, .. }
+            | Op::DictKeys { id }
+            | Op::DictValues { id }
+            | Op::DictItems { id }
+            | Op::ListExtend { id, .. }
+            | Op::ListPop { id }
+            | Op::ListGet { id, .. }
+            | Op::ListSet { id, .. }
+            | Op::ListToVec { id } => Some(*id),
+        }
+    }
+
     fn only_reads(&self) -> bool {
         matches!(
             self,

@@ -219,8 +219,8 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> Dict<K, V
     /// Returns the new value.
     ///
     /// On a manager in this machine's shared memory, `f` runs once, under the
-    /// manager's lock: keep it short, and do not use the manager inside it (that is
-    /// a [`ManagerError::Corrupted`] naming the re-entry, not a deadlock). A process
+    /// manager's lock: keep it short. Reading the manager inside it works; changing
+    /// it there is [`ManagerError::WouldDeadlock`], not a deadlock. A process
     /// killed while `f` runs changes nothing. Over the network, `f` runs in this
     /// process and the write happens only if the value is still the one `f` saw;
     /// otherwise `f` runs again on the newer value.
@@ -316,13 +316,15 @@ impl<T: Serialize + DeserializeOwned> List<T> {
 
     /// Appends `item` (Python's `l.append(item)`).
     pub fn push(&self, item: T) -> Result<(), ManagerError> {
-        self.backend.call(Op::ListExtend { id: self.id, items: vec![encode(&item)?] })?.unit()
+        let (count, items) = op::pack_items([encode(&item)?])?;
+        self.backend.call(Op::ListExtend { id: self.id, count, items })?.unit()
     }
 
     /// Appends every item, all in one step (Python's `l.extend(items)`).
     pub fn extend(&self, items: impl IntoIterator<Item = T>) -> Result<(), ManagerError> {
         let items = items.into_iter().map(|i| encode(&i)).collect::<Result<Vec<_>, _>>()?;
-        self.backend.call(Op::ListExtend { id: self.id, items })?.unit()
+        let (count, items) = op::pack_items(items)?;
+        self.backend.call(Op::ListExtend { id: self.id, count, items })?.unit()
     }
 
     /// Removes and returns the last item; `None` when empty (Python's `l.pop()`

@@ -87,6 +87,7 @@ pub(crate) fn named(tx: &mut Tx, name: &str, tag: u64, types: [u64; 2]) -> Resul
         registry = create(tx, DICT, [0, 0])?;
         tx.set(W_REGISTRY, registry)?;
     }
+    check_kind_only(tx, registry, DICT)?;
     let key = name.as_bytes();
     if let Some(found) = Dict(registry).get(tx, key, hash(key))? {
         let id = <[u8; 8]>::try_from(found.as_slice()).map_err(|_| corrupted("the registry"))?;
@@ -97,6 +98,23 @@ pub(crate) fn named(tx: &mut Tx, name: &str, tag: u64, types: [u64; 2]) -> Resul
     let id = create(tx, tag, types)?;
     Dict(registry).insert(tx, key, hash(key), &id.to_le_bytes())?;
     Ok(id)
+}
+
+/// The bytes a whole-container read may copy out: no more than the arena holds. A
+/// consistent container never reaches it; a read racing a writer (its result to be
+/// thrown away) or a scribbled one, reading one block again and again, stops here
+/// instead of allocating without bound.
+struct Budget(usize);
+
+impl Budget {
+    fn of(tx: &Reader) -> Budget {
+        Budget(tx.capacity())
+    }
+
+    fn spend(&mut self, bytes: Vec<u8>) -> Result<Vec<u8>, ManagerError> {
+        self.0 = self.0.checked_sub(bytes.len()).ok_or(corrupted("a container larger than its arena"))?;
+        Ok(bytes)
+    }
 }
 
 /// A dict's raw operations; `.0` is its id.
@@ -245,7 +263,7 @@ impl Dict {
         let probe = if self.make_room(tx)? { self.probe(tx, key, h)? } else { probe };
         let was_removed = entry_of(tx.get(probe.bucket)?) == REMOVED;
         tx.set(probe.bucket, bucket_word(h, entry))?;
-        tx.set(self.0 + 3, self.count(tx)? + 1)?;
+        tx.set(self.0 + 3, self.count(tx)?.saturating_add(1))?;
         if was_removed {
             tx.set(self.0 + 4, tx.get(self.0 + 4)?.saturating_sub(1))?;
         }
@@ -257,10 +275,13 @@ impl Dict {
     fn make_room(self, tx: &mut Tx) -> Result<bool, ManagerError> {
         let (table, cap) = self.table(tx)?;
         let (count, removed) = (self.count(tx)?, tx.get(self.0 + 4)?);
-        if (count + removed + 1) * 4 <= cap * 3 {
+        // Counts come from shared memory: saturating, so that a scribbled one is a
+        // table that wants to grow (and then finds it cannot), never an overflow.
+        let load = count.saturating_add(removed).saturating_add(1);
+        if load.saturating_mul(4) <= cap.saturating_mul(3) {
             return Ok(false);
         }
-        let wanted = if (count + 1) * 2 <= cap { cap } else { (cap * 2).max(7) };
+        let wanted = if count.saturating_add(1).saturating_mul(2) <= cap { cap } else { cap.saturating_mul(2).max(7) };
         let new_table = tx.alloc(wanted)?;
         // The whole block: its size is the next power of two, minus its head.
         let new_cap = tx.block_room(new_table)?;
@@ -304,7 +325,7 @@ impl Dict {
         let value = Self::value_of(tx, entry)?;
         tx.set(probe.bucket, REMOVED)?;
         tx.set(self.0 + 3, self.count(tx)?.saturating_sub(1))?;
-        tx.set(self.0 + 4, tx.get(self.0 + 4)? + 1)?;
+        tx.set(self.0 + 4, tx.get(self.0 + 4)?.saturating_add(1))?;
         tx.free(entry)?;
         Ok(Some(value))
     }
@@ -323,15 +344,21 @@ impl Dict {
     }
 
     pub(crate) fn keys(self, tx: &Reader) -> Result<Vec<Vec<u8>>, ManagerError> {
-        self.entries(tx)?.into_iter().map(|e| Self::key_of(tx, e)).collect()
+        let mut budget = Budget::of(tx);
+        self.entries(tx)?.into_iter().map(|e| budget.spend(Self::key_of(tx, e)?)).collect()
     }
 
     pub(crate) fn values(self, tx: &Reader) -> Result<Vec<Vec<u8>>, ManagerError> {
-        self.entries(tx)?.into_iter().map(|e| Self::value_of(tx, e)).collect()
+        let mut budget = Budget::of(tx);
+        self.entries(tx)?.into_iter().map(|e| budget.spend(Self::value_of(tx, e)?)).collect()
     }
 
     pub(crate) fn items(self, tx: &Reader) -> Result<Vec<Pair>, ManagerError> {
-        self.entries(tx)?.into_iter().map(|e| Ok((Self::key_of(tx, e)?, Self::value_of(tx, e)?))).collect()
+        let mut budget = Budget::of(tx);
+        self.entries(tx)?
+            .into_iter()
+            .map(|e| Ok((budget.spend(Self::key_of(tx, e)?)?, budget.spend(Self::value_of(tx, e)?)?)))
+            .collect()
     }
 
     /// Removes every entry, returning their memory to the arena.
@@ -457,7 +484,8 @@ impl List {
 
     pub(crate) fn to_vec(self, tx: &Reader) -> Result<Vec<Vec<u8>>, ManagerError> {
         let (len, array, _) = self.parts(tx)?;
-        (0..len).map(|i| Self::read_item(tx, tx.get(array + i)?)).collect()
+        let mut budget = Budget::of(tx);
+        (0..len).map(|i| budget.spend(Self::read_item(tx, tx.get(array + i)?)?)).collect()
     }
 
     pub(crate) fn clear(self, tx: &mut Tx) -> Result<(), ManagerError> {

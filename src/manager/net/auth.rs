@@ -49,7 +49,7 @@ fn mac(key: &[u8], label: &[u8], a: &[u8], b: &[u8]) -> HmacSha256 {
 
 fn read(stream: &mut Framed, deadline: Instant) -> Result<Vec<u8>, ManagerError> {
     let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    Ok(stream.read_frame(MAX, Some(left), left)?)
+    Ok(stream.read_frame(MAX, Some(left), left, Some(deadline))?)
 }
 
 fn send(stream: &mut Framed, bytes: &[u8]) -> Result<(), ManagerError> {

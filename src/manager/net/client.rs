@@ -50,6 +50,13 @@ impl Client {
         ))
     }
 
+    /// Closes the connection: every later call is a `Connection` error.
+    pub(crate) fn close(&self) {
+        if let Some(stream) = self.stream.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            drop(stream);
+        }
+    }
+
     /// Sends `op` and waits for its reply.
     pub(crate) fn call(&self, op: Op) -> Result<Reply, ManagerError> {
         let request = postcard::to_allocvec(&op).map_err(|e| ManagerError::Encode(e.to_string()))?;
@@ -71,5 +78,5 @@ impl Client {
 
 fn exchange(stream: &mut Framed, request: &[u8]) -> Result<Vec<u8>, ManagerError> {
     stream.write_frame(request).map_err(ManagerError::Connection)?;
-    Ok(stream.read_frame(MAX_REPLY, Some(REPLY_TIMEOUT), REPLY_TIMEOUT)?)
+    Ok(stream.read_frame(MAX_REPLY, Some(REPLY_TIMEOUT), REPLY_TIMEOUT, None)?)
 }

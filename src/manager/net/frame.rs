@@ -63,12 +63,14 @@ impl Framed {
 
     /// Reads one frame of at most `max` bytes. Its first byte may take up to `idle`
     /// (forever when `None`) to come; from then on the whole frame must arrive within
-    /// `frame_time` (a peer that trickles bytes is cut off).
+    /// `frame_time` (a peer that trickles bytes is cut off), and all of it by `by`
+    /// when given (one deadline for a whole exchange).
     pub(crate) fn read_frame(
         &mut self,
         max: usize,
         idle: Option<Duration>,
         frame_time: Duration,
+        by: Option<Instant>,
     ) -> Result<Vec<u8>, FrameError> {
         if self.start == self.end {
             self.start = 0;
@@ -78,7 +80,11 @@ impl Framed {
                 n => self.end = n,
             }
         }
-        let deadline = Instant::now() + frame_time;
+        let now = Instant::now();
+        let mut deadline = now.checked_add(frame_time).unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
+        if let Some(by) = by {
+            deadline = deadline.min(by);
+        }
         self.wanting(4, deadline)?;
         let len = <[u8; 4]>::try_from(&self.buf[self.start..self.start + 4]).expect("four bytes");
         let n = u32::from_le_bytes(len) as usize;
