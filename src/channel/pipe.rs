@@ -325,9 +325,6 @@ impl<T> Connection<T> {
             }
             match ring.try_put(&message, wait) {
                 Ok(()) => return Ok(()),
-                // Past the deadline, room that shows (a hint) but cannot be taken (a
-                // lock another holds) must not send us round again.
-                Err(PutFail::Full) if wait.expired() => return Err(SendTimeoutError::Timeout(())),
                 Err(PutFail::Full) => {}
                 Err(PutFail::Closed) => return Err(SendTimeoutError::Disconnected(())),
                 Err(PutFail::Fault(fault)) => return Err(failed(fault)),
@@ -362,10 +359,7 @@ impl<T> Connection<T> {
             let ready = || ring.has_data_or_closed() || self.peer_closed();
             let mut gone = || self.peer_gone();
             let poll = Poll { every: PEER_CHECK, gone: &mut gone };
-            // Past the deadline, data that shows but cannot be taken must not send us
-            // round again.
-            let waited = if wait.expired() { Waited::TimedOut } else { ring.wait_for_data(wait, Some(poll), ready) };
-            let gone = match waited {
+            let gone = match ring.wait_for_data(wait, Some(poll), ready) {
                 // A short timeout never reaches a poll: look before reporting it.
                 Waited::TimedOut if !self.peer_gone_now_and_then() => return Err(RecvTimeoutError::Timeout),
                 Waited::TimedOut => true,

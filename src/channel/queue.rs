@@ -101,9 +101,7 @@ impl RawQueue {
         loop {
             match self.ring.try_put(&message, wait) {
                 Ok(()) => return Ok(()),
-                // Past the deadline, a waiter that sees room (a hint) but cannot put
-                // (a lock another holds) must not go round again: that loop never ends.
-                Err(PutFail::Full) if !wait.expired() => {}
+                Err(PutFail::Full) if wait != Wait::Never => {}
                 Err(PutFail::Full) => return Err(Stop::Timeout),
                 Err(PutFail::Closed) => return Err(Stop::Closed),
                 Err(PutFail::Fault(f)) => return Err(Stop::Fault(f)),
@@ -121,8 +119,7 @@ impl RawQueue {
     fn get_many(&self, outs: &mut [Vec<u8>], wait: Wait) -> Result<usize, GetFail> {
         loop {
             match self.ring.try_get_many(outs, wait) {
-                // As in `put`: the deadline is checked here, not only while waiting.
-                Err(GetFail::Empty) if !wait.expired() => {}
+                Err(GetFail::Empty) if wait != Wait::Never => {}
                 other => return other,
             }
             match self.ring.wait_for_data(wait, None, || self.ring.has_data_or_closed()) {
@@ -136,8 +133,7 @@ impl RawQueue {
     fn get(&self, out: &mut Vec<u8>, wait: Wait) -> Result<(), GetFail> {
         loop {
             match self.ring.try_get(out, wait) {
-                // As in `put`: the deadline is checked here, not only while waiting.
-                Err(GetFail::Empty) if !wait.expired() => {}
+                Err(GetFail::Empty) if wait != Wait::Never => {}
                 other => return other,
             }
             match self.ring.wait_for_data(wait, None, || self.ring.has_data_or_closed()) {

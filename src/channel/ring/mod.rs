@@ -332,7 +332,14 @@ impl Ring {
     /// Waits until `ready()` (a consumer's condition): the next put wakes us. A
     /// consumer that keeps catching up with its producer first holds back (see
     /// [`pace`](super::pace)).
+    ///
+    /// Past the deadline it reports `TimedOut` at once, ready or not: a caller whose
+    /// try just failed (its lock held by another, a scribbled owner say) while the
+    /// ring looks ready would otherwise go round forever.
     pub(crate) fn wait_for_data(&self, wait: Wait, poll: Option<Poll<'_>>, mut ready: impl FnMut() -> bool) -> Waited {
+        if wait.expired() {
+            return Waited::TimedOut;
+        }
         let h = self.header();
         let held_back = self.pace.hold_back();
         if pace::look_briefly(&mut ready) {
@@ -358,6 +365,10 @@ impl Ring {
         poll: Option<Poll<'_>>,
         mut ready: impl FnMut() -> bool,
     ) -> Waited {
+        // As in `wait_for_data`: past the deadline, no round again.
+        if wait.expired() {
+            return Waited::TimedOut;
+        }
         let h = self.header();
         let held_back = self.room_pace.hold_back();
         if pace::look_briefly(&mut ready) {
