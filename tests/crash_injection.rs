@@ -27,11 +27,7 @@ fn say(line: String) {
 }
 
 fn seed() -> u64 {
-    let seed = std::env::var("SHMPROC_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-    });
-    say(format!("crash-injection seed: {seed} (SHMPROC_CRASH_SEED={seed} replays it)"));
-    seed
+    seed_from("SHMPROC_CRASH_SEED", "crash-injection")
 }
 
 #[derive(Default)]
@@ -723,14 +719,6 @@ fn manager_users_killed_mid_operation() {
     t.report("manager");
 }
 
-/// Whether `pid` runs (a zombie does not).
-fn running(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
-        Err(_) => false,
-    }
-}
-
 fn sleeper(_: ()) {
     std::thread::sleep(Duration::from_secs(60));
 }
@@ -777,10 +765,10 @@ fn parents_of_daemon_children_killed() {
         assert!(parent.join_timeout(PATIENCE).unwrap(), "round {round}: the killed parent was not reaped");
         t.kills += 1;
         let start = Instant::now();
-        while daemons.iter().any(|&d| running(d)) && start.elapsed() < PATIENCE {
+        while daemons.iter().any(|&d| alive(d)) && start.elapsed() < PATIENCE {
             std::thread::sleep(Duration::from_millis(1));
         }
-        if daemons.iter().any(|&d| running(d)) {
+        if daemons.iter().any(|&d| alive(d)) {
             t.hangs += 1;
             for &d in &daemons {
                 // SAFETY: kill(2) on a pid this test started (cleaning up after a failure).
@@ -954,12 +942,6 @@ fn lock_and_array_holders_killed_inside() {
         t.hangs += 1;
     }
     t.report("lock-and-array");
-}
-
-/// The parent pid of `pid`, from /proc.
-fn parent_of(pid: i32) -> i32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
 }
 
 /// Run alone (see below): fork servers killed, each with two children running.

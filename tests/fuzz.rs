@@ -158,10 +158,7 @@ fn exercise(kind: Kind, name: &str) -> (bool, u32) {
 #[test]
 fn mutated_segments_give_errors_or_values_never_a_crash_or_a_hang() {
     let iters: u64 = std::env::var("SHMPROC_FUZZ_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(3_000);
-    let seed: u64 = std::env::var("SHMPROC_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-    });
-    eprintln!("fuzz seed: {seed} (SHMPROC_FUZZ_SEED={seed} replays it)");
+    let seed = seed_from("SHMPROC_FUZZ_SEED", "fuzz");
     let seeds = corpus();
     let tally = RawArray::<u64>::zeroed(3).unwrap();
     let mut child = {

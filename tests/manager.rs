@@ -274,7 +274,7 @@ fn a_holder_killed_inside_update_leaves_the_dict_unchanged_and_usable() {
 /// crashes or hangs.
 #[test]
 fn scribbled_memory_gives_errors_never_a_crash_or_a_hang() {
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let seed = seed_from("SHMPROC_SCRIBBLE_SEED", "scribbled manager");
     let mut outcomes = (0u32, 0u32); // (operations that succeeded, that failed)
     for trial in 0..40u64 {
         // A fresh manager each trial: the last one's memory is garbage by now.
@@ -501,13 +501,19 @@ fn raw_client(addr: std::net::SocketAddr) -> TcpStream {
     s
 }
 
-/// Whether the server closed `s` (a read sees the end, or a reset) within PATIENCE.
+/// Whether the server closed `s` (a read sees the end, or a reset) within PATIENCE;
+/// false if it was still open then (the read timed out).
 fn closed_by_server(mut s: TcpStream) -> bool {
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut buf = [0u8; 64];
     loop {
         match s.read(&mut buf) {
-            Ok(0) | Err(_) => return true,
+            Ok(0) => return true,
             Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false
+            }
+            Err(_) => return true,
         }
     }
 }

@@ -256,13 +256,6 @@ fn starting_from_a_multi_threaded_parent_under_every_method() {
     printer.join().unwrap();
 }
 
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
-        Err(_) => false,
-    }
-}
-
 #[derive(Serialize, Deserialize)]
 struct Middle {
     method: u8,
@@ -471,12 +464,6 @@ fn join_without_a_descriptor_to_spare_still_reaps_the_child() {
         }
     });
     assert_eq!(join(outer), Exit::Code(0));
-}
-
-/// The parent pid of `pid`, from /proc.
-fn parent_of(pid: i32) -> i32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat[stat.rfind(')').unwrap() + 1..].split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 #[test]

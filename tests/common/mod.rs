@@ -215,3 +215,28 @@ impl Rng {
         self.next() % n.max(1)
     }
 }
+
+/// A seed for a randomised test: `var`'s value if set (to replay a run), else the
+/// clock's. Printed (past the harness's capture) with how to replay it.
+pub fn seed_from(var: &str, what: &str) -> u64 {
+    let seed = std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{what} seed: {seed} ({var}={seed} replays it)");
+    seed
+}
+
+/// Whether `pid` runs (a zombie does not), from /proc.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// The parent pid of `pid`, from /proc (0 if it is gone).
+pub fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+}
