@@ -26,6 +26,15 @@ fn say(line: String) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// In a child that holds a lock in a loop: a poisoned lock (an earlier holder was
+/// killed) is taken anyway; any other failure ends the child.
+fn poisoned_or_abort<G>(e: LockError<G>) -> G {
+    match e {
+        LockError::Poisoned(p) => p.into_inner(),
+        _ => std::process::abort(),
+    }
+}
+
 fn seed() -> u64 {
     seed_from("SHMPROC_CRASH_SEED", "crash-injection")
 }
@@ -281,10 +290,7 @@ fn value_lock_holders_killed_inside() {
         let child = {
             let v = v.clone();
             fork(move || loop {
-                let mut g = v.lock().unwrap_or_else(|e| match e {
-                    LockError::Poisoned(p) => p.into_inner(),
-                    _ => std::process::abort(),
-                });
+                let mut g = v.lock().unwrap_or_else(poisoned_or_abort);
                 g[0] += 1;
                 for _ in 0..50 {
                     std::hint::spin_loop();
@@ -405,14 +411,8 @@ fn rlock_holders_killed_inside() {
         let child = {
             let (lock, counter) = (lock.clone(), counter.clone());
             fork(move || loop {
-                let outer = lock.acquire().unwrap_or_else(|e| match e {
-                    LockError::Poisoned(p) => p.into_inner(),
-                    _ => std::process::abort(),
-                });
-                let inner = lock.acquire().unwrap_or_else(|e| match e {
-                    LockError::Poisoned(p) => p.into_inner(),
-                    _ => std::process::abort(),
-                });
+                let outer = lock.acquire().unwrap_or_else(poisoned_or_abort);
+                let inner = lock.acquire().unwrap_or_else(poisoned_or_abort);
                 counter.set(0, counter.get(0).unwrap() + 1).unwrap();
                 drop(inner);
                 drop(outer);
@@ -591,10 +591,7 @@ fn condition_users_killed_holding_or_waiting() {
         let child = {
             let (cond, turn) = (cond.clone(), turn.clone());
             fork(move || loop {
-                let mut g = cond.acquire().unwrap_or_else(|e| match e {
-                    LockError::Poisoned(p) => p.into_inner(),
-                    _ => std::process::abort(),
-                });
+                let mut g = cond.acquire().unwrap_or_else(poisoned_or_abort);
                 let _ = g.wait_for(|| turn.get(0) == Some(1), Some(Duration::from_micros(300)));
                 turn.set(0, 0).unwrap();
                 cond.notify_all();
@@ -878,19 +875,13 @@ fn lock_and_array_holders_killed_inside() {
             let (lock, pair, array) = (lock.clone(), pair.clone(), array.clone());
             fork(move || loop {
                 if on_array {
-                    let mut g = array.lock().unwrap_or_else(|e| match e {
-                        LockError::Poisoned(p) => p.into_inner(),
-                        _ => std::process::abort(),
-                    });
+                    let mut g = array.lock().unwrap_or_else(poisoned_or_abort);
                     let next = g[0] + 1;
                     for x in g.iter_mut() {
                         *x = next;
                     }
                 } else {
-                    let g = lock.acquire().unwrap_or_else(|e| match e {
-                        LockError::Poisoned(p) => p.into_inner(),
-                        _ => std::process::abort(),
-                    });
+                    let g = lock.acquire().unwrap_or_else(poisoned_or_abort);
                     let n = pair.get(0).unwrap() + 1;
                     pair.set(0, n).unwrap();
                     std::hint::spin_loop();
