@@ -608,24 +608,29 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Runs `work(k)` in 2 forked children (k = 0, 1) released together by a barrier;
-/// returns MANAGER_KEYS operations over the time from the first child's start to the
-/// last child's end. Each child reads the clock itself: the work takes about a
+/// Runs `work(prepared, k)` in 2 forked children (k = 0, 1) released together by a
+/// barrier, each having first made `prepare(k)` (a connection, say: `None` fails the
+/// child); returns MANAGER_KEYS operations over the time from the first child's
+/// start to the last child's end. Each child reads the clock itself: the work takes about a
 /// millisecond, as long as waking the parent from the barrier can, so the parent's
 /// own clock (Python's side uses it, for work that takes half a second) would start
 /// late and overstate the rate.
-fn manager_rate(work: impl Fn(u64) -> bool + Clone + Send + 'static) -> f64 {
+fn manager_rate<P>(
+    prepare: impl Fn(u64) -> Option<P> + Clone + Send + 'static,
+    work: impl Fn(&P, u64) -> bool + Clone + Send + 'static,
+) -> f64 {
     let start = Barrier::new(3).unwrap();
     let times = RawArray::<u64>::zeroed(4).unwrap();
     let children: Vec<_> = (0..2)
         .map(|k| {
-            let (start, work, times) = (start.clone(), work.clone(), times.clone());
+            let (start, prepare, work, times) = (start.clone(), prepare.clone(), work.clone(), times.clone());
             fork(move || {
+                let Some(prepared) = prepare(k) else { return 3 };
                 if start.wait_timeout(PATIENCE).is_err() {
                     return 1;
                 }
                 times.set(2 * k as usize, monotonic_ns()).unwrap();
-                let ok = work(k);
+                let ok = work(&prepared, k);
                 times.set(2 * k as usize + 1, monotonic_ns()).unwrap();
                 if ok {
                     0
@@ -652,6 +657,11 @@ fn set_all(d: &Dict<u64, u64>, k: u64) -> bool {
     manager_share(k).all(|i| d.insert(i, i).is_ok())
 }
 
+fn get_all(d: &Dict<u64, u64>, k: u64) -> bool {
+    let expected: u64 = manager_share(k).sum();
+    manager_share(k).map(|i| d.get(&i).ok().flatten().unwrap_or(u64::MAX)).sum::<u64>() == expected
+}
+
 /// 2 processes set 10 000 distinct keys each in a fresh manager dict; then 2
 /// processes get 10 000 keys each from a filled one.
 fn manager_dict() {
@@ -660,7 +670,7 @@ fn manager_dict() {
     for _ in 0..6 {
         let d = m.dict::<u64, u64>().unwrap();
         let dc = d.clone();
-        rates.push(manager_rate(move |k| set_all(&dc, k)));
+        rates.push(manager_rate(move |_| Some(dc.clone()), set_all));
         assert_eq!(d.len().unwrap() as u64, MANAGER_KEYS, "lost writes");
         d.clear().unwrap();
     }
@@ -674,10 +684,7 @@ fn manager_dict() {
     let mut rates = Vec::new();
     for _ in 0..6 {
         let d = d.clone();
-        rates.push(manager_rate(move |k| {
-            let expected: u64 = manager_share(k).sum();
-            manager_share(k).map(|i| d.get(&i).ok().flatten().unwrap_or(u64::MAX)).sum::<u64>() == expected
-        }));
+        rates.push(manager_rate(move |_| Some(d.clone()), get_all));
     }
     rates.remove(0);
     emit("manager_dict_get", median(rates), "ops/s");
@@ -692,33 +699,11 @@ fn manager_dict_set_tcp() {
     for rep in 0..4 {
         let name = format!("tcp-{rep}");
         let d = m.dict_named::<u64, u64>(&name).unwrap();
-        let start = Barrier::new(3).unwrap();
-        let times = RawArray::<u64>::zeroed(4).unwrap();
-        let children: Vec<_> = (0..2)
-            .map(|k| {
-                let (start, name, times) = (start.clone(), name.clone(), times.clone());
-                fork(move || {
-                    let Ok(remote) = Manager::connect(addr, b"shmproc-bench") else { return 3 };
-                    let Ok(d) = remote.dict_named::<u64, u64>(&name) else { return 4 };
-                    if start.wait_timeout(PATIENCE).is_err() {
-                        return 1;
-                    }
-                    times.set(2 * k as usize, monotonic_ns()).unwrap();
-                    let ok = set_all(&d, k);
-                    times.set(2 * k as usize + 1, monotonic_ns()).unwrap();
-                    if ok {
-                        0
-                    } else {
-                        2
-                    }
-                })
-                .unwrap()
-            })
-            .collect();
-        start.wait_timeout(PATIENCE).unwrap();
-        children.into_iter().for_each(join);
-        let t = times.to_vec();
-        rates.push(MANAGER_KEYS as f64 / ((t[1].max(t[3]) - t[0].min(t[2])) as f64 * 1e-9));
+        let connect = move |_| {
+            let remote = Manager::connect(addr, b"shmproc-bench").ok()?;
+            remote.dict_named::<u64, u64>(&name).ok()
+        };
+        rates.push(manager_rate(connect, set_all));
         assert_eq!(d.len().unwrap() as u64, MANAGER_KEYS, "lost writes");
     }
     rates.remove(0);
