@@ -170,60 +170,40 @@ impl Reply {
             other => ManagerError::Protocol(format!("expected {wanted}, got {other:?}")),
         }
     }
+}
 
+/// `Reply::$name(self)`: the answer if it is the `$variant` expected, else the
+/// error it carries (or a protocol error naming what came instead).
+macro_rules! expect_reply {
+    ($($name:ident: $variant:ident($out:ty) as $what:literal;)*) => {
+        impl Reply {
+            $(
+                pub(crate) fn $name(self) -> Result<$out, ManagerError> {
+                    match self {
+                        Reply::$variant(v) => Ok(v),
+                        other => Err(other.shape($what)),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+expect_reply! {
+    id: Id(u64) as "an id";
+    len: Len(u64) as "a length";
+    bool: Bool(bool) as "a boolean";
+    bytes: Bytes(Vec<u8>) as "bytes";
+    maybe: Maybe(Option<Vec<u8>>) as "maybe bytes";
+    many: Many(Vec<Vec<u8>>) as "a list of bytes";
+    pairs: Pairs(Vec<Pair>) as "pairs";
+}
+
+impl Reply {
     pub(crate) fn unit(self) -> Result<(), ManagerError> {
         match self {
             Reply::Unit => Ok(()),
             other => Err(other.shape("nothing")),
-        }
-    }
-
-    pub(crate) fn id(self) -> Result<u64, ManagerError> {
-        match self {
-            Reply::Id(id) => Ok(id),
-            other => Err(other.shape("an id")),
-        }
-    }
-
-    pub(crate) fn len(self) -> Result<u64, ManagerError> {
-        match self {
-            Reply::Len(n) => Ok(n),
-            other => Err(other.shape("a length")),
-        }
-    }
-
-    pub(crate) fn bool(self) -> Result<bool, ManagerError> {
-        match self {
-            Reply::Bool(b) => Ok(b),
-            other => Err(other.shape("a boolean")),
-        }
-    }
-
-    pub(crate) fn bytes(self) -> Result<Vec<u8>, ManagerError> {
-        match self {
-            Reply::Bytes(b) => Ok(b),
-            other => Err(other.shape("bytes")),
-        }
-    }
-
-    pub(crate) fn maybe(self) -> Result<Option<Vec<u8>>, ManagerError> {
-        match self {
-            Reply::Maybe(b) => Ok(b),
-            other => Err(other.shape("maybe bytes")),
-        }
-    }
-
-    pub(crate) fn many(self) -> Result<Vec<Vec<u8>>, ManagerError> {
-        match self {
-            Reply::Many(v) => Ok(v),
-            other => Err(other.shape("a list of bytes")),
-        }
-    }
-
-    pub(crate) fn pairs(self) -> Result<Vec<Pair>, ManagerError> {
-        match self {
-            Reply::Pairs(v) => Ok(v),
-            other => Err(other.shape("pairs")),
         }
     }
 
