@@ -110,6 +110,7 @@ mod segment;
 mod shared;
 mod sync;
 mod sys;
+mod wire;
 
 #[doc(hidden)]
 pub mod testing;

@@ -14,10 +14,10 @@
 //!
 //! ## Messages (little-endian)
 //! Task, parent to worker: `id: u64 | runner offset: u64 | tag: u64 | count: u32 |
-//! count postcard-encoded arguments`.
+//! count arguments` in our own [wire format](crate::wire) (fixed-width numbers).
 //!
 //! Reply, worker to parent: `id: u64 | count: u32 | kind: u32 | elapsed ns: u64 |
-//! count items`, each item a status byte and a postcard payload (the result, a
+//! count items`, each item a status byte and its payload (the result, a
 //! [`Panic`], or an error message). Kinds besides a result: a worker ready after its
 //! initializer, one whose initializer failed (its panic as the payload), a result
 //! that is its sender's last (it retires at `max_tasks_per_child`), and a nudge
@@ -30,6 +30,7 @@ use serde::Serialize;
 
 use super::error::TaskError;
 use crate::process::{code_address, code_offset, conjure, Panic, PanicCapture};
+use crate::wire;
 
 pub(crate) const TASK_HEADER: usize = 28;
 pub(crate) const REPLY_HEADER: usize = 24;
@@ -208,39 +209,9 @@ fn siphash24(k0: u64, k1: u64, m: u64) -> u64 {
     v[0] ^ v[1] ^ v[2] ^ v[3]
 }
 
-/// Appends postcard encodings to a `Vec` without giving it up on failure.
-struct Append<'a>(&'a mut Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for Append<'_> {
-    type Output = ();
-    #[inline]
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        if data.len() <= 16 {
-            // A varint or a short field: a loop, not a call to memcpy.
-            self.0.reserve(data.len());
-            data.iter().for_each(|&b| self.0.push(b));
-        } else {
-            self.0.extend_from_slice(data);
-        }
-        Ok(())
-    }
-    #[inline]
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
-    }
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
-
 /// Appends `value`'s encoding to `out`; on failure `out` is as it was.
 pub(crate) fn append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
-    let mark = out.len();
-    postcard::serialize_with_flavor::<T, _, ()>(value, Append(out)).map_err(|e| {
-        out.truncate(mark);
-        crate::segment::transfer::encode_failure::<T>(e)
-    })
+    wire::append(value, out)
 }
 
 /// Starts a task message in `out`: the header, with the id left for the dispatcher
@@ -328,8 +299,8 @@ fn fail_items(count: u32, why: &str, out: &mut Vec<u8>) {
 /// panic per item.
 fn run_chunk<C: Invoke>(capture: &PanicCapture, args: &[u8], count: u32, out: &mut Vec<u8>) {
     if count == 1 {
-        match postcard::take_from_bytes::<C::In>(args) {
-            Ok((input, [])) => call::<C>(capture, input, out),
+        match wire::take_from_bytes::<C::In>(args) {
+            Ok((input, [])) => call_all::<C>(capture, std::iter::once(input), out),
             Ok(_) => fail_items(1, "trailing bytes after the task's arguments", out),
             Err(e) => fail_items(1, &decode_message::<C::In>(e), out),
         }
@@ -338,7 +309,7 @@ fn run_chunk<C: Invoke>(capture: &PanicCapture, args: &[u8], count: u32, out: &m
     let mut inputs = Vec::with_capacity((count as usize).min(args.len()));
     let mut rest = args;
     for _ in 0..count {
-        match postcard::take_from_bytes::<C::In>(rest) {
+        match wire::take_from_bytes::<C::In>(rest) {
             Ok((input, tail)) => {
                 inputs.push(input);
                 rest = tail;
@@ -349,29 +320,40 @@ fn run_chunk<C: Invoke>(capture: &PanicCapture, args: &[u8], count: u32, out: &m
     if !rest.is_empty() {
         return fail_items(count, "trailing bytes after the chunk's arguments", out);
     }
-    out.reserve(inputs.len() * (1 + std::mem::size_of::<C::Out>()));
-    for input in inputs {
-        call::<C>(capture, input, out);
-    }
+    call_all::<C>(capture, inputs.into_iter(), out);
 }
 
-fn decode_message<T>(e: postcard::Error) -> String {
+fn decode_message<T>(e: wire::WireError) -> String {
     format!("cannot decode the arguments as `{}`: {e}", crate::names::type_name::<T>())
 }
 
-fn call<C: Invoke>(capture: &PanicCapture, input: C::In, out: &mut Vec<u8>) {
-    match capture.catch(move || C::invoke(input)) {
-        Ok(value) => {
-            out.push(ITEM_OK);
-            if let Err(e) = append(&value, out) {
-                out.pop();
-                out.push(ITEM_ENCODE_FAILED);
-                let _ = append(&format!("cannot serialize the result: {e}"), out);
+/// Calls the task on each input in turn, appending each outcome to `out`. One
+/// `catch_unwind` covers the run of items up to a panic (not one per item): the
+/// panicking item's partial output is cut off, it becomes a panicked item, and the
+/// items after it run under a fresh catch.
+fn call_all<C: Invoke>(capture: &PanicCapture, mut inputs: impl ExactSizeIterator<Item = C::In>, out: &mut Vec<u8>) {
+    out.reserve(inputs.len() * (1 + std::mem::size_of::<C::Out>()));
+    let mut mark = out.len();
+    loop {
+        let run = capture.catch(|| {
+            for input in inputs.by_ref() {
+                mark = out.len();
+                let value = C::invoke(input);
+                out.push(ITEM_OK);
+                if let Err(e) = append(&value, out) {
+                    out.pop();
+                    out.push(ITEM_ENCODE_FAILED);
+                    let _ = append(&format!("cannot serialize the result: {e}"), out);
+                }
             }
-        }
-        Err((panic, _payload)) => {
-            out.push(ITEM_PANICKED);
-            let _ = append(&panic, out);
+        });
+        match run {
+            Ok(()) => return,
+            Err((panic, _payload)) => {
+                out.truncate(mark);
+                out.push(ITEM_PANICKED);
+                let _ = append(&panic, out);
+            }
         }
     }
 }
@@ -411,7 +393,7 @@ impl<'a> Reply<'a> {
 
     /// The panic of an initializer-failed reply.
     pub(crate) fn init_failure(&self) -> String {
-        match postcard::from_bytes::<Panic>(self.items) {
+        match wire::from_bytes::<Panic>(self.items) {
             Ok(p) => format!("panicked at {}: {}", p.location, p.message),
             Err(_) => "the worker's initializer failed".to_owned(),
         }
@@ -420,52 +402,55 @@ impl<'a> Reply<'a> {
 
 /// Reads the items of a reply one by one, as the task's result type.
 pub(crate) struct Items<'a> {
-    rest: &'a [u8],
+    reader: wire::Reader<'a>,
 }
 
 impl<'a> Items<'a> {
     pub(crate) fn new(items: &'a [u8]) -> Items<'a> {
-        Items { rest: items }
+        Items { reader: wire::Reader::new(items) }
     }
 
     /// The next item. A damaged one leaves the reader at the end, so every later
     /// item fails too.
+    #[inline]
     pub(crate) fn next<R: DeserializeOwned>(&mut self) -> Result<R, TaskError> {
-        let Some((&status, payload)) = self.rest.split_first() else {
-            return Err(TaskError::Decode("a reply holds fewer items than it says".into()));
-        };
-        let damaged = |this: &mut Items<'_>, e: postcard::Error, what: &str| {
-            this.rest = &[];
-            TaskError::Decode(format!("cannot decode {what}: {e}"))
-        };
+        match self.reader.byte() {
+            Some(ITEM_OK) => self.reader.read::<R>().map_err(|e| self.damaged(e, &result_of::<R>())),
+            status => Err(self.failure(status)),
+        }
+    }
+
+    /// Why an item that is not a result failed (or that the reply was damaged).
+    #[cold]
+    fn failure(&mut self, status: Option<u8>) -> TaskError {
         match status {
-            ITEM_OK => match postcard::take_from_bytes::<R>(payload) {
-                Ok((value, rest)) => {
-                    self.rest = rest;
-                    Ok(value)
-                }
-                Err(e) => Err(damaged(self, e, &format!("the result as `{}`", crate::names::type_name::<R>()))),
+            None => TaskError::Decode("a reply holds fewer items than it says".into()),
+            Some(ITEM_PANICKED) => match self.reader.read::<Panic>() {
+                Ok(p) => TaskError::Panicked { message: p.message, location: p.location },
+                Err(e) => self.damaged(e, "a panic"),
             },
-            ITEM_PANICKED => match postcard::take_from_bytes::<Panic>(payload) {
-                Ok((p, rest)) => {
-                    self.rest = rest;
-                    Err(TaskError::Panicked { message: p.message, location: p.location })
-                }
-                Err(e) => Err(damaged(self, e, "a panic")),
+            Some(status @ (ITEM_ENCODE_FAILED | ITEM_DECODE_FAILED)) => match self.reader.read::<String>() {
+                Ok(why) if status == ITEM_ENCODE_FAILED => TaskError::Encode(why),
+                Ok(why) => TaskError::Decode(why),
+                Err(e) => self.damaged(e, "an error message"),
             },
-            ITEM_ENCODE_FAILED | ITEM_DECODE_FAILED => match postcard::take_from_bytes::<String>(payload) {
-                Ok((why, rest)) => {
-                    self.rest = rest;
-                    Err(if status == ITEM_ENCODE_FAILED { TaskError::Encode(why) } else { TaskError::Decode(why) })
-                }
-                Err(e) => Err(damaged(self, e, "an error message")),
-            },
-            _ => {
-                self.rest = &[];
-                Err(TaskError::Decode("a reply item has an unknown status (damaged message)".into()))
+            Some(_) => {
+                self.reader.abandon();
+                TaskError::Decode("a reply item has an unknown status (damaged message)".into())
             }
         }
     }
+
+    #[cold]
+    fn damaged(&mut self, e: wire::WireError, what: &str) -> TaskError {
+        self.reader.abandon();
+        TaskError::Decode(format!("cannot decode {what}: {e}"))
+    }
+}
+
+#[cold]
+fn result_of<R>() -> String {
+    format!("the result as `{}`", crate::names::type_name::<R>())
 }
 
 #[cfg(test)]
@@ -520,5 +505,48 @@ mod tests {
         runner(halve)(&capture, &args, 3, &mut out);
         let mut items = Items::new(&out);
         assert!((0..3).all(|_| matches!(items.next::<u64>(), Err(TaskError::Decode(_)))));
+    }
+
+    #[test]
+    fn a_result_that_panics_while_it_is_written_is_that_items_panic_alone() {
+        /// Writes half of itself, then panics (a `Serialize` impl with a bug).
+        #[derive(serde::Deserialize)]
+        struct Half(u64);
+        impl Serialize for Half {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                assert!(self.0 != 2, "cannot write 2");
+                s.serialize_u64(self.0)
+            }
+        }
+        impl Serialize for Pair {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeTuple;
+                let mut t = s.serialize_tuple(2)?;
+                t.serialize_element(&7u64)?;
+                t.serialize_element(&self.0)?;
+                t.end()
+            }
+        }
+        #[derive(serde::Deserialize)]
+        struct Pair(Half);
+        fn wrap(x: u64) -> Pair {
+            Pair(Half(x))
+        }
+        fn runner<F: Fn(u64) -> Pair + Copy + 'static>(_: F) -> Runner {
+            run_chunk::<Plain<F, u64>>
+        }
+        let mut args = Vec::new();
+        for x in [1u64, 2, 3] {
+            append(&x, &mut args).unwrap();
+        }
+        let mut out = Vec::new();
+        let capture = PanicCapture::begin(true);
+        runner(wrap)(&capture, &args, 3, &mut out);
+        let mut items = Items::new(&out);
+        assert_eq!(items.next::<(u64, u64)>(), Ok((7, 1)));
+        assert!(
+            matches!(items.next::<(u64, u64)>(), Err(TaskError::Panicked { message, .. }) if message == "cannot write 2")
+        );
+        assert_eq!(items.next::<(u64, u64)>(), Ok((7, 3)));
     }
 }
