@@ -312,41 +312,67 @@ impl<R: DeserializeOwned + Send + 'static> Sink for Cell<R> {
     }
 }
 
-/// A map's sink: results by index, complete when the last arrives (or at the first
-/// failure, as Python's `map` raises the first exception).
+/// A map's sink: each chunk's results decoded straight into a `Vec` of their own,
+/// joined in order when the last arrives (or failed at the first failure, as
+/// Python's `map` raises the first exception).
 pub(crate) struct MapSink<R> {
-    slots: Mutex<(Vec<Option<R>>, usize)>,
+    parts: Mutex<Parts<R>>,
     cell: Arc<Cell<Vec<R>>>,
 }
 
+/// The chunks delivered so far, by their first index, and how many results are
+/// still to come.
+struct Parts<R> {
+    chunks: Vec<(usize, Vec<R>)>,
+    missing: usize,
+}
+
+impl<R> Parts<R> {
+    /// The results in order, if the chunks tile `0..len` exactly.
+    fn join(&mut self) -> Result<Vec<R>, TaskError> {
+        let mut chunks = std::mem::take(&mut self.chunks);
+        chunks.sort_unstable_by_key(|(base, _)| *base);
+        if chunks.len() == 1 && chunks[0].0 == 0 {
+            return Ok(chunks.pop().map(|(_, values)| values).unwrap_or_default());
+        }
+        let mut out = Vec::with_capacity(chunks.iter().map(|(_, values)| values.len()).sum());
+        for (base, mut values) in chunks {
+            if base != out.len() {
+                return Err(TaskError::Decode(format!("a map's results do not cover task {}", out.len())));
+            }
+            out.append(&mut values);
+        }
+        Ok(out)
+    }
+}
+
 impl<R> MapSink<R> {
-    fn finish_if_full(&self, slots: &mut (Vec<Option<R>>, usize)) {
-        if slots.1 == 0 {
-            let values = std::mem::take(&mut slots.0).into_iter().map(|v| v.expect("every slot filled")).collect();
-            self.cell.complete(Ok(values));
+    fn finish_if_full(&self, parts: &mut Parts<R>) {
+        if parts.missing == 0 {
+            self.cell.complete(parts.join());
         }
     }
 }
 
 impl<R: DeserializeOwned + Send + 'static> Sink for MapSink<R> {
     fn deliver(&self, base: usize, count: u32, items: &mut Items<'_>) {
-        let mut slots = lock(&self.slots);
-        for i in base..base + count as usize {
+        // Decoded before the lock: the waiter's `ready()` is never held up by it.
+        let mut values = Vec::with_capacity(count as usize);
+        for _ in 0..count {
             match items.next::<R>() {
-                Ok(v) => {
-                    if let Some(slot) = slots.0.get_mut(i) {
-                        if slot.replace(v).is_none() {
-                            slots.1 -= 1;
-                        }
-                    }
-                }
-                Err(e) => {
-                    drop(slots);
-                    return self.cell.complete(Err(e));
-                }
+                Ok(v) => values.push(v),
+                Err(e) => return self.cell.complete(Err(e)),
             }
         }
-        self.finish_if_full(&mut slots);
+        let mut parts = lock(&self.parts);
+        if parts.missing < values.len() {
+            // More results than the map has tasks left: the reply is not one of ours.
+            drop(parts);
+            return self.cell.complete(Err(TaskError::Decode("a map got more results than it has tasks".into())));
+        }
+        parts.missing -= values.len();
+        parts.chunks.push((base, values));
+        self.finish_if_full(&mut parts);
     }
 
     fn fail(&self, _base: usize, _count: u32, error: &TaskError) {
@@ -542,9 +568,9 @@ impl<R: DeserializeOwned + Send + 'static> MapResult<R> {
     pub(crate) fn new(pool: Arc<Shared>, len: usize) -> (MapResult<R>, Arc<MapSink<R>>) {
         // A large map takes a while: its waiter sleeps soon, leaving the CPU to the workers.
         let cell = Arc::new(Cell::new(len < LONG_MAP));
-        let sink =
-            Arc::new(MapSink { slots: Mutex::new(((0..len).map(|_| None).collect(), len)), cell: Arc::clone(&cell) });
-        sink.finish_if_full(&mut lock(&sink.slots));
+        let parts = Parts { chunks: Vec::new(), missing: len };
+        let sink = Arc::new(MapSink { parts: Mutex::new(parts), cell: Arc::clone(&cell) });
+        sink.finish_if_full(&mut lock(&sink.parts));
         (MapResult { cell, pool }, sink)
     }
 
