@@ -786,3 +786,38 @@ fn shared_objects_as_task_arguments_travel_by_name_or_say_why() {
     }
     finish_pool(pool);
 }
+
+/// An iterator whose `size_hint` claims an exact length it does not keep.
+struct Liar {
+    claims: usize,
+    yields: u64,
+    next: u64,
+}
+
+impl Iterator for Liar {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        (self.next < self.yields).then(|| {
+            self.next += 1;
+            self.next
+        })
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.claims, Some(self.claims))
+    }
+}
+
+#[test]
+fn a_map_over_an_iterator_that_lies_about_its_length_fails_instead_of_waiting_forever() {
+    let _watchdog = watchdog(WATCHDOG);
+    let pool = pool(StartMethod::Fork, 2);
+    // The input is read as it is encoded when its length is known: one that ends
+    // early or runs long is an error, not a map that waits for tasks never sent.
+    for (claims, yields) in [(10, 3), (3, 10), (0, 1), (5000, 4999)] {
+        let r = pool.map_async(square, Liar { claims, yields, next: 0 }).get_timeout(PATIENCE);
+        assert!(matches!(&r, Err(TaskError::Encode(why)) if why.contains("size_hint")), "{claims}/{yields}: {r:?}");
+    }
+    // One that tells the truth streams as well as a Vec.
+    let r = pool.map(square, Liar { claims: 5000, yields: 5000, next: 0 }).unwrap();
+    assert_eq!(r, (1..=5000u64).map(|x| x * x).collect::<Vec<_>>());
+}

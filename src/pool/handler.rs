@@ -44,9 +44,9 @@ const QUEUED_WORK: u64 = 200_000; // ns
 /// Before the first reply: assume a millisecond a chunk (queue little).
 const FIRST_GUESS: u64 = 1_000_000; // ns
 /// A worker's task ring; larger messages travel in side segments.
-pub(crate) const TASK_RING: usize = 1 << 20;
+pub(crate) const TASK_RING: usize = 256 << 10;
 /// The pool's result ring.
-pub(crate) const RESULT_RING: usize = 4 << 20;
+pub(crate) const RESULT_RING: usize = 512 << 10;
 /// Workers that die before they are ready, one after another, before the pool
 /// gives up starting them (an initializer that crashes the process every time).
 const STARTUP_DEATHS: u32 = 3;
@@ -66,6 +66,15 @@ const DONE: u8 = 3;
 /// Starts worker process number `slot` on the given rings.
 pub(crate) type Starter =
     Box<dyn Fn(u32, Queue<Vec<u8>>, Queue<Vec<u8>>, TagKey, u64) -> Result<Process, ProcessError> + Send>;
+
+/// One chunk in a batch for [`Shared::submit_many`]: its first task's index, its
+/// task count, and its message's length.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Span {
+    pub(crate) base: usize,
+    pub(crate) count: u32,
+    pub(crate) len: usize,
+}
 
 /// What the pool's handles and its result-handling thread share.
 pub(crate) struct Shared {
@@ -382,6 +391,32 @@ impl Shared {
         drop(d);
         drop(graves); // here, on the thread that allocated them (see `graveyard`)
         out
+    }
+
+    /// Submits several chunks of one sink under one lock (an imap's refill):
+    /// `chunks` holds their messages back to back, `spans` each one's task range
+    /// and length. The chunks that failed, with why.
+    pub(crate) fn submit_many(
+        &self,
+        sink: &Arc<dyn Sink>,
+        chunks: &mut [u8],
+        spans: &[Span],
+    ) -> Vec<(Span, TaskError)> {
+        let mut failed = Vec::new();
+        let mut d = lock(&self.dispatch);
+        let graves = std::mem::take(&mut d.graveyard);
+        let mut rest = chunks;
+        for span in spans {
+            let n = span.len.min(rest.len());
+            let (bytes, tail) = std::mem::take(&mut rest).split_at_mut(n);
+            rest = tail;
+            if let Err(e) = self.submit_locked(&mut d, Arc::clone(sink), span.base, span.count, bytes) {
+                failed.push((*span, e));
+            }
+        }
+        drop(d);
+        drop(graves);
+        failed
     }
 
     fn submit_locked(

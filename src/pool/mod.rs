@@ -31,6 +31,7 @@ mod task;
 mod worker;
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub(crate) use handler::Shared;
 pub(crate) use result::{Latch, Sink};
 pub(crate) use task::{Items, Plain};
 
+use handler::Span;
 use handler::Starter;
 use result::{Marker, StreamSink};
 use task::{Invoke, Star, TaggedRunner};
@@ -239,13 +241,21 @@ impl PoolBuilder {
 /// Encodes one chunk of task arguments into a message.
 struct Chunk<'b> {
     buf: &'b mut Vec<u8>,
+    start: usize,
     count: u32,
 }
 
 impl<'b> Chunk<'b> {
     fn begin(buf: &'b mut Vec<u8>, runner: TaggedRunner) -> Chunk<'b> {
+        buf.clear();
+        Chunk::resume(buf, 0, runner)
+    }
+
+    /// A chunk whose message starts at `start` in `buf` (after others of a batch).
+    fn resume(buf: &'b mut Vec<u8>, start: usize, runner: TaggedRunner) -> Chunk<'b> {
+        buf.truncate(start);
         task::begin_task(buf, runner);
-        Chunk { buf, count: 0 }
+        Chunk { buf, start, count: 0 }
     }
 
     fn push<A: Serialize>(&mut self, item: &A) -> Result<(), TaskError> {
@@ -255,8 +265,54 @@ impl<'b> Chunk<'b> {
     }
 
     fn finish(self) -> (&'b mut [u8], u32) {
-        task::finish_task(self.buf, self.count);
-        (self.buf.as_mut_slice(), self.count)
+        let message = &mut self.buf[self.start..];
+        task::finish_task(message, self.count);
+        (message, self.count)
+    }
+}
+
+/// A map's input: read as it is encoded when the iterator knows its length (a
+/// range, a `Vec`), else collected first (Python's `map` makes a list too, for
+/// the chunksize).
+struct Input<I: Iterator> {
+    len: usize,
+    items: Source<I>,
+}
+
+enum Source<I: Iterator> {
+    Streamed(I),
+    Collected(std::vec::IntoIter<I::Item>),
+}
+
+impl<I: Iterator> Input<I> {
+    fn new(iter: I) -> Input<I> {
+        match iter.size_hint() {
+            (lo, Some(hi)) if lo == hi => Input { len: lo, items: Source::Streamed(iter) },
+            _ => {
+                let items: Vec<I::Item> = iter.collect();
+                Input { len: items.len(), items: Source::Collected(items.into_iter()) }
+            }
+        }
+    }
+
+    /// The error of an iterator whose length was not what it said.
+    fn miscounted(&self) -> TaskError {
+        TaskError::Encode(format!(
+            "the input iterator said it held {} items (its size_hint) but did not yield that many",
+            self.len
+        ))
+    }
+}
+
+impl<I: Iterator> Iterator for Input<I> {
+    type Item = I::Item;
+
+    #[inline]
+    fn next(&mut self) -> Option<I::Item> {
+        match &mut self.items {
+            Source::Streamed(iter) => iter.next(),
+            Source::Collected(iter) => iter.next(),
+        }
     }
 }
 
@@ -391,9 +447,9 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let _ = f;
-        let items: Vec<A> = iterable.into_iter().collect();
-        let chunksize = default_chunksize(items.len(), self.processes);
-        self.submit_all::<Plain<F, A>>(items, chunksize)
+        let input = Input::new(iterable.into_iter());
+        let chunksize = default_chunksize(input.len, self.processes);
+        self.submit_all::<Plain<F, A>, _>(input, chunksize)
     }
 
     /// [`map_async`](Pool::map_async) with an explicit chunksize.
@@ -405,7 +461,7 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let _ = f;
-        self.submit_all::<Plain<F, A>>(iterable.into_iter().collect(), chunksize.max(1))
+        self.submit_all::<Plain<F, A>, _>(Input::new(iterable.into_iter()), chunksize)
     }
 
     /// `f(a, b, ...)` for every tuple, in order (Python's `starmap`): `f` takes 1 to
@@ -438,7 +494,7 @@ impl Pool {
         I: IntoIterator<Item = Args>,
     {
         let _ = f;
-        self.submit_all::<Star<F, Args>>(iterable.into_iter().collect(), chunksize.max(1)).get()
+        self.submit_all::<Star<F, Args>, _>(Input::new(iterable.into_iter()), chunksize).get()
     }
 
     /// [`starmap`](Pool::starmap) without waiting (Python's `starmap_async`).
@@ -450,16 +506,23 @@ impl Pool {
         I: IntoIterator<Item = Args>,
     {
         let _ = f;
-        let items: Vec<Args> = iterable.into_iter().collect();
-        let chunksize = default_chunksize(items.len(), self.processes);
-        self.submit_all::<Star<F, Args>>(items, chunksize)
+        let input = Input::new(iterable.into_iter());
+        let chunksize = default_chunksize(input.len, self.processes);
+        self.submit_all::<Star<F, Args>, _>(input, chunksize)
     }
 
-    fn submit_all<C: Invoke>(&self, items: Vec<C::In>, chunksize: usize) -> MapResult<C::Out>
+    /// Encodes the input chunk by chunk and hands each chunk over as it is ready.
+    fn submit_all<C: Invoke, I>(&self, mut input: Input<I>, chunksize: usize) -> MapResult<C::Out>
     where
         C::Out: Send + 'static,
+        I: Iterator<Item = C::In>,
     {
-        let (result, sink) = MapResult::new(Arc::clone(&self.shared), items.len());
+        let chunksize = chunksize.clamp(1, u32::MAX as usize);
+        let len = input.len;
+        if len == 0 && input.next().is_some() {
+            return MapResult::failed(Arc::clone(&self.shared), input.miscounted());
+        }
+        let (result, sink) = MapResult::new(Arc::clone(&self.shared), len);
         let sink: Arc<dyn Sink> = sink;
         let runner = match self.shared.runner::<C>() {
             Ok(r) if self.shared.is_running() => r,
@@ -473,14 +536,23 @@ impl Pool {
             }
         };
         let mut buf = Vec::new();
-        for (k, chunk_items) in items.chunks(chunksize).enumerate() {
-            let base = k * chunksize;
+        for base in (0..len).step_by(chunksize) {
+            let size = chunksize.min(len - base);
             let mut chunk = Chunk::begin(&mut buf, runner);
-            for item in chunk_items {
-                if let Err(e) = chunk.push(item) {
-                    sink.fail(base, chunk_items.len() as u32, &e);
+            for _ in 0..size {
+                let pushed = match input.next() {
+                    Some(item) => chunk.push(&item),
+                    None => Err(input.miscounted()),
+                };
+                if let Err(e) = pushed {
+                    sink.fail(base, size as u32, &e);
                     return result;
                 }
+            }
+            if base + size == len && input.next().is_some() {
+                // Checked before the last chunk goes: the map must not complete first.
+                sink.fail(0, 0, &input.miscounted());
+                return result;
             }
             let (bytes, count) = chunk.finish();
             if let Err(e) = self.shared.submit(Arc::clone(&sink), base, count, bytes) {
@@ -630,7 +702,11 @@ pub struct IMap<'p, A, R, I> {
     submitted: usize,
     taken: usize,
     exhausted: bool,
-    buf: Vec<u8>,
+    /// Results taken from the sink, not yet handed out.
+    ready: VecDeque<Result<R, TaskError>>,
+    /// The next refill's messages, back to back, and their spans.
+    batch: Vec<u8>,
+    spans: Vec<Span>,
     _types: Marker<(A, R)>,
 }
 
@@ -645,26 +721,45 @@ where
             pool,
             runner,
             input,
-            chunksize: chunksize.max(1),
+            chunksize: chunksize.clamp(1, u32::MAX as usize),
             sink: Arc::new(StreamSink::new(ordered)),
             submitted: 0,
             taken: 0,
             exhausted: false,
-            buf: Vec::new(),
+            ready: VecDeque::new(),
+            batch: Vec::new(),
+            spans: Vec::new(),
             _types: std::marker::PhantomData,
         }
     }
 
-    /// Submits chunks while fewer than the window are in flight.
+    /// Tops the tasks in flight up to the window once they have fallen a quarter
+    /// below it: a refill is a batch of chunks under one lock of the pool, not a
+    /// lock per result taken.
     fn fill(&mut self) {
         let window = IMAP_WINDOW_PER_WORKER.saturating_mul(self.pool.processes).saturating_mul(self.chunksize);
-        while !self.exhausted && self.submitted - self.taken < window {
-            self.submit_chunk();
+        let low = window - window / 4;
+        if self.exhausted || (self.submitted > 0 && self.submitted - self.taken > low) {
+            return;
         }
+        if let Err(e) = self.pool.shared.accepting() {
+            // Closed or broken: the next item gets the error, and no later one could
+            // run either (an endless input would otherwise yield errors forever).
+            if self.input.next().is_some() {
+                self.sink.fail(self.submitted, 1, &e);
+                self.submitted += 1;
+            }
+            self.exhausted = true;
+            return;
+        }
+        while !self.exhausted && self.submitted - self.taken < window {
+            self.encode_chunk();
+        }
+        self.flush();
     }
 
-    fn submit_chunk(&mut self) {
-        let sink: Arc<dyn Sink> = self.sink.clone();
+    /// Encodes the next chunk into the batch (or fails its one bad item).
+    fn encode_chunk(&mut self) {
         let base = self.submitted;
         let runner = match &self.runner {
             Ok(r) => *r,
@@ -673,14 +768,15 @@ where
                 if self.input.next().is_none() {
                     self.exhausted = true;
                 } else {
-                    sink.fail(base, 1, e);
+                    self.sink.fail(base, 1, e);
                     self.submitted += 1;
                 }
                 return;
             }
         };
-        let mut chunk = Chunk::begin(&mut self.buf, runner);
+        let start = self.batch.len();
         let mut bad = None;
+        let mut chunk = Chunk::resume(&mut self.batch, start, runner);
         while (chunk.count as usize) < self.chunksize {
             let Some(item) = self.input.next() else {
                 self.exhausted = true;
@@ -692,26 +788,43 @@ where
                 break;
             }
         }
-        let (bytes, count) = chunk.finish();
+        let count = chunk.finish().1;
         if count > 0 {
-            if let Err(e) = self.pool.shared.submit(Arc::clone(&sink), base, count, bytes) {
-                if matches!(e, TaskError::PoolClosed | TaskError::Initializer(_)) {
-                    // No later task can run either: read no more input (an endless
-                    // input would otherwise yield errors forever).
-                    self.exhausted = true;
-                }
-                sink.fail(base, count, &e);
-            }
+            self.spans.push(Span { base, count, len: self.batch.len() - start });
             self.submitted += count as usize;
+        } else {
+            self.batch.truncate(start);
         }
         if let Some(e) = bad {
-            sink.fail(self.submitted, 1, &e);
+            self.sink.fail(self.submitted, 1, &e);
             self.submitted += 1;
         }
     }
 
+    /// Submits the batch.
+    fn flush(&mut self) {
+        if self.spans.is_empty() {
+            return;
+        }
+        let sink: Arc<dyn Sink> = self.sink.clone();
+        for (span, e) in self.pool.shared.submit_many(&sink, &mut self.batch, &self.spans) {
+            if matches!(e, TaskError::PoolClosed | TaskError::Initializer(_)) {
+                // No later task can run either: read no more input (an endless
+                // input would otherwise yield errors forever).
+                self.exhausted = true;
+            }
+            sink.fail(span.base, span.count, &e);
+        }
+        self.batch.clear();
+        self.spans.clear();
+    }
+
     fn next_with(&mut self, wait: Wait) -> Option<Result<R, TaskError>> {
         self.fill();
+        if let Some(r) = self.ready.pop_front() {
+            self.taken += 1;
+            return Some(r);
+        }
         if self.taken == self.submitted {
             return None;
         }
@@ -720,13 +833,11 @@ where
             self.taken += 1;
             return Some(Err(TaskError::WouldDeadlock));
         }
-        match self.sink.next(wait) {
-            Some(r) => {
-                self.taken += 1;
-                Some(r)
-            }
-            None => Some(Err(TaskError::Timeout)),
+        if !self.sink.take_ready(wait, &mut self.ready) {
+            return Some(Err(TaskError::Timeout));
         }
+        self.taken += 1;
+        self.ready.pop_front()
     }
 
     /// The next result, waiting at most `timeout` (Python's `next(timeout)`):

@@ -407,15 +407,17 @@ impl<R> Stream<R> {
         self.slots[at] = Some(r);
     }
 
-    fn take(&mut self) -> Option<Result<R, TaskError>> {
+    /// Moves every result that can be taken now into `into`; how many.
+    fn take_all(&mut self, into: &mut VecDeque<Result<R, TaskError>>) -> usize {
         if !self.ordered {
-            return self.arrived.pop_front();
+            let n = self.arrived.len();
+            into.append(&mut self.arrived);
+            return n;
         }
-        if !matches!(self.slots.front(), Some(Some(_))) {
-            return None;
-        }
-        self.head += 1;
-        self.slots.pop_front().flatten()
+        let n = self.slots.iter().take_while(|slot| slot.is_some()).count();
+        into.extend(self.slots.drain(..n).flatten());
+        self.head += n;
+        n
     }
 }
 
@@ -427,8 +429,10 @@ impl<R> StreamSink<R> {
         }
     }
 
-    pub(crate) fn next(&self, wait: Wait) -> Option<Result<R, TaskError>> {
-        self.latch.wait_for(wait, || lock(&self.state).take())
+    /// Waits per `wait` until a result can be taken, then moves every one that can
+    /// into `into` (one lock for a run of results): whether any came.
+    pub(crate) fn take_ready(&self, wait: Wait, into: &mut VecDeque<Result<R, TaskError>>) -> bool {
+        self.latch.wait_for(wait, || (lock(&self.state).take_all(into) > 0).then_some(())).is_some()
     }
 }
 
@@ -572,6 +576,13 @@ impl<R: DeserializeOwned + Send + 'static> MapResult<R> {
         let sink = Arc::new(MapSink { parts: Mutex::new(parts), cell: Arc::clone(&cell) });
         sink.finish_if_full(&mut lock(&sink.parts));
         (MapResult { cell, pool }, sink)
+    }
+
+    /// A map that failed before any task was sent.
+    pub(crate) fn failed(pool: Arc<Shared>, error: TaskError) -> MapResult<R> {
+        let cell = Arc::new(Cell::new(true));
+        cell.complete(Err(error));
+        MapResult { cell, pool }
     }
 
     /// Runs `callback` with all the values once every task succeeded, on the pool's

@@ -214,10 +214,9 @@ pub(crate) fn append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Res
     wire::append(value, out)
 }
 
-/// Starts a task message in `out`: the header, with the id left for the dispatcher
+/// Starts a task message at the end of `out`: the header, with the id left for the dispatcher
 /// to fill in and the count to be set by [`finish_task`].
 pub(crate) fn begin_task(out: &mut Vec<u8>, runner: TaggedRunner) {
-    out.clear();
     out.extend_from_slice(&0u64.to_le_bytes());
     out.extend_from_slice(&runner.offset.to_le_bytes());
     out.extend_from_slice(&runner.tag.to_le_bytes());
