@@ -108,6 +108,7 @@ mod pool;
 mod process;
 mod segment;
 mod shared;
+mod steps;
 mod sync;
 mod sys;
 mod wire;

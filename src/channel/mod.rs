@@ -17,6 +17,8 @@
 mod codec;
 mod error;
 mod holders;
+#[cfg(test)]
+mod models;
 mod pace;
 mod pipe;
 mod queue;

@@ -566,6 +566,12 @@ impl<T> Queue<T> {
     }
 
     /// Puts raw bytes, waiting for room per `wait` (the pool's hot path).
+    /// Test support: the ring under this queue.
+    #[cfg(test)]
+    pub(crate) fn raw_ring(&self) -> &Ring {
+        &self.raw.ring
+    }
+
     pub(crate) fn put_bytes_with(&self, bytes: &[u8], wait: Wait) -> Result<(), SendTimeoutError<()>> {
         self.raw.put(bytes, wait).map_err(|why| match why {
             Stop::Timeout => SendTimeoutError::Timeout(()),

@@ -169,15 +169,22 @@ impl Signal {
     ) -> Waited {
         let slice = poll.as_ref().map_or(safety_poll(), |p| p.every.min(safety_poll()));
         loop {
+            let _ = crate::steps::point("sleep:begin");
             let seen = self.seq.load(Ordering::SeqCst);
+            let _ = crate::steps::point("sleep:seen");
             self.sleepers.fetch_add(1, Ordering::SeqCst);
+            let _ = crate::steps::point("sleep:counted");
             match asker {
                 // Orders our registration before the condition's loads below on
                 // every architecture (on x86 the locked add already does).
                 Asker::Count => fence(Ordering::SeqCst),
                 Asker::Release(lock) => lock.request_notify(),
             }
-            let in_time = ready() || sleep_on(&self.seq, seen, wait, Some(slice));
+            let _ = crate::steps::point("sleep:asked");
+            let in_time = ready() || {
+                let _ = crate::steps::point("sleep:checked");
+                sleep_on(&self.seq, seen, wait, Some(slice))
+            };
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
             if ready() {
                 return Waited::Ready;

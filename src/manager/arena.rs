@@ -59,6 +59,7 @@ use std::sync::Arc;
 
 use super::ManagerError;
 use crate::segment::{Backing, Expect, ObjectKind, Segment, SegmentCreateError, SegmentOpenError, View};
+use crate::steps::{self, Step};
 use crate::sync::{Lock, LockError, LockGuard, RawMutex};
 
 const MAGIC: u64 = 0x5348_4d4d_4752_0001; // "SHMMGR", layout 1
@@ -449,7 +450,7 @@ impl Tx<'_> {
     /// Whether a test kills the simulated holder at this step (never outside tests):
     /// then it stores nothing more and undoes nothing, as a process killed here.
     fn dies_here(&mut self) -> Result<(), ManagerError> {
-        if self.dead || crash::now() {
+        if self.dead || steps::point("arena:store") == Step::Die {
             self.dead = true;
             return Err(corrupted("the holder was killed here (a test)"));
         }
@@ -553,50 +554,6 @@ impl Drop for Tx<'_> {
             // report it), instead of going on from half-restored words.
             self.arena.lock.raw().poison();
         }
-    }
-}
-
-/// Killing a transaction's holder at a chosen step, for tests that try every step.
-pub(crate) mod crash {
-    #[cfg(test)]
-    thread_local! {
-        /// Steps left before the holder dies (`None`: it lives).
-        static AFTER: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
-    }
-
-    /// Kills the holder of this thread's next transaction after `steps` steps
-    /// (stores, log writes); `None` lets it live.
-    #[cfg(test)]
-    pub(crate) fn after(steps: Option<u32>) {
-        AFTER.with(|a| a.set(steps));
-    }
-
-    /// Whether the kill set by [`after`] has happened (it is then spent).
-    #[cfg(test)]
-    pub(crate) fn now_pending_is_spent() -> bool {
-        AFTER.with(|a| a.get().is_none())
-    }
-
-    /// Whether the holder dies at this step; counts the step.
-    #[cfg(test)]
-    pub(crate) fn now() -> bool {
-        AFTER.with(|a| match a.get() {
-            Some(0) => {
-                a.set(None);
-                true
-            }
-            Some(n) => {
-                a.set(Some(n - 1));
-                false
-            }
-            None => false,
-        })
-    }
-
-    #[cfg(not(test))]
-    #[inline(always)]
-    pub(crate) fn now() -> bool {
-        false
     }
 }
 

@@ -506,8 +506,9 @@ impl List {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manager::arena::{crash, Arena, MIN_CAPACITY};
+    use crate::manager::arena::{Arena, MIN_CAPACITY};
     use crate::segment::Backing;
+    use crate::steps;
 
     fn dict() -> (Arena, Dict) {
         let a = Arena::create(4 * MIN_CAPACITY, Backing::Anonymous).unwrap();
@@ -625,15 +626,15 @@ mod tests {
                 let before = snapshot(&a, d, l);
 
                 let mut tx = a.begin().unwrap();
-                crash::after(Some(step));
+                let died = steps::die_at("arena:", step);
                 let result = op(&mut tx, d, l);
                 if result.is_ok() {
                     tx.commit();
                 } else {
                     drop(tx);
                 }
-                let killed = crash::now_pending_is_spent();
-                crash::after(None);
+                let killed = died.get();
+                steps::clear();
                 let after = snapshot(&a, d, l);
                 if !killed {
                     assert!(result.is_ok(), "{name}: {result:?}");

@@ -51,7 +51,23 @@ impl Wait {
 /// sleeper to a delay. Tests of the wake-ups turn it off
 /// ([`set_safety_poll`]), since it would hide a lost wake-up as a mere delay.
 pub(crate) fn safety_poll() -> Duration {
+    #[cfg(test)]
+    if let Some(here) = POLL_HERE.with(std::cell::Cell::get) {
+        return here;
+    }
     Duration::from_nanos(SAFETY_POLL_NS.load(Ordering::Relaxed))
+}
+
+#[cfg(test)]
+thread_local! {
+    static POLL_HERE: std::cell::Cell<Option<Duration>> = const { std::cell::Cell::new(None) };
+}
+
+/// Changes [`safety_poll`] for this thread only (a unit test's model of the
+/// wake-ups turns it off without taking the net away from tests running beside it).
+#[cfg(test)]
+pub(crate) fn set_safety_poll_here(d: Option<Duration>) {
+    POLL_HERE.with(|p| p.set(d));
 }
 
 static SAFETY_POLL_NS: AtomicU64 = AtomicU64::new(100_000_000);

@@ -67,6 +67,18 @@ use crate::segment::Segment;
 mod frame;
 mod side;
 
+/// A test's simulated death of the holder at the point `name` (see
+/// [`steps`](crate::steps)): it stops there as a killed process would, its lock
+/// still held, storing nothing more.
+macro_rules! dies_at {
+    ($name:literal, $held:expr, $err:expr) => {
+        if crate::steps::point($name) == crate::steps::Step::Die {
+            std::mem::forget($held);
+            return Err($err);
+        }
+    };
+}
+
 /// How long the orphan sweep waits for a ring's locks before it gives up asking
 /// (long enough to recover a lock from a holder that died: see `RawMutex`).
 const KEEPER_LOOK: std::time::Duration = std::time::Duration::from_millis(50);
@@ -501,6 +513,7 @@ impl Ring {
         let Some(held) = self.lock_puts(wait).map_err(PutFail::Fault)? else {
             return Err(PutFail::Full);
         };
+        dies_at!("put:locked", held, PutFail::Fault(KILLED));
         if self.is_closed() {
             return Err(PutFail::Closed);
         }
@@ -527,6 +540,7 @@ impl Ring {
         let (pos, puts) = unpack(tail);
         let header = frame_word(len, kind, puts);
         self.write_word(pos, header);
+        dies_at!("put:header", held, PutFail::Fault(KILLED));
         match crc {
             Some(crc) => {
                 self.write(pos + FRAME_HEADER, &crc.to_le_bytes());
@@ -534,7 +548,9 @@ impl Ring {
             }
             None => self.write(pos + FRAME_HEADER, bytes),
         }
+        dies_at!("put:payload", held, PutFail::Fault(KILLED));
         h.tail.store(pack(pos + frame, puts.wrapping_add(1)), Ordering::Release);
+        dies_at!("put:committed", held, PutFail::Fault(KILLED));
         drop(held); // wakes consumers that asked
 
         Ok(())
@@ -555,6 +571,7 @@ impl Ring {
         let Some(held) = self.lock_gets(wait).map_err(GetFail::Fault)? else {
             return Err(GetFail::Empty);
         };
+        dies_at!("get:locked", held, GetFail::Fault(KILLED));
         // `closed` before `tail`: a put that commits after this load was made before
         // the close (close takes the put lock), so it is still seen below.
         let closed = self.is_closed();
@@ -609,6 +626,7 @@ impl Ring {
                 self.read_into(pos + FRAME_HEADER, len as usize, &mut outs[taken]);
                 None
             };
+            dies_at!("get:copied", held, GetFail::Fault(KILLED));
             if let (Some(crc), INLINE) = (crc, kind) {
                 if crc32c::crc32c(&outs[taken]) != crc {
                     if taken > 0 {
@@ -655,6 +673,7 @@ impl Ring {
             }
             head = pack(pos + frame, gets.wrapping_add(1));
             h.head.store(head, Ordering::Release);
+            dies_at!("get:committed", held, GetFail::Fault(KILLED));
             taken += 1;
             more = frame < used;
         }
@@ -856,6 +875,9 @@ impl Ring {
     }
 }
 
+/// What a holder that a test killed at one of the ring's steps returns.
+const KILLED: ChannelFault = ChannelFault::Corrupted("the holder was killed here (a test)");
+
 /// A held ring lock, released on drop, waking `wakes` (`ONE` sleeper, or all) when a
 /// waiter asked.
 struct LockHeld<'a, const ONE: bool> {
@@ -865,13 +887,16 @@ struct LockHeld<'a, const ONE: bool> {
 
 impl<const ONE: bool> Drop for LockHeld<'_, ONE> {
     fn drop(&mut self) {
-        if self.lock.release_notifying() == Ok(true) {
+        let asked = self.lock.release_notifying() == Ok(true);
+        let _ = crate::steps::point("release:released");
+        if asked {
             if ONE {
                 self.wakes.wake_one(self.lock);
             } else {
                 self.wakes.wake_all();
             }
         }
+        let _ = crate::steps::point("release:woke");
     }
 }
 

@@ -1,0 +1,307 @@
+//! Models of the ring's protocols, run step by step on real rings (threads in one
+//! process: a thread "killed" at a step stops there with its lock held and ends,
+//! which the robust lock sees as its owner's death).
+//!
+//! - Commit: a put or a get killed at every one of its steps leaves each message
+//!   whole or absent (none torn, none twice), `JoinableQueue`'s unfinished count
+//!   equal to the committed puts not marked done, and the queue usable.
+//! - Wake-up: every interleaving of a sleeper's steps (read the sequence, count
+//!   itself, ask the lock to report, look once more, sleep) with a waker's (commit,
+//!   release, wake) ends with the sleeper awake, with the safety poll off: a lost
+//!   wake-up shows as a sleeper still asleep.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::channel::Queue;
+use crate::steps::{self, Step};
+use crate::sync::wait::{set_safety_poll_here, Wait};
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn queue(joinable: bool) -> Queue<Vec<u8>> {
+    let b = Queue::<Vec<u8>>::builder().capacity(4096);
+    if joinable {
+        (*b.build_joinable().unwrap()).clone()
+    } else {
+        b.build().unwrap()
+    }
+}
+
+/// Everything in `q` now, in order (each call within `PATIENCE`).
+fn drain(q: &Queue<Vec<u8>>) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    while q.get_bytes_into(&mut buf, Wait::timeout(Duration::from_millis(20))).is_ok() {
+        out.push(std::mem::take(&mut buf));
+    }
+    out
+}
+
+/// Runs `op` on a thread that dies at the `step`th point named `prefix...`, and
+/// ends; whether it died there, and whether `op` succeeded.
+fn killed_at(step: u32, prefix: &'static str, op: impl FnOnce() -> bool + Send + 'static) -> (bool, bool) {
+    std::thread::spawn(move || {
+        let died = steps::die_at(prefix, step);
+        let ok = op();
+        steps::clear();
+        (died.get(), ok)
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn a_put_or_a_get_killed_at_any_step_leaves_each_message_whole_or_absent() {
+    let mut kills = 0;
+    // Small messages travel in the ring, large ones (over a quarter of it) in side segments.
+    for (joinable, size) in [(false, 30), (true, 30), (false, 2000), (true, 2000)] {
+        let first = vec![1u8; size];
+        for step in 0.. {
+            let q = queue(joinable);
+            q.put_bytes_with(&first, Wait::Forever).unwrap();
+            q.put_bytes_with(&[2; 20], Wait::Forever).unwrap();
+            let q2 = q.clone();
+            let third = vec![3u8; size];
+            let (died, ok) =
+                killed_at(step, "put:", move || q2.put_bytes_with(&third, Wait::timeout(PATIENCE)).is_ok());
+            if !died {
+                assert!(ok, "put {size} B: the put failed without a kill");
+                break;
+            }
+            kills += 1;
+            // Usable: the next put takes the dead holder's lock and succeeds.
+            q.put_bytes_with(&[4; 40], Wait::timeout(PATIENCE)).unwrap();
+            let got = drain(&q);
+            let committed = got.len() == 4;
+            let mut expect = vec![first.clone(), vec![2; 20]];
+            if committed {
+                expect.push(vec![3; size]);
+            }
+            expect.push(vec![4; 40]);
+            assert_eq!(got, expect, "put of {size} B killed at step {step}: torn or lost");
+            if joinable {
+                let q = JoinableView(&q);
+                assert_eq!(q.unfinished(), expect.len(), "put killed at step {step}: unfinished count");
+            }
+        }
+        for step in 0.. {
+            let q = queue(joinable);
+            q.put_bytes_with(&first, Wait::Forever).unwrap();
+            q.put_bytes_with(&[2; 20], Wait::Forever).unwrap();
+            let q2 = q.clone();
+            let (died, ok) = killed_at(step, "get:", move || {
+                let mut buf = Vec::new();
+                q2.get_bytes_into(&mut buf, Wait::timeout(PATIENCE)).is_ok() && buf == vec![1u8; size]
+            });
+            if !died {
+                assert!(ok, "get of {size} B: the get failed without a kill");
+                break;
+            }
+            kills += 1;
+            q.put_bytes_with(&[4; 40], Wait::timeout(PATIENCE)).unwrap();
+            let got = drain(&q);
+            // A consumer killed after its commit took the message with it (lost to
+            // that consumer, as documented); before it, the message is still there.
+            let taken = got.len() == 2;
+            let mut expect = if taken { vec![] } else { vec![first.clone()] };
+            expect.extend([vec![2; 20], vec![4; 40]]);
+            assert_eq!(got, expect, "get of {size} B killed at step {step}: torn or delivered twice");
+            if joinable {
+                let view = JoinableView(&q);
+                // Nothing was marked done: every committed put is unfinished.
+                assert_eq!(view.unfinished(), 3, "get killed at step {step}: unfinished count");
+                for _ in 0..3 {
+                    assert!(view.task_done());
+                }
+                assert!(!view.task_done(), "more task_done than puts");
+                assert!(view.join_in_time());
+            }
+        }
+    }
+    assert!(kills >= 28, "only {kills} kills");
+}
+
+/// A joinable ring's counter, seen through the queue's raw ring.
+struct JoinableView<'a>(&'a Queue<Vec<u8>>);
+
+impl JoinableView<'_> {
+    fn unfinished(&self) -> usize {
+        self.0.raw_ring().unfinished() as usize
+    }
+    fn task_done(&self) -> bool {
+        self.0.raw_ring().task_done()
+    }
+    fn join_in_time(&self) -> bool {
+        self.0.raw_ring().wait_all_done(Wait::timeout(PATIENCE))
+    }
+}
+
+/// Where a held thread is: at its next point, or done.
+enum At {
+    Point,
+    Done,
+}
+
+/// A thread that stops at each point named with one of `names`, tells `at`, and
+/// goes on when told (`go`). After `hold` points it stops no more.
+struct Held {
+    at: mpsc::Receiver<At>,
+    go: mpsc::Sender<()>,
+    done: bool,
+}
+
+impl Held {
+    fn start(
+        names: &'static [&'static str],
+        hold: u32,
+        body: impl FnOnce() -> bool + Send + 'static,
+    ) -> (Held, std::thread::JoinHandle<bool>) {
+        let (at_tx, at) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel::<()>();
+        let handle = std::thread::spawn(move || {
+            // No safety net: a lost wake-up must show as a sleeper that stays asleep.
+            set_safety_poll_here(Some(Duration::from_secs(3600)));
+            let tell = at_tx.clone();
+            let mut n = 0;
+            steps::set(move |name| {
+                if n < hold && names.iter().any(|p| name.starts_with(p)) {
+                    let _ = tell.send(At::Point);
+                    n += 1;
+                    let _ = go_rx.recv_timeout(PATIENCE);
+                }
+                Step::Go
+            });
+            let ok = body();
+            steps::clear();
+            let _ = at_tx.send(At::Done);
+            ok
+        });
+        (Held { at, go, done: false }, handle)
+    }
+
+    /// Waits until the thread is at its next point (`true`) or done.
+    fn arrive(&mut self) -> bool {
+        if self.done {
+            return false;
+        }
+        match self.at.recv_timeout(PATIENCE) {
+            Ok(At::Point) => true,
+            Ok(At::Done) | Err(_) => {
+                self.done = true;
+                false
+            }
+        }
+    }
+
+    fn release(&self) {
+        let _ = self.go.send(());
+    }
+}
+
+/// Every way of placing the waker's `w` steps among the sleeper's `s + 1` gaps:
+/// non-decreasing sequences of gap numbers.
+fn placements(w: usize, s: u32) -> Vec<Vec<u32>> {
+    if w == 0 {
+        return vec![vec![]];
+    }
+    let mut out = Vec::new();
+    for rest in placements(w - 1, s) {
+        let from = rest.last().copied().unwrap_or(0);
+        for g in from..=s {
+            let mut p = rest.clone();
+            p.push(g);
+            out.push(p);
+        }
+    }
+    out
+}
+
+const SLEEPER: &[&str] = &["sleep:"];
+/// The sleeper's points in one pass: before reading `seq`, after reading it, after
+/// counting itself, after asking the lock, after its last look (then it sleeps).
+const SLEEPER_POINTS: u32 = 5;
+
+/// Runs one interleaving: the sleeper is held at each of its points while the
+/// waker takes the steps placed there; the sleeper must then wake in time.
+fn interleave(
+    placement: &[u32],
+    waker_points: &'static [&'static str],
+    sleeper: impl FnOnce() -> bool + Send + 'static,
+    waker: impl FnOnce() -> bool + Send + 'static,
+) -> Duration {
+    let (mut s, s_handle) = Held::start(SLEEPER, SLEEPER_POINTS, sleeper);
+    let (mut w, w_handle) = Held::start(waker_points, placement.len() as u32, waker);
+    let mut next = 0;
+    let waker_step = |w: &mut Held, next: &mut usize| {
+        // The waker is at its point before the step: the step runs up to its next one.
+        if w.arrive() {
+            w.release();
+        }
+        *next += 1;
+    };
+    for gap in 0..=SLEEPER_POINTS {
+        let held = gap < SLEEPER_POINTS && s.arrive();
+        while next < placement.len() && placement[next] == gap {
+            waker_step(&mut w, &mut next);
+        }
+        if held {
+            s.release();
+        }
+    }
+    while next < placement.len() {
+        waker_step(&mut w, &mut next);
+    }
+    // The rest of the waker runs free; the sleeper must be woken by it.
+    while w.arrive() {
+        w.release();
+    }
+    let t = Instant::now();
+    assert!(w_handle.join().unwrap(), "{placement:?}: the waker failed");
+    assert!(s_handle.join().unwrap(), "{placement:?}: the sleeper was not woken (a lost wake-up)");
+    t.elapsed()
+}
+
+#[test]
+fn no_interleaving_of_a_sleeping_consumer_and_a_put_loses_the_wake_up() {
+    // The put's steps: commit (from its last point before the tail store), release
+    // (from the commit), wake (from the release).
+    const PUT: &[&str] = &["put:payload", "put:committed", "release:released"];
+    let all = placements(3, SLEEPER_POINTS);
+    assert_eq!(all.len(), 56);
+    for placement in all {
+        let q = queue(false);
+        let (qs, qw) = (q.clone(), q.clone());
+        let slept = interleave(
+            &placement,
+            PUT,
+            move || {
+                let mut buf = Vec::new();
+                qs.get_bytes_into(&mut buf, Wait::timeout(Duration::from_secs(5))).is_ok() && buf == [7]
+            },
+            move || qw.put_bytes_with(&[7], Wait::timeout(PATIENCE)).is_ok(),
+        );
+        assert!(slept < Duration::from_secs(4), "{placement:?}: woken only by its time-out");
+    }
+}
+
+#[test]
+fn no_interleaving_of_a_sleeping_producer_and_a_get_loses_the_wake_up() {
+    // A full ring: the producer sleeps for room; the get's steps free it.
+    const GET: &[&str] = &["get:copied", "get:committed", "release:released"];
+    for placement in placements(3, SLEEPER_POINTS) {
+        let q = Queue::<Vec<u8>>::builder().maxsize(1).capacity(4096).build().unwrap();
+        q.put_bytes_with(&[1], Wait::Forever).unwrap();
+        let (qs, qw) = (q.clone(), q.clone());
+        interleave(
+            &placement,
+            GET,
+            move || qs.put_bytes_with(&[2], Wait::timeout(Duration::from_secs(5))).is_ok(),
+            move || {
+                let mut buf = Vec::new();
+                qw.get_bytes_into(&mut buf, Wait::timeout(PATIENCE)).is_ok() && buf == [1]
+            },
+        );
+        assert_eq!(drain(&q), vec![vec![2u8]], "{placement:?}");
+    }
+}
