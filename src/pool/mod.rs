@@ -26,6 +26,8 @@
 
 mod error;
 mod handler;
+#[cfg(test)]
+mod model;
 mod result;
 mod task;
 mod worker;

@@ -96,6 +96,7 @@ where
             Err(RecvTimeoutError::Disconnected) => return,
             Err(e) => panic!("pool worker {slot}: the task ring failed: {e}"),
         }
+        dies_at("worker:took");
         let Some(chunk) = TaskMsg::parse(&msg) else {
             // No id to answer to: the parent fails whatever we held when we exit.
             panic!("pool worker {slot}: a task message too short for its header (damaged ring)");
@@ -107,8 +108,19 @@ where
         let start = timing.start();
         chunk.run(&capture, key, &mut verified, &mut out);
         task::set_reply_elapsed(&mut out, timing.stop(start));
+        dies_at("worker:ran");
         if results.put_bytes_with(&out, Wait::Forever).is_err() || last {
             return;
         }
+        dies_at("worker:replied");
+    }
+}
+
+/// A test's simulated `kill -9` of this worker at the point `name` (see
+/// [`steps`](crate::steps)).
+#[inline(always)]
+fn dies_at(name: &'static str) {
+    if crate::steps::point(name) == crate::steps::Step::Die {
+        crate::sys::kill_self();
     }
 }
