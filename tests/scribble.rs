@@ -6,7 +6,8 @@
 //! all ones, huge and small numbers, a word with one bit flipped, a position moved
 //! back. Meanwhile the host's threads use the object with time-outs. Every call must
 //! return (a value or an error) within its time-out plus slack; the host must not
-//! crash or panic. Each case prints its trials and outcomes.
+//! crash or panic. Each case prints its trials and outcomes. (A manager's calls
+//! have no time-out, so its lock word is spared: see `a_manager_under_scribbles`.)
 
 mod common;
 
@@ -16,7 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use shmproc::{Array, Connection, LockError, Pipe, Queue, RawArray, RecvTimeoutError, SendTimeoutError, Value};
+use shmproc::{
+    Array, Connection, Dict, List, LockError, Manager, Pipe, Queue, RawArray, RecvTimeoutError, SendTimeoutError, Value,
+};
 
 /// How long each use of the object may wait.
 const WAIT: Duration = Duration::from_millis(20);
@@ -37,15 +40,17 @@ fn memfd_mappings() -> HashSet<(usize, usize)> {
         .collect()
 }
 
+/// The segment header, whose checks run at attach time only: not scribbled.
+const HEADER: usize = 64;
+
 /// Writes `SCRIBBLES` adversarial words into `targets` (skipping each mapping's
-/// first 64 bytes, the header, whose checks run at attach time only), a few
-/// microseconds apart.
-fn scribble(targets: &[(usize, usize)], seed: u64) {
+/// first `skip` bytes), a few microseconds apart.
+fn scribble(targets: &[(usize, usize)], skip: usize, seed: u64) {
     let mut rng = Rng(seed);
     for _ in 0..SCRIBBLES {
         let (start, end) = targets[rng.below(targets.len() as u64) as usize];
-        let words = (end - start - 64) / 8;
-        let at = (start + 64 + 8 * rng.below(words as u64) as usize) as *mut u64;
+        let words = (end - start - skip) / 8;
+        let at = (start + skip + 8 * rng.below(words as u64) as usize) as *mut u64;
         // SAFETY: `at` is an aligned word inside a read-write mapping of this process
         // (from /proc/self/maps, inherited from the host); other processes use it
         // at the same time, which is the point: volatile, so that each write happens.
@@ -101,6 +106,16 @@ impl Outcomes {
 /// use it until told to stop, recording outcomes; a forked scribbler writes into the
 /// object's mappings meanwhile. Prints and checks the outcomes.
 fn host<O: Clone + Send + 'static>(name: &str, make: impl FnOnce() -> O + 'static, users: Vec<fn(&O, &Outcomes)>) {
+    host_skipping(name, HEADER, make, users);
+}
+
+/// [`host`], the scribbler sparing each mapping's first `skip` bytes.
+fn host_skipping<O: Clone + Send + 'static>(
+    name: &str,
+    skip: usize,
+    make: impl FnOnce() -> O + 'static,
+    users: Vec<fn(&O, &Outcomes)>,
+) {
     let report = RawArray::<u64>::zeroed(5).unwrap();
     let seed = seed_from("SHMPROC_SCRIBBLE_SEED", "scribble");
     let mut child = {
@@ -126,7 +141,7 @@ fn host<O: Clone + Send + 'static>(name: &str, make: impl FnOnce() -> O + 'stati
                 })
                 .collect();
             let mut scribbler = fork(move || {
-                scribble(&targets, seed);
+                scribble(&targets, skip, seed);
                 0
             })
             .unwrap();
@@ -248,4 +263,47 @@ fn a_pipe_under_scribbles() {
 fn a_value_and_an_array_under_scribbles() {
     host("value", || Value::<[u64; 4]>::new([0; 4]).unwrap(), vec![value_increment]);
     host("array", || Array::<f64>::zeroed(512).unwrap(), vec![array_sum, array_store]);
+}
+
+type M = Arc<(Manager, Dict<u64, Vec<u8>>, List<u64>)>;
+
+fn manager_outcome<T, E>(r: &Result<T, E>) -> u8 {
+    u8::from(r.is_err())
+}
+
+fn manager_dict(m: &M, o: &Outcomes) {
+    let key = Instant::now().elapsed().subsec_nanos() as u64 % 64;
+    let (r, took) = timed(|| m.1.insert(key, vec![7; (key as usize) * 3]));
+    o.record(took, manager_outcome(&r));
+    let (r, took) = timed(|| m.1.get(&key));
+    o.record(took, manager_outcome(&r));
+    let (r, took) = timed(|| m.1.items());
+    o.record(took, manager_outcome(&r));
+}
+
+fn manager_list(m: &M, o: &Outcomes) {
+    let (r, took) = timed(|| m.2.push(5));
+    o.record(took, manager_outcome(&r));
+    let (r, took) = timed(|| m.2.pop());
+    o.record(took, manager_outcome(&r));
+    let (r, took) = timed(|| m.2.to_vec());
+    o.record(took, manager_outcome(&r));
+}
+
+#[test]
+fn a_manager_under_scribbles() {
+    // Its lock's three words (right after the header) are spared: manager calls have
+    // no time-out, and a forged live owner there makes them wait (the documented
+    // limit of every untimed lock). Everything else is fair game, the words every
+    // transaction writes and the undo log included.
+    host_skipping(
+        "manager",
+        HEADER + 24,
+        || {
+            let m = Manager::builder().capacity(64 << 10).anonymous().start().unwrap();
+            let (d, l) = (m.dict().unwrap(), m.list().unwrap());
+            Arc::new((m, d, l))
+        },
+        vec![manager_dict, manager_list],
+    );
 }
