@@ -122,9 +122,9 @@ pub mod testing;
 struct ReadmeDoctests;
 
 pub use channel::{
-    BufferTooShort, ChannelFault, Connection, JoinableQueue, Pipe, Queue, QueueBuilder, RecvError, RecvIntoError,
-    RecvTimeoutError, SendError, SendTimeoutError, SimpleQueue, TaskDoneError, TryRecvError, TrySendError,
-    DEFAULT_CAPACITY,
+    BufferTooShort, ChannelFault, Connection, GetLoan, JoinableQueue, Pipe, PutLoan, Queue, QueueBuilder, RecvError,
+    RecvIntoError, RecvTimeoutError, SendError, SendTimeoutError, SimpleQueue, TaskDoneError, TryRecvError,
+    TrySendError, DEFAULT_CAPACITY,
 };
 pub use executor::{
     as_completed, wait, AsCompleted, Executor, ExecutorMap, MapOptions, ProcessPoolExecutor,

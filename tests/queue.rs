@@ -560,3 +560,82 @@ fn five_million_messages_keep_memory_flat() {
     assert!(late.0 < early.0 + 8 * 1024, "the consumer grew from {} to {} KiB", early.0, late.0);
     assert!(late.1 <= early.1 + 1024, "the producer grew from {} to {} KiB", early.1, late.1);
 }
+
+// ---------------------------------------------------------------- loans
+
+const LOANS: u32 = 700;
+
+/// Loan sizes around a 16 KiB ring: in place, wrapping its end now and then, over
+/// its side threshold (4 KiB), and over the whole ring.
+fn loan_len(i: u32) -> usize {
+    [1, 7, 100, 1000, 3000, 5000, 20000][i as usize % 7]
+}
+
+fn pattern(i: u32, k: usize) -> u8 {
+    (i as usize * 31 + k) as u8
+}
+
+fn loan_producer(q: Queue<Vec<u8>>) {
+    for i in 0..LOANS {
+        if i % 10 == 0 {
+            // Dropped uncommitted: publishes nothing.
+            q.put_loan_timeout(loan_len(i), PATIENCE).unwrap().fill(0xEE);
+        }
+        let mut loan = q.put_loan_timeout(loan_len(i), PATIENCE).unwrap();
+        for (k, b) in loan.iter_mut().enumerate() {
+            *b = pattern(i, k);
+        }
+        loan.commit().unwrap();
+    }
+}
+
+#[test]
+fn loans_carry_messages_written_and_read_in_place_between_processes() {
+    for method in [StartMethod::Fork, StartMethod::Spawn] {
+        let q = Queue::<Vec<u8>>::builder().capacity(16 << 10).build().unwrap();
+        let p = Process::builder(loan_producer, q.clone()).start_method(method).start().unwrap();
+        let mut in_place = 0;
+        for i in 0..LOANS {
+            let loan = q.get_loan_timeout(PATIENCE).unwrap();
+            assert_eq!(loan.len(), loan_len(i), "{method:?}: message {i}");
+            assert!(loan.iter().enumerate().all(|(k, b)| *b == pattern(i, k)), "{method:?}: message {i} torn");
+            in_place += u32::from(loan.in_place());
+        }
+        assert_eq!(finish(&p), Some(0));
+        assert!(q.empty());
+        // Most small messages are read in place; the large ones cannot be.
+        assert!(in_place > LOANS / 2 && in_place < LOANS, "{method:?}: {in_place} of {LOANS} in place");
+    }
+}
+
+#[test]
+fn a_process_killed_holding_a_loan_publishes_nothing_or_leaves_its_message() {
+    let q = Queue::<Vec<u8>>::builder().capacity(16 << 10).build().unwrap();
+    q.put_bytes(b"first").unwrap();
+    let producer = q.clone();
+    kill_while_holding(move || {
+        let mut loan = producer.put_loan(100).unwrap();
+        loan.fill(9);
+        std::mem::forget(loan);
+    });
+    let consumer = q.clone();
+    kill_while_holding(move || {
+        let loan = consumer.get_loan().unwrap();
+        assert_eq!(&*loan, b"first");
+        std::mem::forget(loan);
+    });
+    // The dead consumer's message is still there, whole; the dead producer's never was.
+    let loan = quickly(|| q.get_loan_timeout(PATIENCE)).expect("the dead holder's lock").unwrap();
+    assert_eq!(&*loan, b"first");
+    drop(loan);
+    let mut loan = quickly(|| q.put_loan_timeout(5, PATIENCE)).expect("the dead holder's lock").unwrap();
+    loan.copy_from_slice(b"after");
+    loan.commit().unwrap();
+    assert_eq!(q.get_bytes_timeout(PATIENCE).unwrap(), b"after");
+    assert!(q.empty());
+    // A loan on a closed queue is refused, and one on an empty queue times out.
+    assert!(matches!(q.get_loan_timeout(Duration::from_millis(10)), Err(RecvTimeoutError::Timeout)));
+    q.close();
+    assert!(matches!(q.put_loan_timeout(5, PATIENCE), Err(SendTimeoutError::Disconnected(()))));
+    assert!(matches!(q.get_loan_timeout(PATIENCE), Err(RecvTimeoutError::Disconnected)));
+}

@@ -17,6 +17,7 @@
 mod codec;
 mod error;
 mod holders;
+mod loan;
 #[cfg(test)]
 mod models;
 mod pace;
@@ -29,6 +30,7 @@ pub use error::{
     BufferTooShort, ChannelFault, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TaskDoneError,
     TryRecvError, TrySendError,
 };
+pub use loan::{GetLoan, PutLoan};
 pub use pipe::{Connection, Pipe, RecvIntoError};
 pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue, DEFAULT_CAPACITY};
 pub(crate) use ring::set_side_stall;

@@ -305,3 +305,53 @@ fn no_interleaving_of_a_sleeping_producer_and_a_get_loses_the_wake_up() {
         assert_eq!(drain(&q), vec![vec![2u8]], "{placement:?}");
     }
 }
+
+#[test]
+fn a_loan_whose_holder_dies_publishes_nothing_or_leaves_the_message() {
+    for checksum in [false, true] {
+        let q = Queue::<Vec<u8>>::builder().capacity(4096).checksum(checksum).build().unwrap();
+        q.put_bytes_with(&[1; 10], Wait::Forever).unwrap();
+        // A producer dies holding a put loan (while writing), then one dies between
+        // the frame header and the commit; a third drops its loan uncommitted.
+        let q2 = q.clone();
+        std::thread::spawn(move || {
+            let mut loan = q2.put_loan_timeout(100, PATIENCE).unwrap();
+            assert!(loan.in_place());
+            loan.fill(9);
+            std::mem::forget(loan);
+        })
+        .join()
+        .unwrap();
+        let q2 = q.clone();
+        let (died, ok) = killed_at(0, "loan:header", move || {
+            let mut loan = q2.put_loan_timeout(100, PATIENCE).unwrap();
+            loan.fill(8);
+            loan.commit().is_ok()
+        });
+        assert!(died && !ok);
+        drop({
+            let mut loan = q.put_loan_timeout(100, PATIENCE).unwrap();
+            loan.fill(7);
+            loan
+        });
+        // Nothing was published; the next loan takes the dead holders' lock.
+        let mut loan = q.put_loan_timeout(3, PATIENCE).unwrap();
+        loan.copy_from_slice(b"abc");
+        loan.commit().unwrap();
+        // A consumer dies holding the first message (reading it), then one dies as
+        // it releases it: the message is still there, whole, for the next.
+        for step in [None, Some(0)] {
+            let q2 = q.clone();
+            let (died, ok) = killed_at(0, if step.is_some() { "loan:release" } else { "none" }, move || {
+                let loan = q2.get_loan_timeout(PATIENCE).unwrap();
+                let whole = *loan == [1; 10];
+                if step.is_none() {
+                    std::mem::forget(loan);
+                }
+                whole
+            });
+            assert!(ok && died == step.is_some(), "checksum {checksum}");
+        }
+        assert_eq!(drain(&q), vec![vec![1u8; 10], b"abc".to_vec()], "checksum {checksum}");
+    }
+}

@@ -329,12 +329,12 @@ impl<T> Connection<T> {
                 Err(PutFail::Closed) => return Err(SendTimeoutError::Disconnected(())),
                 Err(PutFail::Fault(fault)) => return Err(failed(fault)),
             }
-            let ready = || ring.has_room(&message) || self.peer_closed();
+            let ready = || ring.has_room(message.frame_payload_len()) || self.peer_closed();
             // Woken by every get while a large message waits for room: /proc at most
             // every PEER_CHECK.
             let mut gone = || self.peer_gone_now_and_then();
             let poll = Poll { every: PEER_CHECK, gone: &mut gone };
-            match ring.wait_for_room(&message, wait, Some(poll), ready) {
+            match ring.wait_for_room(message.frame_payload_len(), wait, Some(poll), ready) {
                 Waited::Ready => {}
                 Waited::Gone => return Err(SendTimeoutError::Disconnected(())),
                 Waited::TimedOut => return Err(SendTimeoutError::Timeout(())),

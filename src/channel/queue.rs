@@ -34,7 +34,7 @@ use crate::sync::wait::Wait;
 pub const DEFAULT_CAPACITY: usize = 4 << 20;
 
 /// Why a blocking or timed operation stopped early.
-enum Stop {
+pub(super) enum Stop {
     Timeout,
     Closed,
     Fault(ChannelFault),
@@ -43,7 +43,7 @@ enum Stop {
 impl Stop {
     /// The error of a put that had no deadline: it cannot have timed out, so a
     /// `Timeout` here would mean the ring's state is nonsense.
-    fn unbounded<T>(self, value: T) -> SendError<T> {
+    pub(super) fn unbounded<T>(self, value: T) -> SendError<T> {
         match self {
             Stop::Closed => SendError::Disconnected(value),
             Stop::Fault(fault) => SendError::Failed { value, fault },
@@ -56,7 +56,7 @@ impl Stop {
 /// independent of the message type (so that it is compiled once, not per `T`).
 #[derive(Clone)]
 pub(crate) struct RawQueue {
-    ring: Ring,
+    pub(super) ring: Ring,
 }
 
 impl RawQueue {
@@ -96,7 +96,7 @@ impl RawQueue {
 
     /// Puts `bytes`, waiting for room per `wait` (full, once it may wait no longer:
     /// `Stop::Timeout`).
-    fn put(&self, bytes: &[u8], wait: Wait) -> Result<(), Stop> {
+    pub(super) fn put(&self, bytes: &[u8], wait: Wait) -> Result<(), Stop> {
         let message = self.ring.prepare(bytes).map_err(Stop::Fault)?;
         loop {
             match self.ring.try_put(&message, wait) {
@@ -106,8 +106,8 @@ impl RawQueue {
                 Err(PutFail::Closed) => return Err(Stop::Closed),
                 Err(PutFail::Fault(f)) => return Err(Stop::Fault(f)),
             }
-            let ready = || self.ring.has_room(&message) || self.ring.is_closed();
-            match self.ring.wait_for_room(&message, wait, None, ready) {
+            let ready = || self.ring.has_room(message.frame_payload_len()) || self.ring.is_closed();
+            match self.ring.wait_for_room(message.frame_payload_len(), wait, None, ready) {
                 Waited::Ready | Waited::Gone => {}
                 Waited::TimedOut => return Err(Stop::Timeout),
             }
@@ -292,7 +292,7 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Queue<T> {
-    raw: RawQueue,
+    pub(super) raw: RawQueue,
     _t: PhantomData<fn(T) -> T>,
 }
 

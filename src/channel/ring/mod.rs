@@ -65,7 +65,10 @@ use super::signal::{Asker, Patience, Poll, Signal, Waited};
 use crate::segment::Segment;
 
 mod frame;
+mod loan;
 mod side;
+
+pub(crate) use loan::{GetSlot, PutSlot};
 
 /// A test's simulated death of the holder at the point `name` (see
 /// [`steps`](crate::steps)): it stops there as a killed process would, its lock
@@ -372,7 +375,7 @@ impl Ring {
     /// first holds back, as a consumer does (see [`pace`](super::pace)).
     pub(crate) fn wait_for_room(
         &self,
-        message: &Outgoing<'_>,
+        payload: usize,
         wait: Wait,
         poll: Option<Poll<'_>>,
         mut ready: impl FnMut() -> bool,
@@ -386,7 +389,7 @@ impl Ring {
         if pace::look_briefly(&mut ready) {
             // After a pause, room for a lone message means the consumer is not
             // streaming.
-            self.room_pace.record(!held_back || self.has_room_for_two(message));
+            self.room_pace.record(!held_back || self.has_room_for_two(payload));
             return Waited::Ready;
         }
         self.room_pace.record(false);
@@ -434,24 +437,25 @@ impl Ring {
         self.occupancy(h.tail.load(Ordering::Acquire), h.head.load(Ordering::Acquire)).map_or(0, |(_, n)| n as usize)
     }
 
-    /// Whether `message` would fit now (a hint for waiters).
-    pub(crate) fn has_room(&self, message: &Outgoing<'_>) -> bool {
+    /// Whether a message whose frame carries `payload` bytes would fit now (a hint
+    /// for waiters).
+    pub(crate) fn has_room(&self, payload: usize) -> bool {
         let h = self.header();
         match self.occupancy(h.tail.load(Ordering::Acquire), h.head.load(Ordering::Acquire)) {
             // A joinable ring at its unfinished limit is full until task_done catches
             // up (the waiter then polls, instead of spinning on a put that fails).
             Ok(occupancy) => {
-                !self.full(occupancy, frame_len(message.frame_payload_len() as u64))
+                !self.full(occupancy, frame_len(payload as u64))
                     && (!self.joinable || self.unfinished() < COUNT_MASK - LIMIT_LOOK)
             }
             Err(_) => true, // let the put report the corruption
         }
     }
 
-    /// Whether two messages like `message` would fit now.
-    fn has_room_for_two(&self, message: &Outgoing<'_>) -> bool {
+    /// Whether two messages of `payload` bytes would fit now.
+    fn has_room_for_two(&self, payload: usize) -> bool {
         let h = self.header();
-        let frame = frame_len(message.frame_payload_len() as u64);
+        let frame = frame_len(payload as u64);
         match self.occupancy(h.tail.load(Ordering::Acquire), h.head.load(Ordering::Acquire)) {
             Ok((used, count)) => {
                 used + frame <= self.capacity && !self.full((used + frame, count.saturating_add(1)), frame)
@@ -488,7 +492,7 @@ impl Ring {
 
     /// The largest payload kept in the ring itself; larger ones travel in side
     /// segments. Below 4 GiB whatever the capacity: a frame's length is 32 bits.
-    fn side_threshold(&self) -> u64 {
+    pub(crate) fn side_threshold(&self) -> u64 {
         (self.capacity / 4).min(u64::from(u32::MAX) / 2)
     }
 
@@ -520,14 +524,7 @@ impl Ring {
         let tail = h.tail.load(Ordering::Relaxed);
         let len = (bytes.len() + if crc.is_some() { CRC_LEN } else { 0 }) as u64;
         let frame = frame_len(len);
-        // First against the last head we saw: it only errs towards "full".
-        let mut room = self.occupancy(tail, h.producer.head_seen.load(Ordering::Relaxed));
-        if room.as_ref().map_or(true, |r| self.full(*r, frame)) {
-            let head = h.head.load(Ordering::Acquire);
-            h.producer.head_seen.store(head, Ordering::Relaxed);
-            room = self.occupancy(tail, head);
-        }
-        if self.full(room.map_err(PutFail::Fault)?, frame) || self.unfinished_at_limit(tail) {
+        if !self.fits(tail, frame)? {
             return Err(PutFail::Full);
         }
         if let Outgoing::Side(s, _) = message {
@@ -554,6 +551,31 @@ impl Ring {
         drop(held); // wakes consumers that asked
 
         Ok(())
+    }
+
+    /// Under the put lock: whether a frame of `frame` bytes fits after `tail` now.
+    fn fits(&self, tail: u64, frame: u64) -> Result<bool, PutFail> {
+        let h = self.header();
+        // First against the last head we saw: it only errs towards "full".
+        let mut room = self.occupancy(tail, h.producer.head_seen.load(Ordering::Relaxed));
+        if room.as_ref().map_or(true, |r| self.full(*r, frame)) {
+            let head = h.head.load(Ordering::Acquire);
+            h.producer.head_seen.store(head, Ordering::Relaxed);
+            room = self.occupancy(tail, head);
+        }
+        Ok(!self.full(room.map_err(PutFail::Fault)?, frame) && !self.unfinished_at_limit(tail))
+    }
+
+    /// A frame header read at a consumer's `gets`-th message, with `used` bytes
+    /// committed: its payload length, kind and frame length, if it is one (the check
+    /// byte, a known kind, inside what is committed, and the number it must carry:
+    /// a position moved back or forward by whole frames would otherwise deliver an
+    /// old message again, silently).
+    fn valid_frame(&self, word: u64, used: u64, gets: u32) -> Option<(u64, u8, u64)> {
+        let (len, kind, check, seq) = frame_fields(word);
+        let frame = frame_len(len);
+        (check == CHECK && (kind == INLINE || kind == SIDE) && frame <= used && seq == gets as u16)
+            .then_some((len, kind, frame))
     }
 
     /// Takes one message into `out` (replacing its contents) if there is one now,
@@ -600,17 +622,12 @@ impl Ring {
                 break;
             }
             let (pos, gets) = unpack(head);
-            let word = self.read_word(pos);
-            let (len, kind, check, seq) = frame_fields(word);
-            let frame = frame_len(len);
-            // The frame says which message it is: a position moved back (or forward)
-            // by whole frames would otherwise deliver an old message again, silently.
-            if check != CHECK || !(kind == INLINE || kind == SIDE) || frame > used || seq != gets as u16 {
+            let Some((len, kind, frame)) = self.valid_frame(self.read_word(pos), used, gets) else {
                 if taken > 0 {
                     break; // what was taken is whole; the damage is reported next time
                 }
                 return Err(GetFail::Fault(ChannelFault::Corrupted("frame header")));
-            }
+            };
             let crc = if self.checksum {
                 if len < CRC_LEN as u64 {
                     if taken > 0 {
@@ -911,7 +928,7 @@ pub(crate) enum Outgoing<'a> {
 
 impl Outgoing<'_> {
     /// How many bytes the frame itself carries.
-    fn frame_payload_len(&self) -> usize {
+    pub(crate) fn frame_payload_len(&self) -> usize {
         match self {
             Outgoing::Inline(b, crc) => b.len() + crc.map_or(0, |_| CRC_LEN),
             Outgoing::Side(s, crc) => s.name().len() + crc.map_or(0, |_| CRC_LEN),

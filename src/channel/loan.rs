@@ -1,0 +1,229 @@
+//! Loans: a queue message written and read in place in shared memory, for large
+//! messages without the copy into the ring that `put_bytes` makes and the copy out
+//! that `get_bytes` makes.
+//!
+//! [`Queue::put_loan`] reserves room for one message and hands it out as a
+//! [`PutLoan`] (a `&mut [u8]`); [`PutLoan::commit`] publishes it whole, and a loan
+//! dropped without its commit publishes nothing. [`Queue::get_loan`] hands the next
+//! message out as a [`GetLoan`] (a `&[u8]`); dropping the loan takes the message.
+//! While a loan lives it holds the queue's put (get) lock: other producers
+//! (consumers) wait, so keep loans short. A process killed while it holds a put loan
+//! publishes nothing and takes no room; one killed while it holds a get loan leaves
+//! the message for the next consumer (see the ring's [`loan`](super::ring) module).
+//!
+//! In place when the message fits the ring contiguously; a message over a quarter
+//! of the ring (a side segment's) or one whose bytes would wrap past the ring's end
+//! is lent from an ordinary buffer instead, copied once at commit (or taken with a
+//! get), so every loan works whatever its size.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::time::{Duration, Instant};
+
+use super::error::{RecvError, RecvTimeoutError, SendError, SendTimeoutError};
+use super::queue::{Queue, RawQueue, Stop};
+use super::ring::{GetFail, GetSlot, PutFail, PutSlot};
+use super::signal::Waited;
+use crate::sync::wait::Wait;
+
+/// Room for one message in a [`Queue`], written in place, published by
+/// [`commit`](PutLoan::commit). Dropped uncommitted, it publishes nothing.
+///
+/// ```
+/// let q = shmproc::Queue::<Vec<u8>>::new(0)?;
+/// let mut loan = q.put_loan(4)?;
+/// loan.copy_from_slice(b"ping");
+/// loan.commit()?;
+/// assert_eq!(&*q.get_loan()?, b"ping");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "a put loan publishes nothing until `commit`"]
+pub struct PutLoan<'q> {
+    queue: &'q RawQueue,
+    room: Room<'q>,
+    /// How long the commit of a buffered loan may wait for room.
+    wait: Wait,
+}
+
+enum Room<'q> {
+    InPlace(PutSlot<'q>),
+    Buffer(Vec<u8>),
+}
+
+/// The next message of a [`Queue`], read in place; dropping the loan takes it.
+#[must_use = "dropping a get loan takes its message"]
+pub struct GetLoan<'q> {
+    message: Lent<'q>,
+}
+
+enum Lent<'q> {
+    InPlace(GetSlot<'q>),
+    Taken(Vec<u8>),
+}
+
+impl<T> Queue<T> {
+    /// Reserves room for a message of `len` bytes, to be written in place and
+    /// published with [`PutLoan::commit`], waiting as long as it takes for room. The
+    /// message is raw bytes, as with [`put_bytes`](Queue::put_bytes).
+    pub fn put_loan(&self, len: usize) -> Result<PutLoan<'_>, SendError<()>> {
+        self.raw.reserve(len, Wait::Forever).map_err(|why| why.unbounded(()))
+    }
+
+    /// [`put_loan`](Queue::put_loan), waiting at most `timeout` for room (the
+    /// commit of a loan lent from a buffer waits at most until the same deadline).
+    pub fn put_loan_timeout(&self, len: usize, timeout: Duration) -> Result<PutLoan<'_>, SendTimeoutError<()>> {
+        self.put_loan_deadline(len, Instant::now() + timeout)
+    }
+
+    /// [`put_loan`](Queue::put_loan), waiting until `deadline` at the latest.
+    pub fn put_loan_deadline(&self, len: usize, deadline: Instant) -> Result<PutLoan<'_>, SendTimeoutError<()>> {
+        self.raw.reserve(len, Wait::Until(deadline)).map_err(timed_out)
+    }
+
+    /// Lends the oldest message, read in place, waiting as long as it takes.
+    pub fn get_loan(&self) -> Result<GetLoan<'_>, RecvError> {
+        self.raw.borrow(Wait::Forever).map_err(|e| RecvTimeoutError::from(e).unbounded())
+    }
+
+    /// [`get_loan`](Queue::get_loan), waiting at most `timeout`.
+    pub fn get_loan_timeout(&self, timeout: Duration) -> Result<GetLoan<'_>, RecvTimeoutError> {
+        self.get_loan_deadline(Instant::now() + timeout)
+    }
+
+    /// [`get_loan`](Queue::get_loan), waiting until `deadline` at the latest.
+    pub fn get_loan_deadline(&self, deadline: Instant) -> Result<GetLoan<'_>, RecvTimeoutError> {
+        Ok(self.raw.borrow(Wait::Until(deadline))?)
+    }
+}
+
+fn timed_out(why: Stop) -> SendTimeoutError<()> {
+    match why {
+        Stop::Timeout => SendTimeoutError::Timeout(()),
+        Stop::Closed => SendTimeoutError::Disconnected(()),
+        Stop::Fault(fault) => SendTimeoutError::Failed { value: (), fault },
+    }
+}
+
+fn stop(fail: PutFail) -> Stop {
+    match fail {
+        PutFail::Full => Stop::Timeout,
+        PutFail::Closed => Stop::Closed,
+        PutFail::Fault(f) => Stop::Fault(f),
+    }
+}
+
+impl RawQueue {
+    /// Room for `len` bytes: in the ring when it fits there contiguously, else a
+    /// buffer; waits for room per `wait`.
+    fn reserve(&self, len: usize, wait: Wait) -> Result<PutLoan<'_>, Stop> {
+        let loan = |room| PutLoan { queue: self, room, wait };
+        if self.ring.is_closed() {
+            return Err(Stop::Closed);
+        }
+        if len as u64 > self.ring.side_threshold() {
+            return Ok(loan(Room::Buffer(vec![0; len])));
+        }
+        loop {
+            match self.ring.try_reserve(len, wait) {
+                Ok(Some(slot)) => return Ok(loan(Room::InPlace(slot))),
+                Ok(None) => return Ok(loan(Room::Buffer(vec![0; len]))),
+                Err(PutFail::Full) if wait != Wait::Never => {}
+                Err(fail) => return Err(stop(fail)),
+            }
+            let payload = self.ring.loan_payload(len);
+            let ready = || self.ring.has_room(payload) || self.ring.is_closed();
+            if self.ring.wait_for_room(payload, wait, None, ready) == Waited::TimedOut {
+                return Err(Stop::Timeout);
+            }
+        }
+    }
+
+    /// The oldest message: in place when it lies in the ring contiguously, else
+    /// taken into a buffer; waits for one per `wait`.
+    fn borrow(&self, wait: Wait) -> Result<GetLoan<'_>, GetFail> {
+        loop {
+            let tried = match self.ring.try_borrow(wait) {
+                Ok(Some(slot)) => return Ok(GetLoan { message: Lent::InPlace(slot) }),
+                Ok(None) => {
+                    let mut bytes = Vec::new();
+                    self.ring.try_get(&mut bytes, wait).map(|()| bytes)
+                }
+                Err(fail) => Err(fail),
+            };
+            match tried {
+                Ok(bytes) => return Ok(GetLoan { message: Lent::Taken(bytes) }),
+                // Empty, or another consumer took it between the two looks.
+                Err(GetFail::Empty) if wait != Wait::Never => {}
+                Err(fail) => return Err(fail),
+            }
+            if self.ring.wait_for_data(wait, None, || self.ring.has_data_or_closed()) == Waited::TimedOut {
+                return Err(GetFail::Empty);
+            }
+        }
+    }
+}
+
+impl PutLoan<'_> {
+    /// Publishes the message, whole. A loan lent from a buffer (see the module docs)
+    /// is put now, waiting for room until the loan's deadline.
+    pub fn commit(self) -> Result<(), SendTimeoutError<()>> {
+        match self.room {
+            Room::InPlace(slot) => slot.commit().map_err(|fail| timed_out(stop(fail))),
+            Room::Buffer(bytes) => self.queue.put(&bytes, self.wait).map_err(timed_out),
+        }
+    }
+
+    /// Whether the message is written in place in the ring (`false`: in a buffer,
+    /// copied at commit).
+    pub fn in_place(&self) -> bool {
+        matches!(self.room, Room::InPlace(_))
+    }
+}
+
+impl Deref for PutLoan<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.room {
+            Room::InPlace(slot) => slot.bytes(),
+            Room::Buffer(bytes) => bytes,
+        }
+    }
+}
+
+impl DerefMut for PutLoan<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match &mut self.room {
+            Room::InPlace(slot) => slot.bytes_mut(),
+            Room::Buffer(bytes) => bytes,
+        }
+    }
+}
+
+impl GetLoan<'_> {
+    /// Whether the message is read in place in the ring (`false`: it was copied out).
+    pub fn in_place(&self) -> bool {
+        matches!(self.message, Lent::InPlace(_))
+    }
+}
+
+impl Deref for GetLoan<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.message {
+            Lent::InPlace(slot) => slot.bytes(),
+            Lent::Taken(bytes) => bytes,
+        }
+    }
+}
+
+impl fmt::Debug for PutLoan<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PutLoan").field("len", &self.len()).field("in_place", &self.in_place()).finish()
+    }
+}
+
+impl fmt::Debug for GetLoan<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GetLoan").field("len", &self.len()).field("in_place", &self.in_place()).finish()
+    }
+}
