@@ -305,36 +305,51 @@ impl<T> Connection<T> {
     }
 
     fn send_raw(&self, bytes: &[u8], wait: Wait) -> Result<(), SendTimeoutError<()>> {
-        let failed = |fault| SendTimeoutError::Failed { value: (), fault };
-        let ring = self.send.as_ref().ok_or(failed(ChannelFault::WrongDirection("send")))?;
+        let ring = self.sending_ring()?;
+        let message = ring.prepare(bytes).map_err(failed_send)?;
+        self.sending(ring, message.frame_payload_len(), wait, || ring.try_put(&message, wait))
+    }
+
+    /// The ring this end sends on, if it may send now: its direction, not closed
+    /// here or by the peer, the peer's process still there (a write to a pipe whose
+    /// reader is gone fails: EPIPE).
+    pub(super) fn sending_ring(&self) -> Result<&Ring, SendTimeoutError<()>> {
+        let ring = self.send.as_ref().ok_or(failed_send(ChannelFault::WrongDirection("send")))?;
         if self.closed_here.load(Ordering::Acquire) {
-            return Err(failed(ChannelFault::UseAfterClose));
+            return Err(failed_send(ChannelFault::UseAfterClose));
         }
-        if self.is_closed() {
+        if self.is_closed() || self.peer_gone_now_and_then() {
             return Err(SendTimeoutError::Disconnected(()));
         }
-        // Like a write to a pipe whose reader is gone (EPIPE): a dead peer fails the
-        // send.
-        if self.peer_gone_now_and_then() {
-            return Err(SendTimeoutError::Disconnected(()));
-        }
-        let message = ring.prepare(bytes).map_err(failed)?;
+        Ok(ring)
+    }
+
+    /// Tries `attempt` (a put, or a loan's reservation, of a frame carrying
+    /// `payload` bytes) until it succeeds, waiting for room per `wait` between
+    /// tries while the peer is there.
+    pub(super) fn sending<R>(
+        &self,
+        ring: &Ring,
+        payload: usize,
+        wait: Wait,
+        mut attempt: impl FnMut() -> Result<R, PutFail>,
+    ) -> Result<R, SendTimeoutError<()>> {
         loop {
             if self.peer_closed() {
                 return Err(SendTimeoutError::Disconnected(()));
             }
-            match ring.try_put(&message, wait) {
-                Ok(()) => return Ok(()),
+            match attempt() {
+                Ok(sent) => return Ok(sent),
                 Err(PutFail::Full) => {}
                 Err(PutFail::Closed) => return Err(SendTimeoutError::Disconnected(())),
-                Err(PutFail::Fault(fault)) => return Err(failed(fault)),
+                Err(PutFail::Fault(fault)) => return Err(failed_send(fault)),
             }
-            let ready = || ring.has_room(message.frame_payload_len()) || self.peer_closed();
+            let ready = || ring.has_room(payload) || self.peer_closed();
             // Woken by every get while a large message waits for room: /proc at most
             // every PEER_CHECK.
             let mut gone = || self.peer_gone_now_and_then();
             let poll = Poll { every: PEER_CHECK, gone: &mut gone };
-            match ring.wait_for_room(message.frame_payload_len(), wait, Some(poll), ready) {
+            match ring.wait_for_room(payload, wait, Some(poll), ready) {
                 Waited::Ready => {}
                 Waited::Gone => return Err(SendTimeoutError::Disconnected(())),
                 Waited::TimedOut => return Err(SendTimeoutError::Timeout(())),
@@ -343,15 +358,33 @@ impl<T> Connection<T> {
     }
 
     fn recv_raw(&self, out: &mut Vec<u8>, wait: Wait) -> Result<(), RecvTimeoutError> {
+        let ring = self.receiving_ring()?;
+        self.receiving(ring, wait, |wait| ring.try_get(out, wait))
+    }
+
+    /// The ring this end receives on, if it may receive.
+    pub(super) fn receiving_ring(&self) -> Result<&Ring, RecvTimeoutError> {
         if self.closed_here.load(Ordering::Acquire) {
             return Err(RecvTimeoutError::Failed(ChannelFault::UseAfterClose));
         }
-        let ring = self.recv.as_ref().ok_or(RecvTimeoutError::Failed(ChannelFault::WrongDirection("receive")))?;
+        self.recv.as_ref().ok_or(RecvTimeoutError::Failed(ChannelFault::WrongDirection("receive")))
+    }
+
+    /// Tries `attempt` (a get, or a loan's look at the next message; it waits for
+    /// the ring's lock per the `Wait` it is given) until it succeeds, waiting for a
+    /// message per `wait` while the peer is there, and taking a last look once it
+    /// is gone.
+    pub(super) fn receiving<R>(
+        &self,
+        ring: &Ring,
+        wait: Wait,
+        mut attempt: impl FnMut(Wait) -> Result<R, GetFail>,
+    ) -> Result<R, RecvTimeoutError> {
         loop {
             // The lock, too, is waited for only until the deadline: a lock word that
             // names another live thread (scribbled) must not outlast the time-out.
-            match ring.try_get(out, wait) {
-                Ok(()) => return Ok(()),
+            match attempt(wait) {
+                Ok(got) => return Ok(got),
                 Err(GetFail::Empty) => {}
                 Err(GetFail::Closed) => return Err(RecvTimeoutError::Disconnected),
                 Err(GetFail::Fault(f)) => return Err(RecvTimeoutError::Failed(f)),
@@ -369,8 +402,8 @@ impl<T> Connection<T> {
             if gone {
                 // One more look: the peer may have sent just before it went (the lock
                 // waited for a moment at most, as above).
-                return match ring.try_get(out, Wait::timeout(LAST_LOOK)) {
-                    Ok(()) => Ok(()),
+                return match attempt(Wait::timeout(LAST_LOOK)) {
+                    Ok(got) => Ok(got),
                     Err(GetFail::Fault(f)) => Err(RecvTimeoutError::Failed(f)),
                     Err(_) => Err(RecvTimeoutError::Disconnected),
                 };
@@ -529,6 +562,10 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
             decode(bytes).map_err(RecvTimeoutError::Failed)
         })
     }
+}
+
+fn failed_send(fault: ChannelFault) -> SendTimeoutError<()> {
+    SendTimeoutError::Failed { value: (), fault }
 }
 
 impl<T> Drop for Connection<T> {
