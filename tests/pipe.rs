@@ -420,3 +420,67 @@ fn connection_wait_multiplexes_pipes_queues_and_sentinels() {
     let late = quitter.sentinel().unwrap();
     assert!(shmproc::connection::wait(&[&late], Some(Duration::ZERO)) == [0]);
 }
+
+// ---------------------------------------------------------------- loans
+
+/// Echoes each message through loans: read in place, written in place.
+fn echo_loans(conn: Connection<()>) {
+    while let Ok(got) = conn.recv_loan_timeout(PATIENCE) {
+        let Ok(mut reply) = conn.send_loan_timeout(got.len(), PATIENCE) else { return };
+        reply.copy_from_slice(&got);
+        drop(got);
+        if reply.commit().is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn loans_echo_through_a_pipe_between_processes() {
+    // The pipe's rings hold 4 MiB: messages in place, wrapping, and over a quarter
+    // of a ring (side segments).
+    let sizes = [1usize, 100, 70_000, 300_000, 1_100_000];
+    for m in [StartMethod::Fork, StartMethod::Spawn] {
+        let (a, b) = Pipe::duplex::<()>().unwrap();
+        let p = Process::builder(echo_loans, b).start_method(m).start().unwrap();
+        let mut in_place = 0;
+        for i in 0..60u32 {
+            let len = sizes[i as usize % sizes.len()];
+            let mut loan = a.send_loan_timeout(len, PATIENCE).unwrap();
+            for (k, byte) in loan.iter_mut().enumerate() {
+                *byte = (k as u32 ^ i) as u8;
+            }
+            loan.commit().unwrap();
+            let back = a.recv_loan_timeout(PATIENCE).unwrap();
+            assert_eq!(back.len(), len, "{m:?}: message {i}");
+            assert!(back.iter().enumerate().all(|(k, byte)| *byte == (k as u32 ^ i) as u8), "{m:?}: {i} torn");
+            in_place += u32::from(back.in_place());
+        }
+        a.close();
+        assert_eq!(finish(&p), Some(0), "{m:?}");
+        assert!(in_place > 24 && in_place < 60, "{m:?}: {in_place} of 60 read in place");
+    }
+}
+
+/// Takes a send loan, half-writes it, says so, and waits to be killed.
+fn hold_a_send_loan((conn, holding): (Connection<()>, shmproc::Event)) {
+    let mut loan = conn.send_loan(1000).unwrap();
+    loan[..500].fill(7);
+    holding.set();
+    std::thread::sleep(Duration::from_secs(60));
+    drop(loan);
+}
+
+#[test]
+fn a_sender_killed_holding_a_loan_sends_nothing() {
+    let (a, b) = Pipe::duplex::<()>().unwrap();
+    let holding = shmproc::Event::new().unwrap();
+    let p = Process::builder(hold_a_send_loan, (b, holding.clone())).start().unwrap();
+    assert!(holding.wait_timeout(PATIENCE), "the child never took its loan");
+    p.kill().unwrap();
+    assert!(p.join_timeout(PATIENCE).unwrap());
+    // Nothing half-written arrives: the peer is gone, and said nothing.
+    assert!(matches!(a.recv_loan_timeout(PATIENCE), Err(RecvTimeoutError::Disconnected)));
+    // And this end's own loans towards a gone peer are refused, as its sends are.
+    assert!(matches!(a.send_loan_timeout(10, PATIENCE), Err(SendTimeoutError::Disconnected(()))));
+}

@@ -2,12 +2,13 @@
 //! messages without the copy into the ring that `put_bytes` makes and the copy out
 //! that `get_bytes` makes.
 //!
-//! [`Queue::put_loan`] reserves room for one message and hands it out as a
-//! [`PutLoan`] (a `&mut [u8]`); [`PutLoan::commit`] publishes it whole, and a loan
-//! dropped without its commit publishes nothing. [`Queue::get_loan`] hands the next
-//! message out as a [`GetLoan`] (a `&[u8]`); dropping the loan takes the message.
-//! While a loan lives it holds the queue's put (get) lock: other producers
-//! (consumers) wait, so keep loans short. A process killed while it holds a put loan
+//! [`Queue::put_loan`] (or [`Connection::send_loan`]) reserves room for one message
+//! and hands it out as a [`PutLoan`] (a `&mut [u8]`); [`PutLoan::commit`] publishes
+//! it whole, and a loan dropped without its commit publishes nothing.
+//! [`Queue::get_loan`] (or [`Connection::recv_loan`]) hands the next message out as
+//! a [`GetLoan`] (a `&[u8]`); dropping the loan takes the message. While a loan
+//! lives it holds the ring's put (get) lock: other producers (consumers) wait, so
+//! keep loans short. A process killed while it holds a put loan
 //! publishes nothing and takes no room; one killed while it holds a get loan leaves
 //! the message for the next consumer (see the ring's [`loan`](super::ring) module).
 //!
@@ -21,6 +22,7 @@ use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use super::error::{RecvError, RecvTimeoutError, SendError, SendTimeoutError};
+use super::pipe::Connection;
 use super::queue::{Queue, RawQueue, Stop};
 use super::ring::{GetFail, GetSlot, PutFail, PutSlot};
 use super::signal::Waited;
@@ -39,7 +41,8 @@ use crate::sync::wait::Wait;
 /// ```
 #[must_use = "a put loan publishes nothing until `commit`"]
 pub struct PutLoan<'q> {
-    queue: &'q RawQueue,
+    /// Where a loan lent from a buffer is sent at commit.
+    sender: &'q dyn SendBuffer,
     room: Room<'q>,
     /// How long the commit of a buffered loan may wait for room.
     wait: Wait,
@@ -116,7 +119,7 @@ impl RawQueue {
     /// Room for `len` bytes: in the ring when it fits there contiguously, else a
     /// buffer; waits for room per `wait`.
     fn reserve(&self, len: usize, wait: Wait) -> Result<PutLoan<'_>, Stop> {
-        let loan = |room| PutLoan { queue: self, room, wait };
+        let loan = |room| PutLoan { sender: self, room, wait };
         if self.ring.is_closed() {
             return Err(Stop::Closed);
         }
@@ -163,13 +166,86 @@ impl RawQueue {
     }
 }
 
+/// What sends a loan lent from a buffer: its queue or its connection.
+trait SendBuffer {
+    fn send_buffer(&self, bytes: &[u8], wait: Wait) -> Result<(), SendTimeoutError<()>>;
+}
+
+impl SendBuffer for RawQueue {
+    fn send_buffer(&self, bytes: &[u8], wait: Wait) -> Result<(), SendTimeoutError<()>> {
+        self.put(bytes, wait).map_err(timed_out)
+    }
+}
+
+impl<T> SendBuffer for Connection<T> {
+    fn send_buffer(&self, bytes: &[u8], wait: Wait) -> Result<(), SendTimeoutError<()>> {
+        self.send_raw(bytes, wait)
+    }
+}
+
+impl<T> Connection<T> {
+    /// Reserves room for a message of `len` bytes to the other end, written in place
+    /// and sent with [`PutLoan::commit`] (raw bytes, as with
+    /// [`send_bytes`](Connection::send_bytes)), waiting as long as it takes for room.
+    ///
+    /// ```
+    /// let (a, b) = shmproc::Pipe::duplex::<()>()?;
+    /// let mut loan = a.send_loan(5)?;
+    /// loan.copy_from_slice(b"hello");
+    /// loan.commit()?;
+    /// assert_eq!(&*b.recv_loan()?, b"hello");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_loan(&self, len: usize) -> Result<PutLoan<'_>, SendError<()>> {
+        self.send_loan_with(len, Wait::Forever).map_err(SendTimeoutError::unbounded)
+    }
+
+    /// [`send_loan`](Connection::send_loan), waiting at most `timeout` for room.
+    pub fn send_loan_timeout(&self, len: usize, timeout: Duration) -> Result<PutLoan<'_>, SendTimeoutError<()>> {
+        self.send_loan_with(len, Wait::Until(Instant::now() + timeout))
+    }
+
+    fn send_loan_with(&self, len: usize, wait: Wait) -> Result<PutLoan<'_>, SendTimeoutError<()>> {
+        let ring = self.sending_ring()?;
+        let loan = |room| PutLoan { sender: self, room, wait };
+        if len as u64 > ring.side_threshold() {
+            return Ok(loan(Room::Buffer(vec![0; len])));
+        }
+        let slot = self.sending(ring, ring.loan_payload(len), wait, || ring.try_reserve(len, wait))?;
+        Ok(loan(slot.map_or_else(|| Room::Buffer(vec![0; len]), Room::InPlace)))
+    }
+
+    /// Lends the next message from the other end, read in place, waiting as long as
+    /// it takes.
+    pub fn recv_loan(&self) -> Result<GetLoan<'_>, RecvError> {
+        self.recv_loan_with(Wait::Forever).map_err(RecvTimeoutError::unbounded)
+    }
+
+    /// [`recv_loan`](Connection::recv_loan), waiting at most `timeout`.
+    pub fn recv_loan_timeout(&self, timeout: Duration) -> Result<GetLoan<'_>, RecvTimeoutError> {
+        self.recv_loan_with(Wait::Until(Instant::now() + timeout))
+    }
+
+    fn recv_loan_with(&self, wait: Wait) -> Result<GetLoan<'_>, RecvTimeoutError> {
+        let ring = self.receiving_ring()?;
+        let message = self.receiving(ring, wait, |wait| match ring.try_borrow(wait)? {
+            Some(slot) => Ok(Lent::InPlace(slot)),
+            None => {
+                let mut bytes = Vec::new();
+                ring.try_get(&mut bytes, wait).map(|()| Lent::Taken(bytes))
+            }
+        })?;
+        Ok(GetLoan { message })
+    }
+}
+
 impl PutLoan<'_> {
     /// Publishes the message, whole. A loan lent from a buffer (see the module docs)
     /// is put now, waiting for room until the loan's deadline.
     pub fn commit(self) -> Result<(), SendTimeoutError<()>> {
         match self.room {
             Room::InPlace(slot) => slot.commit().map_err(|fail| timed_out(stop(fail))),
-            Room::Buffer(bytes) => self.queue.put(&bytes, self.wait).map_err(timed_out),
+            Room::Buffer(bytes) => self.sender.send_buffer(&bytes, self.wait),
         }
     }
 

@@ -304,7 +304,7 @@ impl<T> Connection<T> {
         self.peer_gone()
     }
 
-    fn send_raw(&self, bytes: &[u8], wait: Wait) -> Result<(), SendTimeoutError<()>> {
+    pub(super) fn send_raw(&self, bytes: &[u8], wait: Wait) -> Result<(), SendTimeoutError<()>> {
         let ring = self.sending_ring()?;
         let message = ring.prepare(bytes).map_err(failed_send)?;
         self.sending(ring, message.frame_payload_len(), wait, || ring.try_put(&message, wait))
