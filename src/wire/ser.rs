@@ -44,6 +44,12 @@ fn begin<'e, 'a>(enc: &'e mut Encoder<'a>, len: Option<usize>) -> Result<Compoun
     Ok(Compound { count_at: len.is_none().then_some(at), count: 0, enc })
 }
 
+/// Starts a variant with fields: its index, then the fields one after another.
+fn variant<'e, 'a>(enc: &'e mut Encoder<'a>, index: u32) -> Result<&'e mut Encoder<'a>> {
+    enc.put(index.to_le_bytes())?;
+    Ok(enc)
+}
+
 /// A sequence or map being written; counts its elements when the count was not
 /// known at the start.
 struct Compound<'e, 'a> {
@@ -191,8 +197,7 @@ impl<'e, 'a> ser::Serializer for &'e mut Encoder<'a> {
         _variant: &'static str,
         _len: usize,
     ) -> Result<Self> {
-        self.put(index.to_le_bytes())?;
-        Ok(self)
+        variant(self, index)
     }
     fn serialize_map(self, len: Option<usize>) -> Result<Compound<'e, 'a>> {
         begin(self, len)
@@ -207,8 +212,7 @@ impl<'e, 'a> ser::Serializer for &'e mut Encoder<'a> {
         _variant: &'static str,
         _len: usize,
     ) -> Result<Self> {
-        self.put(index.to_le_bytes())?;
-        Ok(self)
+        variant(self, index)
     }
 }
 
