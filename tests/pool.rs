@@ -821,3 +821,47 @@ fn a_map_over_an_iterator_that_lies_about_its_length_fails_instead_of_waiting_fo
     let r = pool.map(square, Liar { claims: 5000, yields: 5000, next: 0 }).unwrap();
     assert_eq!(r, (1..=5000u64).map(|x| x * x).collect::<Vec<_>>());
 }
+
+/// A result whose `Deserialize` panics on 13 (a user's type with a bug, run on the
+/// pool's result-handling thread).
+#[derive(Debug, PartialEq, serde::Serialize)]
+struct Fragile(u64);
+
+impl<'de> serde::Deserialize<'de> for Fragile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let x = <u64 as serde::Deserialize>::deserialize(d)?;
+        assert!(x != 13, "cannot read 13");
+        Ok(Fragile(x))
+    }
+}
+
+fn fragile(x: u64) -> Fragile {
+    Fragile(x)
+}
+
+#[test]
+fn a_result_that_panics_as_it_is_read_fails_its_chunk_once() {
+    let _watchdog = watchdog(WATCHDOG);
+    quiet_panics();
+    let pool = pool(StartMethod::Fork, 2);
+    for ordered in [true, false] {
+        let mut it = if ordered {
+            pool.imap_chunked(fragile, 0..50u64, 5)
+        } else {
+            pool.imap_unordered_chunked(fragile, 0..50u64, 5)
+        };
+        let mut ok = Vec::new();
+        let mut failed = 0;
+        while let Some(r) = it.next_timeout(PATIENCE) {
+            match r {
+                Ok(Fragile(x)) => ok.push(x),
+                Err(TaskError::Decode(_)) => failed += 1,
+                Err(e) => panic!("ordered {ordered}: {e:?}"),
+            }
+        }
+        // The chunk holding 13 (10..15) fails whole, once; every other result comes once.
+        assert_eq!(failed, 5, "ordered {ordered}");
+        ok.sort_unstable();
+        assert_eq!(ok, (0..50).filter(|x| !(10..15).contains(x)).collect::<Vec<_>>(), "ordered {ordered}");
+    }
+}

@@ -56,6 +56,10 @@ pub enum ChannelFault {
     /// table has room for: close or drop some before handing it on again.
     #[error("this end of the pipe already has {} holders", crate::channel::holders::MAX_HOLDERS)]
     TooManyHolders,
+    /// This thread holds a loan on the ring (`put_loan`, `get_loan`, ...) and asked
+    /// for the same side again: commit or drop the loan first.
+    #[error("this thread holds a loan on this channel: commit or drop it first")]
+    LoanHeld,
 }
 
 macro_rules! send_error {

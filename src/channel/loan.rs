@@ -16,6 +16,17 @@
 //! of the ring (a side segment's) or one whose bytes would wrap past the ring's end
 //! is lent from an ordinary buffer instead, copied once at commit (or taken with a
 //! get), so every loan works whatever its size.
+//!
+//! A loan lives on the thread that took it (its lock is that thread's): it is not
+//! `Send`, and asking the same side of the same ring again on that thread while it
+//! lives is [`ChannelFault::LoanHeld`](super::ChannelFault::LoanHeld), not a
+//! deadlock. In-place bytes start 8-aligned (4-aligned in a checksummed ring).
+//!
+//! What a loan cannot promise: its bytes are shared memory. A process that ignores
+//! the protocol (a scribbler) can change them while you read them, and a
+//! checksummed ring checks them once, when it lends them; copy them out (or use
+//! `get_bytes`) before you trust their contents, as you would any bytes from another
+//! process.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -54,6 +65,15 @@ enum Room<'q> {
 }
 
 /// The next message of a [`Queue`], read in place; dropping the loan takes it.
+///
+/// It stays on the thread that took it:
+///
+/// ```compile_fail
+/// fn elsewhere<T: Send>(_: T) {}
+/// let q = shmproc::Queue::<Vec<u8>>::new(0).unwrap();
+/// q.put_bytes(b"x").unwrap();
+/// elsewhere(q.get_loan().unwrap());
+/// ```
 #[must_use = "dropping a get loan takes its message"]
 pub struct GetLoan<'q> {
     message: Lent<'q>,

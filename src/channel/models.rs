@@ -355,3 +355,21 @@ fn a_loan_whose_holder_dies_publishes_nothing_or_leaves_the_message() {
         assert_eq!(drain(&q), vec![vec![1u8; 10], b"abc".to_vec()], "checksum {checksum}");
     }
 }
+
+#[test]
+fn a_loan_asked_again_on_its_own_thread_is_an_error_and_a_close_beats_its_commit() {
+    use crate::channel::{ChannelFault, RecvTimeoutError, SendTimeoutError};
+    let q = queue(false);
+    q.put_bytes_with(b"one", Wait::Forever).unwrap();
+    let got = q.get_loan_timeout(PATIENCE).unwrap();
+    assert!(matches!(q.get_loan_timeout(PATIENCE), Err(RecvTimeoutError::Failed(ChannelFault::LoanHeld))));
+    drop(got);
+    let mut loan = q.put_loan_timeout(3, PATIENCE).unwrap();
+    loan.copy_from_slice(b"two");
+    let again = q.put_bytes_with(b"x", Wait::timeout(PATIENCE));
+    assert!(matches!(again, Err(SendTimeoutError::Failed { fault: ChannelFault::LoanHeld, .. })), "{again:?}");
+    // Closed while this thread holds the loan: the commit publishes nothing.
+    q.close();
+    assert!(matches!(loan.commit(), Err(SendTimeoutError::Disconnected(()))));
+    assert!(matches!(q.get_loan_timeout(PATIENCE), Err(RecvTimeoutError::Disconnected)));
+}

@@ -741,7 +741,7 @@ where
     fn fill(&mut self) {
         let window = IMAP_WINDOW_PER_WORKER.saturating_mul(self.pool.processes).saturating_mul(self.chunksize);
         let low = window - window / 4;
-        if self.exhausted || (self.submitted > 0 && self.submitted - self.taken > low) {
+        if self.exhausted || (self.submitted > 0 && self.submitted.saturating_sub(self.taken) > low) {
             return;
         }
         if let Err(e) = self.pool.shared.accepting() {
@@ -754,8 +754,14 @@ where
             self.exhausted = true;
             return;
         }
-        while !self.exhausted && self.submitted - self.taken < window {
+        let mut first = self.submitted == 0;
+        while !self.exhausted && self.submitted.saturating_sub(self.taken) < window {
             self.encode_chunk();
+            if first && !self.spans.is_empty() {
+                // The workers start on the first chunk while the rest is encoded.
+                self.flush();
+                first = false;
+            }
         }
         self.flush();
     }
@@ -827,7 +833,7 @@ where
             self.taken += 1;
             return Some(r);
         }
-        if self.taken == self.submitted {
+        if self.taken >= self.submitted {
             return None;
         }
         if self.pool.shared.on_handler_thread() {

@@ -438,9 +438,12 @@ impl<R> StreamSink<R> {
 
 impl<R: DeserializeOwned + Send + 'static> Sink for StreamSink<R> {
     fn deliver(&self, base: usize, count: u32, items: &mut Items<'_>) {
+        // Decoded first: a `Deserialize` that panics midway fails the whole chunk
+        // (the caller's `fail`), with none of its results already out.
+        let results: Vec<Result<R, TaskError>> = (0..count).map(|_| items.next::<R>()).collect();
         let mut s = lock(&self.state);
-        for i in 0..count as usize {
-            s.put(base + i, items.next::<R>());
+        for (i, r) in results.into_iter().enumerate() {
+            s.put(base + i, r);
         }
     }
 

@@ -272,7 +272,7 @@ impl<'a> TaskMsg<'a> {
             if key.tag(self.offset) != self.tag {
                 // The count is as untrusted as the reference: one item says it (the
                 // parent fails the whole chunk on a count that does not match).
-                return fail_items(1, "the task's function reference failed its check (damaged message)", out);
+                return fail_chunk("the task's function reference failed its check (damaged message)", out);
             }
             *verified = Some(self.offset);
         }
@@ -286,41 +286,44 @@ impl<'a> TaskMsg<'a> {
     }
 }
 
-fn fail_items(count: u32, why: &str, out: &mut Vec<u8>) {
-    for _ in 0..count {
-        out.push(ITEM_DECODE_FAILED);
-        let _ = append(why, out);
-    }
+/// A chunk that cannot run (damaged): one failed item says why. Its count is as
+/// untrusted as the rest of it, so no more are written; the parent fails the
+/// chunk's other tasks as missing from the reply.
+fn fail_chunk(why: &str, out: &mut Vec<u8>) {
+    out.push(ITEM_DECODE_FAILED);
+    let _ = append(why, out);
 }
 
 /// The runner of task type `C`: decodes every argument first (a damaged chunk
-/// fails whole, before anything runs), then calls the task on each, catching a
-/// panic per item.
+/// fails whole, before anything runs), then calls the task on each (see
+/// [`call_all`]). One reader for the whole chunk, each argument a step of its
+/// budget: a damaged count cannot make a worker decode more arguments than the
+/// chunk's bytes (plus the budget's allowance for empty ones) could hold.
 fn run_chunk<C: Invoke>(capture: &PanicCapture, args: &[u8], count: u32, out: &mut Vec<u8>) {
+    let mut reader = wire::Reader::new(args);
     if count == 1 {
-        match wire::take_from_bytes::<C::In>(args) {
-            Ok((input, [])) => call_all::<C>(capture, std::iter::once(input), out),
-            Ok(_) => fail_items(1, "trailing bytes after the task's arguments", out),
-            Err(e) => fail_items(1, &decode_message::<C::In>(e), out),
+        match reader.read::<C::In>() {
+            Ok(input) if reader.is_empty() => call_all::<C>(capture, std::iter::once(input), out),
+            Ok(_) => fail_chunk("trailing bytes after the task's arguments", out),
+            Err(e) => fail_chunk(&decode_message::<C::In>(e), out),
         }
         return;
     }
-    let mut inputs = Vec::with_capacity((count as usize).min(args.len()));
-    let mut rest = args;
+    let mut inputs = Vec::with_capacity((count as usize).min(args.len()).min(PREALLOCATED));
     for _ in 0..count {
-        match wire::take_from_bytes::<C::In>(rest) {
-            Ok((input, tail)) => {
-                inputs.push(input);
-                rest = tail;
-            }
-            Err(e) => return fail_items(count, &decode_message::<C::In>(e), out),
+        match reader.step().and_then(|()| reader.read::<C::In>()) {
+            Ok(input) => inputs.push(input),
+            Err(e) => return fail_chunk(&decode_message::<C::In>(e), out),
         }
     }
-    if !rest.is_empty() {
-        return fail_items(count, "trailing bytes after the chunk's arguments", out);
+    if !reader.is_empty() {
+        return fail_chunk("trailing bytes after the chunk's arguments", out);
     }
     call_all::<C>(capture, inputs.into_iter(), out);
 }
+
+/// The most items' room set aside ahead (a count comes from shared memory).
+const PREALLOCATED: usize = 1 << 16;
 
 fn decode_message<T>(e: wire::WireError) -> String {
     format!("cannot decode the arguments as `{}`: {e}", crate::names::type_name::<T>())
@@ -331,7 +334,7 @@ fn decode_message<T>(e: wire::WireError) -> String {
 /// panicking item's partial output is cut off, it becomes a panicked item, and the
 /// items after it run under a fresh catch.
 fn call_all<C: Invoke>(capture: &PanicCapture, mut inputs: impl ExactSizeIterator<Item = C::In>, out: &mut Vec<u8>) {
-    out.reserve(inputs.len() * (1 + std::mem::size_of::<C::Out>()));
+    out.reserve(inputs.len().min(PREALLOCATED) * (1 + std::mem::size_of::<C::Out>()));
     let mut mark = out.len();
     loop {
         let run = capture.catch(|| {
@@ -504,6 +507,33 @@ mod tests {
         runner(halve)(&capture, &args, 3, &mut out);
         let mut items = Items::new(&out);
         assert!((0..3).all(|_| matches!(items.next::<u64>(), Err(TaskError::Decode(_)))));
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "runs the budget's 2^24 steps")]
+    fn a_damaged_count_fails_the_chunk_at_once_whatever_it_says() {
+        fn unit(_: ()) -> u8 {
+            1
+        }
+        fn runner<F: Fn(()) -> u8 + Copy + 'static>(_: F) -> Runner {
+            run_chunk::<Plain<F, ()>>
+        }
+        let capture = PanicCapture::begin(true);
+        let t = std::time::Instant::now();
+        let mut out = Vec::new();
+        // Arguments that take no bytes: a scribbled count of 4 G of them ends at the
+        // budget, with one failed item, not 4 G calls or a 40 GB reply.
+        runner(unit)(&capture, &[], u32::MAX, &mut out);
+        let mut items = Items::new(&out);
+        assert!(matches!(items.next::<u8>(), Err(TaskError::Decode(why)) if why.contains("elements")));
+        assert!(matches!(items.next::<u8>(), Err(TaskError::Decode(_))));
+        assert!(out.len() < 200);
+        assert!(t.elapsed() < std::time::Duration::from_secs(20));
+        // A plausible count of them runs.
+        out.clear();
+        runner(unit)(&capture, &[], 3, &mut out);
+        let mut items = Items::new(&out);
+        assert!((0..3).all(|_| items.next::<u8>() == Ok(1)));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
 
-use super::{WireError, ZERO_SIZED_ELEMENTS};
+use super::{WireError, MAX_DEPTH, ZERO_SIZED_ELEMENTS};
 
 type Result<T> = std::result::Result<T, WireError>;
 
@@ -46,12 +46,25 @@ impl<'de> Reader<'de> {
     pub(crate) fn abandon(&mut self) {
         self.0.input = &[];
     }
+
+    /// Spends one element of the budget (for a count of values read one by one).
+    #[inline]
+    pub(crate) fn step(&mut self) -> Result<()> {
+        self.0.step()
+    }
+
+    /// Whether every byte has been read.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.input.is_empty()
+    }
 }
 
 struct Decoder<'de> {
     input: &'de [u8],
     /// Sequence and map elements this message may still hold (see the module docs).
     steps: u64,
+    /// How deeply the value being read is nested now.
+    depth: u32,
 }
 
 fn error(what: impl Into<String>) -> WireError {
@@ -60,7 +73,7 @@ fn error(what: impl Into<String>) -> WireError {
 
 impl<'de> Decoder<'de> {
     fn new(input: &'de [u8]) -> Decoder<'de> {
-        Decoder { input, steps: (input.len() as u64).saturating_add(ZERO_SIZED_ELEMENTS) }
+        Decoder { input, steps: (input.len() as u64).saturating_add(ZERO_SIZED_ELEMENTS), depth: 0 }
     }
 
     #[inline]
@@ -96,6 +109,18 @@ impl<'de> Decoder<'de> {
     fn step(&mut self) -> Result<()> {
         self.steps = self.steps.checked_sub(1).ok_or_else(|| error("more elements than the message can hold"))?;
         Ok(())
+    }
+
+    /// Reads a value nested one level deeper (see [`MAX_DEPTH`]).
+    #[inline]
+    fn nested<T>(&mut self, read: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        if self.depth >= MAX_DEPTH {
+            return Err(error(format!("a value nested more than {MAX_DEPTH} deep")));
+        }
+        self.depth += 1;
+        let out = read(self);
+        self.depth -= 1;
+        out
     }
 
     #[inline]
@@ -169,7 +194,7 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         match self.take::<1>()?[0] {
             0 => visitor.visit_none(),
-            1 => visitor.visit_some(self),
+            1 => self.nested(|de| visitor.visit_some(de)),
             b => Err(error(format!("an option tag of {b}"))),
         }
     }
@@ -183,16 +208,16 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
     }
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value> {
-        visitor.visit_newtype_struct(self)
+        self.nested(|de| visitor.visit_newtype_struct(de))
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         let len = self.count()?;
-        visitor.visit_seq(Elements { de: self, left: len, counted: true })
+        self.nested(|de| visitor.visit_seq(Elements { de, left: len, counted: true }))
     }
 
     fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value> {
-        visitor.visit_seq(Elements { de: self, left: len, counted: false })
+        self.nested(|de| visitor.visit_seq(Elements { de, left: len, counted: false }))
     }
 
     fn deserialize_tuple_struct<V: Visitor<'de>>(
@@ -206,7 +231,7 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         let len = self.count()?;
-        visitor.visit_map(Elements { de: self, left: len, counted: true })
+        self.nested(|de| visitor.visit_map(Elements { de, left: len, counted: true }))
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
@@ -224,7 +249,7 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
         _variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value> {
-        visitor.visit_enum(self)
+        self.nested(|de| visitor.visit_enum(de))
     }
 
     fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {

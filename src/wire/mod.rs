@@ -30,19 +30,32 @@
 //! (a `bool` of 7, a string that is not UTF-8, a `char` that is a surrogate), and
 //! bounds the work a message can demand: every element of a sequence or map takes
 //! a step from a budget of the message's length plus [`ZERO_SIZED_ELEMENTS`], so a
-//! damaged count of `()` elements ends in an error, not a loop of 2^64 steps.
+//! damaged count of `()` elements ends in an error, not a loop of 2^64 steps; and a
+//! value nested deeper than [`MAX_DEPTH`] (a recursive type) is an error, not a
+//! stack overflow.
+//!
+//! A writer checks what it is told: a sequence or map that declared its length
+//! must write exactly that many elements. As with any format that does not
+//! describe itself, `#[serde(skip_serializing_if)]` cannot be used (the reader
+//! would not know a field was left out).
 
 mod de;
 mod ser;
 
 use std::fmt;
 
-pub(crate) use de::{from_bytes, take_from_bytes, Reader};
+pub(crate) use de::{from_bytes, Reader};
 pub(crate) use ser::append;
 
 /// How many elements a message may hold beyond its length in bytes (elements that
 /// take no bytes: `()`, empty tuples).
 pub(crate) const ZERO_SIZED_ELEMENTS: u64 = 1 << 24;
+
+/// How deeply a value may nest (options, sequences, tuples, structs, enums): a
+/// recursive type read from damaged bytes must end in an error, not in a stack
+/// overflow. A reader's frame per level is a few hundred bytes: 2 048 levels fit a
+/// worker's main stack (8 MiB) and a spawned thread's (2 MiB) alike.
+pub(crate) const MAX_DEPTH: u32 = 2048;
 
 /// Why a value could not be written or read.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -41,7 +41,7 @@ impl Encoder<'_> {
 fn begin<'e, 'a>(enc: &'e mut Encoder<'a>, len: Option<usize>) -> Result<Compound<'e, 'a>> {
     let at = enc.out.len();
     enc.len(len.unwrap_or(0))?;
-    Ok(Compound { count_at: len.is_none().then_some(at), count: 0, enc })
+    Ok(Compound { count_at: len.is_none().then_some(at), declared: len, count: 0, enc })
 }
 
 /// Starts a variant with fields: its index, then the fields one after another.
@@ -54,7 +54,9 @@ fn variant<'e, 'a>(enc: &'e mut Encoder<'a>, index: u32) -> Result<&'e mut Encod
 /// known at the start.
 struct Compound<'e, 'a> {
     enc: &'e mut Encoder<'a>,
+    /// Where the count goes when it was not declared; else the declared count.
     count_at: Option<usize>,
+    declared: Option<usize>,
     count: u64,
 }
 
@@ -69,7 +71,12 @@ impl Compound<'_, '_> {
         if let Some(at) = self.count_at {
             self.enc.out[at..at + 8].copy_from_slice(&self.count.to_le_bytes());
         }
-        Ok(())
+        match self.declared {
+            Some(n) if n as u64 != self.count => {
+                Err(WireError(format!("a sequence declared {n} elements and wrote {}", self.count)))
+            }
+            _ => Ok(()),
+        }
     }
 }
 

@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::de::take_from_bytes;
 use super::*;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,4 +205,40 @@ fn random_damage_never_panics() {
         // Either a value or an error; the point is that it returns.
         let _ = from_bytes::<Everything>(&bytes);
     }
+}
+
+#[test]
+fn a_value_nested_too_deep_is_an_error_not_a_stack_overflow() {
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Chain {
+        End,
+        Link(Box<Chain>),
+    }
+    fn chain(n: u32) -> Chain {
+        (0..n).fold(Chain::End, |c, _| Chain::Link(Box::new(c)))
+    }
+    let ok = chain(MAX_DEPTH / 2 - 1);
+    assert_eq!(from_bytes::<Chain>(&encode(&ok)), Ok(ok));
+    // Damaged bytes that claim a million links: each is 4 bytes, nothing more.
+    let deep: Vec<u8> = std::iter::repeat_n(1u32.to_le_bytes(), 1_000_000).flatten().collect();
+    let e = from_bytes::<Chain>(&deep).unwrap_err();
+    assert!(e.0.contains("nested"), "{e}");
+}
+
+#[test]
+fn a_sequence_that_writes_other_than_it_declared_is_refused() {
+    /// Declares three elements and writes two.
+    struct Short;
+    impl Serialize for Short {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeSeq;
+            let mut seq = s.serialize_seq(Some(3))?;
+            seq.serialize_element(&1u8)?;
+            seq.serialize_element(&2u8)?;
+            seq.end()
+        }
+    }
+    let mut out = Vec::new();
+    let e = append(&Short, &mut out).unwrap_err();
+    assert!(e.contains("declared 3") && out.is_empty(), "{e}");
 }

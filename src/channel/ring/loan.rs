@@ -145,6 +145,11 @@ impl PutSlot<'_> {
     /// `tail` that commits it (as a put does).
     pub(crate) fn commit(mut self) -> Result<(), PutFail> {
         let ring = self.ring;
+        if ring.is_closed() {
+            // Closed by this thread while it held the loan (any other waits for the
+            // lock): nothing is published after a close.
+            return Err(PutFail::Closed);
+        }
         let crc = ring.checksum.then(|| crc32c::crc32c(self.bytes_mut()));
         if let Some(crc) = crc {
             ring.write(self.pos + FRAME_HEADER, &crc.to_le_bytes());

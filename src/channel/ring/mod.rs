@@ -320,13 +320,15 @@ impl Ring {
         wait: Wait,
     ) -> Result<Option<LockHeld<'a, ONE>>, ChannelFault> {
         match lock.acquire_spinning(wait) {
-            Acquire::Clean => Ok(Some(LockHeld { lock, wakes })),
+            Acquire::Clean => Ok(Some(LockHeld { lock, wakes, _thread_bound: std::marker::PhantomData })),
             Acquire::Poisoned => {
                 lock.clear_poison();
-                Ok(Some(LockHeld { lock, wakes }))
+                Ok(Some(LockHeld { lock, wakes, _thread_bound: std::marker::PhantomData }))
             }
             Acquire::WouldBlock | Acquire::TimedOut => Ok(None),
-            _ => Err(ChannelFault::Corrupted("ring lock")),
+            // This thread holds it already: a loan it has not committed or dropped.
+            Acquire::Deadlock => Err(ChannelFault::LoanHeld),
+            Acquire::Corrupted(_) => Err(ChannelFault::Corrupted("ring lock")),
         }
     }
 
@@ -482,7 +484,9 @@ impl Ring {
     pub(crate) fn close(&self) {
         let h = self.header();
         // The release wakes the consumers that asked the put lock; the explicit
-        // wake-ups cover the rest (producers asked the get lock).
+        // wake-ups cover the rest (producers asked the get lock). Under the lock, so
+        // that no put commits after the close; without it if the lock is damaged or
+        // this thread holds it for a put loan (whose commit then sees the close).
         let held = self.lock_puts(Wait::Forever);
         h.fixed.closed.store(1, Ordering::SeqCst);
         drop(held);
@@ -900,6 +904,8 @@ const KILLED: ChannelFault = ChannelFault::Corrupted("the holder was killed here
 struct LockHeld<'a, const ONE: bool> {
     lock: &'a RawMutex,
     wakes: &'a Signal,
+    /// Released by the thread that took it (the lock's owner is a thread): not `Send`.
+    _thread_bound: std::marker::PhantomData<*const ()>,
 }
 
 impl<const ONE: bool> Drop for LockHeld<'_, ONE> {
