@@ -356,6 +356,9 @@ impl<R> MapSink<R> {
 
 impl<R: DeserializeOwned + Send + 'static> Sink for MapSink<R> {
     fn deliver(&self, base: usize, count: u32, items: &mut Items<'_>) {
+        if self.cell.ready() {
+            return; // failed already (the first failure is the map's): nothing to keep
+        }
         // Decoded before the lock: the waiter's `ready()` is never held up by it.
         let mut values = Vec::with_capacity(count as usize);
         for _ in 0..count {
