@@ -443,6 +443,10 @@ impl<R: DeserializeOwned + Send + 'static> Sink for StreamSink<R> {
     fn deliver(&self, base: usize, count: u32, items: &mut Items<'_>) {
         // Decoded first: a `Deserialize` that panics midway fails the whole chunk
         // (the caller's `fail`), with none of its results already out.
+        if count == 1 {
+            let r = items.next::<R>();
+            return lock(&self.state).put(base, r);
+        }
         let results: Vec<Result<R, TaskError>> = (0..count).map(|_| items.next::<R>()).collect();
         let mut s = lock(&self.state);
         for (i, r) in results.into_iter().enumerate() {
