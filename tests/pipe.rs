@@ -484,3 +484,19 @@ fn a_sender_killed_holding_a_loan_sends_nothing() {
     // And this end's own loans towards a gone peer are refused, as its sends are.
     assert!(matches!(a.send_loan_timeout(10, PATIENCE), Err(SendTimeoutError::Disconnected(()))));
 }
+
+#[test]
+fn a_loan_commits_only_where_a_send_would_go() {
+    let (a, b) = Pipe::duplex::<()>().unwrap();
+    let a2 = a.try_clone().unwrap();
+    // Any timeout is a timeout, however long (no overflow of the deadline).
+    let mut loan = a.send_loan_timeout(4, Duration::MAX).unwrap();
+    loan.copy_from_slice(b"data");
+    // This handle is closed while it holds the loan (the end stays open through a2):
+    // the commit fails as a send from it would, and nothing arrives.
+    a.close();
+    assert!(matches!(loan.commit(), Err(SendTimeoutError::Failed { fault: ChannelFault::UseAfterClose, .. })));
+    assert!(matches!(b.recv_loan_timeout(Duration::from_millis(20)), Err(RecvTimeoutError::Timeout)));
+    a2.send_bytes(b"from a2").unwrap();
+    assert_eq!(&*b.recv_loan_timeout(Duration::MAX).unwrap(), b"from a2");
+}

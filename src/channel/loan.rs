@@ -22,6 +22,10 @@
 //! lives is [`ChannelFault::LoanHeld`](super::ChannelFault::LoanHeld), not a
 //! deadlock. In-place bytes start 8-aligned (4-aligned in a checksummed ring).
 //!
+//! A thread that holds a put loan must not wait for a get on the same queue (and
+//! the other way round) with nothing else to end the wait: the loan holds what the
+//! other side needs.
+//!
 //! What a loan cannot promise: its bytes are shared memory. A process that ignores
 //! the protocol (a scribbler) can change them while you read them, and a
 //! checksummed ring checks them once, when it lends them; copy them out (or use
@@ -95,7 +99,7 @@ impl<T> Queue<T> {
     /// [`put_loan`](Queue::put_loan), waiting at most `timeout` for room (the
     /// commit of a loan lent from a buffer waits at most until the same deadline).
     pub fn put_loan_timeout(&self, len: usize, timeout: Duration) -> Result<PutLoan<'_>, SendTimeoutError<()>> {
-        self.put_loan_deadline(len, Instant::now() + timeout)
+        self.raw.reserve(len, Wait::timeout(timeout)).map_err(timed_out)
     }
 
     /// [`put_loan`](Queue::put_loan), waiting until `deadline` at the latest.
@@ -110,7 +114,7 @@ impl<T> Queue<T> {
 
     /// [`get_loan`](Queue::get_loan), waiting at most `timeout`.
     pub fn get_loan_timeout(&self, timeout: Duration) -> Result<GetLoan<'_>, RecvTimeoutError> {
-        self.get_loan_deadline(Instant::now() + timeout)
+        Ok(self.raw.borrow(Wait::timeout(timeout))?)
     }
 
     /// [`get_loan`](Queue::get_loan), waiting until `deadline` at the latest.
@@ -186,9 +190,14 @@ impl RawQueue {
     }
 }
 
-/// What sends a loan lent from a buffer: its queue or its connection.
+/// What a loan is sent through: its queue or its connection.
 trait SendBuffer {
+    /// Sends a loan lent from a buffer.
     fn send_buffer(&self, bytes: &[u8], wait: Wait) -> Result<(), SendTimeoutError<()>>;
+    /// What a send checks before it commits, beyond the ring's own close flag.
+    fn may_commit(&self) -> Result<(), SendTimeoutError<()>> {
+        Ok(())
+    }
 }
 
 impl SendBuffer for RawQueue {
@@ -200,6 +209,12 @@ impl SendBuffer for RawQueue {
 impl<T> SendBuffer for Connection<T> {
     fn send_buffer(&self, bytes: &[u8], wait: Wait) -> Result<(), SendTimeoutError<()>> {
         self.send_raw(bytes, wait)
+    }
+
+    /// This handle closed, or the peer closed or gone since the loan was made: the
+    /// commit fails as a send would.
+    fn may_commit(&self) -> Result<(), SendTimeoutError<()>> {
+        self.sending_ring().map(drop)
     }
 }
 
@@ -222,7 +237,7 @@ impl<T> Connection<T> {
 
     /// [`send_loan`](Connection::send_loan), waiting at most `timeout` for room.
     pub fn send_loan_timeout(&self, len: usize, timeout: Duration) -> Result<PutLoan<'_>, SendTimeoutError<()>> {
-        self.send_loan_with(len, Wait::Until(Instant::now() + timeout))
+        self.send_loan_with(len, Wait::timeout(timeout))
     }
 
     fn send_loan_with(&self, len: usize, wait: Wait) -> Result<PutLoan<'_>, SendTimeoutError<()>> {
@@ -243,7 +258,7 @@ impl<T> Connection<T> {
 
     /// [`recv_loan`](Connection::recv_loan), waiting at most `timeout`.
     pub fn recv_loan_timeout(&self, timeout: Duration) -> Result<GetLoan<'_>, RecvTimeoutError> {
-        self.recv_loan_with(Wait::Until(Instant::now() + timeout))
+        self.recv_loan_with(Wait::timeout(timeout))
     }
 
     fn recv_loan_with(&self, wait: Wait) -> Result<GetLoan<'_>, RecvTimeoutError> {
@@ -264,7 +279,10 @@ impl PutLoan<'_> {
     /// is put now, waiting for room until the loan's deadline.
     pub fn commit(self) -> Result<(), SendTimeoutError<()>> {
         match self.room {
-            Room::InPlace(slot) => slot.commit().map_err(|fail| timed_out(stop(fail))),
+            Room::InPlace(slot) => {
+                self.sender.may_commit()?;
+                slot.commit().map_err(|fail| timed_out(stop(fail)))
+            }
             Room::Buffer(bytes) => self.sender.send_buffer(&bytes, self.wait),
         }
     }

@@ -47,10 +47,11 @@ impl<'de> Reader<'de> {
         self.0.input = &[];
     }
 
-    /// Spends one element of the budget (for a count of values read one by one).
+    /// Gives the next value a budget of its own (the bytes left plus the allowance),
+    /// as [`take_from_bytes`] would: for values read one after another.
     #[inline]
-    pub(crate) fn step(&mut self) -> Result<()> {
-        self.0.step()
+    pub(crate) fn renew(&mut self) {
+        self.0.steps = (self.0.input.len() as u64).saturating_add(ZERO_SIZED_ELEMENTS);
     }
 
     /// Whether every byte has been read.

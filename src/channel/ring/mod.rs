@@ -904,8 +904,9 @@ const KILLED: ChannelFault = ChannelFault::Corrupted("the holder was killed here
 struct LockHeld<'a, const ONE: bool> {
     lock: &'a RawMutex,
     wakes: &'a Signal,
-    /// Released by the thread that took it (the lock's owner is a thread): not `Send`.
-    _thread_bound: std::marker::PhantomData<*const ()>,
+    /// Released by the thread that took it (the lock's owner is a thread): not
+    /// `Send`, as a `MutexGuard` (and, as one, `Sync`).
+    _thread_bound: std::marker::PhantomData<std::sync::MutexGuard<'static, ()>>,
 }
 
 impl<const ONE: bool> Drop for LockHeld<'_, ONE> {
