@@ -464,7 +464,7 @@ fn loans_echo_through_a_pipe_between_processes() {
 
 /// Takes a send loan, half-writes it, says so, and waits to be killed.
 fn hold_a_send_loan((conn, holding): (Connection<()>, shmproc::Event)) {
-    let mut loan = conn.send_loan(1000).unwrap();
+    let mut loan = conn.send_loan_timeout(1000, PATIENCE).unwrap();
     loan[..500].fill(7);
     holding.set();
     std::thread::sleep(Duration::from_secs(60));

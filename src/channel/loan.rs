@@ -39,8 +39,7 @@ use std::time::{Duration, Instant};
 use super::error::{RecvError, RecvTimeoutError, SendError, SendTimeoutError};
 use super::pipe::Connection;
 use super::queue::{Queue, RawQueue, Stop};
-use super::ring::{GetFail, GetSlot, PutFail, PutSlot};
-use super::signal::Waited;
+use super::ring::{GetFail, GetSlot, PutFail, PutSlot, Ring};
 use crate::sync::wait::Wait;
 
 /// Room for one message in a [`Queue`], written in place, published by
@@ -139,54 +138,41 @@ fn stop(fail: PutFail) -> Stop {
     }
 }
 
+/// One try at room for `len` bytes: in the ring when it fits there contiguously
+/// now, else a buffer (a message over the side threshold, or one that would wrap).
+fn try_room(ring: &Ring, len: usize, wait: Wait) -> Result<Room<'_>, PutFail> {
+    if len as u64 > ring.side_threshold() {
+        return Ok(Room::Buffer(vec![0; len]));
+    }
+    Ok(ring.try_reserve(len, wait)?.map_or_else(|| Room::Buffer(vec![0; len]), Room::InPlace))
+}
+
+/// One try at the oldest message: in place when it lies in the ring contiguously,
+/// else taken into a buffer (`Empty` too if another consumer took it between the
+/// two looks).
+fn try_lend(ring: &Ring, wait: Wait) -> Result<Lent<'_>, GetFail> {
+    match ring.try_borrow(wait)? {
+        Some(slot) => Ok(Lent::InPlace(slot)),
+        None => {
+            let mut bytes = Vec::new();
+            ring.try_get(&mut bytes, wait).map(|()| Lent::Taken(bytes))
+        }
+    }
+}
+
 impl RawQueue {
-    /// Room for `len` bytes: in the ring when it fits there contiguously, else a
-    /// buffer; waits for room per `wait`.
+    /// A put loan of `len` bytes, waiting for room per `wait`.
     fn reserve(&self, len: usize, wait: Wait) -> Result<PutLoan<'_>, Stop> {
-        let loan = |room| PutLoan { sender: self, room, wait };
         if self.ring.is_closed() {
             return Err(Stop::Closed);
         }
-        if len as u64 > self.ring.side_threshold() {
-            return Ok(loan(Room::Buffer(vec![0; len])));
-        }
-        loop {
-            match self.ring.try_reserve(len, wait) {
-                Ok(Some(slot)) => return Ok(loan(Room::InPlace(slot))),
-                Ok(None) => return Ok(loan(Room::Buffer(vec![0; len]))),
-                Err(PutFail::Full) if wait != Wait::Never => {}
-                Err(fail) => return Err(stop(fail)),
-            }
-            let payload = self.ring.loan_payload(len);
-            let ready = || self.ring.has_room(payload) || self.ring.is_closed();
-            if self.ring.wait_for_room(payload, wait, None, ready) == Waited::TimedOut {
-                return Err(Stop::Timeout);
-            }
-        }
+        let room = self.putting(self.ring.loan_payload(len), wait, || try_room(&self.ring, len, wait))?;
+        Ok(PutLoan { sender: self, room, wait })
     }
 
-    /// The oldest message: in place when it lies in the ring contiguously, else
-    /// taken into a buffer; waits for one per `wait`.
+    /// A get loan of the oldest message, waiting for one per `wait`.
     fn borrow(&self, wait: Wait) -> Result<GetLoan<'_>, GetFail> {
-        loop {
-            let tried = match self.ring.try_borrow(wait) {
-                Ok(Some(slot)) => return Ok(GetLoan { message: Lent::InPlace(slot) }),
-                Ok(None) => {
-                    let mut bytes = Vec::new();
-                    self.ring.try_get(&mut bytes, wait).map(|()| bytes)
-                }
-                Err(fail) => Err(fail),
-            };
-            match tried {
-                Ok(bytes) => return Ok(GetLoan { message: Lent::Taken(bytes) }),
-                // Empty, or another consumer took it between the two looks.
-                Err(GetFail::Empty) if wait != Wait::Never => {}
-                Err(fail) => return Err(fail),
-            }
-            if self.ring.wait_for_data(wait, None, || self.ring.has_data_or_closed()) == Waited::TimedOut {
-                return Err(GetFail::Empty);
-            }
-        }
+        Ok(GetLoan { message: self.getting(wait, || try_lend(&self.ring, wait))? })
     }
 }
 
@@ -242,12 +228,8 @@ impl<T> Connection<T> {
 
     fn send_loan_with(&self, len: usize, wait: Wait) -> Result<PutLoan<'_>, SendTimeoutError<()>> {
         let ring = self.sending_ring()?;
-        let loan = |room| PutLoan { sender: self, room, wait };
-        if len as u64 > ring.side_threshold() {
-            return Ok(loan(Room::Buffer(vec![0; len])));
-        }
-        let slot = self.sending(ring, ring.loan_payload(len), wait, || ring.try_reserve(len, wait))?;
-        Ok(loan(slot.map_or_else(|| Room::Buffer(vec![0; len]), Room::InPlace)))
+        let room = self.sending(ring, ring.loan_payload(len), wait, || try_room(ring, len, wait))?;
+        Ok(PutLoan { sender: self, room, wait })
     }
 
     /// Lends the next message from the other end, read in place, waiting as long as
@@ -263,14 +245,7 @@ impl<T> Connection<T> {
 
     fn recv_loan_with(&self, wait: Wait) -> Result<GetLoan<'_>, RecvTimeoutError> {
         let ring = self.receiving_ring()?;
-        let message = self.receiving(ring, wait, |wait| match ring.try_borrow(wait)? {
-            Some(slot) => Ok(Lent::InPlace(slot)),
-            None => {
-                let mut bytes = Vec::new();
-                ring.try_get(&mut bytes, wait).map(|()| Lent::Taken(bytes))
-            }
-        })?;
-        Ok(GetLoan { message })
+        Ok(GetLoan { message: self.receiving(ring, wait, |wait| try_lend(ring, wait))? })
     }
 }
 

@@ -28,6 +28,14 @@ fn queue(joinable: bool) -> Queue<Vec<u8>> {
     }
 }
 
+/// A queue holding `first`, then 20 bytes of 2.
+fn holding(joinable: bool, first: &[u8]) -> Queue<Vec<u8>> {
+    let q = queue(joinable);
+    q.put_bytes_with(first, Wait::Forever).unwrap();
+    q.put_bytes_with(&[2; 20], Wait::Forever).unwrap();
+    q
+}
+
 /// Everything in `q` now, in order (each call within `PATIENCE`).
 fn drain(q: &Queue<Vec<u8>>) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
@@ -58,9 +66,7 @@ fn a_put_or_a_get_killed_at_any_step_leaves_each_message_whole_or_absent() {
     for (joinable, size) in [(false, 30), (true, 30), (false, 2000), (true, 2000)] {
         let first = vec![1u8; size];
         for step in 0.. {
-            let q = queue(joinable);
-            q.put_bytes_with(&first, Wait::Forever).unwrap();
-            q.put_bytes_with(&[2; 20], Wait::Forever).unwrap();
+            let q = holding(joinable, &first);
             let q2 = q.clone();
             let third = vec![3u8; size];
             let (died, ok) =
@@ -86,9 +92,7 @@ fn a_put_or_a_get_killed_at_any_step_leaves_each_message_whole_or_absent() {
             }
         }
         for step in 0.. {
-            let q = queue(joinable);
-            q.put_bytes_with(&first, Wait::Forever).unwrap();
-            q.put_bytes_with(&[2; 20], Wait::Forever).unwrap();
+            let q = holding(joinable, &first);
             let q2 = q.clone();
             let (died, ok) = killed_at(step, "get:", move || {
                 let mut buf = Vec::new();

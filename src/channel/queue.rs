@@ -98,16 +98,27 @@ impl RawQueue {
     /// `Stop::Timeout`).
     pub(super) fn put(&self, bytes: &[u8], wait: Wait) -> Result<(), Stop> {
         let message = self.ring.prepare(bytes).map_err(Stop::Fault)?;
+        self.putting(message.frame_payload_len(), wait, || self.ring.try_put(&message, wait))
+    }
+
+    /// Tries `attempt` (a put, or a loan's reservation, of a frame carrying
+    /// `payload` bytes) until it succeeds, waiting for room per `wait` between tries.
+    pub(super) fn putting<R>(
+        &self,
+        payload: usize,
+        wait: Wait,
+        mut attempt: impl FnMut() -> Result<R, PutFail>,
+    ) -> Result<R, Stop> {
         loop {
-            match self.ring.try_put(&message, wait) {
-                Ok(()) => return Ok(()),
+            match attempt() {
+                Ok(put) => return Ok(put),
                 Err(PutFail::Full) if wait != Wait::Never => {}
                 Err(PutFail::Full) => return Err(Stop::Timeout),
                 Err(PutFail::Closed) => return Err(Stop::Closed),
                 Err(PutFail::Fault(f)) => return Err(Stop::Fault(f)),
             }
-            let ready = || self.ring.has_room(message.frame_payload_len()) || self.ring.is_closed();
-            match self.ring.wait_for_room(message.frame_payload_len(), wait, None, ready) {
+            let ready = || self.ring.has_room(payload) || self.ring.is_closed();
+            match self.ring.wait_for_room(payload, wait, None, ready) {
                 Waited::Ready | Waited::Gone => {}
                 Waited::TimedOut => return Err(Stop::Timeout),
             }
@@ -117,22 +128,19 @@ impl RawQueue {
     /// Takes one message or more (up to `outs.len()`, each into its own buffer),
     /// waiting for the first per `wait`; how many.
     fn get_many(&self, outs: &mut [Vec<u8>], wait: Wait) -> Result<usize, GetFail> {
-        loop {
-            match self.ring.try_get_many(outs, wait) {
-                Err(GetFail::Empty) if wait != Wait::Never => {}
-                other => return other,
-            }
-            match self.ring.wait_for_data(wait, None, || self.ring.has_data_or_closed()) {
-                Waited::Ready | Waited::Gone => {}
-                Waited::TimedOut => return Err(GetFail::Empty),
-            }
-        }
+        self.getting(wait, || self.ring.try_get_many(outs, wait))
     }
 
     /// Takes a message, waiting for one per `wait` (none in time: `GetFail::Empty`).
     fn get(&self, out: &mut Vec<u8>, wait: Wait) -> Result<(), GetFail> {
+        self.getting(wait, || self.ring.try_get(out, wait))
+    }
+
+    /// Tries `attempt` (a get, or a loan's look at the next message) until it finds
+    /// something, waiting for a message per `wait` between tries.
+    pub(super) fn getting<R>(&self, wait: Wait, mut attempt: impl FnMut() -> Result<R, GetFail>) -> Result<R, GetFail> {
         loop {
-            match self.ring.try_get(out, wait) {
+            match attempt() {
                 Err(GetFail::Empty) if wait != Wait::Never => {}
                 other => return other,
             }

@@ -78,7 +78,10 @@ fn a_worker_killed_at_each_step_fails_exactly_its_own_tasks_and_runs_none_twice(
     for n in 0..(ITEMS / 2) * POINTS {
         let runs = Array::from_slice_named(&[0u32; ITEMS as usize]).unwrap();
         let pool = pool_dying_at(n);
-        let got: Vec<_> = pool.imap_chunked(run_once, (0..ITEMS).map(|i| (runs.clone(), i)), 2).collect();
+        let mut it = pool.imap_chunked(run_once, (0..ITEMS).map(|i| (runs.clone(), i)), 2);
+        let got: Vec<_> = std::iter::from_fn(|| it.next_timeout(PATIENCE))
+            .inspect(|r| assert!(!matches!(r, Err(TaskError::Timeout)), "killed at point {n}: an item never came"))
+            .collect();
         assert_eq!(got.len(), ITEMS as usize);
         let counts = runs.to_vec().unwrap();
         for (i, r) in got.into_iter().enumerate() {

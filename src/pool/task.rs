@@ -463,6 +463,16 @@ fn result_of<R>() -> String {
 mod tests {
     use super::*;
 
+    /// The runner of the task `f`, as a worker would find it.
+    fn runner<F, A, R>(_: F) -> Runner
+    where
+        F: Fn(A) -> R + Copy + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned,
+    {
+        run_chunk::<Plain<F, A>>
+    }
+
     #[test]
     fn siphash_matches_the_reference_vector() {
         // The paper's key 00..0f; message 00..07 (one word) gives this output
@@ -491,9 +501,6 @@ mod tests {
             assert!(x.is_multiple_of(2), "odd: {x}");
             x / 2
         }
-        fn runner<F: Fn(u64) -> u64 + Copy + 'static>(_: F) -> Runner {
-            run_chunk::<Plain<F, u64>>
-        }
         let mut args = Vec::new();
         for x in [4u64, 5, 6] {
             append(&x, &mut args).unwrap();
@@ -517,9 +524,6 @@ mod tests {
     fn a_damaged_count_fails_the_chunk_at_once_whatever_it_says() {
         fn unit(_: ()) -> u8 {
             1
-        }
-        fn runner<F: Fn(()) -> u8 + Copy + 'static>(_: F) -> Runner {
-            run_chunk::<Plain<F, ()>>
         }
         let capture = PanicCapture::begin(true);
         let t = std::time::Instant::now();
@@ -563,9 +567,6 @@ mod tests {
         struct Pair(Half);
         fn wrap(x: u64) -> Pair {
             Pair(Half(x))
-        }
-        fn runner<F: Fn(u64) -> Pair + Copy + 'static>(_: F) -> Runner {
-            run_chunk::<Plain<F, u64>>
         }
         let mut args = Vec::new();
         for x in [1u64, 2, 3] {
