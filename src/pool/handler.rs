@@ -194,7 +194,7 @@ impl Dispatch {
         if self.launching {
             return 1;
         }
-        let by_time = (QUEUED_WORK / self.avg_chunk_ns.max(1)).clamp(2, MAX_AHEAD as u64) as usize;
+        let by_time = ahead_by_time(self.avg_chunk_ns);
         if self.max_tasks == 0 {
             return by_time;
         }
@@ -292,6 +292,25 @@ impl Dispatch {
         }
         self.first_id += self.pending.len() as u64;
         self.pending.drain(..).flatten().collect()
+    }
+}
+
+/// How many chunks a worker's ring may hold when a chunk takes `avg_ns`.
+fn ahead_by_time(avg_ns: u64) -> usize {
+    (QUEUED_WORK / avg_ns.max(1)).clamp(2, MAX_AHEAD as u64) as usize
+}
+
+/// The estimate of a chunk's time after a worker reported `sample` ns. It falls
+/// three quarters of the way to a shorter sample, so that a fresh pool's guess of
+/// long chunks (two a ring) gives way within a few replies of tiny tasks (a quarter
+/// of the way took some 25 replies, while the backlog grew by thousands); it rises
+/// a quarter of the way to a longer one, which is enough for one long chunk among
+/// short ones to cut the queue-ahead at once.
+fn next_estimate(avg_ns: u64, sample: u64) -> u64 {
+    if sample < avg_ns {
+        avg_ns.saturating_add(sample.saturating_mul(3)) / 4
+    } else {
+        avg_ns.saturating_mul(3).saturating_add(sample) / 4
     }
 }
 
@@ -822,7 +841,7 @@ impl Handler {
             if reply.elapsed_ns != 0 {
                 // Read from shared memory: clamped (an hour), so no sum overflows.
                 let sample = reply.elapsed_ns.min(3_600_000_000_000);
-                d.avg_chunk_ns = (d.avg_chunk_ns.saturating_mul(3).saturating_add(sample)) / 4;
+                d.avg_chunk_ns = next_estimate(d.avg_chunk_ns, sample);
             }
             // Replies come in the order each worker took its tasks: the holder has
             // the id first in its list (anything else is a damaged reply's id).
@@ -1089,4 +1108,22 @@ impl Batch {
 pub(crate) fn new_key() -> Result<TagKey, PoolError> {
     let r = sys::random_u128().map_err(|e| PoolError::Start(ProcessError::Os { op: "getrandom", source: e }))?;
     Ok(TagKey(r as u64, (r >> 64) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_ahead_follows_the_workers_timing_both_ways() {
+        let mut avg = FIRST_GUESS;
+        assert_eq!(ahead_by_time(avg), 2, "a fresh pool queues little");
+        for _ in 0..8 {
+            avg = next_estimate(avg, 300);
+        }
+        assert!(ahead_by_time(avg) >= 300, "tiny tasks: {avg} ns, {} ahead", ahead_by_time(avg));
+        avg = next_estimate(avg, 30_000_000);
+        assert_eq!(ahead_by_time(avg), 2, "one long chunk: {avg} ns");
+        assert_eq!(next_estimate(u64::MAX, u64::MAX), u64::MAX / 4, "no overflow");
+    }
 }
