@@ -127,6 +127,59 @@ fn a_put_or_a_get_killed_at_any_step_leaves_each_message_whole_or_absent() {
 }
 
 /// A joinable ring's counter, seen through the queue's raw ring.
+/// `put_bytes_many_now` killed at every step of its run of three messages leaves
+/// a prefix of them, each whole (the ones committed before the kill), and a usable
+/// queue.
+#[test]
+fn a_run_of_puts_killed_at_any_step_leaves_a_whole_prefix() {
+    let run: Vec<Vec<u8>> = (3u8..6).map(|b| vec![b; 30]).collect();
+    let mut kills = 0;
+    for joinable in [false, true] {
+        for step in 0.. {
+            let q = holding(joinable, &[1; 30]);
+            let (q2, run2) = (q.clone(), run.clone());
+            let (died, ok) = killed_at(step, "put:", move || {
+                let messages: Vec<&[u8]> = run2.iter().map(Vec::as_slice).collect();
+                matches!(q2.put_bytes_many_now(&messages), Ok(3))
+            });
+            if !died {
+                assert!(ok, "the run was not put whole without a kill");
+                break;
+            }
+            kills += 1;
+            q.put_bytes_with(&[4; 40], Wait::timeout(PATIENCE)).unwrap();
+            let got = drain(&q);
+            let committed = got.len() - 3;
+            let mut expect = vec![vec![1; 30], vec![2; 20]];
+            expect.extend(run[..committed].iter().cloned());
+            expect.push(vec![4; 40]);
+            assert_eq!(got, expect, "a run killed at step {step}: torn, lost or out of order");
+            if joinable {
+                assert_eq!(JoinableView(&q).unfinished(), expect.len(), "a run killed at step {step}");
+            }
+        }
+    }
+    // Three messages, a header, a payload and a commit each, and the lock: 10 steps.
+    assert_eq!(kills, 2 * 10);
+}
+
+/// A run of puts takes what fits, in order, and stops before a message the ring
+/// holds only in a side segment; a closed queue takes none.
+#[test]
+fn a_run_of_puts_stops_where_the_ring_is_full_or_a_message_is_large() {
+    let q = queue(false);
+    let small = [7u8; 1000];
+    let large = [8u8; 2000];
+    let messages: Vec<&[u8]> = vec![&small, &small, &large, &small];
+    assert!(matches!(q.put_bytes_many_now(&messages), Ok(2)), "stops before the side-segment message");
+    let room_for_two = q.put_bytes_many_now(&[&small[..]; 4]);
+    // Frames of 1 008 bytes: four fill the 4 KiB ring.
+    assert!(matches!(room_for_two, Ok(2)), "room for two more: {room_for_two:?}");
+    assert_eq!(drain(&q), vec![small.to_vec(); 4]);
+    q.close();
+    assert!(matches!(q.put_bytes_many_now(&[&small[..]]), Err(crate::SendTimeoutError::Disconnected(()))));
+}
+
 struct JoinableView<'a>(&'a Queue<Vec<u8>>);
 
 impl JoinableView<'_> {

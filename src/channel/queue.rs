@@ -14,7 +14,7 @@ use super::codec::{decode, with_scratch, Encoding};
 use super::error::{
     ChannelFault, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TaskDoneError, TryRecvError, TrySendError,
 };
-use super::ring::{self, GetFail, PutFail, Ring};
+use super::ring::{self, GetFail, Outgoing, PutFail, Ring};
 use super::signal::Waited;
 use crate::segment::{transfer, Backing, Expect, ObjectKind, Segment, SegmentCreateError, SegmentOpenError, TypeInfo};
 use crate::sync::wait::Wait;
@@ -585,6 +585,19 @@ impl<T> Queue<T> {
             Stop::Timeout => SendTimeoutError::Timeout(()),
             Stop::Closed => SendTimeoutError::Disconnected(()),
             Stop::Fault(fault) => SendTimeoutError::Failed { value: (), fault },
+        })
+    }
+
+    /// Puts as many of `messages` as fit now, in order, under one hold of the ring's
+    /// put lock; how many. It stops before a message too large for the ring itself
+    /// (put that one with [`put_bytes_with`](Queue::put_bytes_with)).
+    pub(crate) fn put_bytes_many_now(&self, messages: &[&[u8]]) -> Result<usize, SendTimeoutError<()>> {
+        let ring = &self.raw.ring;
+        let inline: Vec<Outgoing<'_>> = messages.iter().map_while(|m| ring.prepare_inline(m)).collect();
+        ring.try_put_many(&inline).map_err(|why| match why {
+            PutFail::Full => SendTimeoutError::Timeout(()),
+            PutFail::Closed => SendTimeoutError::Disconnected(()),
+            PutFail::Fault(fault) => SendTimeoutError::Failed { value: (), fault },
         })
     }
 

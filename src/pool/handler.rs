@@ -237,6 +237,52 @@ impl Dispatch {
         sent
     }
 
+    /// Puts as many of `run` (task ids and their messages, in order) into worker
+    /// `i`'s ring as it has room for now, under one hold of the ring's lock; how
+    /// many, always the first ones. It stops at a chunk that was cancelled (the
+    /// chunk-by-chunk path deals with that one).
+    fn send_run(&mut self, i: usize, run: &[(u64, &[u8])]) -> Result<usize, String> {
+        let Some(w) = self.workers[i].as_ref() else { return Ok(0) };
+        let room = self.cap(w).saturating_sub(w.held.len()).min(run.len());
+        let mut claimed = 0;
+        for &(id, _) in &run[..room] {
+            // Claimed first, as in `try_send`.
+            match self.pending_mut(id) {
+                Some(Some(p)) if p.sink.start() => claimed += 1,
+                _ => break,
+            }
+        }
+        let messages: Vec<&[u8]> = run[..claimed].iter().map(|&(_, bytes)| bytes).collect();
+        let Some(w) = self.workers[i].as_mut() else { return Ok(0) };
+        let put = w.tasks.put_bytes_many_now(&messages);
+        let n = *put.as_ref().unwrap_or(&0);
+        w.held.extend(run[..n].iter().map(|&(id, _)| id));
+        w.sent += n as u64;
+        for &(id, _) in &run[n..claimed] {
+            if let Some(Some(p)) = self.pending_mut(id) {
+                p.sink.unstart();
+            }
+        }
+        match put {
+            Err(crate::SendTimeoutError::Failed { fault, .. }) => Err(fault.to_string()),
+            _ => Ok(n),
+        }
+    }
+
+    /// How many workers could take a chunk now (at least 1, for dividing by).
+    fn workers_with_room(&self) -> usize {
+        let with_room = |w: &&Worker| w.held.len() < self.cap(w);
+        self.workers.iter().flatten().filter(with_room).count().max(1)
+    }
+
+    /// Puts task `id` at the back of the backlog (its message copied into a spare buffer).
+    fn queue(&mut self, id: u64, bytes: &[u8]) {
+        let mut copy = self.spare.pop().unwrap_or_default();
+        copy.clear();
+        copy.extend_from_slice(bytes);
+        self.backlog.push_back(Queued { id, bytes: copy });
+    }
+
     /// Cancels every backlog chunk whose sink can be cancelled (an executor's
     /// `shutdown(cancel_futures)`); the sinks to complete, outside the lock.
     fn cancel_backlog(&mut self) -> Vec<Arc<dyn Sink>> {
@@ -414,24 +460,52 @@ impl Shared {
 
     /// Submits several chunks of one sink under one lock (an imap's refill):
     /// `chunks` holds their messages back to back, `spans` each one's task range
-    /// and length. The chunks that failed, with why.
+    /// and length. They go to the workers' rings in runs, one hold of a ring's lock
+    /// for each run, shared out among the workers with room; what no ring takes now
+    /// waits in the backlog. The chunks that failed, with why.
     pub(crate) fn submit_many(
         &self,
         sink: &Arc<dyn Sink>,
         chunks: &mut [u8],
         spans: &[Span],
     ) -> Vec<(Span, TaskError)> {
-        let mut failed = Vec::new();
         let mut d = lock(&self.dispatch);
         let graves = std::mem::take(&mut d.graveyard);
+        let refused =
+            if self.state.load(Ordering::Acquire) != RUNNING { Some(TaskError::PoolClosed) } else { d.broken.clone() };
+        if let Some(e) = refused {
+            drop(d);
+            return spans.iter().map(|span| (*span, e.clone())).collect();
+        }
+        let mut messages: Vec<(u64, &[u8])> = Vec::with_capacity(spans.len());
         let mut rest = chunks;
         for span in spans {
             let n = span.len.min(rest.len());
             let (bytes, tail) = std::mem::take(&mut rest).split_at_mut(n);
             rest = tail;
-            if let Err(e) = self.submit_locked(&mut d, Arc::clone(sink), span.base, span.count, bytes) {
-                failed.push((*span, e));
+            let id = d.insert(Pending { sink: Arc::clone(sink), base: span.base, count: span.count });
+            task::set_task_id(bytes, id);
+            messages.push((id, bytes));
+        }
+        let mut failed = Vec::new();
+        let mut next = 0;
+        while next < messages.len() && d.backlog.is_empty() {
+            let Some(i) = d.roomiest() else { break };
+            let share = (messages.len() - next).div_ceil(d.workers_with_room());
+            match d.send_run(i, &messages[next..next + share]) {
+                Ok(0) => break,
+                Ok(n) => next += n,
+                Err(why) => {
+                    let k = next;
+                    next += 1;
+                    if d.remove(messages[k].0).is_some() {
+                        failed.push((spans[k], TaskError::Send(why)));
+                    }
+                }
             }
+        }
+        for &(id, bytes) in &messages[next..] {
+            d.queue(id, bytes);
         }
         drop(d);
         drop(graves);
@@ -470,10 +544,7 @@ impl Shared {
                 }
             }
         }
-        let mut copy = d.spare.pop().unwrap_or_default();
-        copy.clear();
-        copy.extend_from_slice(bytes);
-        d.backlog.push_back(Queued { id, bytes: copy });
+        d.queue(id, bytes);
         Ok(())
     }
 

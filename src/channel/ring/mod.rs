@@ -27,7 +27,9 @@
 //! A consumer about to sleep sets the NOTIFY bit of `put_lock`, and the producer's
 //! release of that lock reports it (see [`Signal`]); the same the other way round
 //! with `get_lock`. So a put or a get costs two locked instructions (take and release
-//! the lock) and no fence: the commit itself is a plain release store. A consumer
+//! the lock) and no fence: the commit itself is a plain release store; a producer
+//! with many messages at hand (a pool's refill) puts a run of them under one hold
+//! ([`Ring::try_put_many`]), each still committed by its own store. A consumer
 //! that keeps catching up with its producer holds back before it looks again
 //! ([`pace`](super::pace)).
 //!
@@ -500,6 +502,12 @@ impl Ring {
         (self.capacity / 4).min(u64::from(u32::MAX) / 2)
     }
 
+    /// `payload` ready to put if the ring holds it inline (no side segment).
+    pub(crate) fn prepare_inline<'a>(&self, payload: &'a [u8]) -> Option<Outgoing<'a>> {
+        (payload.len() as u64 <= self.side_threshold())
+            .then(|| Outgoing::Inline(payload, self.checksum.then(|| crc32c::crc32c(payload))))
+    }
+
     /// Gets `payload` ready to put: a large one goes to its side segment now, once,
     /// however many times the put has to wait for room.
     pub(crate) fn prepare<'a>(&self, payload: &'a [u8]) -> Result<Outgoing<'a>, ChannelFault> {
@@ -513,48 +521,76 @@ impl Ring {
 
     /// Puts one message if there is room now, waiting per `wait` only for the lock.
     pub(crate) fn try_put(&self, message: &Outgoing<'_>, wait: Wait) -> Result<(), PutFail> {
-        let (kind, bytes, crc) = match message {
-            Outgoing::Inline(b, crc) => (INLINE, *b, *crc),
-            Outgoing::Side(s, crc) => (SIDE, s.name().as_bytes(), *crc),
-        };
-        let h = self.header();
         let Some(held) = self.lock_puts(wait).map_err(PutFail::Fault)? else {
             return Err(PutFail::Full);
         };
+        match self.put_locked(held, std::slice::from_ref(message))? {
+            0 => Err(PutFail::Full),
+            _ => Ok(()),
+        }
+    }
+
+    /// Puts as many of `messages` as fit now, in order, under one hold of the put
+    /// lock (each committed by its own store of `tail`, as a lone put is: a producer
+    /// killed midway leaves the ones before whole and no part of the rest); how
+    /// many. A producer handing out many messages at once (a pool's refill) takes
+    /// and releases the lock, and wakes the consumer, once for all of them.
+    pub(crate) fn try_put_many(&self, messages: &[Outgoing<'_>]) -> Result<usize, PutFail> {
+        match self.lock_puts(Wait::Never).map_err(PutFail::Fault)? {
+            Some(held) => self.put_locked(held, messages),
+            None => Ok(0),
+        }
+    }
+
+    /// Under the put lock (`held`, released on return): commits `messages` one by
+    /// one while they fit; how many.
+    fn put_locked(&self, held: LockHeld<'_, true>, messages: &[Outgoing<'_>]) -> Result<usize, PutFail> {
         dies_at!("put:locked", held, PutFail::Fault(KILLED));
         if self.is_closed() {
             return Err(PutFail::Closed);
         }
-        let tail = h.tail.load(Ordering::Relaxed);
-        let len = (bytes.len() + if crc.is_some() { CRC_LEN } else { 0 }) as u64;
-        let frame = frame_len(len);
-        if !self.fits(tail, frame)? {
-            return Err(PutFail::Full);
-        }
-        if let Outgoing::Side(s, _) = message {
-            // From here the message is the queue's: no sweep may take it, even if this
-            // producer dies at once. (Dying between this line and the commit below
-            // leaks the side segment: the price of never losing a committed message.)
-            s.disown(self.keeper);
-            side::stall_point(side::SideStall::BeforeCommit);
-        }
-        let (pos, puts) = unpack(tail);
-        let header = frame_word(len, kind, puts);
-        self.write_word(pos, header);
-        dies_at!("put:header", held, PutFail::Fault(KILLED));
-        match crc {
-            Some(crc) => {
-                self.write(pos + FRAME_HEADER, &crc.to_le_bytes());
-                self.write(pos + FRAME_HEADER + CRC_LEN as u64, bytes);
+        let h = self.header();
+        let mut put = 0;
+        for message in messages {
+            let (kind, bytes, crc) = match message {
+                Outgoing::Inline(b, crc) => (INLINE, *b, *crc),
+                Outgoing::Side(s, crc) => (SIDE, s.name().as_bytes(), *crc),
+            };
+            let tail = h.tail.load(Ordering::Relaxed);
+            let len = (bytes.len() + if crc.is_some() { CRC_LEN } else { 0 }) as u64;
+            let frame = frame_len(len);
+            match self.fits(tail, frame) {
+                Ok(true) => {}
+                Ok(false) => break,
+                // What was put is whole: counted; the damage is reported next time.
+                Err(_) if put > 0 => break,
+                Err(fault) => return Err(fault),
             }
-            None => self.write(pos + FRAME_HEADER, bytes),
+            if let Outgoing::Side(s, _) = message {
+                // From here the message is the queue's: no sweep may take it, even if this
+                // producer dies at once. (Dying between this line and the commit below
+                // leaks the side segment: the price of never losing a committed message.)
+                s.disown(self.keeper);
+                side::stall_point(side::SideStall::BeforeCommit);
+            }
+            let (pos, puts) = unpack(tail);
+            let header = frame_word(len, kind, puts);
+            self.write_word(pos, header);
+            dies_at!("put:header", held, PutFail::Fault(KILLED));
+            match crc {
+                Some(crc) => {
+                    self.write(pos + FRAME_HEADER, &crc.to_le_bytes());
+                    self.write(pos + FRAME_HEADER + CRC_LEN as u64, bytes);
+                }
+                None => self.write(pos + FRAME_HEADER, bytes),
+            }
+            dies_at!("put:payload", held, PutFail::Fault(KILLED));
+            h.tail.store(pack(pos + frame, puts.wrapping_add(1)), Ordering::Release);
+            dies_at!("put:committed", held, PutFail::Fault(KILLED));
+            put += 1;
         }
-        dies_at!("put:payload", held, PutFail::Fault(KILLED));
-        h.tail.store(pack(pos + frame, puts.wrapping_add(1)), Ordering::Release);
-        dies_at!("put:committed", held, PutFail::Fault(KILLED));
         drop(held); // wakes consumers that asked
-
-        Ok(())
+        Ok(put)
     }
 
     /// Under the put lock: whether a frame of `frame` bytes fits after `tail` now.
