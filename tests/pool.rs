@@ -277,6 +277,14 @@ fn arguments_and_results_of_any_size_go_through() {
     let back = pool.apply(|n: usize| vec![3u8; n], 10 << 20).unwrap();
     assert_eq!(back.len(), 10 << 20);
     assert!(back.iter().all(|&b| b == 3));
+    // imap hands its chunks out in runs: those too large for a ring (each chunk here
+    // 200 KiB, over a quarter of a worker's 256 KiB ring) go one by one, among small ones.
+    let sizes: Vec<usize> = (0..24).map(|k| if k % 3 == 0 { 200 << 10 } else { k }).collect();
+    let sums: Vec<u64> = pool
+        .imap(|v: Vec<u8>| v.iter().map(|&b| u64::from(b)).sum::<u64>(), sizes.iter().map(|&n| vec![1u8; n]))
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(sums, sizes.iter().map(|&n| n as u64).collect::<Vec<_>>());
     finish_pool(pool);
 }
 

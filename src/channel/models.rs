@@ -126,7 +126,6 @@ fn a_put_or_a_get_killed_at_any_step_leaves_each_message_whole_or_absent() {
     assert!(kills >= 28, "only {kills} kills");
 }
 
-/// A joinable ring's counter, seen through the queue's raw ring.
 /// `put_bytes_many_now` killed at every step of its run of three messages leaves
 /// a prefix of them, each whole (the ones committed before the kill), and a usable
 /// queue.
@@ -180,6 +179,7 @@ fn a_run_of_puts_stops_where_the_ring_is_full_or_a_message_is_large() {
     assert!(matches!(q.put_bytes_many_now(&[&small[..]]), Err(crate::SendTimeoutError::Disconnected(()))));
 }
 
+/// A joinable ring's counter, seen through the queue's raw ring.
 struct JoinableView<'a>(&'a Queue<Vec<u8>>);
 
 impl JoinableView<'_> {

@@ -97,6 +97,8 @@ struct Dispatch {
     pending: VecDeque<Option<Pending>>,
     first_id: u64,
     avg_chunk_ns: u64,
+    /// Timed replies seen so far (see [`next_estimate`]).
+    samples: u32,
     max_tasks: u64,
     /// Why the pool serves no more (every task fails with this), if it is broken.
     broken: Option<TaskError>,
@@ -253,11 +255,15 @@ impl Dispatch {
             }
         }
         let messages: Vec<&[u8]> = run[..claimed].iter().map(|&(_, bytes)| bytes).collect();
-        let Some(w) = self.workers[i].as_mut() else { return Ok(0) };
-        let put = w.tasks.put_bytes_many_now(&messages);
+        let put = match self.workers[i].as_mut() {
+            Some(w) => w.tasks.put_bytes_many_now(&messages),
+            None => Ok(0),
+        };
         let n = *put.as_ref().unwrap_or(&0);
-        w.held.extend(run[..n].iter().map(|&(id, _)| id));
-        w.sent += n as u64;
+        if let Some(w) = self.workers[i].as_mut() {
+            w.held.extend(run[..n].iter().map(|&(id, _)| id));
+            w.sent += n as u64;
+        }
         for &(id, _) in &run[n..claimed] {
             if let Some(Some(p)) = self.pending_mut(id) {
                 p.sink.unstart();
@@ -346,14 +352,20 @@ fn ahead_by_time(avg_ns: u64) -> usize {
     (QUEUED_WORK / avg_ns.max(1)).clamp(2, MAX_AHEAD as u64) as usize
 }
 
-/// The estimate of a chunk's time after a worker reported `sample` ns. It falls
-/// three quarters of the way to a shorter sample, so that a fresh pool's guess of
-/// long chunks (two a ring) gives way within a few replies of tiny tasks (a quarter
-/// of the way took some 25 replies, while the backlog grew by thousands); it rises
-/// a quarter of the way to a longer one, which is enough for one long chunk among
-/// short ones to cut the queue-ahead at once.
-fn next_estimate(avg_ns: u64, sample: u64) -> u64 {
-    if sample < avg_ns {
+/// Replies whose timing moves the estimate fast towards shorter chunks (see
+/// [`next_estimate`]).
+const SETTLING: u32 = 8;
+
+/// The estimate of a chunk's time after a worker reported `sample` ns, the
+/// estimate having taken `seen` samples so far. It moves a quarter of the way to
+/// each sample, except that over the first [`SETTLING`] samples it falls three
+/// quarters of the way to a shorter one: a fresh pool's guess of long chunks (two a
+/// ring) then gives way within a few replies of tiny tasks (a quarter of the way
+/// took some 25 replies, while the backlog grew by thousands), and later it stays
+/// an average rather than leaning towards the short chunks, which would queue
+/// more work ahead of a worker than [`QUEUED_WORK`].
+fn next_estimate(avg_ns: u64, sample: u64, seen: u32) -> u64 {
+    if sample < avg_ns && seen < SETTLING {
         avg_ns.saturating_add(sample.saturating_mul(3)) / 4
     } else {
         avg_ns.saturating_mul(3).saturating_add(sample) / 4
@@ -381,6 +393,7 @@ impl Shared {
                 pending: VecDeque::new(),
                 first_id: 0,
                 avg_chunk_ns: FIRST_GUESS,
+                samples: 0,
                 max_tasks,
                 broken: None,
                 break_on_death,
@@ -493,14 +506,30 @@ impl Shared {
             let Some(i) = d.roomiest() else { break };
             let share = (messages.len() - next).div_ceil(d.workers_with_room());
             match d.send_run(i, &messages[next..next + share]) {
-                Ok(0) => break,
+                // The first of the run goes chunk by chunk: it may need a side segment
+                // (over a quarter of the ring), have been cancelled, or find no room.
+                Ok(0) => {
+                    let (id, bytes) = messages[next];
+                    match d.try_send(i, id, bytes) {
+                        Sent::Yes => next += 1,
+                        Sent::NoRoom => break,
+                        Sent::Failed(why) => {
+                            d.remove(id);
+                            failed.push((spans[next], TaskError::Send(why)));
+                            next += 1;
+                        }
+                        Sent::Cancelled => {
+                            d.remove(id);
+                            next += 1;
+                        }
+                    }
+                }
                 Ok(n) => next += n,
                 Err(why) => {
-                    let k = next;
-                    next += 1;
-                    if d.remove(messages[k].0).is_some() {
-                        failed.push((spans[k], TaskError::Send(why)));
+                    if d.remove(messages[next].0).is_some() {
+                        failed.push((spans[next], TaskError::Send(why)));
                     }
+                    next += 1;
                 }
             }
         }
@@ -912,7 +941,8 @@ impl Handler {
             if reply.elapsed_ns != 0 {
                 // Read from shared memory: clamped (an hour), so no sum overflows.
                 let sample = reply.elapsed_ns.min(3_600_000_000_000);
-                d.avg_chunk_ns = next_estimate(d.avg_chunk_ns, sample);
+                d.avg_chunk_ns = next_estimate(d.avg_chunk_ns, sample, d.samples);
+                d.samples = d.samples.saturating_add(1);
             }
             // Replies come in the order each worker took its tasks: the holder has
             // the id first in its list (anything else is a damaged reply's id).
@@ -1189,12 +1219,19 @@ mod tests {
     fn the_queue_ahead_follows_the_workers_timing_both_ways() {
         let mut avg = FIRST_GUESS;
         assert_eq!(ahead_by_time(avg), 2, "a fresh pool queues little");
-        for _ in 0..8 {
-            avg = next_estimate(avg, 300);
+        for seen in 0..SETTLING {
+            avg = next_estimate(avg, 300, seen);
         }
         assert!(ahead_by_time(avg) >= 300, "tiny tasks: {avg} ns, {} ahead", ahead_by_time(avg));
-        avg = next_estimate(avg, 30_000_000);
+        avg = next_estimate(avg, 30_000_000, SETTLING);
         assert_eq!(ahead_by_time(avg), 2, "one long chunk: {avg} ns");
-        assert_eq!(next_estimate(u64::MAX, u64::MAX), u64::MAX / 4, "no overflow");
+        // Settled: short and long chunks in turn average out, not lean to the short.
+        let mut avg = 550_000;
+        for k in 0..200 {
+            avg = next_estimate(avg, if k % 2 == 0 { 100_000 } else { 1_000_000 }, SETTLING + k);
+        }
+        assert!((400_000..700_000).contains(&avg), "alternating 0.1 and 1 ms: {avg} ns");
+        let hour = 3_600_000_000_000;
+        assert_eq!(next_estimate(hour, hour, SETTLING), hour, "a steady sample keeps it, the largest too");
     }
 }
