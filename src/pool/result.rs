@@ -16,6 +16,7 @@ use super::handler::Shared;
 use super::task::Items;
 use crate::channel::YIELD_TIME;
 use crate::sync::wait::{safety_poll, sleep_on, spin_rounds, wake, Wait};
+use crate::sync::Line;
 
 /// Maps of this many tasks or more are waited for asleep (no yield phase).
 const LONG_MAP: usize = 1000;
@@ -387,7 +388,10 @@ impl<R: DeserializeOwned + Send + 'static> Sink for MapSink<R> {
 
 /// An imap stream's sink: results in order (by index) or as they come.
 pub(crate) struct StreamSink<R> {
-    state: Mutex<Stream<R>>,
+    /// Away from the `Arc`'s counts, which the submitting thread changes for every
+    /// chunk it sends (and drops), while the result thread locks this for every
+    /// chunk it delivers.
+    state: Line<Mutex<Stream<R>>>,
     latch: Latch,
 }
 
@@ -429,7 +433,7 @@ impl<R> Stream<R> {
 impl<R> StreamSink<R> {
     pub(crate) fn new(ordered: bool) -> StreamSink<R> {
         StreamSink {
-            state: Mutex::new(Stream { ordered, slots: VecDeque::new(), head: 0, arrived: VecDeque::new() }),
+            state: Line(Mutex::new(Stream { ordered, slots: VecDeque::new(), head: 0, arrived: VecDeque::new() })),
             latch: Latch::default(),
         }
     }

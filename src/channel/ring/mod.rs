@@ -89,7 +89,7 @@ macro_rules! dies_at {
 const KEEPER_LOOK: std::time::Duration = std::time::Duration::from_millis(50);
 
 use crate::sync::wait::Wait;
-use crate::sync::{Acquire, RawMutex};
+use crate::sync::{Acquire, Line, RawMutex};
 use frame::*;
 pub(crate) use frame::{MAX_CAPACITY, MIN_CAPACITY};
 pub(crate) use side::set_stall as set_side_stall;
@@ -126,17 +126,6 @@ struct Fixed {
     joinable: AtomicU32,
     /// 1 when every frame starts with a CRC32C of its message (`QueueBuilder::checksum`).
     checksum: AtomicU32,
-}
-
-/// A value on a cache line of its own.
-#[repr(C, align(64))]
-pub(crate) struct Line<T>(pub(crate) T);
-
-impl<T> std::ops::Deref for Line<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
 }
 
 /// Every word that changes at its own pace has its own line. `tail` and `head`,
