@@ -177,6 +177,12 @@ fn a_run_of_puts_stops_where_the_ring_is_full_or_a_message_is_large() {
     assert_eq!(drain(&q), vec![small.to_vec(); 4]);
     q.close();
     assert!(matches!(q.put_bytes_many_now(&[&small[..]]), Err(crate::SendTimeoutError::Disconnected(()))));
+    // A checksummed ring: each message of a run carries its own checksum.
+    let q = Queue::<Vec<u8>>::builder().capacity(4096).checksum(true).build().unwrap();
+    let run: Vec<Vec<u8>> = (1u8..4).map(|b| vec![b; 100 * usize::from(b)]).collect();
+    let messages: Vec<&[u8]> = run.iter().map(Vec::as_slice).collect();
+    assert!(matches!(q.put_bytes_many_now(&messages), Ok(3)));
+    assert_eq!(drain(&q), run);
 }
 
 /// A joinable ring's counter, seen through the queue's raw ring.
