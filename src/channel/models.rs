@@ -31,8 +31,8 @@ fn queue(joinable: bool) -> Queue<Vec<u8>> {
 /// A queue holding `first`, then 20 bytes of 2.
 fn holding(joinable: bool, first: &[u8]) -> Queue<Vec<u8>> {
     let q = queue(joinable);
-    q.put_bytes_with(first, Wait::Forever).unwrap();
-    q.put_bytes_with(&[2; 20], Wait::Forever).unwrap();
+    q.put_bytes_with(first, Wait::timeout(PATIENCE)).unwrap();
+    q.put_bytes_with(&[2; 20], Wait::timeout(PATIENCE)).unwrap();
     q
 }
 
@@ -46,17 +46,34 @@ fn drain(q: &Queue<Vec<u8>>) -> Vec<Vec<u8>> {
     out
 }
 
+/// Puts 40 bytes of 4 into `q`, whose last holder was killed (the put takes the dead
+/// holder's lock and succeeds), then takes everything.
+fn used_after_a_kill(q: &Queue<Vec<u8>>) -> Vec<Vec<u8>> {
+    q.put_bytes_with(&[4; 40], Wait::timeout(PATIENCE)).unwrap();
+    drain(q)
+}
+
 /// Runs `op` on a thread that dies at the `step`th point named `prefix...`, and
 /// ends; whether it died there, and whether `op` succeeded.
 fn killed_at(step: u32, prefix: &'static str, op: impl FnOnce() -> bool + Send + 'static) -> (bool, bool) {
-    std::thread::spawn(move || {
+    let op = std::thread::spawn(move || {
         let died = steps::die_at(prefix, step);
         let ok = op();
         steps::clear();
         (died.get(), ok)
-    })
-    .join()
-    .unwrap()
+    });
+    join_within(op, prefix)
+}
+
+/// `thread`'s result, failing the test if it has not ended within twice
+/// `PATIENCE` (every wait inside has a time-out: longer means a hang).
+fn join_within<T>(thread: std::thread::JoinHandle<T>, what: &str) -> T {
+    let end = Instant::now() + 2 * PATIENCE;
+    while !thread.is_finished() {
+        assert!(Instant::now() < end, "{what}: the thread did not finish in time");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    thread.join().unwrap()
 }
 
 #[test]
@@ -76,9 +93,7 @@ fn a_put_or_a_get_killed_at_any_step_leaves_each_message_whole_or_absent() {
                 break;
             }
             kills += 1;
-            // Usable: the next put takes the dead holder's lock and succeeds.
-            q.put_bytes_with(&[4; 40], Wait::timeout(PATIENCE)).unwrap();
-            let got = drain(&q);
+            let got = used_after_a_kill(&q);
             let committed = got.len() == 4;
             let mut expect = vec![first.clone(), vec![2; 20]];
             if committed {
@@ -103,8 +118,7 @@ fn a_put_or_a_get_killed_at_any_step_leaves_each_message_whole_or_absent() {
                 break;
             }
             kills += 1;
-            q.put_bytes_with(&[4; 40], Wait::timeout(PATIENCE)).unwrap();
-            let got = drain(&q);
+            let got = used_after_a_kill(&q);
             // A consumer killed after its commit took the message with it (lost to
             // that consumer, as documented); before it, the message is still there.
             let taken = got.len() == 2;
@@ -146,8 +160,7 @@ fn a_run_of_puts_killed_at_any_step_leaves_a_whole_prefix() {
                 break;
             }
             kills += 1;
-            q.put_bytes_with(&[4; 40], Wait::timeout(PATIENCE)).unwrap();
-            let got = drain(&q);
+            let got = used_after_a_kill(&q);
             let committed = got.len() - 3;
             let mut expect = vec![vec![1; 30], vec![2; 20]];
             expect.extend(run[..committed].iter().cloned());
@@ -320,8 +333,8 @@ fn interleave(
         w.release();
     }
     let t = Instant::now();
-    assert!(w_handle.join().unwrap(), "{placement:?}: the waker failed");
-    assert!(s_handle.join().unwrap(), "{placement:?}: the sleeper was not woken (a lost wake-up)");
+    assert!(join_within(w_handle, "the waker"), "{placement:?}: the waker failed");
+    assert!(join_within(s_handle, "the sleeper"), "{placement:?}: the sleeper was not woken (a lost wake-up)");
     t.elapsed()
 }
 
@@ -354,7 +367,7 @@ fn no_interleaving_of_a_sleeping_producer_and_a_get_loses_the_wake_up() {
     const GET: &[&str] = &["get:copied", "get:committed", "release:released"];
     for placement in placements(3, SLEEPER_POINTS) {
         let q = Queue::<Vec<u8>>::builder().maxsize(1).capacity(4096).build().unwrap();
-        q.put_bytes_with(&[1], Wait::Forever).unwrap();
+        q.put_bytes_with(&[1], Wait::timeout(PATIENCE)).unwrap();
         let (qs, qw) = (q.clone(), q.clone());
         interleave(
             &placement,
@@ -373,18 +386,17 @@ fn no_interleaving_of_a_sleeping_producer_and_a_get_loses_the_wake_up() {
 fn a_loan_whose_holder_dies_publishes_nothing_or_leaves_the_message() {
     for checksum in [false, true] {
         let q = Queue::<Vec<u8>>::builder().capacity(4096).checksum(checksum).build().unwrap();
-        q.put_bytes_with(&[1; 10], Wait::Forever).unwrap();
+        q.put_bytes_with(&[1; 10], Wait::timeout(PATIENCE)).unwrap();
         // A producer dies holding a put loan (while writing), then one dies between
         // the frame header and the commit; a third drops its loan uncommitted.
         let q2 = q.clone();
-        std::thread::spawn(move || {
+        let dies_holding = std::thread::spawn(move || {
             let mut loan = q2.put_loan_timeout(100, PATIENCE).unwrap();
             assert!(loan.in_place());
             loan.fill(9);
             std::mem::forget(loan);
-        })
-        .join()
-        .unwrap();
+        });
+        join_within(dies_holding, "a loan holder");
         let q2 = q.clone();
         let (died, ok) = killed_at(0, "loan:header", move || {
             let mut loan = q2.put_loan_timeout(100, PATIENCE).unwrap();
@@ -423,7 +435,7 @@ fn a_loan_whose_holder_dies_publishes_nothing_or_leaves_the_message() {
 fn a_loan_asked_again_on_its_own_thread_is_an_error_and_a_close_beats_its_commit() {
     use crate::channel::{ChannelFault, RecvTimeoutError, SendTimeoutError};
     let q = queue(false);
-    q.put_bytes_with(b"one", Wait::Forever).unwrap();
+    q.put_bytes_with(b"one", Wait::timeout(PATIENCE)).unwrap();
     let got = q.get_loan_timeout(PATIENCE).unwrap();
     assert!(matches!(q.get_loan_timeout(PATIENCE), Err(RecvTimeoutError::Failed(ChannelFault::LoanHeld))));
     drop(got);

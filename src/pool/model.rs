@@ -94,7 +94,8 @@ fn a_worker_killed_at_each_step_fails_exactly_its_own_tasks_and_runs_none_twice(
             }
             assert_eq!(counts[i as usize], ran, "killed at point {n}: item {i}'s runs");
         }
-        pool.terminate();
+        pool.close();
+        assert!(pool.join_timeout(PATIENCE).unwrap());
         kills += 1;
     }
     assert_eq!(kills, 18);
