@@ -123,19 +123,7 @@ impl<T> Queue<T> {
 }
 
 fn timed_out(why: Stop) -> SendTimeoutError<()> {
-    match why {
-        Stop::Timeout => SendTimeoutError::Timeout(()),
-        Stop::Closed => SendTimeoutError::Disconnected(()),
-        Stop::Fault(fault) => SendTimeoutError::Failed { value: (), fault },
-    }
-}
-
-fn stop(fail: PutFail) -> Stop {
-    match fail {
-        PutFail::Full => Stop::Timeout,
-        PutFail::Closed => Stop::Closed,
-        PutFail::Fault(f) => Stop::Fault(f),
-    }
+    why.timed_out(())
 }
 
 /// One try at room for `len` bytes: in the ring when it fits there contiguously
@@ -200,7 +188,9 @@ impl<T> SendBuffer for Connection<T> {
     /// This handle closed, or the peer closed or gone since the loan was made: the
     /// commit fails as a send would.
     fn may_commit(&self) -> Result<(), SendTimeoutError<()>> {
-        self.sending_ring().map(drop)
+        // Under the ring's put lock: the shared flags only (the reservation looked
+        // at `/proc` already, when it was due).
+        self.still_open(|| self.peer_closed())
     }
 }
 
@@ -256,7 +246,7 @@ impl PutLoan<'_> {
         match self.room {
             Room::InPlace(slot) => {
                 self.sender.may_commit()?;
-                slot.commit().map_err(|fail| timed_out(stop(fail)))
+                slot.commit().map_err(|fail| timed_out(fail.into()))
             }
             Room::Buffer(bytes) => self.sender.send_buffer(&bytes, self.wait),
         }

@@ -153,7 +153,7 @@ fn a_run_of_puts_killed_at_any_step_leaves_a_whole_prefix() {
             let (q2, run2) = (q.clone(), run.clone());
             let (died, ok) = killed_at(step, "put:", move || {
                 let messages: Vec<&[u8]> = run2.iter().map(Vec::as_slice).collect();
-                matches!(q2.put_bytes_many_now(&messages), Ok(3))
+                matches!(q2.put_bytes_many_now(messages), Ok(3))
             });
             if !died {
                 assert!(ok, "the run was not put whole without a kill");
@@ -183,18 +183,18 @@ fn a_run_of_puts_stops_where_the_ring_is_full_or_a_message_is_large() {
     let small = [7u8; 1000];
     let large = [8u8; 2000];
     let messages: Vec<&[u8]> = vec![&small, &small, &large, &small];
-    assert!(matches!(q.put_bytes_many_now(&messages), Ok(2)), "stops before the side-segment message");
-    let room_for_two = q.put_bytes_many_now(&[&small[..]; 4]);
+    assert!(matches!(q.put_bytes_many_now(messages), Ok(2)), "stops before the side-segment message");
+    let room_for_two = q.put_bytes_many_now([&small[..]; 4]);
     // Frames of 1 008 bytes: four fill the 4 KiB ring.
     assert!(matches!(room_for_two, Ok(2)), "room for two more: {room_for_two:?}");
     assert_eq!(drain(&q), vec![small.to_vec(); 4]);
     q.close();
-    assert!(matches!(q.put_bytes_many_now(&[&small[..]]), Err(crate::SendTimeoutError::Disconnected(()))));
+    assert!(matches!(q.put_bytes_many_now([&small[..]]), Err(crate::SendTimeoutError::Disconnected(()))));
     // A checksummed ring: each message of a run carries its own checksum.
     let q = Queue::<Vec<u8>>::builder().capacity(4096).checksum(true).build().unwrap();
     let run: Vec<Vec<u8>> = (1u8..4).map(|b| vec![b; 100 * usize::from(b)]).collect();
     let messages: Vec<&[u8]> = run.iter().map(Vec::as_slice).collect();
-    assert!(matches!(q.put_bytes_many_now(&messages), Ok(3)));
+    assert!(matches!(q.put_bytes_many_now(messages), Ok(3)));
     assert_eq!(drain(&q), run);
 }
 

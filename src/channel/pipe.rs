@@ -224,7 +224,7 @@ impl<T> Connection<T> {
     }
 
     /// Whether the other end was closed (an atomic load: cheap).
-    fn peer_closed(&self) -> bool {
+    pub(super) fn peer_closed(&self) -> bool {
         self.holders(self.peer()).closed()
     }
 
@@ -315,13 +315,20 @@ impl<T> Connection<T> {
     /// reader is gone fails: EPIPE).
     pub(super) fn sending_ring(&self) -> Result<&Ring, SendTimeoutError<()>> {
         let ring = self.send.as_ref().ok_or(failed_send(ChannelFault::WrongDirection("send")))?;
+        self.still_open(|| self.peer_gone_now_and_then())?;
+        Ok(ring)
+    }
+
+    /// `Ok` while this end is open and the peer is there as far as `peer_gone`
+    /// tells (a look at `/proc` now and then, or only the shared flags).
+    pub(super) fn still_open(&self, peer_gone: impl FnOnce() -> bool) -> Result<(), SendTimeoutError<()>> {
         if self.closed_here.load(Ordering::Acquire) {
             return Err(failed_send(ChannelFault::UseAfterClose));
         }
-        if self.is_closed() || self.peer_gone_now_and_then() {
+        if self.is_closed() || peer_gone() {
             return Err(SendTimeoutError::Disconnected(()));
         }
-        Ok(ring)
+        Ok(())
     }
 
     /// Tries `attempt` (a put, or a loan's reservation, of a frame carrying

@@ -14,7 +14,7 @@ use super::codec::{decode, with_scratch, Encoding};
 use super::error::{
     ChannelFault, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TaskDoneError, TryRecvError, TrySendError,
 };
-use super::ring::{self, GetFail, Outgoing, PutFail, Ring};
+use super::ring::{self, GetFail, PutFail, Ring};
 use super::signal::Waited;
 use crate::segment::{transfer, Backing, Expect, ObjectKind, Segment, SegmentCreateError, SegmentOpenError, TypeInfo};
 use crate::sync::wait::Wait;
@@ -40,7 +40,27 @@ pub(super) enum Stop {
     Fault(ChannelFault),
 }
 
+impl From<PutFail> for Stop {
+    /// A put that found no room when it could not wait timed out.
+    fn from(fail: PutFail) -> Stop {
+        match fail {
+            PutFail::Full => Stop::Timeout,
+            PutFail::Closed => Stop::Closed,
+            PutFail::Fault(f) => Stop::Fault(f),
+        }
+    }
+}
+
 impl Stop {
+    /// The error of a put with a deadline, handing `value` back.
+    pub(super) fn timed_out<T>(self, value: T) -> SendTimeoutError<T> {
+        match self {
+            Stop::Timeout => SendTimeoutError::Timeout(value),
+            Stop::Closed => SendTimeoutError::Disconnected(value),
+            Stop::Fault(fault) => SendTimeoutError::Failed { value, fault },
+        }
+    }
+
     /// The error of a put that had no deadline: it cannot have timed out, so a
     /// `Timeout` here would mean the ring's state is nonsense.
     pub(super) fn unbounded<T>(self, value: T) -> SendError<T> {
@@ -112,10 +132,9 @@ impl RawQueue {
         loop {
             match attempt() {
                 Ok(put) => return Ok(put),
-                Err(PutFail::Full) if wait != Wait::Never => {}
-                Err(PutFail::Full) => return Err(Stop::Timeout),
-                Err(PutFail::Closed) => return Err(Stop::Closed),
-                Err(PutFail::Fault(f)) => return Err(Stop::Fault(f)),
+                // Waited for below (`Wait::Never` has expired already: a time-out).
+                Err(PutFail::Full) => {}
+                Err(fail) => return Err(fail.into()),
             }
             let ready = || self.ring.has_room(payload) || self.ring.is_closed();
             match self.ring.wait_for_room(payload, wait, None, ready) {
@@ -141,7 +160,8 @@ impl RawQueue {
     pub(super) fn getting<R>(&self, wait: Wait, mut attempt: impl FnMut() -> Result<R, GetFail>) -> Result<R, GetFail> {
         loop {
             match attempt() {
-                Err(GetFail::Empty) if wait != Wait::Never => {}
+                // Waited for below (`Wait::Never` has expired already: empty).
+                Err(GetFail::Empty) => {}
                 other => return other,
             }
             match self.ring.wait_for_data(wait, None, || self.ring.has_data_or_closed()) {
@@ -358,11 +378,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn put_deadline_with(&self, item: T, wait: Wait) -> Result<(), SendTimeoutError<T>> {
-        self.put_with(item, wait).map_err(|(item, why)| match why {
-            Stop::Timeout => SendTimeoutError::Timeout(item),
-            Stop::Closed => SendTimeoutError::Disconnected(item),
-            Stop::Fault(fault) => SendTimeoutError::Failed { value: item, fault },
-        })
+        self.put_with(item, wait).map_err(|(item, why)| why.timed_out(item))
     }
 
     fn put_with(&self, item: T, wait: Wait) -> Result<(), (T, Stop)> {
@@ -381,11 +397,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Puts raw bytes, waiting at most `timeout` for room.
     pub fn put_bytes_timeout(&self, bytes: &[u8], timeout: Duration) -> Result<(), SendTimeoutError<()>> {
-        self.raw.put(bytes, Wait::timeout(timeout)).map_err(|why| match why {
-            Stop::Timeout => SendTimeoutError::Timeout(()),
-            Stop::Closed => SendTimeoutError::Disconnected(()),
-            Stop::Fault(fault) => SendTimeoutError::Failed { value: (), fault },
-        })
+        self.raw.put(bytes, Wait::timeout(timeout)).map_err(|why| why.timed_out(()))
     }
 
     /// Takes the oldest message, waiting as long as it takes.
@@ -573,32 +585,27 @@ impl<T> Queue<T> {
         self
     }
 
-    /// Puts raw bytes, waiting for room per `wait` (the pool's hot path).
     /// Test support: the ring under this queue.
     #[cfg(test)]
     pub(crate) fn raw_ring(&self) -> &Ring {
         &self.raw.ring
     }
 
+    /// Puts raw bytes, waiting for room per `wait` (the pool's hot path).
     pub(crate) fn put_bytes_with(&self, bytes: &[u8], wait: Wait) -> Result<(), SendTimeoutError<()>> {
-        self.raw.put(bytes, wait).map_err(|why| match why {
-            Stop::Timeout => SendTimeoutError::Timeout(()),
-            Stop::Closed => SendTimeoutError::Disconnected(()),
-            Stop::Fault(fault) => SendTimeoutError::Failed { value: (), fault },
-        })
+        self.raw.put(bytes, wait).map_err(|why| why.timed_out(()))
     }
 
     /// Puts as many of `messages` as fit now, in order, under one hold of the ring's
     /// put lock; how many. It stops before a message too large for the ring itself
     /// (put that one with [`put_bytes_with`](Queue::put_bytes_with)).
-    pub(crate) fn put_bytes_many_now(&self, messages: &[&[u8]]) -> Result<usize, SendTimeoutError<()>> {
+    pub(crate) fn put_bytes_many_now<'m>(
+        &self,
+        messages: impl IntoIterator<Item = &'m [u8]>,
+    ) -> Result<usize, SendTimeoutError<()>> {
         let ring = &self.raw.ring;
-        let inline: Vec<Outgoing<'_>> = messages.iter().map_while(|m| ring.prepare_inline(m)).collect();
-        ring.try_put_many(&inline).map_err(|why| match why {
-            PutFail::Full => SendTimeoutError::Timeout(()),
-            PutFail::Closed => SendTimeoutError::Disconnected(()),
-            PutFail::Fault(fault) => SendTimeoutError::Failed { value: (), fault },
-        })
+        let inline = messages.into_iter().map_while(|m| ring.prepare_inline(m));
+        ring.try_put_many(inline).map_err(|fail| Stop::from(fail).timed_out(()))
     }
 
     /// Takes raw bytes into `out` (replacing its contents), waiting per `wait`

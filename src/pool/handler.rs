@@ -254,16 +254,11 @@ impl Dispatch {
                 _ => break,
             }
         }
-        let messages: Vec<&[u8]> = run[..claimed].iter().map(|&(_, bytes)| bytes).collect();
-        let put = match self.workers[i].as_mut() {
-            Some(w) => w.tasks.put_bytes_many_now(&messages),
-            None => Ok(0),
-        };
+        let Some(w) = self.workers[i].as_mut().filter(|_| claimed > 0) else { return Ok(0) };
+        let put = w.tasks.put_bytes_many_now(run[..claimed].iter().map(|&(_, bytes)| bytes));
         let n = *put.as_ref().unwrap_or(&0);
-        if let Some(w) = self.workers[i].as_mut() {
-            w.held.extend(run[..n].iter().map(|&(id, _)| id));
-            w.sent += n as u64;
-        }
+        w.held.extend(run[..n].iter().map(|&(id, _)| id));
+        w.sent += n as u64;
         for &(id, _) in &run[n..claimed] {
             if let Some(Some(p)) = self.pending_mut(id) {
                 p.sink.unstart();
@@ -449,10 +444,15 @@ impl Shared {
         if !self.is_running() {
             return Err(TaskError::PoolClosed);
         }
-        match &lock(&self.dispatch).broken {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
+        self.refusal(&lock(&self.dispatch)).map_or(Ok(()), Err)
+    }
+
+    /// Why a submission is refused now (the pool closed or broken), under the lock.
+    fn refusal(&self, d: &Dispatch) -> Option<TaskError> {
+        if self.state.load(Ordering::Acquire) != RUNNING {
+            return Some(TaskError::PoolClosed);
         }
+        d.broken.clone()
     }
 
     /// Submits a chunk whose message is in `bytes` (the id is filled in here).
@@ -484,9 +484,7 @@ impl Shared {
     ) -> Vec<(Span, TaskError)> {
         let mut d = lock(&self.dispatch);
         let graves = std::mem::take(&mut d.graveyard);
-        let refused =
-            if self.state.load(Ordering::Acquire) != RUNNING { Some(TaskError::PoolClosed) } else { d.broken.clone() };
-        if let Some(e) = refused {
+        if let Some(e) = self.refusal(&d) {
             drop(d);
             return spans.iter().map(|span| (*span, e.clone())).collect();
         }
@@ -549,11 +547,8 @@ impl Shared {
         count: u32,
         bytes: &mut [u8],
     ) -> Result<(), TaskError> {
-        if self.state.load(Ordering::Acquire) != RUNNING {
-            return Err(TaskError::PoolClosed);
-        }
-        if let Some(e) = &d.broken {
-            return Err(e.clone());
+        if let Some(e) = self.refusal(d) {
+            return Err(e);
         }
         let id = d.insert(Pending { sink, base, count });
         task::set_task_id(bytes, id);

@@ -249,7 +249,6 @@ struct Chunk<'b> {
 
 impl<'b> Chunk<'b> {
     fn begin(buf: &'b mut Vec<u8>, runner: TaggedRunner) -> Chunk<'b> {
-        buf.clear();
         Chunk::resume(buf, 0, runner)
     }
 

@@ -210,9 +210,7 @@ fn siphash24(k0: u64, k1: u64, m: u64) -> u64 {
 }
 
 /// Appends `value`'s encoding to `out`; on failure `out` is as it was.
-pub(crate) fn append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
-    wire::append(value, out)
-}
+pub(crate) use crate::wire::append;
 
 /// Starts a task message at the end of `out`: the header, with the id left for the dispatcher
 /// to fill in and the count to be set by [`finish_task`].
@@ -278,7 +276,7 @@ impl<'a> TaskMsg<'a> {
         }
         let addr = code_address(self.offset);
         // SAFETY: the offset carries a valid tag under a key only our own processes
-        // hold, so it was made by `RunnerRef::of` in the parent, which runs this same
+        // hold, so it was made by `RunnerRef::at` in the parent (`Shared::runner`), which runs this same
         // executable (checked when this worker started): it is the offset of a
         // `run_chunk::<C>`, a `Runner`.
         let runner = unsafe { std::mem::transmute::<usize, Runner>(addr) };
@@ -300,7 +298,7 @@ fn fail_chunk(why: &str, out: &mut Vec<u8>) {
 /// allowance for empty values) could hold is damage, refused before any decoding;
 /// each argument then has the budget it would have alone.
 fn run_chunk<C: Invoke>(capture: &PanicCapture, args: &[u8], count: u32, out: &mut Vec<u8>) {
-    if u64::from(count) > (args.len() as u64).saturating_add(wire::ZERO_SIZED_ELEMENTS) {
+    if u64::from(count) > wire::element_budget(args.len()) {
         return fail_chunk("a chunk that says it holds more tasks than its bytes could (damaged message)", out);
     }
     let mut reader = wire::Reader::new(args);
@@ -312,7 +310,7 @@ fn run_chunk<C: Invoke>(capture: &PanicCapture, args: &[u8], count: u32, out: &m
         }
         return;
     }
-    let mut inputs = Vec::with_capacity((count as usize).min(args.len()).min(PREALLOCATED));
+    let mut inputs = Vec::with_capacity(preallocated::<C::In>((count as usize).min(args.len()), 0));
     for _ in 0..count {
         reader.renew();
         match reader.read::<C::In>() {
@@ -326,8 +324,15 @@ fn run_chunk<C: Invoke>(capture: &PanicCapture, args: &[u8], count: u32, out: &m
     call_all::<C>(capture, inputs.into_iter(), out);
 }
 
-/// The most items' room set aside ahead (a count comes from shared memory).
-const PREALLOCATED: usize = 1 << 16;
+/// The most bytes set aside ahead for a chunk's values (a count comes from shared
+/// memory: a damaged one must not make a large argument type reserve gigabytes).
+const PREALLOCATED: usize = 1 << 20;
+
+/// How many of `n` values of `T`, each taking `extra` bytes more, to make room for
+/// ahead: all of them, up to [`PREALLOCATED`] bytes.
+fn preallocated<T>(n: usize, extra: usize) -> usize {
+    n.min(PREALLOCATED / (std::mem::size_of::<T>() + extra).max(1))
+}
 
 fn decode_message<T>(e: wire::WireError) -> String {
     format!("cannot decode the arguments as `{}`: {e}", crate::names::type_name::<T>())
@@ -338,7 +343,7 @@ fn decode_message<T>(e: wire::WireError) -> String {
 /// panicking item's partial output is cut off, it becomes a panicked item, and the
 /// items after it run under a fresh catch.
 fn call_all<C: Invoke>(capture: &PanicCapture, mut inputs: impl ExactSizeIterator<Item = C::In>, out: &mut Vec<u8>) {
-    out.reserve(inputs.len().min(PREALLOCATED) * (1 + std::mem::size_of::<C::Out>()));
+    out.reserve(preallocated::<C::Out>(inputs.len(), 1) * (1 + std::mem::size_of::<C::Out>()));
     let mut mark = out.len();
     loop {
         let run = capture.catch(|| {

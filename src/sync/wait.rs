@@ -113,28 +113,32 @@ const LOOK_EVERY: u32 = 16;
 /// lines no more often, and streams of small messages ran the same.
 #[inline]
 pub(crate) fn spin_rounds<R>(rounds: u32, mut attempt: impl FnMut() -> Option<R>) -> Option<R> {
-    let budget = (1u32 << rounds.min(16)) - 1;
-    let mut spent = 0;
-    let mut step = 1;
-    while spent < budget {
+    for gap in look_gaps(rounds) {
         if let Some(r) = attempt() {
             return Some(r);
         }
-        let n = step.min(budget - spent);
-        for _ in 0..n {
+        for _ in 0..gap {
             std::hint::spin_loop();
         }
-        spent += n;
-        step = next_gap(step, spent);
     }
     attempt()
 }
 
-/// The pauses before the next look of a spin, after a gap of `gap` with `spent`
-/// pauses spun in all (see [`spin_rounds`]).
+/// The pauses between the looks of a spin of `rounds` (see [`spin_rounds`]),
+/// `2^rounds - 1` in all.
 #[inline]
-fn next_gap(gap: u32, spent: u32) -> u32 {
-    (gap * 2).min((spent / 4).max(LOOK_EVERY))
+fn look_gaps(rounds: u32) -> impl Iterator<Item = u32> {
+    let budget = (1u32 << rounds.min(16)) - 1;
+    let (mut spent, mut gap) = (0, 1u32);
+    std::iter::from_fn(move || {
+        if spent >= budget {
+            return None;
+        }
+        let n = gap.min(budget - spent);
+        spent += n;
+        gap = (gap * 2).min((spent / 4).max(LOOK_EVERY));
+        Some(n)
+    })
 }
 
 /// Sleeps while `*word == expected`, until woken, until `wait`'s deadline, or at
@@ -190,13 +194,13 @@ mod tests {
     #[test]
     fn a_spin_looks_again_within_a_quarter_of_what_it_has_spun() {
         let budget = (1u32 << DEFAULT_SPIN_ROUNDS) - 1;
-        let (mut gaps, mut spent, mut gap) = (Vec::new(), 0, 1);
-        while spent < budget {
-            let n = gap.min(budget - spent);
-            gaps.push((spent, n));
-            spent += n;
-            gap = next_gap(gap, spent);
-        }
+        let mut spent = 0;
+        let gaps: Vec<(u32, u32)> = look_gaps(DEFAULT_SPIN_ROUNDS)
+            .map(|n| {
+                spent += n;
+                (spent - n, n)
+            })
+            .collect();
         assert_eq!(gaps.iter().map(|&(_, n)| n).sum::<u32>(), budget);
         assert_eq!(
             gaps[..5].iter().map(|&(_, n)| n).collect::<Vec<_>>(),

@@ -2,7 +2,7 @@
 
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
 
-use super::{WireError, MAX_DEPTH, ZERO_SIZED_ELEMENTS};
+use super::{element_budget, WireError, MAX_DEPTH};
 
 type Result<T> = std::result::Result<T, WireError>;
 
@@ -51,7 +51,7 @@ impl<'de> Reader<'de> {
     /// as [`take_from_bytes`] would: for values read one after another.
     #[inline]
     pub(crate) fn renew(&mut self) {
-        self.0.steps = (self.0.input.len() as u64).saturating_add(ZERO_SIZED_ELEMENTS);
+        self.0.steps = element_budget(self.0.input.len());
     }
 
     /// Whether every byte has been read.
@@ -74,7 +74,7 @@ fn error(what: impl Into<String>) -> WireError {
 
 impl<'de> Decoder<'de> {
     fn new(input: &'de [u8]) -> Decoder<'de> {
-        Decoder { input, steps: (input.len() as u64).saturating_add(ZERO_SIZED_ELEMENTS), depth: 0 }
+        Decoder { input, steps: element_budget(input.len()), depth: 0 }
     }
 
     #[inline]

@@ -49,7 +49,13 @@ pub(crate) use ser::append;
 
 /// How many elements a message may hold beyond its length in bytes (elements that
 /// take no bytes: `()`, empty tuples).
-pub(crate) const ZERO_SIZED_ELEMENTS: u64 = 1 << 24;
+const ZERO_SIZED_ELEMENTS: u64 = 1 << 24;
+
+/// The most elements (sequence and map items, values of a chunk) that `len` bytes
+/// may hold: the reader's budget for them.
+pub(crate) fn element_budget(len: usize) -> u64 {
+    (len as u64).saturating_add(ZERO_SIZED_ELEMENTS)
+}
 
 /// How deeply a value may nest (options, sequences, tuples, structs, enums): a
 /// recursive type read from damaged bytes must end in an error, not in a stack

@@ -41,7 +41,7 @@ impl Encoder<'_> {
 fn begin<'e, 'a>(enc: &'e mut Encoder<'a>, len: Option<usize>) -> Result<Compound<'e, 'a>> {
     let at = enc.out.len();
     enc.len(len.unwrap_or(0))?;
-    Ok(Compound { count_at: len.is_none().then_some(at), declared: len, count: 0, enc })
+    Ok(Compound { at, declared: len, count: 0, enc })
 }
 
 /// Starts a variant with fields: its index, then the fields one after another.
@@ -54,8 +54,10 @@ fn variant<'e, 'a>(enc: &'e mut Encoder<'a>, index: u32) -> Result<&'e mut Encod
 /// known at the start.
 struct Compound<'e, 'a> {
     enc: &'e mut Encoder<'a>,
-    /// Where the count goes when it was not declared; else the declared count.
-    count_at: Option<usize>,
+    /// Where the count is written.
+    at: usize,
+    /// The count written there at the start, if it was known; else it is
+    /// written at the end.
     declared: Option<usize>,
     count: u64,
 }
@@ -68,14 +70,15 @@ impl Compound<'_, '_> {
     }
 
     fn end(self) -> Result {
-        if let Some(at) = self.count_at {
-            self.enc.out[at..at + 8].copy_from_slice(&self.count.to_le_bytes());
-        }
         match self.declared {
+            None => {
+                self.enc.out[self.at..self.at + 8].copy_from_slice(&self.count.to_le_bytes());
+                Ok(())
+            }
             Some(n) if n as u64 != self.count => {
                 Err(WireError(format!("a sequence declared {n} elements and wrote {}", self.count)))
             }
-            _ => Ok(()),
+            Some(_) => Ok(()),
         }
     }
 }

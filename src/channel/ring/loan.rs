@@ -48,7 +48,7 @@ impl Ring {
         len + self.crc_len()
     }
 
-    fn crc_len(&self) -> usize {
+    pub(super) fn crc_len(&self) -> usize {
         if self.checksum {
             CRC_LEN
         } else {
@@ -146,8 +146,8 @@ impl PutSlot<'_> {
     pub(crate) fn commit(mut self) -> Result<(), PutFail> {
         let ring = self.ring;
         if ring.is_closed() {
-            // Closed by this thread while it held the loan (any other waits for the
-            // lock): nothing is published after a close.
+            // Closed while the loan was held (by this thread, or by another after
+            // waiting for the lock in vain): nothing is published after a close.
             return Err(PutFail::Closed);
         }
         let crc = ring.checksum.then(|| crc32c::crc32c(self.bytes_mut()));
@@ -156,10 +156,7 @@ impl PutSlot<'_> {
         }
         let len = (self.len + ring.crc_len()) as u64;
         ring.write_word(self.pos, frame_word(len, INLINE, self.puts));
-        if crate::steps::point("loan:header") == crate::steps::Step::Die {
-            std::mem::forget(self.held);
-            return Err(PutFail::Fault(KILLED));
-        }
+        dies_at!("loan:header", self.held, PutFail::Fault(KILLED));
         let tail = pack(self.pos + frame_len(len), self.puts.wrapping_add(1));
         ring.header().tail.store(tail, Ordering::Release);
         drop(self.held); // wakes consumers that asked
@@ -171,8 +168,12 @@ impl GetSlot<'_> {
     /// The message, in place.
     pub(crate) fn bytes(&self) -> &[u8] {
         // SAFETY: `start + len <= capacity` (checked when borrowed): inside the data
-        // area, in committed bytes that no producer overwrites until `head` moves
-        // past them, which only this slot's release does (it holds the get lock).
+        // area, mapped for as long as `self.ring` is borrowed, in committed bytes
+        // that no producer overwrites until `head` moves past them, which only this
+        // slot's release does (it holds the get lock). A process outside the protocol
+        // (a scribbler) may still change them under the borrow: they are plain bytes,
+        // any value is a valid `u8`, and what they mean is the reader's to check (a
+        // checksum is verified once, when the message is lent).
         unsafe { std::slice::from_raw_parts(self.ring.data.as_ptr().add(self.start), self.len) }
     }
 }

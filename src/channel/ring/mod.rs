@@ -66,12 +66,6 @@ use super::pace::{self, Pace};
 use super::signal::{Asker, Patience, Poll, Signal, Waited};
 use crate::segment::Segment;
 
-mod frame;
-mod loan;
-mod side;
-
-pub(crate) use loan::{GetSlot, PutSlot};
-
 /// A test's simulated death of the holder at the point `name` (see
 /// [`steps`](crate::steps)): it stops there as a killed process would, its lock
 /// still held, storing nothing more.
@@ -83,6 +77,15 @@ macro_rules! dies_at {
         }
     };
 }
+
+mod frame;
+mod loan;
+mod side;
+
+pub(crate) use loan::{GetSlot, PutSlot};
+
+/// How long a close waits for the put lock before it closes without it.
+const CLOSE_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long the orphan sweep waits for a ring's locks before it gives up asking
 /// (long enough to recover a lock from a holder that died: see `RawMutex`).
@@ -476,9 +479,12 @@ impl Ring {
         let h = self.header();
         // The release wakes the consumers that asked the put lock; the explicit
         // wake-ups cover the rest (producers asked the get lock). Under the lock, so
-        // that no put commits after the close; without it if the lock is damaged or
-        // this thread holds it for a put loan (whose commit then sees the close).
-        let held = self.lock_puts(Wait::Forever);
+        // that no put commits after the close; without it if the lock is damaged,
+        // this thread holds it for a put loan (whose commit then sees the close), or
+        // a holder keeps it past `CLOSE_LOOK` (a put holds it for nanoseconds; a put
+        // loan on another thread for as long as its owner writes: its commit checks
+        // the flag too, and a close never waits on user code for ever).
+        let held = self.lock_puts(Wait::timeout(CLOSE_LOOK));
         h.fixed.closed.store(1, Ordering::SeqCst);
         drop(held);
         h.not_empty.wake_all();
@@ -513,7 +519,7 @@ impl Ring {
         let Some(held) = self.lock_puts(wait).map_err(PutFail::Fault)? else {
             return Err(PutFail::Full);
         };
-        match self.put_locked(held, std::slice::from_ref(message))? {
+        match self.put_locked(held, [message])? {
             0 => Err(PutFail::Full),
             _ => Ok(()),
         }
@@ -524,7 +530,7 @@ impl Ring {
     /// killed midway leaves the ones before whole and no part of the rest); how
     /// many. A producer handing out many messages at once (a pool's refill) takes
     /// and releases the lock, and wakes the consumer, once for all of them.
-    pub(crate) fn try_put_many(&self, messages: &[Outgoing<'_>]) -> Result<usize, PutFail> {
+    pub(crate) fn try_put_many<'m>(&self, messages: impl IntoIterator<Item = Outgoing<'m>>) -> Result<usize, PutFail> {
         match self.lock_puts(Wait::Never).map_err(PutFail::Fault)? {
             Some(held) => self.put_locked(held, messages),
             None => Ok(0),
@@ -532,8 +538,13 @@ impl Ring {
     }
 
     /// Under the put lock (`held`, released on return): commits `messages` one by
-    /// one while they fit; how many.
-    fn put_locked(&self, held: LockHeld<'_, true>, messages: &[Outgoing<'_>]) -> Result<usize, PutFail> {
+    /// one while they fit; how many. Taken one at a time (a run's checksums are
+    /// computed only for what goes in).
+    fn put_locked<'m, M: std::borrow::Borrow<Outgoing<'m>>>(
+        &self,
+        held: LockHeld<'_, true>,
+        messages: impl IntoIterator<Item = M>,
+    ) -> Result<usize, PutFail> {
         dies_at!("put:locked", held, PutFail::Fault(KILLED));
         if self.is_closed() {
             return Err(PutFail::Closed);
@@ -541,12 +552,13 @@ impl Ring {
         let h = self.header();
         let mut put = 0;
         for message in messages {
+            let message = message.borrow();
             let (kind, bytes, crc) = match message {
                 Outgoing::Inline(b, crc) => (INLINE, *b, *crc),
                 Outgoing::Side(s, crc) => (SIDE, s.name().as_bytes(), *crc),
             };
             let tail = h.tail.load(Ordering::Relaxed);
-            let len = (bytes.len() + if crc.is_some() { CRC_LEN } else { 0 }) as u64;
+            let len = message.frame_payload_len() as u64;
             let frame = frame_len(len);
             match self.fits(tail, frame) {
                 Ok(true) => {}
@@ -772,7 +784,7 @@ impl Ring {
                 return None;
             }
             if kind == SIDE {
-                let skip = if self.checksum { CRC_LEN as u64 } else { 0 };
+                let skip = self.crc_len() as u64;
                 let named = len.checked_sub(skip)?;
                 self.read_into(pos + FRAME_HEADER + skip, named as usize, &mut found);
                 if found.strip_prefix(b"/").unwrap_or(&found) == name {
