@@ -76,6 +76,39 @@ fn map_imap_and_apply_async_under_every_start_method() {
     }
 }
 
+/// Tiny tasks submitted faster than the workers take them wait in the backlog,
+/// where they travel to a worker several to a message: each still gets its own
+/// result, and its callback runs once, with it.
+#[test]
+fn tiny_tasks_queued_together_each_get_their_own_result_and_callback_once() {
+    use std::sync::atomic::AtomicU32;
+    let _watchdog = watchdog(WATCHDOG);
+    const N: usize = 20_000;
+    for method in METHODS {
+        let pool = pool(method, 2);
+        let calls: Arc<Vec<AtomicU32>> = Arc::new((0..N).map(|_| AtomicU32::new(0)).collect());
+        let handles: Vec<_> = (0..N as u64)
+            .map(|i| {
+                let calls = Arc::clone(&calls);
+                pool.apply_async(square, i).callback(move |r: &u64| {
+                    assert_eq!(*r, i * i, "a callback got another task's result");
+                    calls[i as usize].fetch_add(1, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        for (i, h) in handles.into_iter().enumerate() {
+            assert_eq!(h.get_timeout(PATIENCE).unwrap(), (i * i) as u64, "{method:?} apply_async {i}");
+        }
+        // Every result is in: its callback ran before, on the result thread.
+        for (i, c) in calls.iter().enumerate() {
+            assert_eq!(c.load(Ordering::Relaxed), 1, "{method:?}: task {i}'s callback runs");
+        }
+        let expect: Vec<u64> = (0..N as u64).map(|x| x * x).collect();
+        assert_eq!(pool.map_chunked(square, 0..N as u64, 1).unwrap(), expect, "{method:?} map, chunksize 1");
+        finish_pool(pool);
+    }
+}
+
 #[test]
 fn every_method_gives_exact_results() {
     let _watchdog = watchdog(WATCHDOG);

@@ -30,6 +30,7 @@ use super::result::Sink;
 use super::task::{self, Items, Reply, RunnerRef, TagKey};
 use crate::channel::{Queue, RecvTimeoutError};
 use crate::process::{Process, ProcessError};
+use crate::shared::RawArray;
 use crate::sync::wait::Wait;
 use crate::sys;
 
@@ -55,8 +56,23 @@ const STARTUP_DEATHS: u32 = 3;
 const GRAVEYARD_MAX: usize = 1 << 16;
 /// Backlog buffers kept for reuse, at most.
 const SPARE_MAX: usize = 4096;
+/// Part lists of merged chunks kept for reuse, at most.
+const SPARE_PARTS_MAX: usize = 64;
 /// Starts that fail in a row, with no worker left, before the pool gives up.
 const START_FAILURES: u32 = 5;
+/// About how much work (by the workers' timing of a task) waiting chunks merged
+/// into one message may hold (see `Dispatch::merge`): small next to
+/// [`QUEUED_WORK`], so that workers still share the work out evenly.
+const MERGE_WORK: u64 = QUEUED_WORK / 8; // ns
+/// The most tasks in one merged message.
+const MERGE_TASKS: u64 = 1024;
+/// A worker holding fewer chunks than this may run out of work before the
+/// result-handling thread refills it: a chunk goes to it at once rather than wait
+/// to be merged with the next ones.
+const STARVING: usize = 2;
+/// The longest merged message: a backlog buffer that [`SPARE_MAX`] keeps for reuse,
+/// far below a message that needs a side segment.
+const MERGE_BYTES: usize = 4096;
 
 const RUNNING: u8 = 0;
 const CLOSED: u8 = 1;
@@ -64,8 +80,9 @@ const TERMINATING: u8 = 2;
 const DONE: u8 = 3;
 
 /// Starts worker process number `slot` on the given rings.
-pub(crate) type Starter =
-    Box<dyn Fn(u32, Queue<Vec<u8>>, Queue<Vec<u8>>, TagKey, u64) -> Result<Process, ProcessError> + Send>;
+pub(crate) type Starter = Box<
+    dyn Fn(u32, Queue<Vec<u8>>, Queue<Vec<u8>>, TagKey, u64, RawArray<u64>) -> Result<Process, ProcessError> + Send,
+>;
 
 /// One chunk in a batch for [`Shared::submit_many`]: its first task's index, its
 /// task count, and its message's length.
@@ -80,6 +97,8 @@ pub(crate) struct Span {
 pub(crate) struct Shared {
     dispatch: Mutex<Dispatch>,
     pub(crate) results: Queue<Vec<u8>>,
+    /// Where each worker notes how far into its chunk it is (see [`task::Progress`]).
+    board: RawArray<u64>,
     pub(crate) key: TagKey,
     state: AtomicU8,
     deferred: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
@@ -97,6 +116,8 @@ struct Dispatch {
     pending: VecDeque<Option<Pending>>,
     first_id: u64,
     avg_chunk_ns: u64,
+    /// The estimate of one task's time (a chunk's time over its count).
+    avg_task_ns: u64,
     /// Timed replies seen so far (see [`next_estimate`]).
     samples: u32,
     max_tasks: u64,
@@ -124,6 +145,10 @@ struct Dispatch {
     /// Buffers of backlog entries already sent, reused for the next ones: no
     /// allocation by a submitter, no free by the result thread.
     spare: Vec<Vec<u8>>,
+    /// Emptied part lists of merged chunks, reused for the next ones (for the
+    /// same reason, and a list of a kilobyte or more would have glibc
+    /// consolidate its fast bins, where the tasks' cells are).
+    spare_parts: Vec<Vec<Part>>,
 }
 
 struct Worker {
@@ -153,10 +178,96 @@ struct Queued {
     bytes: Vec<u8>,
 }
 
-struct Pending {
+/// Tasks `base..base + count` of one sink, run as part of a chunk.
+struct Part {
     sink: Arc<dyn Sink>,
     base: usize,
     count: u32,
+    /// Where its arguments start among the chunk's (a merged chunk's part).
+    at: usize,
+}
+
+/// A chunk handed to a worker or waiting to be: its parts in the order of its
+/// message's tasks. It has more than one when chunks were merged while they
+/// waited (see [`Dispatch::merge`]); their sinks are then all mergeable.
+struct Pending {
+    first: Part,
+    more: Vec<Part>,
+    /// The chunk's task count, all parts together (bounded by [`MERGE_TASKS`]).
+    count: u32,
+    /// A merged chunk's message, kept while a worker has it: should the worker
+    /// die, the parts it had not begun go back to the backlog (see
+    /// [`Handler::on_worker_exit`]).
+    message: Vec<u8>,
+}
+
+impl Pending {
+    fn one(sink: Arc<dyn Sink>, base: usize, count: u32) -> Pending {
+        Pending::of(Part { sink, base, count, at: 0 })
+    }
+
+    fn of(first: Part) -> Pending {
+        Pending { count: first.count, first, more: Vec::new(), message: Vec::new() }
+    }
+
+    fn parts(&self) -> impl Iterator<Item = &Part> {
+        std::iter::once(&self.first).chain(&self.more)
+    }
+
+    /// Claims the chunk for a worker (see [`Sink::start`]); merged parts' sinks
+    /// always agree, so only the first can refuse.
+    fn start(&self) -> bool {
+        self.first.sink.start()
+    }
+
+    fn unstart(&self) {
+        self.first.sink.unstart();
+    }
+
+    fn fail(&self, error: &TaskError) {
+        for p in self.parts() {
+            p.sink.fail(p.base, p.count, error);
+        }
+    }
+
+    /// Splits a chunk whose first `began` items began (in a worker that died)
+    /// into the parts that began, and, for a merged chunk, the parts that did not
+    /// with their own message. A part began if its first item did; a chunk that
+    /// was not merged began whole.
+    fn split_begun(self, began: u64) -> (Pending, Option<(Pending, Vec<u8>)>) {
+        let mut items = u64::from(self.first.count);
+        let cut = self.more.iter().position(|p| {
+            let begun = items < began;
+            items += u64::from(p.count);
+            !begun
+        });
+        let Some(cut) = cut.filter(|_| self.message.len() >= task::TASK_HEADER) else { return (self, None) };
+        let Pending { first, mut more, message, .. } = self;
+        let mut rest = more.split_off(cut);
+        let from = rest[0].at;
+        let Some(args) = message.get(task::TASK_HEADER + from..) else {
+            more.append(&mut rest);
+            return (Pending::with_parts(first, more), None);
+        };
+        let mut bytes = Vec::with_capacity(task::TASK_HEADER + args.len());
+        bytes.extend_from_slice(&message[..task::TASK_HEADER]);
+        bytes.extend_from_slice(args);
+        for p in &mut rest {
+            p.at -= from;
+        }
+        let mut rest = rest.into_iter();
+        let rest_first = rest.next().map(|p| Pending::with_parts(p, rest.collect()));
+        let rest = rest_first.map(|p| {
+            task::finish_task(&mut bytes, p.count);
+            (p, bytes)
+        });
+        (Pending::with_parts(first, more), rest)
+    }
+
+    fn with_parts(first: Part, more: Vec<Part>) -> Pending {
+        let count = more.iter().fold(first.count, |n, p| n.saturating_add(p.count));
+        Pending { first, more, count, message: Vec::new() }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -205,10 +316,16 @@ impl Dispatch {
 
     /// The worker with the most room, if any has room.
     fn roomiest(&self) -> Option<usize> {
+        self.roomiest_within(usize::MAX)
+    }
+
+    /// The worker with the most room, if any has room and holds fewer than
+    /// `limit` chunks.
+    fn roomiest_within(&self, limit: usize) -> Option<usize> {
         let mut best: Option<(usize, usize)> = None;
         for (i, w) in self.workers.iter().enumerate() {
             let Some(w) = w else { continue };
-            let room = self.cap(w).saturating_sub(w.held.len());
+            let room = self.cap(w).min(limit).saturating_sub(w.held.len());
             if room > 0 && best.is_none_or(|(_, r)| room > r) {
                 best = Some((i, room));
             }
@@ -223,7 +340,7 @@ impl Dispatch {
         let Some(Some(p)) = at.and_then(|at| self.pending.get(at)) else { return Sent::Cancelled };
         // Claimed first, so that a cancel either comes before (and it is not sent) or
         // finds it started.
-        if !p.sink.start() {
+        if !p.start() {
             return Sent::Cancelled;
         }
         let sent = match w.tasks.put_bytes_with(bytes, Wait::Never) {
@@ -235,7 +352,7 @@ impl Dispatch {
             Err(crate::SendTimeoutError::Timeout(())) | Err(crate::SendTimeoutError::Disconnected(())) => Sent::NoRoom,
             Err(crate::SendTimeoutError::Failed { fault, .. }) => Sent::Failed(fault.to_string()),
         };
-        p.sink.unstart();
+        p.unstart();
         sent
     }
 
@@ -250,7 +367,7 @@ impl Dispatch {
         for &(id, _) in &run[..room] {
             // Claimed first, as in `try_send`.
             match self.pending_mut(id) {
-                Some(Some(p)) if p.sink.start() => claimed += 1,
+                Some(Some(p)) if p.start() => claimed += 1,
                 _ => break,
             }
         }
@@ -261,7 +378,7 @@ impl Dispatch {
         w.sent += n as u64;
         for &(id, _) in &run[n..claimed] {
             if let Some(Some(p)) = self.pending_mut(id) {
-                p.sink.unstart();
+                p.unstart();
             }
         }
         match put {
@@ -276,6 +393,61 @@ impl Dispatch {
         self.workers.iter().flatten().filter(with_room).count().max(1)
     }
 
+    /// Appends a chunk's tasks to the last chunk waiting in the backlog if both
+    /// run the same function, their sinks allow it ([`Sink::mergeable`]), and the
+    /// whole stays small ([`MERGE_WORK`], [`MERGE_TASKS`], [`MERGE_BYTES`]); gives
+    /// the part back otherwise. Tiny tasks submitted faster than the workers
+    /// take them (a loop of `apply_async`) then cost the workers and the
+    /// result-handling thread one message, one reply and one refill per merged
+    /// chunk instead of one per task. Not with `max_tasks_per_child`, which counts
+    /// a worker's messages.
+    fn merge(&mut self, part: Part, bytes: &[u8]) -> Result<(), Part> {
+        let budget = self.merge_budget(&*part.sink);
+        if u64::from(part.count) >= budget {
+            return Err(part);
+        }
+        let Some(last) = self.backlog.back_mut() else { return Err(part) };
+        let at = last.id.checked_sub(self.first_id).and_then(|at| usize::try_from(at).ok());
+        let Some(Some(p)) = at.and_then(|at| self.pending.get_mut(at)) else { return Err(part) };
+        let args = bytes.get(task::TASK_HEADER..).unwrap_or_default();
+        let count = u64::from(p.count) + u64::from(part.count);
+        let fits = p.first.sink.mergeable()
+            && count <= budget
+            && last.bytes.len() + args.len() <= MERGE_BYTES
+            && task::same_runner(&last.bytes, bytes);
+        if !fits {
+            return Err(part);
+        }
+        last.bytes.reserve_exact(MERGE_BYTES.saturating_sub(last.bytes.len()));
+        let at = last.bytes.len() - task::TASK_HEADER;
+        last.bytes.extend_from_slice(args);
+        task::finish_task(&mut last.bytes, count as u32);
+        p.count = count as u32;
+        if p.more.capacity() == 0 {
+            p.more = self.spare_parts.pop().unwrap_or_default();
+        }
+        // Each chunk stays a part of its own (should a worker die in the merged
+        // chunk, each part either began or did not), but for a map's next one.
+        let tail = p.more.last_mut().unwrap_or(&mut p.first);
+        if Arc::ptr_eq(&tail.sink, &part.sink)
+            && tail.sink.all_or_nothing()
+            && tail.base + tail.count as usize == part.base
+        {
+            tail.count += part.count;
+        } else {
+            p.more.push(Part { at, ..part });
+        }
+        Ok(())
+    }
+
+    /// How many tasks a merged chunk of `sink`'s may hold now (none merge below 2).
+    fn merge_budget(&self, sink: &dyn Sink) -> u64 {
+        if self.max_tasks != 0 || !sink.mergeable() {
+            return 0;
+        }
+        (MERGE_WORK / self.avg_task_ns.max(1)).min(MERGE_TASKS)
+    }
+
     /// Puts task `id` at the back of the backlog (its message copied into a spare buffer).
     fn queue(&mut self, id: u64, bytes: &[u8]) {
         let mut copy = self.spare.pop().unwrap_or_default();
@@ -284,15 +456,26 @@ impl Dispatch {
         self.backlog.push_back(Queued { id, bytes: copy });
     }
 
+    /// Keeps a backlog entry's buffer for the next one (see `spare`).
+    fn keep_spare(&mut self, bytes: Vec<u8>) {
+        if self.spare.len() < SPARE_MAX && bytes.capacity() <= MERGE_BYTES {
+            self.spare.push(bytes);
+        }
+    }
+
     /// Cancels every backlog chunk whose sink can be cancelled (an executor's
     /// `shutdown(cancel_futures)`); the sinks to complete, outside the lock.
     fn cancel_backlog(&mut self) -> Vec<Arc<dyn Sink>> {
         let mut cancelled = Vec::new();
         let backlog = std::mem::take(&mut self.backlog);
         for q in backlog {
-            let claimed = self.pending_mut(q.id).and_then(|p| p.as_ref()).is_some_and(|p| p.sink.claim_cancel());
+            // A merged chunk's sinks cannot be cancelled (see `Sink::mergeable`).
+            let claimed = self
+                .pending_mut(q.id)
+                .and_then(|p| p.as_ref())
+                .is_some_and(|p| p.more.is_empty() && p.first.sink.claim_cancel());
             if claimed {
-                cancelled.extend(self.remove(q.id).map(|p| p.sink));
+                cancelled.extend(self.remove(q.id).map(|p| p.first.sink));
             } else {
                 self.backlog.push_back(q);
             }
@@ -309,12 +492,11 @@ impl Dispatch {
             }
             let Some(q) = self.backlog.pop_front() else { return };
             match self.try_send(i, q.id, &q.bytes) {
-                Sent::Yes => {
+                Sent::Yes => match self.pending_mut(q.id) {
+                    Some(Some(p)) if !p.more.is_empty() => p.message = q.bytes,
                     // Kept for the next backlog entry, not freed here (see `spare`).
-                    if self.spare.len() < SPARE_MAX && q.bytes.capacity() <= 4096 {
-                        self.spare.push(q.bytes);
-                    }
-                }
+                    _ => self.keep_spare(q.bytes),
+                },
                 Sent::NoRoom => {
                     self.backlog.push_front(q);
                     return;
@@ -367,15 +549,62 @@ fn next_estimate(avg_ns: u64, sample: u64, seen: u32) -> u64 {
     }
 }
 
+/// What a model of merged chunks sets and reads (see `pool::model`).
+#[cfg(test)]
+impl Shared {
+    /// Sets the estimate of a task's (and a chunk's) time, as settled replies would.
+    pub(crate) fn assume_task_ns(&self, ns: u64) {
+        let mut d = lock(&self.dispatch);
+        d.avg_task_ns = ns;
+        d.avg_chunk_ns = ns;
+        d.samples = SETTLING;
+    }
+
+    /// The task count of each chunk waiting in the backlog, in order.
+    pub(crate) fn backlog_counts(&self) -> Vec<u32> {
+        let mut d = lock(&self.dispatch);
+        let ids: Vec<u64> = d.backlog.iter().map(|q| q.id).collect();
+        ids.into_iter().filter_map(|id| d.pending_mut(id).and_then(|p| p.as_ref()).map(|p| p.count)).collect()
+    }
+}
+
+thread_local! {
+    /// A submitting thread's emptied graveyard buffer, swapped for the pool's
+    /// full one (see [`exhume`]).
+    static GRAVES: std::cell::Cell<Vec<Arc<dyn Sink>>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The graveyard's buffer of the most sinks a submitting thread keeps between
+/// submissions.
+const GRAVES_KEPT: usize = 1024;
+
+/// Takes the pool's graveyard (see `Dispatch::graveyard`), leaving this thread's
+/// empty buffer in its place: buffers go back and forth, neither allocated nor
+/// freed (a freed buffer of a kilobyte or more has glibc consolidate its fast
+/// bins, where the tasks' cells are).
+fn exhume(d: &mut Dispatch) -> Vec<Arc<dyn Sink>> {
+    let empty = GRAVES.try_with(std::cell::Cell::take).unwrap_or_default();
+    std::mem::replace(&mut d.graveyard, empty)
+}
+
+/// Frees the sinks [`exhume`] took, here, and keeps their buffer.
+fn rebury(mut graves: Vec<Arc<dyn Sink>>) {
+    graves.clear();
+    if graves.capacity() <= GRAVES_KEPT {
+        let _ = GRAVES.try_with(|g| g.set(graves));
+    }
+}
+
 fn fail_all(pending: Vec<Pending>, error: &TaskError) {
     for p in pending {
-        p.sink.fail(p.base, p.count, error);
+        p.fail(error);
     }
 }
 
 impl Shared {
     pub(crate) fn new(
         results: Queue<Vec<u8>>,
+        board: RawArray<u64>,
         key: TagKey,
         processes: usize,
         max_tasks: u64,
@@ -388,6 +617,7 @@ impl Shared {
                 pending: VecDeque::new(),
                 first_id: 0,
                 avg_chunk_ns: FIRST_GUESS,
+                avg_task_ns: FIRST_GUESS,
                 samples: 0,
                 max_tasks,
                 broken: None,
@@ -399,8 +629,10 @@ impl Shared {
                 dead_rings: Vec::new(),
                 graveyard: Vec::new(),
                 spare: Vec::new(),
+                spare_parts: Vec::new(),
             }),
             results,
+            board,
             key,
             state: AtomicU8::new(RUNNING),
             deferred: Mutex::new(Vec::new()),
@@ -464,10 +696,10 @@ impl Shared {
         bytes: &mut [u8],
     ) -> Result<(), TaskError> {
         let mut d = lock(&self.dispatch);
-        let graves = std::mem::take(&mut d.graveyard);
+        let graves = exhume(&mut d);
         let out = self.submit_locked(&mut d, sink, base, count, bytes);
         drop(d);
-        drop(graves); // here, on the thread that allocated them (see `graveyard`)
+        rebury(graves);
         out
     }
 
@@ -483,9 +715,10 @@ impl Shared {
         spans: &[Span],
     ) -> Vec<(Span, TaskError)> {
         let mut d = lock(&self.dispatch);
-        let graves = std::mem::take(&mut d.graveyard);
+        let graves = exhume(&mut d);
         if let Some(e) = self.refusal(&d) {
             drop(d);
+            rebury(graves);
             return spans.iter().map(|span| (*span, e.clone())).collect();
         }
         let mut messages: Vec<(u64, &[u8])> = Vec::with_capacity(spans.len());
@@ -494,7 +727,7 @@ impl Shared {
             let n = span.len.min(rest.len());
             let (bytes, tail) = std::mem::take(&mut rest).split_at_mut(n);
             rest = tail;
-            let id = d.insert(Pending { sink: Arc::clone(sink), base: span.base, count: span.count });
+            let id = d.insert(Pending::one(Arc::clone(sink), span.base, span.count));
             task::set_task_id(bytes, id);
             messages.push((id, bytes));
         }
@@ -535,7 +768,7 @@ impl Shared {
             d.queue(id, bytes);
         }
         drop(d);
-        drop(graves);
+        rebury(graves);
         failed
     }
 
@@ -550,10 +783,15 @@ impl Shared {
         if let Some(e) = self.refusal(d) {
             return Err(e);
         }
-        let id = d.insert(Pending { sink, base, count });
+        let Err(part) = d.merge(Part { sink, base, count, at: 0 }, bytes) else { return Ok(()) };
+        // A chunk that the next ones could merge into goes straight to a worker only
+        // if one is about to run out of work; otherwise it waits in the backlog
+        // for them (the result-handling thread refills each worker as it replies).
+        let limit = if d.merge_budget(&*part.sink) > u64::from(part.count) { STARVING } else { usize::MAX };
+        let id = d.insert(Pending::of(part));
         task::set_task_id(bytes, id);
         if d.backlog.is_empty() {
-            if let Some(i) = d.roomiest() {
+            if let Some(i) = d.roomiest_within(limit) {
                 match d.try_send(i, id, bytes) {
                     Sent::Yes => return Ok(()),
                     Sent::NoRoom => {}
@@ -661,8 +899,7 @@ impl Shared {
         let thread = std::thread::Builder::new()
             .name("shmproc-pool".into())
             .spawn(move || {
-                Handler { shared: me, starter, retired: std::cell::Cell::new(false), graves: Default::default() }
-                    .run(tx)
+                Handler { shared: me, starter, retired: std::cell::Cell::new(false), spent: Default::default() }.run(tx)
             })
             .map_err(|e| PoolError::Thread(e.to_string()))?;
         let _ = self.handler_id.set(thread.thread().id());
@@ -691,8 +928,24 @@ struct Handler {
     /// A worker said its last reply was its last: reap and replace it now rather
     /// than at the next look.
     retired: std::cell::Cell<bool>,
+    /// What the last batch of replies left, and its lists.
+    spent: std::cell::RefCell<Spent>,
+}
+
+/// The result-handling thread's lists for a batch of replies (see
+/// [`Handler::on_replies`]), kept from one batch to the next.
+#[derive(Default)]
+struct Spent {
+    /// Settled chunks, and where their replies are in the batch.
+    done: Vec<(Pending, usize)>,
     /// Sinks of the last batch, on their way to `Dispatch::graveyard`.
-    graves: std::cell::RefCell<Vec<Arc<dyn Sink>>>,
+    graves: Vec<Arc<dyn Sink>>,
+    /// Emptied part lists, on their way to `Dispatch::spare_parts`.
+    part_lists: Vec<Vec<Part>>,
+    /// Merged chunks' messages, on their way to `Dispatch::spare`.
+    messages: Vec<Vec<u8>>,
+    /// Where in `graves` each sink to wake first appears.
+    touched: Vec<usize>,
 }
 
 impl Handler {
@@ -796,7 +1049,7 @@ impl Handler {
     fn fail_undeliverable(&self) {
         let failed = std::mem::take(&mut lock(&self.shared.dispatch).undeliverable);
         for (p, e) in failed {
-            p.sink.fail(p.base, p.count, &e);
+            p.fail(&e);
         }
     }
 
@@ -817,7 +1070,14 @@ impl Handler {
             source: std::io::Error::other(e.to_string()),
         })?;
         let max_tasks = lock(&self.shared.dispatch).max_tasks;
-        let process = (self.starter)(i as u32, tasks.clone(), self.shared.results.clone(), self.shared.key, max_tasks)?;
+        let process = (self.starter)(
+            i as u32,
+            tasks.clone(),
+            self.shared.results.clone(),
+            self.shared.key,
+            max_tasks,
+            self.shared.board.clone(),
+        )?;
         let mut d = lock(&self.shared.dispatch);
         d.workers[i] = Some(Worker {
             process,
@@ -864,63 +1124,93 @@ impl Handler {
     }
 
     /// Handles a batch of replies: the bookkeeping of all its results under one
-    /// lock, then their delivery, then one wake-up per sink.
+    /// lock, then their delivery, then one wake-up per sink. Allocates nothing
+    /// (its lists are the handler's, reused).
     fn on_replies(&self, batch: &Batch) {
-        // Each reply parsed once; results apart from the rest (ready, failed
-        // initializer, nudge).
         let is_result = |r: &Reply<'_>| matches!(r.kind, task::REPLY_RESULT | task::REPLY_LAST_RESULT);
-        let (results, others): (Vec<Reply<'_>>, Vec<Reply<'_>>) =
-            batch.replies().filter_map(Reply::parse).partition(is_result);
-        let mut done: Vec<(Pending, &Reply<'_>)> = Vec::with_capacity(results.len());
+        let mut spent = self.spent.borrow_mut();
+        let Spent { done, graves, part_lists, messages, touched } = &mut *spent;
         let overflow = {
             let mut d = lock(&self.shared.dispatch);
             // The last batch's sinks, for the next submitter to free (see `graveyard`).
-            d.graveyard.append(&mut self.graves.borrow_mut());
+            d.graveyard.append(graves);
+            let room = SPARE_PARTS_MAX.saturating_sub(d.spare_parts.len());
+            d.spare_parts.extend(part_lists.drain(..).take(room));
+            for m in messages.drain(..) {
+                d.keep_spare(m);
+            }
             let overflow = (d.graveyard.len() > GRAVEYARD_MAX).then(|| std::mem::take(&mut d.graveyard));
-            for reply in &results {
-                if let Some(p) = self.settle(&mut d, reply) {
-                    done.push((p, reply));
+            for (at, reply) in batch.replies().enumerate() {
+                let Some(reply) = Reply::parse(reply).filter(is_result) else { continue };
+                if let Some(p) = self.settle(&mut d, &reply) {
+                    done.push((p, at));
                 }
             }
             overflow
         };
+        part_lists.clear();
         // Nobody submits for a while: freed here after all.
         drop(overflow);
-        for reply in &others {
-            self.on_reply_other(reply);
+        for reply in batch.replies().filter_map(Reply::parse).filter(|r| !is_result(r)) {
+            self.on_reply_other(&reply);
         }
         // Every chunk's reference goes to the graveyard, not only one a sink: the
         // submitting thread took it (an imap's chunks share one sink), and dropping
         // it there keeps the sink's count on that thread's cache line (a drop here
         // made each chunk's submission wait for the line: a third of `submit_many`).
-        let mut graves = self.graves.borrow_mut();
-        let mut touched: Vec<usize> = Vec::new();
-        for (p, reply) in done {
-            Self::deliver(&p, reply);
-            if !p.sink.bury() {
-                // Let go at once (see `Sink::bury`).
-                continue;
+        touched.clear();
+        for (mut p, at) in done.drain(..) {
+            if let Some(reply) = batch.reply(at).and_then(Reply::parse) {
+                Self::deliver(&p, &reply);
             }
-            if !touched.iter().any(|&t| Arc::ptr_eq(&graves[t], &p.sink)) {
-                touched.push(graves.len());
+            let mut more = std::mem::take(&mut p.more);
+            for part in std::iter::once(p.first).chain(more.drain(..)) {
+                if !part.sink.bury() {
+                    // Let go at once (see `Sink::bury`).
+                    continue;
+                }
+                // One wake-up per sink: the chunks of one (an imap's) come together,
+                // so the last few sinks touched are enough to look at (a sink
+                // notified twice only wakes its waiter twice).
+                if !touched.iter().rev().take(4).any(|&t| Arc::ptr_eq(&graves[t], &part.sink)) {
+                    touched.push(graves.len());
+                }
+                graves.push(part.sink);
             }
-            graves.push(p.sink);
+            // Back to the submitters, emptied (see `Dispatch::spare_parts`, `spare`).
+            if more.capacity() > 0 {
+                part_lists.push(more);
+            }
+            if p.message.capacity() > 0 {
+                messages.push(p.message);
+            }
         }
-        for &t in &touched {
+        for &t in touched.iter() {
             graves[t].notify();
         }
     }
 
+    /// Hands a reply's items to the parts of its chunk, in order.
     fn deliver(p: &Pending, reply: &Reply<'_>) {
-        if reply.count == p.count {
-            let run = || p.sink.deliver(p.base, p.count, &mut Items::new(reply.items));
+        if reply.count != p.count {
+            let why = TaskError::Decode("a reply's item count does not match its task (damaged message)".into());
+            return p.fail(&why);
+        }
+        let mut items = Items::new(reply.items);
+        let mut parts = p.parts();
+        for part in parts.by_ref() {
+            let run = || part.sink.deliver(part.base, part.count, &mut items);
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err() {
                 let why = TaskError::Decode("deserializing the result panicked".into());
-                p.sink.fail(p.base, p.count, &why);
+                part.sink.fail(part.base, part.count, &why);
+                // Where that left the reading is unknown: the later parts' items
+                // cannot be told apart any more.
+                let why = TaskError::Decode("deserializing an earlier result of the chunk panicked".into());
+                for later in parts {
+                    later.sink.fail(later.base, later.count, &why);
+                }
+                return;
             }
-        } else {
-            let why = TaskError::Decode("a reply's item count does not match its task (damaged message)".into());
-            p.sink.fail(p.base, p.count, &why);
         }
     }
 
@@ -928,7 +1218,9 @@ impl Handler {
         let pending = self.settle(&mut lock(&self.shared.dispatch), reply);
         if let Some(p) = pending {
             Self::deliver(&p, reply);
-            p.sink.notify();
+            for part in p.parts() {
+                part.sink.notify();
+            }
         }
     }
 
@@ -942,6 +1234,7 @@ impl Handler {
                 // Read from shared memory: clamped (an hour), so no sum overflows.
                 let sample = reply.elapsed_ns.min(3_600_000_000_000);
                 d.avg_chunk_ns = next_estimate(d.avg_chunk_ns, sample, d.samples);
+                d.avg_task_ns = next_estimate(d.avg_task_ns, sample / u64::from(reply.count.max(1)), d.samples);
                 d.samples = d.samples.saturating_add(1);
             }
             // Replies come in the order each worker took its tasks: the holder has
@@ -1063,7 +1356,26 @@ impl Handler {
                     d.broken = Some(TaskError::Initializer(why));
                 }
             }
-            let failed: Vec<Pending> = w.held.iter().filter_map(|&id| d.remove(id)).collect();
+            // What it held and was not in its ring: the chunk it was running. Of a
+            // merged one, the parts it had not begun (its progress says) run
+            // elsewhere, ahead of the rest.
+            let progress = task::Progress::read(&self.shared.board, i);
+            let mut failed = Vec::new();
+            for &id in &w.held {
+                let Some(p) = d.remove(id) else { continue };
+                // Unless it noted this chunk, every part counts as begun.
+                let began = match progress {
+                    Some((noted, began)) if noted == id => began.max(1),
+                    _ => u64::MAX,
+                };
+                let (gone, rest) = p.split_begun(began);
+                failed.push(gone);
+                if let Some((rest, mut bytes)) = rest {
+                    let id = d.insert(rest);
+                    task::set_task_id(&mut bytes, id);
+                    d.backlog.push_front(Queued { id, bytes });
+                }
+            }
             // Retiring (max_tasks_per_child) and closing workers end on purpose.
             if d.break_on_death && !w.retiring && !w.closed && d.broken.is_none() {
                 let how = TaskError::WorkerDied { pid, exitcode: code };
@@ -1202,6 +1514,10 @@ impl Batch {
 
     fn replies(&self) -> impl Iterator<Item = &[u8]> {
         self.bufs[..self.len].iter().map(Vec::as_slice)
+    }
+
+    fn reply(&self, at: usize) -> Option<&[u8]> {
+        self.bufs[..self.len].get(at).map(Vec::as_slice)
     }
 }
 

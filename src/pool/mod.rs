@@ -58,6 +58,7 @@ use worker::{no_initializer, worker_main, WorkerArgs};
 
 use crate::channel::Queue;
 use crate::process::{Context, Process, StartMethod};
+use crate::shared::RawArray;
 use crate::sync::wait::Wait;
 
 /// How long the pool's waiters spin before they yield their CPU (see
@@ -147,9 +148,9 @@ where
     I: Fn(IA) + Copy + Send + Sync + 'static,
     IA: Serialize + DeserializeOwned + Clone + Send + 'static,
 {
-    Box::new(move |slot, tasks, results, key, max_tasks| {
+    Box::new(move |slot, tasks, results, key, max_tasks, board| {
         let n = NEXT_WORKER.fetch_add(1, Ordering::Relaxed);
-        let args = WorkerArgs { slot, tasks, results, key, max_tasks, init_args: init_args.clone() };
+        let args = WorkerArgs { slot, tasks, results, key, max_tasks, board, init_args: init_args.clone() };
         let mut b = Process::builder(worker_main::<I, IA>, args).name(format!("PoolWorker-{n}")).daemon(true);
         if let Some(m) = method {
             b = b.start_method(m);
@@ -233,8 +234,9 @@ impl PoolBuilder {
             None => crate::cpu_count().max(1),
         };
         let results = Queue::<Vec<u8>>::builder().capacity(handler::RESULT_RING).build()?.spinning(SPIN_ROUNDS);
+        let board = RawArray::zeroed(processes.saturating_mul(task::Progress::WORDS))?;
         let shared =
-            Arc::new(Shared::new(results, handler::new_key()?, processes, self.max_tasks, self.break_on_death));
+            Arc::new(Shared::new(results, board, handler::new_key()?, processes, self.max_tasks, self.break_on_death));
         shared.launch((self.starter)(self.method))?;
         Ok(Pool { shared, processes })
     }

@@ -5,7 +5,7 @@
 //! `WorkerDied` (and ran at most once), a replied one keeps its result, every
 //! other task completes on the replacement worker, and none runs twice.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::pool::{Pool, TaskError};
 use crate::steps;
@@ -30,6 +30,28 @@ fn arm((armed, n): (Value<u32>, u32)) {
 fn run_once((runs, i): (Array<u32>, u32)) -> u32 {
     runs.lock().expect("the counts' lock")[i as usize] += 1;
     i
+}
+
+/// The initializer of a merged chunk's model: the first worker dies at its `n`th
+/// point of the kind `which` (0: a chunk's took, ran, replied; 1: an item began);
+/// replacements live.
+fn arm_kind((armed, which, n): (Value<u32>, u8, u32)) {
+    let mut first = armed.lock().expect("the flag's lock");
+    if *first == 0 {
+        *first = 1;
+        drop(first);
+        let _ = steps::die_at(if which == 0 { "worker:" } else { "item:" }, n);
+    }
+}
+
+/// Holds its worker until the test opens the gate (tasks queue up behind it, where
+/// they merge), for a bounded while.
+fn wait_gate(gate: Value<u32>) -> u32 {
+    let end = Instant::now() + PATIENCE;
+    while *gate.lock().expect("the gate's lock") == 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    u32::MAX
 }
 
 fn pool_dying_at(n: u32) -> Pool {
@@ -99,4 +121,81 @@ fn a_worker_killed_at_each_step_fails_exactly_its_own_tasks_and_runs_none_twice(
         kills += 1;
     }
     assert_eq!(kills, 18);
+}
+
+/// A worker killed inside a merged chunk (tasks that waited in the backlog, sent
+/// as one message): the tasks that began fail with `WorkerDied` (the one killed as
+/// it began never ran; the ones before it ran once, their results lost with the
+/// worker), and those that had not begun run on the replacement, once. Killed at
+/// each item of the chunk, and at each of its chunk-level steps.
+#[test]
+fn a_worker_killed_in_a_merged_chunk_fails_the_tasks_that_began_and_runs_the_rest_once() {
+    const TASKS: u32 = 6;
+    // (kind of point, which one): every item of the tasks, then the merged
+    // chunk's took, ran, replied (the warm-up, the gate and the direct tasks have
+    // three each before it).
+    let mut cases: Vec<(u8, u32)> = (0..TASKS).map(|j| (1, 2 + j)).collect();
+    let mut merged_at = None;
+    let mut kills = 0;
+    let mut i_case = 0;
+    while i_case < cases.len() {
+        let (which, n) = cases[i_case];
+        i_case += 1;
+        let runs = Array::from_slice_named(&[0u32; TASKS as usize]).unwrap();
+        let (armed, gate) = (Value::new(0u32).unwrap(), Value::new_named(0u32).unwrap());
+        let pool = Pool::builder().processes(1).initializer(arm_kind, (armed, which, n)).build().unwrap();
+        // Item 0 (points 0-2): the pool is up and past its launch.
+        assert_eq!(pool.apply(run_once, (runs.clone(), 0)).unwrap(), 0);
+        runs.lock().unwrap()[0] = 0;
+        pool.shared().assume_task_ns(100);
+        // Item 1 (points 3-5): the gate; then the tasks, items 2.. .
+        let held = pool.apply_async(wait_gate, gate.clone());
+        let handles: Vec<_> = (0..TASKS).map(|i| pool.apply_async(run_once, (runs.clone(), i))).collect();
+        let waiting = pool.shared().backlog_counts();
+        assert!(matches!(waiting[..], [m] if m >= 2), "the tasks behind the gate merge into one chunk: {waiting:?}");
+        let first_merged = TASKS - waiting[0];
+        if merged_at.is_none() {
+            merged_at = Some(first_merged);
+            let took = 3 * (2 + first_merged);
+            cases.extend([(0, took), (0, took + 1), (0, took + 2)]);
+        }
+        assert_eq!(Some(first_merged), merged_at, "the same tasks merge each time");
+        *gate.lock().unwrap() = 1;
+        assert_eq!(held.get_timeout(PATIENCE).unwrap(), u32::MAX);
+        // Task i's end and its runs, the worker killed at (which, n).
+        let expected = |i: u32| -> (bool, u32) {
+            if which == 1 {
+                let j = n - 2; // the task killed as it began
+                let began_with_it = j >= first_merged && (first_merged..j).contains(&i);
+                match () {
+                    _ if i == j => (false, 0),
+                    _ if began_with_it => (false, 1),
+                    _ => (true, 1),
+                }
+            } else {
+                let step = n - 3 * (2 + first_merged);
+                match (i >= first_merged, step) {
+                    (true, 0) if i == first_merged => (false, 0), // taken: its first part began
+                    (true, 1) => (false, 1),                      // run, reply lost
+                    _ => (true, 1),
+                }
+            }
+        };
+        for (i, h) in handles.iter().enumerate() {
+            let i = i as u32;
+            match (h.get_timeout(PATIENCE), expected(i).0) {
+                (Ok(got), true) => assert_eq!(got, i),
+                (Err(TaskError::WorkerDied { exitcode, .. }), false) => assert_eq!(exitcode, -libc::SIGKILL),
+                (got, ok) => panic!("killed at {which}/{n}: task {i} ended {got:?}, expected ok: {ok}"),
+            }
+        }
+        pool.close();
+        assert!(pool.join_timeout(PATIENCE).unwrap());
+        let counts = runs.to_vec().unwrap();
+        for i in 0..TASKS {
+            assert_eq!(counts[i as usize], expected(i).1, "killed at {which}/{n}: task {i}'s runs");
+        }
+        kills += 1;
+    }
+    assert_eq!(kills, TASKS + 3);
 }

@@ -52,6 +52,18 @@ pub(crate) trait Sink: Send + Sync {
     fn bury(&self) -> bool {
         true
     }
+    /// Whether a chunk of this sink may travel in one message with other chunks
+    /// (see `Dispatch::merge`): only if it can be neither cancelled nor refused
+    /// ([`start`](Sink::start) is always `true`), since a merged message goes whole.
+    fn mergeable(&self) -> bool {
+        false
+    }
+    /// Whether one task failing fails every task of this sink (a map's, as
+    /// Python's `map` raises the first exception): its merged chunks may then
+    /// share one part, since a part that fails whole loses nothing more.
+    fn all_or_nothing(&self) -> bool {
+        false
+    }
 }
 
 /// An event count: waiters wait for `seq` to move past what they saw, spinning,
@@ -306,6 +318,10 @@ impl<T: Send + 'static> Cell<T> {
 
 /// One task's sink is its cell.
 impl<R: DeserializeOwned + Send + 'static> Sink for Cell<R> {
+    fn mergeable(&self) -> bool {
+        true
+    }
+
     fn deliver(&self, _base: usize, _count: u32, items: &mut Items<'_>) {
         self.complete(items.next::<R>());
     }
@@ -358,6 +374,14 @@ impl<R> MapSink<R> {
 }
 
 impl<R: DeserializeOwned + Send + 'static> Sink for MapSink<R> {
+    fn mergeable(&self) -> bool {
+        true
+    }
+
+    fn all_or_nothing(&self) -> bool {
+        true
+    }
+
     fn deliver(&self, base: usize, count: u32, items: &mut Items<'_>) {
         if self.cell.ready() {
             return; // failed already (the first failure is the map's): nothing to keep
@@ -446,6 +470,10 @@ impl<R> StreamSink<R> {
 }
 
 impl<R: DeserializeOwned + Send + 'static> Sink for StreamSink<R> {
+    fn mergeable(&self) -> bool {
+        true
+    }
+
     fn deliver(&self, base: usize, count: u32, items: &mut Items<'_>) {
         // Decoded first: a `Deserialize` that panics midway fails the whole chunk
         // (the caller's `fail`), with none of its results already out.

@@ -30,6 +30,7 @@ use serde::Serialize;
 
 use super::error::TaskError;
 use crate::process::{code_address, code_offset, conjure, Panic, PanicCapture};
+use crate::shared::RawArray;
 use crate::wire;
 
 pub(crate) const TASK_HEADER: usize = 28;
@@ -128,7 +129,58 @@ where
 
 /// Runs a chunk: `count` arguments in `args`, each item's outcome appended to `out`,
 /// panics caught through `capture` (set up once for the worker's life).
-type Runner = fn(capture: &PanicCapture, args: &[u8], count: u32, out: &mut Vec<u8>);
+type Runner = fn(capture: &PanicCapture, progress: &Progress<'_>, args: &[u8], count: u32, out: &mut Vec<u8>);
+
+/// Where a worker notes how far into its current chunk it is: the chunk's id when
+/// it takes it, then how many of its items have begun. The parent reads it only
+/// once the worker is dead, to tell the tasks that began (they fail) from those
+/// that never did (they run elsewhere); see `Handler::on_worker_exit`. One cache
+/// line of the pool's board per worker slot, written by that worker alone.
+pub(crate) struct Progress<'a> {
+    board: Option<&'a RawArray<u64>>,
+    at: usize,
+}
+
+impl<'a> Progress<'a> {
+    /// The words of the board per worker slot (a cache line).
+    pub(crate) const WORDS: usize = 8;
+
+    pub(crate) fn new(board: &'a RawArray<u64>, slot: u32) -> Progress<'a> {
+        Progress { board: Some(board), at: slot as usize * Self::WORDS }
+    }
+
+    /// Notes nothing (a chunk run outside a pool's worker).
+    #[cfg(test)]
+    pub(crate) fn none() -> Progress<'static> {
+        Progress { board: None, at: 0 }
+    }
+
+    /// The worker took chunk `id` and has begun none of its items.
+    pub(crate) fn took(&self, id: u64) {
+        if let Some(b) = self.board {
+            let _ = b.set(self.at + 1, 0);
+            let _ = b.set(self.at, id);
+        }
+    }
+
+    /// `items` of the current chunk have begun (the last of them may be running).
+    fn began(&self, items: u32) {
+        if let Some(b) = self.board {
+            let _ = b.set(self.at + 1, u64::from(items));
+        }
+        // A test's `kill -9` as the item begins (see `steps`).
+        if crate::steps::point("item:began") == crate::steps::Step::Die {
+            crate::sys::kill_self();
+        }
+    }
+
+    /// What worker `slot` last noted: the chunk it took and how many of its items
+    /// began (as shared memory says: the caller checks them against what it sent).
+    pub(crate) fn read(board: &RawArray<u64>, slot: usize) -> Option<(u64, u64)> {
+        let at = slot.checked_mul(Self::WORDS)?;
+        Some((board.get(at)?, board.get(at + 1)?))
+    }
+}
 
 /// The runner of task type `C`, as the parent names it to its workers.
 #[derive(Debug, Clone, Copy)]
@@ -225,6 +277,12 @@ pub(crate) fn finish_task(out: &mut [u8], count: u32) {
     out[24..28].copy_from_slice(&count.to_le_bytes());
 }
 
+/// Whether two task messages name the same runner with the same tag (their
+/// arguments can then run as one chunk).
+pub(crate) fn same_runner(a: &[u8], b: &[u8]) -> bool {
+    matches!((a.get(8..24), b.get(8..24)), (Some(x), Some(y)) if x == y)
+}
+
 pub(crate) fn set_task_id(out: &mut [u8], id: u64) {
     out[0..8].copy_from_slice(&id.to_le_bytes());
 }
@@ -265,7 +323,14 @@ impl<'a> TaskMsg<'a> {
     /// Runs the chunk, appending its items to `out`, if its runner's tag checks out
     /// under `key` (`verified` remembers the last offset that did); otherwise every
     /// item is a decode failure.
-    pub(crate) fn run(&self, capture: &PanicCapture, key: TagKey, verified: &mut Option<u64>, out: &mut Vec<u8>) {
+    pub(crate) fn run(
+        &self,
+        capture: &PanicCapture,
+        progress: &Progress<'_>,
+        key: TagKey,
+        verified: &mut Option<u64>,
+        out: &mut Vec<u8>,
+    ) {
         if *verified != Some(self.offset) {
             if key.tag(self.offset) != self.tag {
                 // The count is as untrusted as the reference: one item says it (the
@@ -280,7 +345,7 @@ impl<'a> TaskMsg<'a> {
         // executable (checked when this worker started): it is the offset of a
         // `run_chunk::<C>`, a `Runner`.
         let runner = unsafe { std::mem::transmute::<usize, Runner>(addr) };
-        runner(capture, self.args, self.count, out);
+        runner(capture, progress, self.args, self.count, out);
     }
 }
 
@@ -297,14 +362,14 @@ fn fail_chunk(why: &str, out: &mut Vec<u8>) {
 /// [`call_all`]). A count larger than the chunk's bytes (plus the wire format's
 /// allowance for empty values) could hold is damage, refused before any decoding;
 /// each argument then has the budget it would have alone.
-fn run_chunk<C: Invoke>(capture: &PanicCapture, args: &[u8], count: u32, out: &mut Vec<u8>) {
+fn run_chunk<C: Invoke>(capture: &PanicCapture, progress: &Progress<'_>, args: &[u8], count: u32, out: &mut Vec<u8>) {
     if u64::from(count) > wire::element_budget(args.len()) {
         return fail_chunk("a chunk that says it holds more tasks than its bytes could (damaged message)", out);
     }
     let mut reader = wire::Reader::new(args);
     if count == 1 {
         match reader.read::<C::In>() {
-            Ok(input) if reader.is_empty() => call_all::<C>(capture, std::iter::once(input), out),
+            Ok(input) if reader.is_empty() => call_all::<C>(capture, progress, std::iter::once(input), out),
             Ok(_) => fail_chunk("trailing bytes after the task's arguments", out),
             Err(e) => fail_chunk(&decode_message::<C::In>(e), out),
         }
@@ -321,7 +386,7 @@ fn run_chunk<C: Invoke>(capture: &PanicCapture, args: &[u8], count: u32, out: &m
     if !reader.is_empty() {
         return fail_chunk("trailing bytes after the chunk's arguments", out);
     }
-    call_all::<C>(capture, inputs.into_iter(), out);
+    call_all::<C>(capture, progress, inputs.into_iter(), out);
 }
 
 /// The most bytes set aside ahead for a chunk's values (a count comes from shared
@@ -342,12 +407,19 @@ fn decode_message<T>(e: wire::WireError) -> String {
 /// `catch_unwind` covers the run of items up to a panic (not one per item): the
 /// panicking item's partial output is cut off, it becomes a panicked item, and the
 /// items after it run under a fresh catch.
-fn call_all<C: Invoke>(capture: &PanicCapture, mut inputs: impl ExactSizeIterator<Item = C::In>, out: &mut Vec<u8>) {
-    out.reserve(preallocated::<C::Out>(inputs.len(), 1) * (1 + std::mem::size_of::<C::Out>()));
+fn call_all<C: Invoke>(
+    capture: &PanicCapture,
+    progress: &Progress<'_>,
+    mut inputs: impl ExactSizeIterator<Item = C::In>,
+    out: &mut Vec<u8>,
+) {
+    let count = inputs.len();
+    out.reserve(preallocated::<C::Out>(count, 1) * (1 + std::mem::size_of::<C::Out>()));
     let mut mark = out.len();
     loop {
         let run = capture.catch(|| {
-            for input in inputs.by_ref() {
+            while let Some(input) = inputs.next() {
+                progress.began((count - inputs.len()) as u32);
                 mark = out.len();
                 let value = C::invoke(input);
                 out.push(ITEM_OK);
@@ -512,7 +584,7 @@ mod tests {
         }
         let mut out = Vec::new();
         let capture = PanicCapture::begin(true);
-        runner(halve)(&capture, &args, 3, &mut out);
+        runner(halve)(&capture, &Progress::none(), &args, 3, &mut out);
         let mut items = Items::new(&out);
         assert_eq!(items.next::<u64>(), Ok(2));
         assert!(matches!(items.next::<u64>(), Err(TaskError::Panicked { message, .. }) if message == "odd: 5"));
@@ -520,7 +592,7 @@ mod tests {
         // A trailing byte fails the whole chunk before anything runs.
         args.push(0);
         out.clear();
-        runner(halve)(&capture, &args, 3, &mut out);
+        runner(halve)(&capture, &Progress::none(), &args, 3, &mut out);
         let mut items = Items::new(&out);
         assert!((0..3).all(|_| matches!(items.next::<u64>(), Err(TaskError::Decode(_)))));
     }
@@ -535,7 +607,7 @@ mod tests {
         let mut out = Vec::new();
         // Arguments that take no bytes: a scribbled count of 4 G of them ends at the
         // budget, with one failed item, not 4 G calls or a 40 GB reply.
-        runner(unit)(&capture, &[], u32::MAX, &mut out);
+        runner(unit)(&capture, &Progress::none(), &[], u32::MAX, &mut out);
         let mut items = Items::new(&out);
         assert!(matches!(items.next::<u8>(), Err(TaskError::Decode(why)) if why.contains("more tasks")));
         assert!(matches!(items.next::<u8>(), Err(TaskError::Decode(_))));
@@ -543,7 +615,7 @@ mod tests {
         assert!(t.elapsed() < std::time::Duration::from_secs(20));
         // A plausible count of them runs.
         out.clear();
-        runner(unit)(&capture, &[], 3, &mut out);
+        runner(unit)(&capture, &Progress::none(), &[], 3, &mut out);
         let mut items = Items::new(&out);
         assert!((0..3).all(|_| items.next::<u8>() == Ok(1)));
     }
@@ -579,7 +651,7 @@ mod tests {
         }
         let mut out = Vec::new();
         let capture = PanicCapture::begin(true);
-        runner(wrap)(&capture, &args, 3, &mut out);
+        runner(wrap)(&capture, &Progress::none(), &args, 3, &mut out);
         let mut items = Items::new(&out);
         assert_eq!(items.next::<(u64, u64)>(), Ok((7, 1)));
         assert!(

@@ -7,9 +7,10 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::task::{self, TagKey, TaskMsg};
+use super::task::{self, Progress, TagKey, TaskMsg};
 use crate::channel::{Queue, RecvTimeoutError};
 use crate::process::{catch_panic, conjure, PanicCapture};
+use crate::shared::RawArray;
 use crate::sync::wait::Wait;
 
 /// A worker's start arguments (they travel as a `Process`'s arguments, never
@@ -23,6 +24,8 @@ pub(crate) struct WorkerArgs<IA> {
     pub(crate) key: TagKey,
     /// Chunks to run before retiring; 0 for no limit.
     pub(crate) max_tasks: u64,
+    /// The pool's progress board (see [`Progress`]).
+    pub(crate) board: RawArray<u64>,
     pub(crate) init_args: IA,
 }
 
@@ -71,7 +74,8 @@ where
     I: Fn(IA) + Copy + 'static,
     IA: Serialize + DeserializeOwned,
 {
-    let WorkerArgs { slot, tasks, results, key, max_tasks, init_args } = args;
+    let WorkerArgs { slot, tasks, results, key, max_tasks, board, init_args } = args;
+    let progress = Progress::new(&board, slot);
     let (tasks, results) = (tasks.spinning(super::SPIN_ROUNDS), results.spinning(super::SPIN_ROUNDS));
     let mut out = Vec::with_capacity(256);
     if let Err((panic, _)) = catch_panic(true, move || conjure::<I>()(init_args)) {
@@ -96,17 +100,18 @@ where
             Err(RecvTimeoutError::Disconnected) => return,
             Err(e) => panic!("pool worker {slot}: the task ring failed: {e}"),
         }
-        dies_at("worker:took");
         let Some(chunk) = TaskMsg::parse(&msg) else {
             // No id to answer to: the parent fails whatever we held when we exit.
             panic!("pool worker {slot}: a task message too short for its header (damaged ring)");
         };
+        progress.took(chunk.id);
+        dies_at("worker:took");
         done += 1;
         let last = max_tasks != 0 && done >= max_tasks;
         let kind = if last { task::REPLY_LAST_RESULT } else { task::REPLY_RESULT };
         task::begin_reply(&mut out, chunk.id, chunk.count, kind);
         let start = timing.start();
-        chunk.run(&capture, key, &mut verified, &mut out);
+        chunk.run(&capture, &progress, key, &mut verified, &mut out);
         task::set_reply_elapsed(&mut out, timing.stop(start));
         dies_at("worker:ran");
         if results.put_bytes_with(&out, Wait::Forever).is_err() || last {
