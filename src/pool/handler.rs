@@ -163,6 +163,14 @@ struct Worker {
     closed: bool,
 }
 
+/// Where a planned message's bytes are (see [`Dispatch::plan_messages`]): the
+/// chunk's own, or a merged buffer.
+#[derive(Clone, Copy)]
+enum Source {
+    Chunk(usize),
+    Merged(usize),
+}
+
 /// What became of a put into a worker's ring.
 enum Sent {
     Yes,
@@ -212,6 +220,10 @@ impl Pending {
 
     fn parts(&self) -> impl Iterator<Item = &Part> {
         std::iter::once(&self.first).chain(&self.more)
+    }
+
+    fn into_parts(self) -> impl Iterator<Item = Part> {
+        std::iter::once(self.first).chain(self.more)
     }
 
     /// Claims the chunk for a worker (see [`Sink::start`]); merged parts' sinks
@@ -438,6 +450,64 @@ impl Dispatch {
             p.more.push(Part { at, ..part });
         }
         Ok(())
+    }
+
+    /// The messages for a batch of chunks of one sink (their messages in
+    /// `slices`, their task ranges in `spans`), each chunk's pending entry
+    /// inserted: runs of consecutive small chunks merged into one message each
+    /// (as [`merge`](Dispatch::merge) does in the backlog), no more tasks to one
+    /// than lets each worker have a couple of the batch's messages. Each message's
+    /// id and where its bytes are: a chunk's own, or one of the merged buffers.
+    fn plan_messages(
+        &mut self,
+        sink: &Arc<dyn Sink>,
+        spans: &[Span],
+        slices: &mut [&mut [u8]],
+    ) -> (Vec<(u64, Source)>, Vec<Vec<u8>>) {
+        let tasks: u64 = spans.iter().map(|s| u64::from(s.count)).sum();
+        let share = tasks / (2 * self.workers.len().max(1) as u64);
+        let limit = self.merge_budget(&**sink).min(share);
+        let mut plan = Vec::with_capacity(spans.len());
+        let mut merged: Vec<Vec<u8>> = Vec::new();
+        let mut k = 0;
+        while k < spans.len() {
+            let (mut end, mut count, mut bytes) = (k + 1, u64::from(spans[k].count), slices[k].len());
+            while end < spans.len()
+                && count + u64::from(spans[end].count) <= limit
+                && bytes + slices[end].len() - task::TASK_HEADER <= MERGE_BYTES
+                && spans[end].base == spans[end - 1].base + spans[end - 1].count as usize
+                && task::same_runner(slices[k], slices[end])
+            {
+                count += u64::from(spans[end].count);
+                bytes += slices[end].len() - task::TASK_HEADER;
+                end += 1;
+            }
+            if end == k + 1 {
+                let id = self.insert(Pending::one(Arc::clone(sink), spans[k].base, spans[k].count));
+                task::set_task_id(slices[k], id);
+                plan.push((id, Source::Chunk(k)));
+                k = end;
+                continue;
+            }
+            let mut buf = self.spare.pop().unwrap_or_default();
+            buf.clear();
+            buf.extend_from_slice(&slices[k][..task::TASK_HEADER]);
+            let mut parts = Vec::with_capacity(end - k);
+            for (span, slice) in spans[k..end].iter().zip(&slices[k..end]) {
+                let at = buf.len() - task::TASK_HEADER;
+                parts.push(Part { sink: Arc::clone(sink), base: span.base, count: span.count, at });
+                buf.extend_from_slice(&slice[task::TASK_HEADER..]);
+            }
+            task::finish_task(&mut buf, count as u32);
+            let mut parts = parts.into_iter();
+            let first = parts.next().expect("a merged run has chunks");
+            let id = self.insert(Pending::with_parts(first, parts.collect()));
+            task::set_task_id(&mut buf, id);
+            plan.push((id, Source::Merged(merged.len())));
+            merged.push(buf);
+            k = end;
+        }
+        (plan, merged)
     }
 
     /// How many tasks a merged chunk of `sink`'s may hold now (none merge below 2).
@@ -721,17 +791,28 @@ impl Shared {
             rebury(graves);
             return spans.iter().map(|span| (*span, e.clone())).collect();
         }
-        let mut messages: Vec<(u64, &[u8])> = Vec::with_capacity(spans.len());
+        let mut slices: Vec<&mut [u8]> = Vec::with_capacity(spans.len());
         let mut rest = chunks;
         for span in spans {
             let n = span.len.min(rest.len());
             let (bytes, tail) = std::mem::take(&mut rest).split_at_mut(n);
             rest = tail;
-            let id = d.insert(Pending::one(Arc::clone(sink), span.base, span.count));
-            task::set_task_id(bytes, id);
-            messages.push((id, bytes));
+            slices.push(bytes);
         }
+        let (plan, mut merged) = d.plan_messages(sink, spans, &mut slices);
+        let messages: Vec<(u64, &[u8])> = plan
+            .iter()
+            .map(|&(id, src)| match src {
+                Source::Chunk(k) => (id, &*slices[k]),
+                Source::Merged(m) => (id, merged[m].as_slice()),
+            })
+            .collect();
         let mut failed = Vec::new();
+        let mut fail = |d: &mut Dispatch, id: u64, why: String| {
+            let e = TaskError::Send(why);
+            let parts = d.remove(id).into_iter().flat_map(Pending::into_parts);
+            failed.extend(parts.map(|p| (Span { base: p.base, count: p.count, len: 0 }, e.clone())));
+        };
         let mut next = 0;
         while next < messages.len() && d.backlog.is_empty() {
             let Some(i) = d.roomiest() else { break };
@@ -745,8 +826,7 @@ impl Shared {
                         Sent::Yes => next += 1,
                         Sent::NoRoom => break,
                         Sent::Failed(why) => {
-                            d.remove(id);
-                            failed.push((spans[next], TaskError::Send(why)));
+                            fail(&mut d, id, why);
                             next += 1;
                         }
                         Sent::Cancelled => {
@@ -757,15 +837,23 @@ impl Shared {
                 }
                 Ok(n) => next += n,
                 Err(why) => {
-                    if d.remove(messages[next].0).is_some() {
-                        failed.push((spans[next], TaskError::Send(why)));
-                    }
+                    fail(&mut d, messages[next].0, why);
                     next += 1;
                 }
             }
         }
         for &(id, bytes) in &messages[next..] {
             d.queue(id, bytes);
+        }
+        drop(messages);
+        // A merged message a worker has stays with its chunk (see `Pending::message`).
+        for (k, &(id, src)) in plan.iter().enumerate() {
+            let Source::Merged(m) = src else { continue };
+            let bytes = std::mem::take(&mut merged[m]);
+            match d.pending_mut(id) {
+                Some(Some(p)) if k < next => p.message = bytes,
+                _ => d.keep_spare(bytes),
+            }
         }
         drop(d);
         rebury(graves);

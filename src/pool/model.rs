@@ -199,3 +199,47 @@ fn a_worker_killed_in_a_merged_chunk_fails_the_tasks_that_began_and_runs_the_res
     }
     assert_eq!(kills, TASKS + 3);
 }
+
+/// An imap's batch of small chunks goes out several to a message: a worker killed
+/// as it begins item `j` fails `j` (never run) and the items before it in the same
+/// message (run, results lost with the worker); every other item completes, and
+/// none runs twice.
+#[test]
+fn a_worker_killed_in_an_imaps_merged_message_fails_the_items_that_began_and_runs_the_rest_once() {
+    const ITEMS: u32 = 8;
+    let mut split_a_message = false;
+    for j in 0..ITEMS {
+        let runs = Array::from_slice_named(&[0u32; ITEMS as usize]).unwrap();
+        let armed = Value::new(0u32).unwrap();
+        // Item point 0: the warm-up task; the imap's items are 1.. .
+        let pool = Pool::builder().processes(1).initializer(arm_kind, (armed, 1, 1 + j)).build().unwrap();
+        assert_eq!(pool.apply(run_once, (runs.clone(), 0)).unwrap(), 0);
+        runs.lock().unwrap()[0] = 0;
+        pool.shared().assume_task_ns(100);
+        let mut it = pool.imap(run_once, (0..ITEMS).map(|i| (runs.clone(), i)));
+        let got: Vec<_> = std::iter::from_fn(|| it.next_timeout(PATIENCE))
+            .inspect(|r| assert!(!matches!(r, Err(TaskError::Timeout)), "killed at item {j}: an item never came"))
+            .collect();
+        drop(it);
+        pool.close();
+        assert!(pool.join_timeout(PATIENCE).unwrap());
+        let counts = runs.to_vec().unwrap();
+        let failed: Vec<u32> = (0..ITEMS).filter(|&i| got[i as usize].is_err()).collect();
+        for (i, r) in got.iter().enumerate() {
+            let i = i as u32;
+            match r {
+                Ok(v) => assert_eq!(*v, i),
+                Err(TaskError::WorkerDied { exitcode, .. }) => assert_eq!(*exitcode, -libc::SIGKILL),
+                Err(e) => panic!("killed at item {j}: item {i} ended {e:?}"),
+            }
+            let want = if i == j { 0 } else { 1 };
+            assert_eq!(counts[i as usize], want, "killed at item {j}: item {i}'s runs");
+        }
+        // What failed: `j`, and the items before it in its message, together.
+        assert_eq!(failed.last(), Some(&j), "killed at item {j}: failed {failed:?}");
+        assert!(failed.windows(2).all(|w| w[1] == w[0] + 1), "killed at item {j}: failed {failed:?}");
+        assert!(failed.len() <= ITEMS as usize / 2, "killed at item {j}: failed {failed:?}");
+        split_a_message |= failed.len() > 1;
+    }
+    assert!(split_a_message, "no kill fell inside a merged message");
+}
