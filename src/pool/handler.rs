@@ -56,8 +56,8 @@ const STARTUP_DEATHS: u32 = 3;
 const GRAVEYARD_MAX: usize = 1 << 16;
 /// Backlog buffers kept for reuse, at most.
 const SPARE_MAX: usize = 4096;
-/// Part lists of merged chunks kept for reuse, at most.
-const SPARE_PARTS_MAX: usize = 64;
+/// Rests of merged chunks kept for reuse, at most.
+const SPARE_MERGED_MAX: usize = 64;
 /// Starts that fail in a row, with no worker left, before the pool gives up.
 const START_FAILURES: u32 = 5;
 /// About how much work (by the workers' timing of a task) waiting chunks merged
@@ -145,10 +145,13 @@ struct Dispatch {
     /// Buffers of backlog entries already sent, reused for the next ones: no
     /// allocation by a submitter, no free by the result thread.
     spare: Vec<Vec<u8>>,
-    /// Emptied part lists of merged chunks, reused for the next ones (for the
-    /// same reason, and a list of a kilobyte or more would have glibc
-    /// consolidate its fast bins, where the tasks' cells are).
-    spare_parts: Vec<Vec<Part>>,
+    /// Emptied rests of merged chunks, reused for the next ones (for the same
+    /// reason, and a list of parts of a kilobyte or more would have glibc
+    /// consolidate its fast bins, where the tasks' cells are). The boxes
+    /// themselves go round: neither allocated by a submitter nor freed by the
+    /// result thread.
+    #[allow(clippy::vec_box)]
+    spare_merged: Vec<Box<Merged>>,
 }
 
 struct Worker {
@@ -191,8 +194,9 @@ struct Part {
     sink: Arc<dyn Sink>,
     base: usize,
     count: u32,
-    /// Where its arguments start among the chunk's (a merged chunk's part).
-    at: usize,
+    /// Where its arguments start among the chunk's (a merged chunk's part; a
+    /// merged message is at most [`MERGE_BYTES`]).
+    at: u32,
 }
 
 /// A chunk handed to a worker or waiting to be: its parts in the order of its
@@ -200,12 +204,19 @@ struct Part {
 /// waited (see [`Dispatch::merge`]); their sinks are then all mergeable.
 struct Pending {
     first: Part,
-    more: Vec<Part>,
     /// The chunk's task count, all parts together (bounded by [`MERGE_TASKS`]).
     count: u32,
-    /// A merged chunk's message, kept while a worker has it: should the worker
-    /// die, the parts it had not begun go back to the backlog (see
-    /// [`Handler::on_worker_exit`]).
+    /// A merged chunk's other parts and message, apart: most chunks are not
+    /// merged, and a backlog of them is long.
+    merged: Option<Box<Merged>>,
+}
+
+/// The rest of a merged chunk.
+#[derive(Default)]
+struct Merged {
+    more: Vec<Part>,
+    /// Its message, kept while a worker has it: should the worker die, the parts
+    /// it had not begun go back to the backlog (see [`Handler::on_worker_exit`]).
     message: Vec<u8>,
 }
 
@@ -215,15 +226,19 @@ impl Pending {
     }
 
     fn of(first: Part) -> Pending {
-        Pending { count: first.count, first, more: Vec::new(), message: Vec::new() }
+        Pending { count: first.count, first, merged: None }
+    }
+
+    fn more(&self) -> &[Part] {
+        self.merged.as_ref().map_or(&[], |m| &m.more)
     }
 
     fn parts(&self) -> impl Iterator<Item = &Part> {
-        std::iter::once(&self.first).chain(&self.more)
+        std::iter::once(&self.first).chain(self.more())
     }
 
     fn into_parts(self) -> impl Iterator<Item = Part> {
-        std::iter::once(self.first).chain(self.more)
+        std::iter::once(self.first).chain(self.merged.into_iter().flat_map(|m| m.more))
     }
 
     /// Claims the chunk for a worker (see [`Sink::start`]); merged parts' sinks
@@ -248,16 +263,19 @@ impl Pending {
     /// was not merged began whole.
     fn split_begun(self, began: u64) -> (Pending, Option<(Pending, Vec<u8>)>) {
         let mut items = u64::from(self.first.count);
-        let cut = self.more.iter().position(|p| {
+        let cut = self.more().iter().position(|p| {
             let begun = items < began;
             items += u64::from(p.count);
             !begun
         });
-        let Some(cut) = cut.filter(|_| self.message.len() >= task::TASK_HEADER) else { return (self, None) };
-        let Pending { first, mut more, message, .. } = self;
+        let Some(cut) = cut else { return (self, None) };
+        let Pending { first, merged, .. } = self;
+        let Merged { mut more, message } = *merged.expect("a chunk with more parts is merged");
         let mut rest = more.split_off(cut);
-        let from = rest[0].at;
-        let Some(args) = message.get(task::TASK_HEADER + from..) else {
+        let from = rest[0].at as usize;
+        let args = message.get(task::TASK_HEADER + from..).filter(|_| message.len() >= task::TASK_HEADER);
+        let Some(args) = args else {
+            // No message kept (it never reached a worker): it began whole.
             more.append(&mut rest);
             return (Pending::with_parts(first, more), None);
         };
@@ -265,7 +283,7 @@ impl Pending {
         bytes.extend_from_slice(&message[..task::TASK_HEADER]);
         bytes.extend_from_slice(args);
         for p in &mut rest {
-            p.at -= from;
+            p.at -= from as u32;
         }
         let mut rest = rest.into_iter();
         let rest_first = rest.next().map(|p| Pending::with_parts(p, rest.collect()));
@@ -278,7 +296,8 @@ impl Pending {
 
     fn with_parts(first: Part, more: Vec<Part>) -> Pending {
         let count = more.iter().fold(first.count, |n, p| n.saturating_add(p.count));
-        Pending { first, more, count, message: Vec::new() }
+        let merged = (!more.is_empty()).then(|| Box::new(Merged { more, message: Vec::new() }));
+        Pending { first, count, merged }
     }
 }
 
@@ -435,19 +454,17 @@ impl Dispatch {
         last.bytes.extend_from_slice(args);
         task::finish_task(&mut last.bytes, count as u32);
         p.count = count as u32;
-        if p.more.capacity() == 0 {
-            p.more = self.spare_parts.pop().unwrap_or_default();
-        }
+        let merged = p.merged.get_or_insert_with(|| self.spare_merged.pop().unwrap_or_default());
         // Each chunk stays a part of its own (should a worker die in the merged
         // chunk, each part either began or did not), but for a map's next one.
-        let tail = p.more.last_mut().unwrap_or(&mut p.first);
+        let tail = merged.more.last_mut().unwrap_or(&mut p.first);
         if Arc::ptr_eq(&tail.sink, &part.sink)
             && tail.sink.all_or_nothing()
             && tail.base + tail.count as usize == part.base
         {
             tail.count += part.count;
         } else {
-            p.more.push(Part { at, ..part });
+            merged.more.push(Part { at: at as u32, ..part });
         }
         Ok(())
     }
@@ -495,7 +512,7 @@ impl Dispatch {
             let mut parts = Vec::with_capacity(end - k);
             for (span, slice) in spans[k..end].iter().zip(&slices[k..end]) {
                 let at = buf.len() - task::TASK_HEADER;
-                parts.push(Part { sink: Arc::clone(sink), base: span.base, count: span.count, at });
+                parts.push(Part { sink: Arc::clone(sink), base: span.base, count: span.count, at: at as u32 });
                 buf.extend_from_slice(&slice[task::TASK_HEADER..]);
             }
             task::finish_task(&mut buf, count as u32);
@@ -543,7 +560,7 @@ impl Dispatch {
             let claimed = self
                 .pending_mut(q.id)
                 .and_then(|p| p.as_ref())
-                .is_some_and(|p| p.more.is_empty() && p.first.sink.claim_cancel());
+                .is_some_and(|p| p.merged.is_none() && p.first.sink.claim_cancel());
             if claimed {
                 cancelled.extend(self.remove(q.id).map(|p| p.first.sink));
             } else {
@@ -563,7 +580,7 @@ impl Dispatch {
             let Some(q) = self.backlog.pop_front() else { return };
             match self.try_send(i, q.id, &q.bytes) {
                 Sent::Yes => match self.pending_mut(q.id) {
-                    Some(Some(p)) if !p.more.is_empty() => p.message = q.bytes,
+                    Some(Some(Pending { merged: Some(m), .. })) => m.message = q.bytes,
                     // Kept for the next backlog entry, not freed here (see `spare`).
                     _ => self.keep_spare(q.bytes),
                 },
@@ -699,7 +716,7 @@ impl Shared {
                 dead_rings: Vec::new(),
                 graveyard: Vec::new(),
                 spare: Vec::new(),
-                spare_parts: Vec::new(),
+                spare_merged: Vec::new(),
             }),
             results,
             board,
@@ -851,7 +868,7 @@ impl Shared {
             let Source::Merged(m) = src else { continue };
             let bytes = std::mem::take(&mut merged[m]);
             match d.pending_mut(id) {
-                Some(Some(p)) if k < next => p.message = bytes,
+                Some(Some(Pending { merged: Some(m), .. })) if k < next => m.message = bytes,
                 _ => d.keep_spare(bytes),
             }
         }
@@ -1028,8 +1045,9 @@ struct Spent {
     done: Vec<(Pending, usize)>,
     /// Sinks of the last batch, on their way to `Dispatch::graveyard`.
     graves: Vec<Arc<dyn Sink>>,
-    /// Emptied part lists, on their way to `Dispatch::spare_parts`.
-    part_lists: Vec<Vec<Part>>,
+    /// Emptied rests of merged chunks, on their way to `Dispatch::spare_merged`.
+    #[allow(clippy::vec_box)] // see `Dispatch::spare_merged`
+    emptied: Vec<Box<Merged>>,
     /// Merged chunks' messages, on their way to `Dispatch::spare`.
     messages: Vec<Vec<u8>>,
     /// Where in `graves` each sink to wake first appears.
@@ -1217,13 +1235,13 @@ impl Handler {
     fn on_replies(&self, batch: &Batch) {
         let is_result = |r: &Reply<'_>| matches!(r.kind, task::REPLY_RESULT | task::REPLY_LAST_RESULT);
         let mut spent = self.spent.borrow_mut();
-        let Spent { done, graves, part_lists, messages, touched } = &mut *spent;
+        let Spent { done, graves, emptied, messages, touched } = &mut *spent;
         let overflow = {
             let mut d = lock(&self.shared.dispatch);
             // The last batch's sinks, for the next submitter to free (see `graveyard`).
             d.graveyard.append(graves);
-            let room = SPARE_PARTS_MAX.saturating_sub(d.spare_parts.len());
-            d.spare_parts.extend(part_lists.drain(..).take(room));
+            let room = SPARE_MERGED_MAX.saturating_sub(d.spare_merged.len());
+            d.spare_merged.extend(emptied.drain(..).take(room));
             for m in messages.drain(..) {
                 d.keep_spare(m);
             }
@@ -1236,7 +1254,7 @@ impl Handler {
             }
             overflow
         };
-        part_lists.clear();
+        emptied.clear();
         // Nobody submits for a while: freed here after all.
         drop(overflow);
         for reply in batch.replies().filter_map(Reply::parse).filter(|r| !is_result(r)) {
@@ -1251,8 +1269,9 @@ impl Handler {
             if let Some(reply) = batch.reply(at).and_then(Reply::parse) {
                 Self::deliver(&p, &reply);
             }
-            let mut more = std::mem::take(&mut p.more);
-            for part in std::iter::once(p.first).chain(more.drain(..)) {
+            let mut merged = p.merged.take();
+            let more = merged.as_mut().map(|m| m.more.drain(..));
+            for part in std::iter::once(p.first).chain(more.into_iter().flatten()) {
                 if !part.sink.bury() {
                     // Let go at once (see `Sink::bury`).
                     continue;
@@ -1265,12 +1284,12 @@ impl Handler {
                 }
                 graves.push(part.sink);
             }
-            // Back to the submitters, emptied (see `Dispatch::spare_parts`, `spare`).
-            if more.capacity() > 0 {
-                part_lists.push(more);
-            }
-            if p.message.capacity() > 0 {
-                messages.push(p.message);
+            // Back to the submitters, emptied (see `Dispatch::spare_merged`, `spare`).
+            if let Some(mut m) = merged {
+                if m.message.capacity() > 0 {
+                    messages.push(std::mem::take(&mut m.message));
+                }
+                emptied.push(m);
             }
         }
         for &t in touched.iter() {
