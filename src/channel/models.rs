@@ -448,3 +448,109 @@ fn a_loan_asked_again_on_its_own_thread_is_an_error_and_a_close_beats_its_commit
     assert!(matches!(loan.commit(), Err(SendTimeoutError::Disconnected(()))));
     assert!(matches!(q.get_loan_timeout(PATIENCE), Err(RecvTimeoutError::Disconnected)));
 }
+
+/// A 64 KiB queue whose consumer keeps up: each message is taken before the next
+/// is put. `checksum` for a checksummed ring.
+fn kept_up(joinable: bool, checksum: bool) -> Queue<Vec<u8>> {
+    let b = Queue::<Vec<u8>>::builder().capacity(64 << 10).checksum(checksum);
+    if joinable {
+        (*b.build_joinable().unwrap()).clone()
+    } else {
+        b.build().unwrap()
+    }
+}
+
+/// Puts and takes 1000-byte messages numbered from `from` until the producer has
+/// rewound (the next frame back near the beginning, after it had passed 16 KiB);
+/// the messages put.
+fn until_rewound(q: &Queue<Vec<u8>>, from: u8) -> u8 {
+    let mut n = from;
+    let mut passed = false;
+    let mut buf = Vec::new();
+    loop {
+        q.put_bytes_with(&[n; 1000], Wait::timeout(PATIENCE)).unwrap();
+        q.get_bytes_into(&mut buf, Wait::timeout(PATIENCE)).unwrap();
+        assert!(buf == [n; 1000], "message {n} came back whole, in order");
+        n = n.wrapping_add(1);
+        let at = q.raw_ring().tail_offset();
+        if passed && at < 16 << 10 {
+            return n.wrapping_sub(from);
+        }
+        passed |= at >= 16 << 10;
+        assert!(n.wrapping_sub(from) < 200, "the producer never rewound (at {at})");
+    }
+}
+
+/// A producer finding the ring empty past 16 KiB starts again at its beginning (a
+/// skip frame over the rest): the messages stay whole, in order, counted once
+/// (`qsize`, a joinable ring's unfinished count), and a get loan passes the skip.
+/// A put killed right after the skip's commit leaves the ring usable, with the
+/// skip and no message; a get killed after passing it too.
+#[test]
+fn an_empty_ring_rewinds_to_its_beginning_and_kills_around_the_skip_lose_nothing() {
+    for (joinable, checksum) in [(false, false), (true, false), (false, true)] {
+        let q = kept_up(joinable, checksum);
+        let put = until_rewound(&q, 0);
+        assert!(put > 16, "rewound only after passing 16 KiB ({put} messages)");
+        assert_eq!(q.qsize(), 0);
+        if joinable {
+            assert_eq!(JoinableView(&q).unfinished(), put as usize, "every message counted once");
+            for _ in 0..put {
+                assert!(JoinableView(&q).task_done());
+            }
+            assert!(JoinableView(&q).join_in_time());
+        }
+        // Again, the next lap taken through a get loan: it passes the skip.
+        let mut n = put;
+        let mut passed = false;
+        loop {
+            q.put_bytes_with(&[n; 1000], Wait::timeout(PATIENCE)).unwrap();
+            let loan = q.get_loan_timeout(PATIENCE).unwrap();
+            assert!(loan[..] == [n; 1000], "loaned message {n} whole");
+            drop(loan);
+            n = n.wrapping_add(1);
+            let at = q.raw_ring().tail_offset();
+            if passed && at < 16 << 10 {
+                break;
+            }
+            passed |= at >= 16 << 10;
+            assert!(n.wrapping_sub(put) < 200, "the producer never rewound through loans");
+        }
+    }
+    // A put killed right after committing its skip: no message, the ring usable.
+    let q = kept_up(false, false);
+    let mut n = 0u8;
+    let mut buf = Vec::new();
+    let died = loop {
+        let q2 = q.clone();
+        let (died, ok) =
+            killed_at(0, "put:rewound", move || q2.put_bytes_with(&[n; 1000], Wait::timeout(PATIENCE)).is_ok());
+        if died {
+            break true;
+        }
+        assert!(ok);
+        q.get_bytes_into(&mut buf, Wait::timeout(PATIENCE)).unwrap();
+        assert!(buf == [n; 1000], "message {n} whole");
+        n = n.wrapping_add(1);
+        assert!(n < 200, "the producer never rewound");
+    };
+    assert!(died);
+    assert!(q.raw_ring().tail_offset() == 0, "the skip was committed");
+    assert_eq!(q.qsize(), 0);
+    assert!(matches!(q.get_bytes_into(&mut buf, Wait::Never), Err(crate::channel::RecvTimeoutError::Timeout)));
+    assert_eq!(used_after_a_kill(&q), vec![vec![4; 40]]);
+    // A get killed after passing the skip (its head committed past it), before
+    // the message: the message is still there for the next consumer.
+    let q = kept_up(false, false);
+    until_rewound(&q, 0);
+    for n in 0..80u8 {
+        q.put_bytes_with(&[n; 1000], Wait::timeout(PATIENCE)).unwrap();
+        let q2 = q.clone();
+        let (died, _) = killed_at(0, "get:copied", move || {
+            let mut buf = Vec::new();
+            q2.get_bytes_into(&mut buf, Wait::timeout(PATIENCE)).is_ok()
+        });
+        assert!(died);
+        assert!(drain(&q) == [vec![n; 1000]], "message {n} still there, whole");
+    }
+}

@@ -15,6 +15,10 @@ pub(super) const FRAME_HEADER: u64 = 8;
 pub(super) const CHECK: u64 = 0xA5;
 pub(super) const INLINE: u8 = 1;
 pub(super) const SIDE: u8 = 2;
+/// Not a message: the producer's note that the next frame starts at the
+/// beginning of the data area (see `Ring::rewind`). It carries the number of the
+/// message after it, which it does not count.
+pub(super) const SKIP: u8 = 3;
 
 /// A frame's header word: payload length (bits 0-31), kind (32-39), the check
 /// byte (40-47), and the low 16 bits of the message's number in the ring (48-63),

@@ -16,7 +16,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::frame::{frame_len, frame_word, pack, unpack, CRC_LEN, FRAME_HEADER, INLINE};
+use super::frame::{frame_len, frame_word, pack, unpack, CRC_LEN, FRAME_HEADER, INLINE, SKIP};
 use super::{GetFail, LockHeld, PutFail, Ring, KILLED};
 
 /// Room reserved after `tail` for one message of `len` bytes, written in place.
@@ -90,16 +90,25 @@ impl Ring {
             return Err(GetFail::Empty);
         };
         let closed = self.is_closed();
-        let head = h.head.load(Ordering::Relaxed);
+        let mut head = h.head.load(Ordering::Relaxed);
         let tail = h.tail.load(Ordering::Acquire);
         h.consumer.tail_seen.store(tail, Ordering::Release);
-        let (used, _) = self.occupancy(tail, head).map_err(GetFail::Fault)?;
-        if used == 0 {
-            return Err(if closed { GetFail::Closed } else { GetFail::Empty });
-        }
-        let (pos, gets) = unpack(head);
-        let Some((len, kind, frame)) = self.valid_frame(self.read_word(pos), used, gets) else {
-            return Err(GetFail::Fault(super::ChannelFault::Corrupted("frame header")));
+        let (mut used, _) = self.occupancy(tail, head).map_err(GetFail::Fault)?;
+        let (len, kind, frame, pos, gets) = loop {
+            if used == 0 {
+                return Err(if closed { GetFail::Closed } else { GetFail::Empty });
+            }
+            let (pos, gets) = unpack(head);
+            let Some((len, kind, frame)) = self.valid_frame(self.read_word(pos), used, gets) else {
+                return Err(GetFail::Fault(super::ChannelFault::Corrupted("frame header")));
+            };
+            if kind != SKIP {
+                break (len, kind, frame, pos, gets);
+            }
+            // Passed over, not counted (see `Ring::rewind`).
+            head = pack(pos + frame, gets);
+            h.head.store(head, Ordering::Release);
+            used -= frame;
         };
         let crc_len = self.crc_len() as u64;
         if kind != INLINE || len < crc_len {
