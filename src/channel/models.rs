@@ -462,15 +462,19 @@ fn kept_up(joinable: bool, checksum: bool) -> Queue<Vec<u8>> {
 
 /// Puts and takes 1000-byte messages numbered from `from` until the producer has
 /// rewound (the next frame back near the beginning, after it had passed 16 KiB);
-/// the messages put.
-fn until_rewound(q: &Queue<Vec<u8>>, from: u8) -> u8 {
+/// the messages put. The consumer keeps `behind` messages unread.
+fn until_rewound_behind(q: &Queue<Vec<u8>>, from: u8, behind: u8) -> u8 {
     let mut n = from;
     let mut passed = false;
     let mut buf = Vec::new();
+    for k in 0..behind {
+        q.put_bytes_with(&[from.wrapping_sub(behind - k); 1000], Wait::timeout(PATIENCE)).unwrap();
+    }
     loop {
         q.put_bytes_with(&[n; 1000], Wait::timeout(PATIENCE)).unwrap();
         q.get_bytes_into(&mut buf, Wait::timeout(PATIENCE)).unwrap();
-        assert!(buf == [n; 1000], "message {n} came back whole, in order");
+        let want = n.wrapping_sub(behind);
+        assert!(buf == [want; 1000], "message {want} came back whole, in order");
         n = n.wrapping_add(1);
         let at = q.raw_ring().tail_offset();
         if passed && at < 16 << 10 {
@@ -481,8 +485,12 @@ fn until_rewound(q: &Queue<Vec<u8>>, from: u8) -> u8 {
     }
 }
 
-/// A producer finding the ring empty past 16 KiB starts again at its beginning (a
-/// skip frame over the rest): the messages stay whole, in order, counted once
+fn until_rewound(q: &Queue<Vec<u8>>, from: u8) -> u8 {
+    until_rewound_behind(q, from, 0)
+}
+
+/// A producer finding the ring nearly empty past 16 KiB starts again at its
+/// beginning (a skip frame over the rest): the messages stay whole, in order, counted once
 /// (`qsize`, a joinable ring's unfinished count), and a get loan passes the skip.
 /// A put killed right after the skip's commit leaves the ring usable, with the
 /// skip and no message; a get killed after passing it too.
@@ -493,6 +501,11 @@ fn an_empty_ring_rewinds_to_its_beginning_and_kills_around_the_skip_lose_nothing
         let put = until_rewound(&q, 0);
         assert!(put > 16, "rewound only after passing 16 KiB ({put} messages)");
         assert_eq!(q.qsize(), 0);
+        // With unread messages before it too, in order, none lost.
+        let q2 = kept_up(joinable, checksum);
+        until_rewound_behind(&q2, 0, 3);
+        assert_eq!(q2.qsize(), 3);
+        assert_eq!(drain(&q2).len(), 3);
         if joinable {
             assert_eq!(JoinableView(&q).unfinished(), put as usize, "every message counted once");
             for _ in 0..put {

@@ -84,9 +84,9 @@ mod side;
 
 pub(crate) use loan::{GetSlot, PutSlot};
 
-/// A producer rewinds an empty ring to the beginning of its data area when a
-/// frame would cross a multiple of this many bytes (see `Ring::rewind`); rings
-/// of under four times this never rewind.
+/// A producer rewinds a ring that holds little to the beginning of its data area
+/// when a frame would cross a multiple of this many bytes (see `Ring::rewind`);
+/// rings of under four times this never rewind.
 const REWIND_AT: u64 = 16 << 10;
 
 /// How long a close waits for the put lock before it closes without it.
@@ -604,32 +604,41 @@ impl Ring {
     }
 
     /// Under the put lock, before a frame of `frame` bytes goes after `tail`: if
-    /// the frame would cross a multiple of [`REWIND_AT`] past the first and the ring
-    /// is empty, commits a skip frame over the rest of the lap, so that the frame
-    /// goes at the beginning of the data area instead; the tail to put at.
+    /// the frame would cross a multiple of [`REWIND_AT`] past the first, the ring
+    /// holds little (a quarter of it at most, in one stretch) and the frame fits
+    /// before the first unread one, commits a skip frame over the rest of the lap,
+    /// so that the frame goes at the beginning of the data area instead; the tail
+    /// to put at.
     ///
     /// A message crosses the whole ring before the same bytes are used again, and a
     /// page of shared memory costs its first touch in each process (a fault of
     /// 1.5-5 µs on a virtual machine): a fresh pool's rings took hundreds of them.
-    /// Rewound when empty, a ring whose consumers keep up (a pool's, a pipe's)
-    /// stays in its first pages, warm in the caches too. The head is looked at
-    /// once per [`REWIND_AT`] bytes put, not once per put.
+    /// Rewound, a ring whose consumers keep up (a pool's, a pipe's) stays in its
+    /// first pages, warm in the caches too; one that fills up is left alone (the
+    /// skipped bytes are room a burst would miss). The head is looked at once per
+    /// [`REWIND_AT`] bytes put, not once per put.
     fn rewind(&self, tail: u64, frame: u64) -> u64 {
         let (pos, puts) = unpack(tail);
         let offset = pos % self.capacity;
         let crossing = offset >= REWIND_AT && (offset + frame) / REWIND_AT != offset / REWIND_AT;
-        if !crossing || self.capacity < 4 * REWIND_AT || offset < frame {
+        if !crossing || self.capacity < 4 * REWIND_AT {
             return tail;
         }
         let h = self.header();
         let head = h.head.load(Ordering::Acquire);
         h.producer.head_seen.store(head, Ordering::Relaxed);
-        // A position off the 8-byte grid is damage: left for `fits` to report.
-        if head != tail || !pos.is_multiple_of(8) {
+        // Damaged positions are left for `fits` to report.
+        let Ok((used, _)) = self.occupancy(tail, head) else { return tail };
+        let head_offset = unpack(head).0 % self.capacity;
+        // The unread frames lie in [head_offset, offset) when they do not wrap; the
+        // frame then has [0, head_offset) to itself.
+        let one_stretch = head_offset + used == offset;
+        if !one_stretch || used > self.capacity / 4 || head_offset < frame {
             return tail;
         }
-        // Empty: no consumer reads past `head`, so the skip is written where none
-        // looks, and committed (without counting a message) by one store.
+        // The skip is written past `tail`, where no consumer looks, and committed
+        // (without counting a message) by one store; consumers pass it once they
+        // have read what comes before it.
         let rest = self.capacity - offset;
         self.write_word(pos, frame_word(rest - FRAME_HEADER, SKIP, puts));
         let rewound = pack(pos + rest, puts);
