@@ -164,6 +164,7 @@ impl<'a> Progress<'a> {
     }
 
     /// `items` of the current chunk have begun (the last of them may be running).
+    #[inline]
     fn began(&self, items: u32) {
         if let Some(b) = self.board {
             let _ = b.set(self.at + 1, u64::from(items));
