@@ -19,6 +19,18 @@
 //! [`QUEUED_WORK`] of queued work, judged from the time the worker reports for each
 //! chunk). The rest waits in the backlog, in the parent's memory, which is why
 //! `apply_async` never blocks.
+//!
+//! ## Merged messages
+//! Small chunks of the same function travel several to a message when they would
+//! otherwise go one by one: a chunk submitted while others wait joins the last one
+//! waiting ([`Dispatch::merge`]), and an `imap` refill is cut into a few messages
+//! per worker ([`Dispatch::plan_messages`]), each under about [`MERGE_WORK`] of
+//! work. Each chunk stays a part of its own (its sink, its task range, where its
+//! arguments start), so a reply's items go back to their own sinks. A worker notes
+//! in the pool's board ([`task::Progress`]) the chunk it took and how many of its
+//! items have begun: when it dies, the parts that began fail and the rest go back
+//! to the backlog as a message of their own, so that a merged message fails no task
+//! that had not begun, and runs none twice.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
