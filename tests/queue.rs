@@ -290,6 +290,12 @@ fn corrupted_bytes_give_errors_not_ub_or_hangs() {
     let header = 4096u64 | (1 << 32) | (0xA5 << 40);
     write_at(q.name().unwrap(), DATA_AT, &header.to_le_bytes());
     assert!(fault(q.get_timeout(PATIENCE)));
+    // A message's kind damaged into a skip's (one bit): an error, not a message
+    // passed over in silence.
+    let q = Queue::<u64>::builder().named(true).build().unwrap();
+    q.put(1).unwrap();
+    write_at(q.name().unwrap(), DATA_AT + 4, &[3]);
+    assert!(fault(q.get_timeout(PATIENCE)));
     // Garbage payload: a decode error naming the type.
     let q = Queue::<String>::builder().named(true).build().unwrap();
     q.put_bytes(&[0xff, 0xff, 0xff, 0xff, 0x0f]).unwrap();
@@ -524,7 +530,7 @@ fn rss_kib(pid: i32) -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix("RssAnon:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+        .expect("RssAnon in /proc/PID/status")
 }
 
 /// 5 000 000 messages through one queue, from a producer process to this one: the

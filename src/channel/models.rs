@@ -550,6 +550,7 @@ fn an_empty_ring_rewinds_to_its_beginning_and_kills_around_the_skip_lose_nothing
     assert!(died);
     assert!(q.raw_ring().tail_offset() == 0, "the skip was committed");
     assert_eq!(q.qsize(), 0);
+    assert!(!q.raw_ring().has_data_or_closed(), "a ring holding only a skip has nothing to take");
     assert!(matches!(q.get_bytes_into(&mut buf, Wait::Never), Err(crate::channel::RecvTimeoutError::Timeout)));
     assert_eq!(used_after_a_kill(&q), vec![vec![4; 40]]);
     // A get killed after passing the skip (its head committed past it), before

@@ -285,8 +285,7 @@ impl Pending {
         let Merged { mut more, message } = *merged.expect("a chunk with more parts is merged");
         let mut rest = more.split_off(cut);
         let from = rest[0].at as usize;
-        let args = message.get(task::TASK_HEADER + from..).filter(|_| message.len() >= task::TASK_HEADER);
-        let Some(args) = args else {
+        let Some(args) = message.get(task::TASK_HEADER + from..) else {
             // No message kept (it never reached a worker): it began whole.
             more.append(&mut rest);
             return (Pending::with_parts(first, more), None);
@@ -651,11 +650,14 @@ fn next_estimate(avg_ns: u64, sample: u64, seen: u32) -> u64 {
 /// What a model of merged chunks sets and reads (see `pool::model`).
 #[cfg(test)]
 impl Shared {
-    /// Sets the estimate of a task's (and a chunk's) time, as settled replies would.
-    pub(crate) fn assume_task_ns(&self, ns: u64) {
+    /// Sets the estimates of a task's time (tiny: waiting chunks merge) and of a
+    /// chunk's (a millisecond: each worker holds two chunks, so that neither a
+    /// refill nor the periodic look sends a waiting chunk before the model says),
+    /// as settled replies would.
+    pub(crate) fn assume_tiny_tasks_in_long_chunks(&self) {
         let mut d = lock(&self.dispatch);
-        d.avg_task_ns = ns;
-        d.avg_chunk_ns = ns;
+        d.avg_task_ns = 100;
+        d.avg_chunk_ns = 1_000_000;
         d.samples = SETTLING;
     }
 
@@ -1252,6 +1254,8 @@ impl Handler {
             let mut d = lock(&self.shared.dispatch);
             // The last batch's sinks, for the next submitter to free (see `graveyard`).
             d.graveyard.append(graves);
+            // Beyond what is kept, freed here after all (rarely: as many merged
+            // chunks at once as the spare list holds).
             let room = SPARE_MERGED_MAX.saturating_sub(d.spare_merged.len());
             d.spare_merged.extend(emptied.drain(..).take(room));
             for m in messages.drain(..) {
@@ -1482,7 +1486,12 @@ impl Handler {
             let mut failed = Vec::new();
             for &id in &w.held {
                 let Some(p) = d.remove(id) else { continue };
-                // Unless it noted this chunk, every part counts as begun.
+                // Unless it noted this chunk, every part counts as begun (it may have
+                // run them: none may run twice). Noted, the first part counts as
+                // begun even before its first item: the worker took the message and
+                // decodes every argument before it runs one, so a chunk that kills
+                // its worker there fails, as one not merged does, rather than kill
+                // the next worker too.
                 let began = match progress {
                     Some((noted, began)) if noted == id => began.max(1),
                     _ => u64::MAX,

@@ -147,7 +147,7 @@ fn a_worker_killed_in_a_merged_chunk_fails_the_tasks_that_began_and_runs_the_res
         // Item 0 (points 0-2): the pool is up and past its launch.
         assert_eq!(pool.apply(run_once, (runs.clone(), 0)).unwrap(), 0);
         runs.lock().unwrap()[0] = 0;
-        pool.shared().assume_task_ns(100);
+        pool.shared().assume_tiny_tasks_in_long_chunks();
         // Item 1 (points 3-5): the gate; then the tasks, items 2.. .
         let held = pool.apply_async(wait_gate, gate.clone());
         let handles: Vec<_> = (0..TASKS).map(|i| pool.apply_async(run_once, (runs.clone(), i))).collect();
@@ -215,7 +215,7 @@ fn a_worker_killed_in_an_imaps_merged_message_fails_the_items_that_began_and_run
         let pool = Pool::builder().processes(1).initializer(arm_kind, (armed, 1, 1 + j)).build().unwrap();
         assert_eq!(pool.apply(run_once, (runs.clone(), 0)).unwrap(), 0);
         runs.lock().unwrap()[0] = 0;
-        pool.shared().assume_task_ns(100);
+        pool.shared().assume_tiny_tasks_in_long_chunks();
         let mut it = pool.imap(run_once, (0..ITEMS).map(|i| (runs.clone(), i)));
         let got: Vec<_> = std::iter::from_fn(|| it.next_timeout(PATIENCE))
             .inspect(|r| assert!(!matches!(r, Err(TaskError::Timeout)), "killed at item {j}: an item never came"))
@@ -242,4 +242,36 @@ fn a_worker_killed_in_an_imaps_merged_message_fails_the_items_that_began_and_run
         split_a_message |= failed.len() > 1;
     }
     assert!(split_a_message, "no kill fell inside a merged message");
+}
+
+fn panics_on_three(x: u32) -> u32 {
+    if x == 3 {
+        panic!("three");
+    }
+    x
+}
+
+/// A map whose task panics, merged into one message with an `apply_async` and a
+/// second map of the same function: the failed map reads all of its items, so
+/// the task and the other map behind it each get their own results.
+#[test]
+fn a_failed_map_merged_with_other_tasks_leaves_them_their_own_results() {
+    let pool = Pool::builder().processes(1).build().unwrap();
+    assert_eq!(pool.apply(panics_on_three, 0).unwrap(), 0);
+    pool.shared().assume_tiny_tasks_in_long_chunks();
+    let gate = Value::new_named(0u32).unwrap();
+    let held = pool.apply_async(wait_gate, gate.clone());
+    let first = pool.map_async_chunked(panics_on_three, 0..6u32, 1);
+    let task = pool.apply_async(panics_on_three, 100);
+    let second = pool.map_async_chunked(panics_on_three, 10..13u32, 1);
+    // The first map's first chunk went to the worker beside the gate; the rest
+    // wait as one message.
+    assert_eq!(pool.shared().backlog_counts(), vec![5 + 1 + 3]);
+    *gate.lock().unwrap() = 1;
+    assert_eq!(held.get_timeout(PATIENCE).unwrap(), u32::MAX);
+    assert!(matches!(first.get_timeout(PATIENCE), Err(TaskError::Panicked { .. })));
+    assert_eq!(task.get_timeout(PATIENCE).unwrap(), 100);
+    assert_eq!(second.get_timeout(PATIENCE).unwrap(), vec![10, 11, 12]);
+    pool.close();
+    assert!(pool.join_timeout(PATIENCE).unwrap());
 }

@@ -23,7 +23,9 @@ const LONG_MAP: usize = 1000;
 
 /// Where the result-handling thread puts what a chunk of tasks produced.
 pub(crate) trait Sink: Send + Sync {
-    /// The replies of tasks `base..base + count`, one item each.
+    /// The replies of tasks `base..base + count`, one item each. Reads exactly
+    /// `count` items from `items`, whatever it makes of them: in a merged message
+    /// the next part's items follow.
     fn deliver(&self, base: usize, count: u32, items: &mut Items<'_>);
     /// Tasks `base..base + count` failed, all with `error`.
     fn fail(&self, base: usize, count: u32, error: &TaskError);
@@ -322,8 +324,12 @@ impl<R: DeserializeOwned + Send + 'static> Sink for Cell<R> {
         true
     }
 
-    fn deliver(&self, _base: usize, _count: u32, items: &mut Items<'_>) {
+    fn deliver(&self, _base: usize, count: u32, items: &mut Items<'_>) {
         self.complete(items.next::<R>());
+        // A task's cell has one task: any more items are not its (read past all the same).
+        for _ in 1..count {
+            let _ = items.next::<R>();
+        }
     }
 
     fn fail(&self, _base: usize, _count: u32, error: &TaskError) {
@@ -383,16 +389,27 @@ impl<R: DeserializeOwned + Send + 'static> Sink for MapSink<R> {
     }
 
     fn deliver(&self, base: usize, count: u32, items: &mut Items<'_>) {
-        if self.cell.ready() {
-            return; // failed already (the first failure is the map's): nothing to keep
-        }
-        // Decoded before the lock: the waiter's `ready()` is never held up by it.
-        let mut values = Vec::with_capacity(count as usize);
+        // Every item is read, whatever becomes of it: in a merged message the next
+        // part's items follow. Failed already (the first failure is the map's),
+        // there is nothing to keep. Decoded before the lock: the waiter's `ready()`
+        // is never held up by it.
+        let keep = !self.cell.ready();
+        let mut values = Vec::with_capacity(if keep { count as usize } else { 0 });
+        let mut failure = None;
         for _ in 0..count {
             match items.next::<R>() {
-                Ok(v) => values.push(v),
-                Err(e) => return self.cell.complete(Err(e)),
+                Ok(v) if keep && failure.is_none() => values.push(v),
+                Ok(_) => {}
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
             }
+        }
+        if !keep {
+            return;
+        }
+        if let Some(e) = failure {
+            return self.cell.complete(Err(e));
         }
         let mut parts = lock(&self.parts);
         if parts.missing < values.len() {

@@ -158,6 +158,8 @@ impl<'a> Progress<'a> {
     /// The worker took chunk `id` and has begun none of its items.
     pub(crate) fn took(&self, id: u64) {
         if let Some(b) = self.board {
+            // The count first: the parent, reading after a death, never pairs the
+            // new id with the last chunk's count.
             let _ = b.set(self.at + 1, 0);
             let _ = b.set(self.at, id);
         }

@@ -24,6 +24,7 @@ pub(super) const SKIP: u8 = 3;
 /// byte (40-47), and the low 16 bits of the message's number in the ring (48-63),
 /// which the reader compares with its own count.
 pub(super) fn frame_word(len: u64, kind: u8, number: u32) -> u64 {
+    debug_assert!(len <= u64::from(u32::MAX), "a frame's length is 32 bits");
     len | (u64::from(kind) << 32) | (CHECK << 40) | (u64::from(number as u16) << 48)
 }
 

@@ -105,6 +105,9 @@ impl Ring {
             if kind != SKIP {
                 break (len, kind, frame, pos, gets);
             }
+            if !self.ends_lap(pos, frame) {
+                return Err(GetFail::Fault(super::ChannelFault::Corrupted("frame header")));
+            }
             // Passed over, not counted (see `Ring::rewind`).
             head = pack(pos + frame, gets);
             h.head.store(head, Ordering::Release);

@@ -413,6 +413,13 @@ impl Ring {
         self.header().not_full.wake_all();
     }
 
+    /// Whether a skip frame at `pos` of `frame` bytes ends where a lap does, as
+    /// every skip a producer writes does (see [`rewind`](Ring::rewind)): a message's
+    /// header with its kind damaged into a skip's does not pass over the message.
+    pub(super) fn ends_lap(&self, pos: u64, frame: u64) -> bool {
+        (pos + frame).is_multiple_of(self.capacity)
+    }
+
     /// Bytes and messages in the ring now, if the words make sense.
     fn occupancy(&self, tail: u64, head: u64) -> Result<(u64, u32), ChannelFault> {
         let (tp, tc) = unpack(tail);
@@ -468,7 +475,10 @@ impl Ring {
     /// Whether something can be taken now, or the ring is closed (a hint for waiters).
     pub(crate) fn has_data_or_closed(&self) -> bool {
         let h = self.header();
-        h.tail.load(Ordering::Acquire) & POS_MASK != h.head.load(Ordering::Acquire) & POS_MASK || self.is_closed()
+        // By message counts, not positions: a ring holding only a skip frame has
+        // nothing to take.
+        let (tail, head) = (h.tail.load(Ordering::Acquire), h.head.load(Ordering::Acquire));
+        unpack(tail).1 != unpack(head).1 || self.is_closed()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -621,7 +631,9 @@ impl Ring {
         let (pos, puts) = unpack(tail);
         let offset = pos % self.capacity;
         let crossing = offset >= REWIND_AT && (offset + frame) / REWIND_AT != offset / REWIND_AT;
-        if !crossing || self.capacity < 4 * REWIND_AT {
+        // A frame's length is 32 bits: a skip over more (a ring of over 4 GiB) is not written.
+        let rest = self.capacity - offset;
+        if !crossing || self.capacity < 4 * REWIND_AT || rest.saturating_sub(FRAME_HEADER) > u64::from(u32::MAX) {
             return tail;
         }
         let h = self.header();
@@ -639,7 +651,6 @@ impl Ring {
         // The skip is written past `tail`, where no consumer looks, and committed
         // (without counting a message) by one store; consumers pass it once they
         // have read what comes before it.
-        let rest = self.capacity - offset;
         self.write_word(pos, frame_word(rest - FRAME_HEADER, SKIP, puts));
         let rewound = pack(pos + rest, puts);
         h.tail.store(rewound, Ordering::Release);
@@ -728,6 +739,12 @@ impl Ring {
                 return Err(GetFail::Fault(ChannelFault::Corrupted("frame header")));
             };
             if kind == SKIP {
+                if !self.ends_lap(pos, frame) {
+                    if taken > 0 {
+                        break;
+                    }
+                    return Err(GetFail::Fault(ChannelFault::Corrupted("frame header")));
+                }
                 // Passed over, not counted: the next frame is at the lap's beginning.
                 head = pack(pos + frame, gets);
                 h.head.store(head, Ordering::Release);
