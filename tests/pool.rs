@@ -105,6 +105,22 @@ fn tiny_tasks_queued_together_each_get_their_own_result_and_callback_once() {
         }
         let expect: Vec<u64> = (0..N as u64).map(|x| x * x).collect();
         assert_eq!(pool.map_chunked(square, 0..N as u64, 1).unwrap(), expect, "{method:?} map, chunksize 1");
+        // Maps that fail, among tasks of the same function that may share their
+        // messages: each task still gets its own value.
+        let mut maps = Vec::new();
+        let mut tasks = Vec::new();
+        for round in 0..200u64 {
+            maps.push(pool.map_async_chunked(fails_on_seven, 0..20u64, 1));
+            tasks.extend(
+                (0..20).map(|k| (1000 + 20 * round + k, pool.apply_async(fails_on_seven, 1000 + 20 * round + k))),
+            );
+        }
+        for (want, t) in tasks {
+            assert_eq!(t.get_timeout(PATIENCE).unwrap(), want, "{method:?}: a task among failing maps");
+        }
+        for m in maps {
+            assert!(matches!(m.get_timeout(PATIENCE), Err(TaskError::Panicked { .. })), "{method:?}: the map fails");
+        }
         finish_pool(pool);
     }
 }
