@@ -302,6 +302,48 @@ fn arguments_that_do_not_serialize_fail_that_task_only() {
     finish_pool(pool);
 }
 
+/// An argument whose `Deserialize` panics on 13 (a user's type with a bug, read in
+/// the worker).
+#[derive(Debug, serde::Serialize)]
+struct FragileArg(u64);
+
+impl<'de> serde::Deserialize<'de> for FragileArg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let x = <u64 as serde::Deserialize>::deserialize(d)?;
+        assert!(x != 13, "cannot read 13");
+        Ok(FragileArg(x))
+    }
+}
+
+fn read_fragile(a: FragileArg) -> u64 {
+    a.0
+}
+
+#[test]
+fn an_argument_that_panics_as_the_worker_reads_it_fails_that_task_only() {
+    let _watchdog = watchdog(WATCHDOG);
+    quiet_panics();
+    for method in METHODS {
+        let pool = pool(method, 2);
+        let pids: HashSet<i32> = pool.map_chunked(pid_of, 0..20u64, 1).unwrap().into_iter().collect();
+        let got: Vec<Result<u64, TaskError>> = pool.imap_chunked(read_fragile, (0..30u64).map(FragileArg), 5).collect();
+        for (i, r) in got.iter().enumerate() {
+            if i == 13 {
+                assert!(
+                    matches!(r, Err(TaskError::Panicked { message, .. }) if message == "cannot read 13"),
+                    "{method:?}: {r:?}"
+                );
+            } else {
+                assert_eq!(r, &Ok(i as u64), "{method:?}");
+            }
+        }
+        // No worker died of it.
+        let after: HashSet<i32> = pool.map_chunked(pid_of, 0..20u64, 1).unwrap().into_iter().collect();
+        assert!(after.is_subset(&pids), "{method:?}: workers were replaced");
+        finish_pool(pool);
+    }
+}
+
 fn bad_result(_: u64) -> Value<u64> {
     Value::new(1).unwrap()
 }

@@ -1488,10 +1488,10 @@ impl Handler {
                 let Some(p) = d.remove(id) else { continue };
                 // Unless it noted this chunk, every part counts as begun (it may have
                 // run them: none may run twice). Noted, the first part counts as
-                // begun even before its first item: the worker took the message and
-                // decodes every argument before it runs one, so a chunk that kills
-                // its worker there fails, as one not merged does, rather than kill
-                // the next worker too.
+                // begun even before its first item: the worker took the message, and
+                // a message that kills its worker before the first item (damage the
+                // runner could not survive) fails, as one not merged does, rather
+                // than kill the next worker too.
                 let began = match progress {
                     Some((noted, began)) if noted == id => began.max(1),
                     _ => u64::MAX,

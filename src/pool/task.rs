@@ -165,7 +165,7 @@ impl<'a> Progress<'a> {
         }
     }
 
-    /// `items` of the current chunk have begun (the last of them may be running).
+    /// `items` of the current chunk have begun (the last of them may be decoding or running).
     #[inline]
     fn began(&self, items: u32) {
         if let Some(b) = self.board {
@@ -360,37 +360,70 @@ fn fail_chunk(why: &str, out: &mut Vec<u8>) {
     let _ = append(why, out);
 }
 
-/// The runner of task type `C`: decodes every argument first (a damaged chunk
-/// fails whole, before anything runs), then calls the task on each (see
-/// [`call_all`]). A count larger than the chunk's bytes (plus the wire format's
-/// allowance for empty values) could hold is damage, refused before any decoding;
+/// The runner of task type `C`: calls the task on each argument as it decodes it
+/// (see [`call_all`]). A count larger than the chunk's bytes (plus the wire format's
+/// allowance for empty values) could hold is damage, refused before anything runs;
 /// each argument then has the budget it would have alone.
+///
+/// Arguments are decoded one at a time, not all before the first call: a decoded
+/// argument moved into a list and out again cost a map of pairs a third of its
+/// worker time (the tuple comes back from serde through memory, two stores read
+/// as one load, which the CPU cannot forward). So damage found at an argument
+/// fails that item and the parent fails the rest as missing, while the items
+/// before it have run; bytes left over after the last argument (a damaged length)
+/// fail the whole chunk, its results withheld, though its tasks ran.
 fn run_chunk<C: Invoke>(capture: &PanicCapture, progress: &Progress<'_>, args: &[u8], count: u32, out: &mut Vec<u8>) {
     if u64::from(count) > wire::element_budget(args.len()) {
         return fail_chunk("a chunk that says it holds more tasks than its bytes could (damaged message)", out);
     }
-    let mut reader = wire::Reader::new(args);
-    if count == 1 {
-        match reader.read::<C::In>() {
-            Ok(input) if reader.is_empty() => call_all::<C>(capture, progress, std::iter::once(input), out),
-            Ok(_) => fail_chunk("trailing bytes after the task's arguments", out),
-            Err(e) => fail_chunk(&decode_message::<C::In>(e), out),
-        }
-        return;
+    let start = out.len();
+    let mut inputs = Arguments::<C::In> { reader: wire::Reader::new(args), left: count, error: None, of: PhantomData };
+    call_all::<C>(capture, progress, &mut inputs, out);
+    if let Some(e) = inputs.error {
+        fail_chunk(&decode_message::<C::In>(e), out);
+    } else if inputs.left == 0 && !inputs.reader.is_empty() {
+        out.truncate(start);
+        fail_chunk("trailing bytes after the chunk's arguments", out);
     }
-    let mut inputs = Vec::with_capacity(preallocated::<C::In>((count as usize).min(args.len()), 0));
-    for _ in 0..count {
-        reader.renew();
-        match reader.read::<C::In>() {
-            Ok(input) => inputs.push(input),
-            Err(e) => return fail_chunk(&decode_message::<C::In>(e), out),
-        }
-    }
-    if !reader.is_empty() {
-        return fail_chunk("trailing bytes after the chunk's arguments", out);
-    }
-    call_all::<C>(capture, progress, inputs.into_iter(), out);
 }
+
+/// A chunk's arguments, decoded as they are taken; the first that fails to decode
+/// ends them and is kept in `error`.
+struct Arguments<'a, T> {
+    reader: wire::Reader<'a>,
+    left: u32,
+    error: Option<wire::WireError>,
+    of: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Iterator for Arguments<'_, T> {
+    type Item = T;
+
+    #[inline]
+    fn next(&mut self) -> Option<T> {
+        if self.left == 0 || self.error.is_some() {
+            return None;
+        }
+        self.reader.renew();
+        match self.reader.read::<T>() {
+            Ok(input) => {
+                self.left -= 1;
+                Some(input)
+            }
+            Err(e) => {
+                self.error = Some(e);
+                None
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = if self.error.is_some() { 0 } else { self.left as usize };
+        (left, Some(left))
+    }
+}
+
+impl<T: DeserializeOwned> ExactSizeIterator for Arguments<'_, T> {}
 
 /// The most bytes set aside ahead for a chunk's values (a count comes from shared
 /// memory: a damaged one must not make a large argument type reserve gigabytes).
@@ -413,7 +446,7 @@ fn decode_message<T>(e: wire::WireError) -> String {
 fn call_all<C: Invoke>(
     capture: &PanicCapture,
     progress: &Progress<'_>,
-    mut inputs: impl ExactSizeIterator<Item = C::In>,
+    inputs: &mut impl ExactSizeIterator<Item = C::In>,
     out: &mut Vec<u8>,
 ) {
     let count = inputs.len();
@@ -421,9 +454,14 @@ fn call_all<C: Invoke>(
     let mut mark = out.len();
     loop {
         let run = capture.catch(|| {
-            while let Some(input) = inputs.next() {
-                progress.began((count - inputs.len()) as u32);
+            while inputs.len() > 0 {
+                // Before the argument is decoded: decoding runs the user's
+                // `Deserialize`, so a panic there is this item's panic, and a death
+                // there (an abort, the OOM killer) is this item's, not a later one's
+                // to kill the next worker with.
                 mark = out.len();
+                progress.began((count - inputs.len() + 1) as u32);
+                let Some(input) = inputs.next() else { return };
                 let value = C::invoke(input);
                 out.push(ITEM_OK);
                 if let Err(e) = append(&value, out) {
@@ -592,12 +630,72 @@ mod tests {
         assert_eq!(items.next::<u64>(), Ok(2));
         assert!(matches!(items.next::<u64>(), Err(TaskError::Panicked { message, .. }) if message == "odd: 5"));
         assert_eq!(items.next::<u64>(), Ok(3));
-        // A trailing byte fails the whole chunk before anything runs.
+        // A trailing byte (a damaged length) fails the whole chunk: no result of it
+        // is believed, though its tasks ran.
         args.push(0);
         out.clear();
         runner(halve)(&capture, &Progress::none(), &args, 3, &mut out);
         let mut items = Items::new(&out);
-        assert!((0..3).all(|_| matches!(items.next::<u64>(), Err(TaskError::Decode(_)))));
+        assert!(matches!(items.next::<u64>(), Err(TaskError::Decode(why)) if why.contains("trailing")));
+        assert!((0..2).all(|_| matches!(items.next::<u64>(), Err(TaskError::Decode(_)))));
+    }
+
+    #[test]
+    fn an_argument_that_cannot_be_decoded_fails_from_there_on() {
+        /// Reads a `u64`, panicking on 13 (a `Deserialize` with a bug) and refusing 14.
+        struct Picky(u64);
+        impl<'de> serde::Deserialize<'de> for Picky {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Picky, D::Error> {
+                match u64::deserialize(d)? {
+                    13 => panic!("cannot read 13"),
+                    14 => Err(serde::de::Error::custom("will not read 14")),
+                    x => Ok(Picky(x)),
+                }
+            }
+        }
+        impl Serialize for Picky {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_u64(self.0)
+            }
+        }
+        fn double(p: Picky) -> u64 {
+            p.0 * 2
+        }
+        let capture = PanicCapture::begin(true);
+        let chunk = |xs: &[u64]| {
+            let mut args = Vec::new();
+            for &x in xs {
+                append(&x, &mut args).unwrap();
+            }
+            let mut out = vec![0xAA]; // a reply's header before the items
+            runner(double)(&capture, &Progress::none(), &args, xs.len() as u32, &mut out);
+            assert_eq!(out[0], 0xAA, "the runner wrote over what came before its items");
+            out.remove(0);
+            out
+        };
+        // A panicking decode is that item's panic; the items around it run.
+        let out = chunk(&[1, 13, 2]);
+        let mut items = Items::new(&out);
+        assert_eq!(items.next::<u64>(), Ok(2));
+        assert!(matches!(items.next::<u64>(), Err(TaskError::Panicked { message, .. }) if message == "cannot read 13"));
+        // The panic left the reading where it was (the value's bytes were taken):
+        // the next item decodes as it should.
+        assert_eq!(items.next::<u64>(), Ok(4));
+        // A refused argument fails itself and every later item; earlier ones stand.
+        let out = chunk(&[1, 14, 2]);
+        let mut items = Items::new(&out);
+        assert_eq!(items.next::<u64>(), Ok(2));
+        assert!(matches!(items.next::<u64>(), Err(TaskError::Decode(why)) if why.contains("will not read 14")));
+        assert!(matches!(items.next::<u64>(), Err(TaskError::Decode(_))));
+        // A count beyond the bytes: the items present run, the first missing one
+        // says the arguments ran out.
+        let mut args = Vec::new();
+        append(&5u64, &mut args).unwrap();
+        let mut out = Vec::new();
+        runner(double)(&capture, &Progress::none(), &args, 2, &mut out);
+        let mut items = Items::new(&out);
+        assert_eq!(items.next::<u64>(), Ok(10));
+        assert!(matches!(items.next::<u64>(), Err(TaskError::Decode(_))));
     }
 
     #[test]

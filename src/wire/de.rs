@@ -217,6 +217,7 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
         self.nested(|de| visitor.visit_seq(Elements { de, left: len, counted: true }))
     }
 
+    #[inline]
     fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value> {
         self.nested(|de| visitor.visit_seq(Elements { de, left: len, counted: false }))
     }
