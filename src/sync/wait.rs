@@ -100,17 +100,24 @@ pub(crate) fn spin<R>(attempt: impl FnMut() -> Option<R>) -> Option<R> {
 }
 
 /// Pauses between two looks, at most, until a quarter of the spin so far is more.
-const LOOK_EVERY: u32 = 16;
+const LOOK_EVERY: u32 = 2;
 
 /// [`spin`] with a budget of `rounds` of its own (at most 16): `2^rounds - 1` pauses
-/// in all. The pauses between two looks double (1, 2, 4, 8, 16) and then grow by a
-/// quarter of the time spun so far, so a wait that ends after the first ~30 pauses
-/// is seen at most a quarter late, where doubling all the way saw it up to twice as
-/// late: a pipe's 4 KiB round trip, whose reply comes some 40 pauses in (a pause is
-/// ~30 ns on this machine's CPU), waited ~0.7 µs more for it (2.6-3.3 → 2.0-2.3 µs
-/// a round trip, four alternating runs each). The first looks are as before: a
-/// consumer chasing a fast producer (waits under ~30 pauses) pulls the producer's
-/// lines no more often, and streams of small messages ran the same.
+/// in all. The pauses between two looks are 1, then 2, until a quarter of the time
+/// spun so far is more, then that quarter: a wait is seen at most a quarter late
+/// (or two pauses, ~60 ns on this machine's CPU), and a whole default spin looks 24
+/// times.
+///
+/// History, measured in alternating runs of the benchmark binary: the gaps first
+/// doubled all the way (to 256), and a 4 KiB pipe round trip, whose reply comes
+/// some 40 pauses in, waited ~0.7 µs more for it; then they doubled to 16 and grew
+/// by a quarter after that (4 KiB round trip 2.6-3.3 → 2.0-2.3 µs), but a reply
+/// coming 8-30 pauses in (an 8-byte round trip's) was still seen up to 16 pauses
+/// late; now 8-byte round trips read 0.38-0.47 µs where they read 0.47-0.67, and
+/// 4 KiB ones 1.65-1.84 where they read 2.03-2.04 (six pairs). Streams of small
+/// messages, joinable queues, semaphores and the pool's workloads showed no change
+/// beyond this machine's noise (a consumer looking more often could pull a
+/// streaming producer's lines; the queue's pacing holds such a consumer back).
 #[inline]
 pub(crate) fn spin_rounds<R>(rounds: u32, mut attempt: impl FnMut() -> Option<R>) -> Option<R> {
     for gap in look_gaps(rounds) {
@@ -189,8 +196,8 @@ pub(crate) fn yield_until(wait: Wait, ready: &mut impl FnMut() -> bool) -> bool 
 mod tests {
     use super::*;
 
-    /// The gaps between a spin's looks: doubling to [`LOOK_EVERY`], then never more
-    /// than a quarter of what was spun before them; the budget spent exactly.
+    /// The gaps between a spin's looks: 1, then [`LOOK_EVERY`], then never more than
+    /// a quarter of what was spun before them; the budget spent exactly.
     #[test]
     fn a_spin_looks_again_within_a_quarter_of_what_it_has_spun() {
         let budget = (1u32 << DEFAULT_SPIN_ROUNDS) - 1;
@@ -203,14 +210,16 @@ mod tests {
             .collect();
         assert_eq!(gaps.iter().map(|&(_, n)| n).sum::<u32>(), budget);
         assert_eq!(
-            gaps[..5].iter().map(|&(_, n)| n).collect::<Vec<_>>(),
-            [1, 2, 4, 8, 16],
-            "the first looks as before"
+            gaps[..8].iter().map(|&(_, n)| n).collect::<Vec<_>>(),
+            [1, 2, 2, 2, 2, 2, 2, 3],
+            "a reply some 10 pauses in is seen within two"
         );
-        for &(before, n) in &gaps[5..] {
+        for &(before, n) in &gaps[1..] {
             assert!(n <= (before / 4).max(LOOK_EVERY), "a gap of {n} after {before} pauses");
         }
-        assert!(gaps.len() < 40, "{} looks in a whole spin", gaps.len());
+        // Not a look every pause: a waiter would pull the line it watches as
+        // often as its writer writes it.
+        assert!(gaps.len() <= 24, "{} looks in a whole spin", gaps.len());
         // The attempt is made after the budget too, and a success ends the spin.
         let mut calls = 0;
         assert_eq!(
