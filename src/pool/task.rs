@@ -368,62 +368,107 @@ fn fail_chunk(why: &str, out: &mut Vec<u8>) {
 /// Arguments are decoded one at a time, not all before the first call: a decoded
 /// argument moved into a list and out again cost a map of pairs a third of its
 /// worker time (the tuple comes back from serde through memory, two stores read
-/// as one load, which the CPU cannot forward). So damage found at an argument
-/// fails that item and the parent fails the rest as missing, while the items
-/// before it have run; bytes left over after the last argument (a damaged length)
-/// fail the whole chunk, its results withheld, though its tasks ran.
+/// as one load, which the CPU cannot forward). What that changes when something
+/// is wrong:
+/// - An argument that cannot be decoded, or bytes left over after the last one,
+///   is damage (or a `Deserialize` that refuses what its `Serialize` wrote): the
+///   whole chunk fails as it did when nothing ran before decoding, its results
+///   withheld (an argument read wrongly shifts every later one), though the tasks
+///   before the damage ran.
+/// - An argument whose `Deserialize` panics is that item's panic; where its bytes
+///   end is then unknown, so the rest of the chunk fails unread, and the items
+///   before it keep their results.
 fn run_chunk<C: Invoke>(capture: &PanicCapture, progress: &Progress<'_>, args: &[u8], count: u32, out: &mut Vec<u8>) {
     if u64::from(count) > wire::element_budget(args.len()) {
         return fail_chunk("a chunk that says it holds more tasks than its bytes could (damaged message)", out);
     }
     let start = out.len();
-    let mut inputs = Arguments::<C::In> { reader: wire::Reader::new(args), left: count, error: None, of: PhantomData };
+    let mut inputs = Arguments::<C::In>::new(args, count);
     call_all::<C>(capture, progress, &mut inputs, out);
-    if let Some(e) = inputs.error {
-        fail_chunk(&decode_message::<C::In>(e), out);
-    } else if inputs.left == 0 && !inputs.reader.is_empty() {
-        out.truncate(start);
-        fail_chunk("trailing bytes after the chunk's arguments", out);
+    if inputs.reading {
+        // The read never returned: the `Deserialize` panicked (that item's panic is
+        // in `out`), somewhere inside the argument's bytes.
+        inputs.end = ArgumentsEnd::Panicked;
+    }
+    match inputs.end {
+        ArgumentsEnd::Read if !inputs.reader.is_empty() => {
+            out.truncate(start);
+            fail_chunk("trailing bytes after the chunk's arguments", out);
+        }
+        ArgumentsEnd::Read => {}
+        ArgumentsEnd::Damaged(e) => {
+            out.truncate(start);
+            fail_chunk(&decode_message::<C::In>(e), out);
+        }
+        // Unless it was the last, the items after it fail (the parent fails those
+        // missing from the reply).
+        ArgumentsEnd::Panicked if inputs.left > 0 => fail_chunk(
+            "an earlier argument of its chunk panicked as it was read (its `Deserialize`), \
+             so where the next one begins is unknown",
+            out,
+        ),
+        ArgumentsEnd::Panicked => {}
     }
 }
 
-/// A chunk's arguments, decoded as they are taken; the first that fails to decode
-/// ends them and is kept in `error`.
+/// A chunk's arguments, decoded one at a time as the items begin.
 struct Arguments<'a, T> {
     reader: wire::Reader<'a>,
+    /// The items not yet begun: an item whose decoding panics has begun.
     left: u32,
-    error: Option<wire::WireError>,
+    /// An argument is being read: found so by the next one, its `Deserialize`
+    /// panicked.
+    reading: bool,
+    end: ArgumentsEnd,
     of: PhantomData<fn() -> T>,
 }
 
-impl<T: DeserializeOwned> Iterator for Arguments<'_, T> {
-    type Item = T;
+/// How a chunk's arguments ended.
+enum ArgumentsEnd {
+    /// Every one read (or not all yet).
+    Read,
+    /// One could not be decoded.
+    Damaged(wire::WireError),
+    /// One's `Deserialize` panicked: the rest cannot be found.
+    Panicked,
+}
 
+impl<'a, T: DeserializeOwned> Arguments<'a, T> {
+    fn new(args: &'a [u8], count: u32) -> Arguments<'a, T> {
+        Arguments {
+            reader: wire::Reader::new(args),
+            left: count,
+            reading: false,
+            end: ArgumentsEnd::Read,
+            of: PhantomData,
+        }
+    }
+
+    /// Whether another item is to begin (its argument may still fail).
+    fn more(&self) -> bool {
+        self.left > 0 && !self.reading && matches!(self.end, ArgumentsEnd::Read)
+    }
+
+    /// The next argument, taking its item's place whatever comes of it.
     #[inline]
     fn next(&mut self) -> Option<T> {
-        if self.left == 0 || self.error.is_some() {
+        if !self.more() {
             return None;
         }
+        self.left -= 1;
         self.reader.renew();
-        match self.reader.read::<T>() {
-            Ok(input) => {
-                self.left -= 1;
-                Some(input)
-            }
+        self.reading = true;
+        let read = self.reader.read::<T>();
+        self.reading = false;
+        match read {
+            Ok(input) => Some(input),
             Err(e) => {
-                self.error = Some(e);
+                self.end = ArgumentsEnd::Damaged(e);
                 None
             }
         }
     }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = if self.error.is_some() { 0 } else { self.left as usize };
-        (left, Some(left))
-    }
 }
-
-impl<T: DeserializeOwned> ExactSizeIterator for Arguments<'_, T> {}
 
 /// The most bytes set aside ahead for a chunk's values (a count comes from shared
 /// memory: a damaged one must not make a large argument type reserve gigabytes).
@@ -439,28 +484,28 @@ fn decode_message<T>(e: wire::WireError) -> String {
     format!("cannot decode the arguments as `{}`: {e}", crate::names::type_name::<T>())
 }
 
-/// Calls the task on each input in turn, appending each outcome to `out`. One
+/// Calls the task on each argument in turn, appending each outcome to `out`. One
 /// `catch_unwind` covers the run of items up to a panic (not one per item): the
 /// panicking item's partial output is cut off, it becomes a panicked item, and the
-/// items after it run under a fresh catch.
+/// items after it run under a fresh catch. At most `count` items are written.
 fn call_all<C: Invoke>(
     capture: &PanicCapture,
     progress: &Progress<'_>,
-    inputs: &mut impl ExactSizeIterator<Item = C::In>,
+    inputs: &mut Arguments<'_, C::In>,
     out: &mut Vec<u8>,
 ) {
-    let count = inputs.len();
-    out.reserve(preallocated::<C::Out>(count, 1) * (1 + std::mem::size_of::<C::Out>()));
+    let count = inputs.left;
+    out.reserve(preallocated::<C::Out>(count as usize, 1) * (1 + std::mem::size_of::<C::Out>()));
     let mut mark = out.len();
     loop {
         let run = capture.catch(|| {
-            while inputs.len() > 0 {
+            while inputs.more() {
                 // Before the argument is decoded: decoding runs the user's
                 // `Deserialize`, so a panic there is this item's panic, and a death
                 // there (an abort, the OOM killer) is this item's, not a later one's
                 // to kill the next worker with.
                 mark = out.len();
-                progress.began((count - inputs.len() + 1) as u32);
+                progress.began(count - inputs.left + 1);
                 let Some(input) = inputs.next() else { return };
                 let value = C::invoke(input);
                 out.push(ITEM_OK);
@@ -640,62 +685,119 @@ mod tests {
         assert!((0..2).all(|_| matches!(items.next::<u64>(), Err(TaskError::Decode(_)))));
     }
 
+    /// A `u64` argument whose `Deserialize` panics on 13 after reading it, refuses
+    /// 14, and panics before reading anything when it is the read `PANIC_ON_READ`
+    /// says.
+    struct Picky(u64);
+
+    impl<'de> serde::Deserialize<'de> for Picky {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Picky, D::Error> {
+            let reads = PICKY_READS.with(|n| {
+                n.set(n.get() + 1);
+                n.get()
+            });
+            if PANIC_ON_READ.with(std::cell::Cell::get) == reads {
+                PANIC_ON_READ.with(|p| p.set(0));
+                panic!("cannot even begin");
+            }
+            match u64::deserialize(d)? {
+                13 => panic!("cannot read 13"),
+                14 => Err(serde::de::Error::custom("will not read 14")),
+                x => Ok(Picky(x)),
+            }
+        }
+    }
+
+    impl Serialize for Picky {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_u64(self.0)
+        }
+    }
+
+    thread_local! {
+        static PICKY_READS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+        /// The read (counting from 1) that panics before it takes a byte; 0: none.
+        static PANIC_ON_READ: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Runs `f`'s chunk of `args` as a worker would; the reply's items, which must be
+    /// exactly `count` or fewer (the parent fails the missing ones).
+    fn run_items<A: Serialize, F, I, R>(f: F, args: &[A], count: u32) -> Vec<Result<R, TaskError>>
+    where
+        F: Fn(I) -> R + Copy + 'static,
+        I: Serialize + DeserializeOwned + 'static,
+        R: Serialize + DeserializeOwned,
+    {
+        let mut bytes = Vec::new();
+        for a in args {
+            append(a, &mut bytes).unwrap();
+        }
+        let capture = PanicCapture::begin(true);
+        let mut out = vec![0xAA]; // a reply's header before the items
+        PICKY_READS.with(|n| n.set(0));
+        runner(f)(&capture, &Progress::none(), &bytes, count, &mut out);
+        assert_eq!(out[0], 0xAA, "the runner wrote over what came before its items");
+        let mut items = Items::new(&out[1..]);
+        let got: Vec<Result<R, TaskError>> = (0..count).map(|_| items.next::<R>()).collect();
+        assert!(items.reader.is_empty(), "a reply of more items than the chunk's count");
+        got
+    }
+
+    fn panicked(r: &Result<u64, TaskError>, what: &str) -> bool {
+        matches!(r, Err(TaskError::Panicked { message, .. }) if message == what)
+    }
+
+    fn decode_failed(r: &Result<u64, TaskError>) -> bool {
+        matches!(r, Err(TaskError::Decode(_)))
+    }
+
     #[test]
-    fn an_argument_that_cannot_be_decoded_fails_from_there_on() {
-        /// Reads a `u64`, panicking on 13 (a `Deserialize` with a bug) and refusing 14.
-        struct Picky(u64);
-        impl<'de> serde::Deserialize<'de> for Picky {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Picky, D::Error> {
-                match u64::deserialize(d)? {
-                    13 => panic!("cannot read 13"),
-                    14 => Err(serde::de::Error::custom("will not read 14")),
-                    x => Ok(Picky(x)),
-                }
-            }
-        }
-        impl Serialize for Picky {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_u64(self.0)
-            }
-        }
+    fn an_argument_whose_deserialize_panics_fails_itself_and_the_rest_of_its_chunk() {
         fn double(p: Picky) -> u64 {
             p.0 * 2
         }
-        let capture = PanicCapture::begin(true);
-        let chunk = |xs: &[u64]| {
-            let mut args = Vec::new();
-            for &x in xs {
-                append(&x, &mut args).unwrap();
-            }
-            let mut out = vec![0xAA]; // a reply's header before the items
-            runner(double)(&capture, &Progress::none(), &args, xs.len() as u32, &mut out);
-            assert_eq!(out[0], 0xAA, "the runner wrote over what came before its items");
-            out.remove(0);
-            out
-        };
-        // A panicking decode is that item's panic; the items around it run.
-        let out = chunk(&[1, 13, 2]);
-        let mut items = Items::new(&out);
-        assert_eq!(items.next::<u64>(), Ok(2));
-        assert!(matches!(items.next::<u64>(), Err(TaskError::Panicked { message, .. }) if message == "cannot read 13"));
-        // The panic left the reading where it was (the value's bytes were taken):
-        // the next item decodes as it should.
-        assert_eq!(items.next::<u64>(), Ok(4));
-        // A refused argument fails itself and every later item; earlier ones stand.
-        let out = chunk(&[1, 14, 2]);
-        let mut items = Items::new(&out);
-        assert_eq!(items.next::<u64>(), Ok(2));
-        assert!(matches!(items.next::<u64>(), Err(TaskError::Decode(why)) if why.contains("will not read 14")));
-        assert!(matches!(items.next::<u64>(), Err(TaskError::Decode(_))));
-        // A count beyond the bytes: the items present run, the first missing one
-        // says the arguments ran out.
-        let mut args = Vec::new();
-        append(&5u64, &mut args).unwrap();
-        let mut out = Vec::new();
-        runner(double)(&capture, &Progress::none(), &args, 2, &mut out);
-        let mut items = Items::new(&out);
-        assert_eq!(items.next::<u64>(), Ok(10));
-        assert!(matches!(items.next::<u64>(), Err(TaskError::Decode(_))));
+        // After reading its bytes: the items before keep their results, the rest
+        // cannot be found (no item runs on a misread argument).
+        let got = run_items(double, &[1u64, 13, 2, 3], 4);
+        assert_eq!(got[0], Ok(2));
+        assert!(panicked(&got[1], "cannot read 13"), "{:?}", got[1]);
+        assert!(got[2..].iter().all(decode_failed), "{got:?}");
+        assert_eq!(PICKY_READS.with(std::cell::Cell::get), 2, "nothing read after the panic");
+        // The last item: nothing after it to fail.
+        let got = run_items(double, &[1u64, 13], 2);
+        assert_eq!(got[0], Ok(2));
+        assert!(panicked(&got[1], "cannot read 13"));
+        // Before reading a byte (it would read the same bytes again, and panic
+        // again, forever, were the item not counted as taken).
+        PANIC_ON_READ.with(|p| p.set(2));
+        let got = run_items(double, &[1u64, 2, 3], 3);
+        assert_eq!(got[0], Ok(2));
+        assert!(panicked(&got[1], "cannot even begin"), "{:?}", got[1]);
+        assert!(decode_failed(&got[2]));
+        // In the middle of a tuple: the next pair is not read from the middle of this one.
+        fn first(p: (Picky, u64)) -> u64 {
+            p.0 .0 + p.1
+        }
+        let pairs = [(1u64, 10u64), (13, 20), (2, 30)];
+        let got = run_items(first, &pairs, 3);
+        assert_eq!(got[0], Ok(11));
+        assert!(panicked(&got[1], "cannot read 13"));
+        assert!(decode_failed(&got[2]), "{:?}", got[2]);
+    }
+
+    #[test]
+    fn an_argument_that_cannot_be_decoded_fails_its_whole_chunk() {
+        fn double(p: Picky) -> u64 {
+            p.0 * 2
+        }
+        // Refused (or damaged): what comes after may be misread, and what came
+        // before may have been, so no result of the chunk is believed.
+        let got = run_items(double, &[1u64, 14, 2], 3);
+        assert!(matches!(&got[0], Err(TaskError::Decode(why)) if why.contains("will not read 14")), "{got:?}");
+        assert!(got.iter().all(decode_failed));
+        // A count beyond the bytes: the same.
+        let got = run_items(double, &[5u64], 2);
+        assert!(got.iter().all(decode_failed), "{got:?}");
     }
 
     #[test]
