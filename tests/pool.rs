@@ -251,6 +251,41 @@ fn a_callback_registered_after_completion_still_runs_on_the_result_thread() {
     let (v, thread) = rx.recv_timeout(PATIENCE).expect("the late callback never ran");
     assert_eq!((v, thread.as_deref()), (9, Some("shmproc-pool")));
     assert_eq!(h.get(), Ok(9));
+    // A handle whose late callback has not run yet is not ready: its wait, and so
+    // its value, come after the callback (as an early one's do, and as in Python).
+    for i in 0..50u64 {
+        let h = pool.apply_async(square, i);
+        while !h.ready() {
+            std::thread::yield_now();
+        }
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = Arc::clone(&ran);
+        let e = Arc::clone(&ran);
+        let h = h
+            .callback(move |_: &u64| {
+                std::thread::sleep(Duration::from_millis(1));
+                r.fetch_add(1, Ordering::SeqCst);
+            })
+            .error_callback(move |_: &TaskError| {
+                e.fetch_add(100, Ordering::SeqCst);
+            });
+        if h.ready() {
+            assert_eq!(ran.load(Ordering::SeqCst), 1, "ready before its callback ran");
+        }
+        assert!(h.wait_timeout(PATIENCE));
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "waited past a late callback that had not run");
+        assert_eq!(h.get_timeout(PATIENCE), Ok(i * i));
+    }
+    let m = pool.map_async(square, 0..10u64);
+    assert!(m.wait_timeout(PATIENCE));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&ran);
+    let m = m.callback(move |v: &[u64]| {
+        std::thread::sleep(Duration::from_millis(1));
+        r.store(v.len(), Ordering::SeqCst);
+    });
+    assert_eq!(m.get_timeout(PATIENCE).map(|v| v.len()), Ok(10));
+    assert_eq!(ran.load(Ordering::SeqCst), 10, "a map's late callback ran before its values came");
     finish_pool(pool);
 }
 

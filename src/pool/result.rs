@@ -222,6 +222,9 @@ impl<T> Completion<T> {
 pub(crate) struct Cell<T> {
     state: Mutex<Completion<T>>,
     done: AtomicBool,
+    /// Callbacks registered after the outcome came, not yet run (they run on the
+    /// result-handling thread; the handle is not ready until they have).
+    late_callbacks: AtomicU32,
     latch: Latch,
     /// Whether a waiter yields its CPU before sleeping (see [`Latch::wait_for_with`]).
     yielding: bool,
@@ -229,7 +232,13 @@ pub(crate) struct Cell<T> {
 
 impl<T> Cell<T> {
     fn new(yielding: bool) -> Cell<T> {
-        Cell { state: Mutex::new(Completion::new()), done: AtomicBool::new(false), latch: Latch::default(), yielding }
+        Cell {
+            state: Mutex::new(Completion::new()),
+            done: AtomicBool::new(false),
+            late_callbacks: AtomicU32::new(0),
+            latch: Latch::default(),
+            yielding,
+        }
     }
 
     fn complete(&self, outcome: Result<T, TaskError>) {
@@ -244,11 +253,28 @@ impl<T> Cell<T> {
     }
 
     fn wait(&self, wait: Wait) -> bool {
-        self.latch.wait_for_with(wait, self.yielding, || self.done.load(Ordering::Acquire).then_some(())).is_some()
+        self.latch.wait_for_with(wait, self.yielding, || self.ready().then_some(())).is_some()
     }
 
+    /// The outcome is in, and every callback registered for it has run (as in
+    /// Python, where a result is ready only once its callback has returned).
     fn ready(&self) -> bool {
-        self.done.load(Ordering::Acquire)
+        self.done.load(Ordering::Acquire) && self.late_callbacks.load(Ordering::Acquire) == 0
+    }
+
+    /// Runs `job` on the pool's result-handling thread for a callback registered
+    /// after the outcome came; the handle is not ready until it has run.
+    fn run_late(self: &Arc<Self>, pool: &Shared, job: impl FnOnce(&Cell<T>) + Send + 'static)
+    where
+        T: Send + 'static,
+    {
+        self.late_callbacks.fetch_add(1, Ordering::AcqRel);
+        let me = Arc::clone(self);
+        pool.defer(Box::new(move || {
+            job(&me);
+            me.late_callbacks.fetch_sub(1, Ordering::AcqRel);
+            me.latch.notify();
+        }));
     }
 
     fn successful(&self) -> Option<bool> {
@@ -266,8 +292,12 @@ impl<T> Cell<T> {
     /// [`get`](Cell::get) for a handle of `pool`: on the pool's own result-handling
     /// thread (a callback), only a result already there can be had.
     fn get_for(&self, pool: &Shared, wait: Wait) -> Result<T, TaskError> {
-        if pool.on_handler_thread() && !self.ready() {
-            return Err(TaskError::WouldDeadlock);
+        if pool.on_handler_thread() {
+            // Its late callbacks, if any, run later on this very thread.
+            if !self.done.load(Ordering::Acquire) {
+                return Err(TaskError::WouldDeadlock);
+            }
+            return lock(&self.state).take();
         }
         self.get(wait)
     }
@@ -276,7 +306,7 @@ impl<T> Cell<T> {
     /// returns at once.
     fn wait_for(&self, pool: &Shared, wait: Wait) -> bool {
         if pool.on_handler_thread() {
-            return self.ready();
+            return self.done.load(Ordering::Acquire);
         }
         self.wait(wait)
     }
@@ -292,13 +322,12 @@ impl<T: Send + 'static> Cell<T> {
             return;
         }
         drop(s);
-        let me = Arc::clone(self);
         let mut cb = cb;
-        pool.defer(Box::new(move || {
+        self.run_late(pool, move |me| {
             if let Some(Ok(v)) = &lock(&me.state).outcome {
                 run_callback(|| cb(v));
             }
-        }));
+        });
     }
 
     fn on_err(self: &Arc<Self>, pool: &Shared, cb: ErrorCallback) {
@@ -308,13 +337,12 @@ impl<T: Send + 'static> Cell<T> {
             return;
         }
         drop(s);
-        let me = Arc::clone(self);
         let mut cb = cb;
-        pool.defer(Box::new(move || {
+        self.run_late(pool, move |me| {
             if let Some(Err(e)) = &lock(&me.state).outcome {
                 run_callback(|| cb(e));
             }
-        }));
+        });
     }
 }
 
@@ -552,7 +580,11 @@ impl<R: DeserializeOwned + Send + 'static> AsyncResult<R> {
 
     /// Runs `callback` with the value when the task succeeds, in this process on the
     /// pool's result-handling thread (never in a worker). Register it right after
-    /// `apply_async`: one registered once the value was taken never runs.
+    /// `apply_async`: one registered once the value was taken never runs. One
+    /// registered after the task completed runs as soon as that thread gets to it,
+    /// and this handle is not [`ready`](AsyncResult::ready) (nor does a wait or
+    /// `get` on it return) before it has, as Python runs a callback before it
+    /// releases the result.
     pub fn callback(self, callback: impl FnOnce(&R) + Send + 'static) -> Self {
         self.cell.on_ok(&self.pool, once(callback));
         self
