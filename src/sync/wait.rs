@@ -105,8 +105,8 @@ const LOOK_EVERY: u32 = 2;
 /// [`spin`] with a budget of `rounds` of its own (at most 16): `2^rounds - 1` pauses
 /// in all. The pauses between two looks are 1, then 2, until a quarter of the time
 /// spun so far is more, then that quarter: a wait is seen at most a quarter late
-/// (or two pauses, ~60 ns on this machine's CPU), and a whole default spin looks 24
-/// times.
+/// (or two pauses, ~60 ns on this machine's CPU), and a whole default spin looks 25
+/// times (24 gaps, and a look after the last).
 ///
 /// History, measured in alternating runs of the benchmark binary: the gaps first
 /// doubled all the way (to 256), and a 4 KiB pipe round trip, whose reply comes
@@ -219,7 +219,7 @@ mod tests {
         }
         // Not a look every pause: a waiter would pull the line it watches as
         // often as its writer writes it.
-        assert!(gaps.len() <= 24, "{} looks in a whole spin", gaps.len());
+        assert!(gaps.len() <= 24, "{} gaps between looks in a whole spin", gaps.len());
         // The attempt is made after the budget too, and a success ends the spin.
         let mut calls = 0;
         assert_eq!(
