@@ -258,6 +258,20 @@ fn a_callback_registered_after_completion_still_runs_on_the_result_thread() {
         while !h.ready() {
             std::thread::yield_now();
         }
+        // Every other time, the result thread is kept busy (in another task's
+        // callback) while the late one is registered and the value polled for.
+        let busy = Arc::new(AtomicUsize::new(0));
+        let blocker = (i % 2 == 1).then(|| {
+            let b = Arc::clone(&busy);
+            let blocker = pool.apply_async(square, 0).callback(move |_: &u64| {
+                b.store(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+            });
+            while busy.load(Ordering::SeqCst) == 0 {
+                std::thread::yield_now();
+            }
+            blocker
+        });
         let ran = Arc::new(AtomicUsize::new(0));
         let r = Arc::clone(&ran);
         let e = Arc::clone(&ran);
@@ -272,9 +286,26 @@ fn a_callback_registered_after_completion_still_runs_on_the_result_thread() {
         if h.ready() {
             assert_eq!(ran.load(Ordering::SeqCst), 1, "ready before its callback ran");
         }
-        assert!(h.wait_timeout(PATIENCE));
-        assert_eq!(ran.load(Ordering::SeqCst), 1, "waited past a late callback that had not run");
-        assert_eq!(h.get_timeout(PATIENCE), Ok(i * i));
+        if blocker.is_none() {
+            assert!(h.wait_timeout(PATIENCE));
+            assert_eq!(ran.load(Ordering::SeqCst), 1, "waited past a late callback that had not run");
+            assert_eq!(h.get_timeout(PATIENCE), Ok(i * i));
+        } else {
+            // Polled: no value before the callback ran (taking it would have left
+            // the callback nothing to run with).
+            let deadline = Instant::now() + PATIENCE;
+            let got = loop {
+                match h.get_timeout(Duration::ZERO) {
+                    Err(TaskError::Timeout) if Instant::now() < deadline => std::thread::yield_now(),
+                    other => break other,
+                }
+            };
+            assert_eq!(ran.load(Ordering::SeqCst), 1, "a poll took the value before its late callback ran");
+            assert_eq!(got, Ok(i * i));
+        }
+        if let Some(b) = blocker {
+            assert_eq!(b.get_timeout(PATIENCE), Ok(0));
+        }
     }
     let m = pool.map_async(square, 0..10u64);
     assert!(m.wait_timeout(PATIENCE));

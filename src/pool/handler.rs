@@ -931,15 +931,26 @@ impl Shared {
 
     /// Runs `f` on the result-handling thread (at once here if that has ended).
     pub(crate) fn defer(&self, f: Box<dyn FnOnce() + Send>) {
+        // Checked under the list's lock, which the thread's last look takes after it
+        // says DONE (`run_deferred_last`): either it sees the job, or we see DONE.
+        let mut jobs = lock(&self.deferred);
         if self.state.load(Ordering::Acquire) == DONE {
+            drop(jobs);
             return f();
         }
-        lock(&self.deferred).push(f);
+        jobs.push(f);
         self.has_deferred.store(true, Ordering::Release);
+        drop(jobs);
         self.nudge();
-        // It may have ended between the check and the push: then nobody else will.
-        if self.state.load(Ordering::Acquire) == DONE {
-            self.run_deferred();
+    }
+
+    /// The result-handling thread's last look at the deferred jobs, once it has
+    /// said DONE: under the lock whatever the flag says (see [`defer`](Shared::defer)).
+    fn run_deferred_last(&self) {
+        let jobs = std::mem::take(&mut *lock(&self.deferred));
+        self.has_deferred.store(false, Ordering::Release);
+        for job in jobs {
+            job();
         }
     }
 
@@ -1103,7 +1114,7 @@ impl Handler {
         }
         self.drain_leftovers();
         self.shared.state.store(DONE, Ordering::Release);
-        self.shared.run_deferred();
+        self.shared.run_deferred_last();
     }
 
     /// The result-handling loop, until the pool is closed and done, or terminated.

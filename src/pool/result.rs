@@ -285,7 +285,11 @@ impl<T> Cell<T> {
     }
 
     fn get(&self, wait: Wait) -> Result<T, TaskError> {
-        self.wait(wait);
+        if !self.wait(wait) {
+            // Not ready: no outcome yet, or one whose late callback has yet to run
+            // (taking it now would leave that callback nothing to run with).
+            return Err(if lock(&self.state).taken { TaskError::AlreadyTaken } else { TaskError::Timeout });
+        }
         lock(&self.state).take()
     }
 
@@ -293,8 +297,9 @@ impl<T> Cell<T> {
     /// thread (a callback), only a result already there can be had.
     fn get_for(&self, pool: &Shared, wait: Wait) -> Result<T, TaskError> {
         if pool.on_handler_thread() {
-            // Its late callbacks, if any, run later on this very thread.
-            if !self.done.load(Ordering::Acquire) {
+            // Not there yet, or with a late callback queued to run later on this
+            // very thread (which taking the value now would leave without it).
+            if !self.ready() {
                 return Err(TaskError::WouldDeadlock);
             }
             return lock(&self.state).take();
@@ -421,7 +426,7 @@ impl<R: DeserializeOwned + Send + 'static> Sink for MapSink<R> {
         // part's items follow. Failed already (the first failure is the map's),
         // there is nothing to keep. Decoded before the lock: the waiter's `ready()`
         // is never held up by it.
-        let keep = !self.cell.ready();
+        let keep = !self.cell.done.load(Ordering::Acquire);
         let mut values = Vec::with_capacity(if keep { count as usize } else { 0 });
         let mut failure = None;
         for _ in 0..count {
