@@ -290,12 +290,27 @@ fn corrupted_bytes_give_errors_not_ub_or_hangs() {
     let header = 4096u64 | (1 << 32) | (0xA5 << 40);
     write_at(q.name().unwrap(), DATA_AT, &header.to_le_bytes());
     assert!(fault(q.get_timeout(PATIENCE)));
-    // A message's kind damaged into a skip's (one bit): an error, not a message
+    // A message's kind damaged (one bit), or made a skip's: an error, not a message
     // passed over in silence.
-    let q = Queue::<u64>::builder().named(true).build().unwrap();
+    for kind in [3u8, 0xF0] {
+        let q = Queue::<u64>::builder().named(true).build().unwrap();
+        q.put(1).unwrap();
+        write_at(q.name().unwrap(), DATA_AT + 4, &[kind]);
+        assert!(fault(q.get_timeout(PATIENCE)), "kind {kind:#x}");
+    }
+    // An empty ring whose counts say it holds messages (a scribbled count): an error
+    // at once, not a consumer trying a get that finds nothing, round and round; and
+    // a producer is told too, rather than wait for room the count says is taken.
+    let q = Queue::<u64>::builder().named(true).maxsize(4).build().unwrap();
     q.put(1).unwrap();
-    write_at(q.name().unwrap(), DATA_AT + 4, &[3]);
+    assert_eq!(q.get_timeout(PATIENCE), Ok(1));
+    let tail = 16u64 | (5 << 40); // one 16-byte frame in, five messages counted
+    write_at(q.name().unwrap(), TAIL_AT, &tail.to_le_bytes());
+    write_at(q.name().unwrap(), HEAD_AT, &16u64.to_le_bytes());
+    let t = Instant::now();
     assert!(fault(q.get_timeout(PATIENCE)));
+    assert!(matches!(q.try_put(1), Err(TrySendError::Failed { .. })));
+    assert!(t.elapsed() < PATIENCE / 2, "the damage took {:?} to report", t.elapsed());
     // Garbage payload: a decode error naming the type.
     let q = Queue::<String>::builder().named(true).build().unwrap();
     q.put_bytes(&[0xff, 0xff, 0xff, 0xff, 0x0f]).unwrap();

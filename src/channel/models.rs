@@ -485,6 +485,67 @@ fn until_rewound_behind(q: &Queue<Vec<u8>>, from: u8, behind: u8) -> u8 {
     }
 }
 
+/// A put that would rewind the ring and then does not happen (killed before its
+/// commit, or refused: the queue at its `maxsize`) leaves no skip behind. A skip
+/// alone counted as no message, so a consumer waiting by the counts never passed
+/// it, while its bytes (the rest of the lap) kept a message longer than the
+/// lap's start from fitting: the consumer asleep, the producer waiting for room,
+/// for ever.
+#[test]
+fn a_put_that_would_rewind_and_does_not_leaves_nothing_to_wait_behind() {
+    let big = vec![7u8; 48 << 10];
+    for refused in [false, true] {
+        // 256 KiB: messages up to 64 KiB go in the ring itself.
+        let b = Queue::<Vec<u8>>::builder().capacity(256 << 10);
+        let q = if refused { b.maxsize(1).build().unwrap() } else { b.build().unwrap() };
+        let mut buf = Vec::new();
+        let mut n = 0u8;
+        // Where a 1000-byte message's frame (1008 bytes) makes the producer rewind.
+        let rewinds = |q: &Queue<Vec<u8>>| {
+            let at = q.raw_ring().tail_offset();
+            at >= 16 << 10 && (at + 1008) / (16 << 10) != at / (16 << 10)
+        };
+        loop {
+            if refused {
+                q.put_bytes_with(&[n; 1000], Wait::timeout(PATIENCE)).unwrap();
+                // Full by its count, where its frame would rewind.
+                let at_rewind = rewinds(&q);
+                assert!(q.put_bytes_with(&[n; 1000], Wait::Never).is_err());
+                q.get_bytes_into(&mut buf, Wait::timeout(PATIENCE)).unwrap();
+                assert!(buf == [n; 1000]);
+                if at_rewind {
+                    break;
+                }
+            } else if rewinds(&q) {
+                break;
+            } else {
+                q.put_bytes_with(&[n; 1000], Wait::timeout(PATIENCE)).unwrap();
+                q.get_bytes_into(&mut buf, Wait::timeout(PATIENCE)).unwrap();
+            }
+            n = n.wrapping_add(1);
+            assert!(n < 100, "never reached the first rewind");
+        }
+        // A consumer waits (asleep on the empty ring, by its counts) ...
+        let q2 = q.clone();
+        let consumer = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            q2.get_bytes_into(&mut got, Wait::timeout(PATIENCE)).map(|()| got.len())
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        if !refused {
+            // ... while a producer is killed where its put rewinds ...
+            let q2 = q.clone();
+            let (died, _) =
+                killed_at(0, "put:rewound", move || q2.put_bytes_with(&[n; 1000], Wait::timeout(PATIENCE)).is_ok());
+            assert!(died, "the put did not rewind");
+        }
+        assert!(q.raw_ring().tail_offset() >= 16 << 10, "refused {refused}: a skip was committed alone");
+        // ... and a message longer than the lap's start goes in.
+        assert!(q.put_bytes_with(&big, Wait::timeout(PATIENCE)).is_ok(), "refused {refused}: no room behind a skip");
+        assert_eq!(join_within(consumer, "the consumer").ok(), Some(48 << 10), "refused {refused}");
+    }
+}
+
 fn until_rewound(q: &Queue<Vec<u8>>, from: u8) -> u8 {
     until_rewound_behind(q, from, 0)
 }
@@ -492,8 +553,8 @@ fn until_rewound(q: &Queue<Vec<u8>>, from: u8) -> u8 {
 /// A producer finding the ring nearly empty past 16 KiB starts again at its
 /// beginning (a skip frame over the rest): the messages stay whole, in order, counted once
 /// (`qsize`, a joinable ring's unfinished count), and a get loan passes the skip.
-/// A put killed right after the skip's commit leaves the ring usable, with the
-/// skip and no message; a get killed after passing it too.
+/// A put killed right after writing the skip leaves the ring usable, with neither
+/// the skip nor the message; a get killed after passing it too.
 #[test]
 fn an_empty_ring_rewinds_to_its_beginning_and_kills_around_the_skip_lose_nothing() {
     for (joinable, checksum) in [(false, false), (true, false), (false, true)] {
@@ -548,9 +609,9 @@ fn an_empty_ring_rewinds_to_its_beginning_and_kills_around_the_skip_lose_nothing
         assert!(n < 200, "the producer never rewound");
     };
     assert!(died);
-    assert!(q.raw_ring().tail_offset() == 0, "the skip was committed");
+    assert!(q.raw_ring().tail_offset() >= 16 << 10, "the skip was committed without its message");
     assert_eq!(q.qsize(), 0);
-    assert!(!q.raw_ring().has_data_or_closed(), "a ring holding only a skip has nothing to take");
+    assert!(!q.raw_ring().has_data_or_closed());
     assert!(matches!(q.get_bytes_into(&mut buf, Wait::Never), Err(crate::channel::RecvTimeoutError::Timeout)));
     assert_eq!(used_after_a_kill(&q), vec![vec![4; 40]]);
     // A get killed after passing the skip (its head committed past it), before

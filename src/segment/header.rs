@@ -27,7 +27,7 @@ use super::{ObjectKind, SegmentOpenError, TypeInfo};
 /// Identifies a shmproc segment.
 pub(crate) const MAGIC: [u8; 8] = *b"SHMPROC\0";
 /// The layout of the header and of every body; bumped on any change.
-pub(crate) const LAYOUT_VERSION: u32 = 4;
+pub(crate) const LAYOUT_VERSION: u32 = 5;
 /// `state` once the creator has finished building the segment.
 pub(crate) const READY: u32 = 0x5245_4459; // "READ" + 'Y'-ish, unlikely by accident
 

@@ -17,8 +17,11 @@ pub(super) const INLINE: u8 = 1;
 pub(super) const SIDE: u8 = 2;
 /// Not a message: the producer's note that the next frame starts at the
 /// beginning of the data area (see `Ring::rewind`). It carries the number of the
-/// message after it, which it does not count.
-pub(super) const SKIP: u8 = 3;
+/// message after it, which it does not count. Five bits or more from either
+/// message kind (and from 0): a bit or two flipped does not turn a message into a
+/// skip (losing it unseen when it ends the lap) or a skip into a message (stale
+/// bytes delivered).
+pub(super) const SKIP: u8 = 0xF0;
 
 /// A frame's header word: payload length (bits 0-31), kind (32-39), the check
 /// byte (40-47), and the low 16 bits of the message's number in the ring (48-63),

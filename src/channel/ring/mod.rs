@@ -430,7 +430,15 @@ impl Ring {
         if used > self.capacity || !tp.is_multiple_of(8) || !hp.is_multiple_of(8) {
             return Err(ChannelFault::Corrupted("ring positions"));
         }
-        Ok((used, tc.wrapping_sub(hc) & COUNT_MASK))
+        let count = tc.wrapping_sub(hc) & COUNT_MASK;
+        // Every message counted takes a frame of a header at least: more messages
+        // than that (say, some where no byte is) would have consumers try a get
+        // that finds nothing, again and again, and producers wait for room a count
+        // says is taken.
+        if u64::from(count) * FRAME_HEADER > used {
+            return Err(ChannelFault::Corrupted("ring counts"));
+        }
+        Ok((used, count))
     }
 
     /// Whether a frame of `frame` bytes cannot go in with the ring at `occupancy`:
@@ -616,9 +624,9 @@ impl Ring {
     /// Under the put lock, before a frame of `frame` bytes goes after `tail`: if
     /// the frame would cross a multiple of [`REWIND_AT`] past the first, the ring
     /// holds little (a quarter of it at most, in one stretch) and the frame fits
-    /// before the first unread one, commits a skip frame over the rest of the lap,
+    /// before the first unread one, writes a skip frame over the rest of the lap,
     /// so that the frame goes at the beginning of the data area instead; the tail
-    /// to put at.
+    /// to put at. The frame's commit commits the skip too.
     ///
     /// A message crosses the whole ring before the same bytes are used again, and a
     /// page of shared memory costs its first touch in each process (a fault of
@@ -648,13 +656,14 @@ impl Ring {
         if !one_stretch || used > self.capacity / 4 || head_offset < frame {
             return tail;
         }
-        // The skip is written past `tail`, where no consumer looks, and committed
-        // (without counting a message) by one store; consumers pass it once they
-        // have read what comes before it.
+        // The skip is written past `tail`, where no consumer looks, and is committed
+        // with the message after it, by the store that commits that message: a skip
+        // is never alone in the ring (a put refused as full, or a producer killed
+        // before its commit, leaves neither). A lone skip would not count as a
+        // message, so no consumer waiting by the counts would pass it, while its
+        // bytes keep a large message from fitting: both sides would wait for ever.
         self.write_word(pos, frame_word(rest - FRAME_HEADER, SKIP, puts));
-        let rewound = pack(pos + rest, puts);
-        h.tail.store(rewound, Ordering::Release);
-        rewound
+        pack(pos + rest, puts)
     }
 
     /// Where the next frame goes, as an offset in the data area (for the models).
