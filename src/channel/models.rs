@@ -485,6 +485,71 @@ fn until_rewound_behind(q: &Queue<Vec<u8>>, from: u8, behind: u8) -> u8 {
     }
 }
 
+/// A rewind never writes over a message not yet read: not when the unread ones
+/// begin before the frame's end at the ring's beginning, nor when they wrap round
+/// past it. Every message comes back whole, in order.
+#[test]
+fn a_rewind_never_writes_over_unread_messages() {
+    fn check_in_order(q: &Queue<Vec<u8>>, expect: impl IntoIterator<Item = (u8, usize)>) {
+        let mut buf = Vec::new();
+        for (n, len) in expect {
+            q.get_bytes_into(&mut buf, Wait::timeout(PATIENCE)).unwrap();
+            assert!(buf.len() == len && buf.iter().all(|&b| b == n), "message {n} whole, in order");
+        }
+        assert!(q.get_bytes_into(&mut buf, Wait::Never).is_err(), "nothing more");
+    }
+    let mark = 16u64 << 10;
+    // 256 KiB: a quarter (64 KiB) may be unread and the producer still rewinds.
+    let ring = || Queue::<Vec<u8>>::builder().capacity(256 << 10).build().unwrap();
+    // Unread from the very beginning (or from 1008 bytes in, with a frame of
+    // 2008 bytes to place): the beginning is not free.
+    for (read, len) in [(0u8, 1000usize), (1, 2000)] {
+        let q = ring();
+        let mut put = Vec::new();
+        let mut n = 0u8;
+        while q.raw_ring().tail_offset() < 2 * mark + 4096 {
+            q.put_bytes_with(&vec![n; 1000], Wait::timeout(PATIENCE)).unwrap();
+            put.push((n, 1000));
+            n += 1;
+        }
+        let mut buf = Vec::new();
+        for _ in 0..read {
+            q.get_bytes_into(&mut buf, Wait::timeout(PATIENCE)).unwrap();
+        }
+        // Across the next mark, with at most 40 KiB unread in one stretch.
+        while q.raw_ring().tail_offset() < 3 * mark {
+            q.put_bytes_with(&vec![n; len], Wait::timeout(PATIENCE)).unwrap();
+            put.push((n, len));
+            n += 1;
+        }
+        assert!(q.raw_ring().tail_offset() >= 3 * mark, "it went on, not back to the beginning");
+        check_in_order(&q, put.into_iter().skip(read as usize));
+    }
+    // Unread messages that wrap round the end of the ring to its beginning: the
+    // ring kept over a quarter full on the way round (no rewind), then 40 KiB
+    // unread (under a quarter), still wrapping when the producer crosses 32 KiB.
+    let q = ring();
+    let mut buf = Vec::new();
+    let mut unread = std::collections::VecDeque::new();
+    let mut n = 0u8;
+    let mut lapped = false;
+    let mut last = 0;
+    while !(lapped && q.raw_ring().tail_offset() >= 2 * mark + 2048) {
+        q.put_bytes_with(&[n; 1000], Wait::timeout(PATIENCE)).unwrap();
+        unread.push_back(n);
+        n = n.wrapping_add(1);
+        let at = q.raw_ring().tail_offset();
+        assert!(!lapped || at > last, "rewound over messages that wrap round");
+        lapped |= at < last;
+        last = at;
+        while unread.len() > if lapped { 40 } else { 70 } {
+            q.get_bytes_into(&mut buf, Wait::timeout(PATIENCE)).unwrap();
+            assert!(buf == [unread.pop_front().unwrap(); 1000]);
+        }
+    }
+    check_in_order(&q, unread.into_iter().map(|n| (n, 1000)));
+}
+
 /// A put that would rewind the ring and then does not happen (killed before its
 /// commit, or refused: the queue at its `maxsize`) leaves no skip behind. A skip
 /// alone counted as no message, so a consumer waiting by the counts never passed
