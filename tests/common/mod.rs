@@ -79,10 +79,25 @@ pub fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// Silences the panic hook in a forked child, whose stderr lock may have been held by
-/// another test thread at the moment of the fork.
+/// Silences panics on this thread (and in children it forks): a forked child's
+/// stderr lock may have been held by another test thread at the moment of the
+/// fork, and a test that panics on purpose need not print. Other threads' panics
+/// still print: a hook that silenced the whole test binary hid the assertion
+/// messages of tests running beside it (a failure then printed nothing).
 pub fn quiet_panics() {
-    std::panic::set_hook(Box::new(|_| {}));
+    thread_local! {
+        static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET.with(|q| q.set(true));
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                default(info);
+            }
+        }));
+    });
 }
 
 /// Runs the test `name` of this test binary alone, in a fresh process (an unrelated
