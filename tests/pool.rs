@@ -388,7 +388,6 @@ fn read_fragile(a: FragileArg) -> u64 {
 #[test]
 fn an_argument_that_panics_as_the_worker_reads_it_fails_that_task_and_the_rest_of_its_chunk() {
     let _watchdog = watchdog(WATCHDOG);
-    quiet_panics();
     for method in METHODS {
         let pool = pool(method, 2);
         // Once a task has come back, every worker has started (see `Handler::run`).
@@ -409,6 +408,31 @@ fn an_argument_that_panics_as_the_worker_reads_it_fails_that_task_and_the_rest_o
         }
         // No worker died of it (a worker that did is replaced, with a new pid).
         assert_eq!(pool.worker_pids(), pids, "{method:?}");
+        finish_pool(pool);
+    }
+}
+
+#[test]
+fn an_argument_that_panics_as_it_is_read_fails_no_other_task_merged_with_it() {
+    let _watchdog = watchdog(WATCHDOG);
+    for method in METHODS {
+        let pool = pool(method, 2);
+        // Tiny tasks by the pool's estimate, then both workers busy: what comes next
+        // waits in the backlog, several tasks to a message.
+        assert_eq!(pool.map(square, 0..2000u64).unwrap().len(), 2000);
+        let busy: Vec<_> = (0..2).map(|_| pool.apply_async(sleep_ms, 50)).collect();
+        let tasks: Vec<_> = (0..300u64).map(|i| pool.apply_async(read_fragile, FragileArg(i))).collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let r = t.get_timeout(PATIENCE);
+            if i == 13 {
+                assert!(matches!(&r, Err(TaskError::Panicked { message, .. }) if message == "cannot read 13"), "{r:?}");
+            } else {
+                assert_eq!(r, Ok(i as u64), "{method:?}: task {i}, another task's argument panicked");
+            }
+        }
+        for b in busy {
+            assert_eq!(b.get_timeout(PATIENCE), Ok(50));
+        }
         finish_pool(pool);
     }
 }
@@ -1010,7 +1034,6 @@ fn fragile(x: u64) -> Fragile {
 #[test]
 fn a_result_that_panics_as_it_is_read_fails_its_chunk_once() {
     let _watchdog = watchdog(WATCHDOG);
-    quiet_panics();
     let pool = pool(StartMethod::Fork, 2);
     for ordered in [true, false] {
         let mut it = if ordered {

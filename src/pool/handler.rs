@@ -322,6 +322,17 @@ impl Dispatch {
         self.pending.get_mut(at)
     }
 
+    /// Puts the rest of a chunk that a worker never began (see
+    /// [`Pending::split_begun`]) back at the front of the backlog, as a chunk of
+    /// its own.
+    fn requeue_first(&mut self, rest: Option<(Pending, Vec<u8>)>) {
+        if let Some((rest, mut bytes)) = rest {
+            let id = self.insert(rest);
+            task::set_task_id(&mut bytes, id);
+            self.backlog.push_front(Queued { id, bytes });
+        }
+    }
+
     fn insert(&mut self, pending: Pending) -> u64 {
         let id = self.first_id + self.pending.len() as u64;
         self.pending.push_back(Some(pending));
@@ -1326,7 +1337,10 @@ impl Handler {
 
     /// Hands a reply's items to the parts of its chunk, in order.
     fn deliver(p: &Pending, reply: &Reply<'_>) {
-        if reply.count != p.count {
+        // A reply that stopped short (see `settle`) answers at least the first of
+        // its chunk's parts' items.
+        let short_ok = reply.unread && reply.count <= p.count;
+        if reply.count != p.count && !short_ok {
             let why = TaskError::Decode("a reply's item count does not match its task (damaged message)".into());
             return p.fail(&why);
         }
@@ -1363,7 +1377,15 @@ impl Handler {
     fn settle(&self, d: &mut Dispatch, reply: &Reply<'_>) -> Option<Pending> {
         let last = reply.kind == task::REPLY_LAST_RESULT;
         {
-            let pending = d.remove(reply.id)?;
+            let mut pending = d.remove(reply.id)?;
+            if reply.unread && reply.count < pending.count {
+                // The worker never read the arguments from `count` on: the parts of a
+                // merged chunk that lie wholly there run elsewhere, the rest are
+                // answered (their items from there on fail, as a chunk not merged).
+                let (begun, rest) = pending.split_begun(u64::from(reply.count));
+                d.requeue_first(rest);
+                pending = begun;
+            }
             if reply.elapsed_ns != 0 {
                 // Read from shared memory: clamped (an hour), so no sum overflows.
                 let sample = reply.elapsed_ns.min(3_600_000_000_000);
@@ -1493,12 +1515,13 @@ impl Handler {
             // What it held and was not in its ring: the chunk it was running. Of a
             // merged one, the parts it had not begun (its progress says) run
             // elsewhere, ahead of the rest.
-            let progress = task::Progress::read(&self.shared.board, i);
+            let progress = task::Progress::read(&self.shared.board, i, self.shared.key);
             let mut failed = Vec::new();
             for &id in &w.held {
                 let Some(p) = d.remove(id) else { continue };
-                // Unless it noted this chunk, every part counts as begun (it may have
-                // run them: none may run twice). Noted, the first part counts as
+                // Unless it noted this chunk (with a count that passes its check: see
+                // `task::Progress`), every part counts as begun (it may have run
+                // them: none may run twice). Noted, the first part counts as
                 // begun even before its first item: the worker took the message, and
                 // a message that kills its worker before the first item (damage the
                 // runner could not survive) fails, as one not merged does, rather
@@ -1509,11 +1532,7 @@ impl Handler {
                 };
                 let (gone, rest) = p.split_begun(began);
                 failed.push(gone);
-                if let Some((rest, mut bytes)) = rest {
-                    let id = d.insert(rest);
-                    task::set_task_id(&mut bytes, id);
-                    d.backlog.push_front(Queued { id, bytes });
-                }
+                d.requeue_first(rest);
             }
             // Retiring (max_tasks_per_child) and closing workers end on purpose.
             if d.break_on_death && !w.retiring && !w.closed && d.broken.is_none() {

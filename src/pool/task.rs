@@ -21,7 +21,10 @@
 //! [`Panic`], or an error message). Kinds besides a result: a worker ready after its
 //! initializer, one whose initializer failed (its panic as the payload), a result
 //! that is its sender's last (it retires at `max_tasks_per_child`), and a nudge
-//! the parent sends itself.
+//! the parent sends itself. A result's kind may carry [`REPLY_UNREAD`]: then its
+//! count is the items the worker began, and those after them it never read (an
+//! argument's `Deserialize` panicked, so where the next begins is unknown): the
+//! parent runs the parts of a merged chunk that lie wholly there elsewhere.
 
 use std::marker::PhantomData;
 
@@ -42,6 +45,8 @@ pub(crate) const REPLY_LAST_RESULT: u32 = 1;
 pub(crate) const REPLY_READY: u32 = 2;
 pub(crate) const REPLY_INIT_FAILED: u32 = 3;
 pub(crate) const REPLY_NUDGE: u32 = 4;
+/// Flag on a result's kind: the chunk's items from `count` on were never read.
+pub(crate) const REPLY_UNREAD: u32 = 1 << 16;
 
 /// Item statuses.
 const ITEM_OK: u8 = 0;
@@ -129,38 +134,62 @@ where
 
 /// Runs a chunk: `count` arguments in `args`, each item's outcome appended to `out`,
 /// panics caught through `capture` (set up once for the worker's life).
-type Runner = fn(capture: &PanicCapture, progress: &Progress<'_>, args: &[u8], count: u32, out: &mut Vec<u8>);
+/// Returns where the items it never read begin, if it stopped short of `count`
+/// that way (see [`REPLY_UNREAD`]).
+type Runner =
+    fn(capture: &PanicCapture, progress: &Progress<'_>, args: &[u8], count: u32, out: &mut Vec<u8>) -> Option<u32>;
 
 /// Where a worker notes how far into its current chunk it is: the chunk's id when
 /// it takes it, then how many of its items have begun. The parent reads it only
 /// once the worker is dead, to tell the tasks that began (they fail) from those
 /// that never did (they run elsewhere); see `Handler::on_worker_exit`. One cache
 /// line of the pool's board per worker slot, written by that worker alone.
+///
+/// The count travels in one word with a check: its low half the count, its high
+/// half the count xor a mask derived from the chunk's id under the pool's key. A
+/// count that reads lower than the truth would have the parent run again tasks
+/// that ran; a word damaged (by a scribble, or by the dying task's own stray
+/// write) fails the check, and the parent then counts every item as begun.
 pub(crate) struct Progress<'a> {
     board: Option<&'a RawArray<u64>>,
     at: usize,
+    key: TagKey,
+    /// The current chunk's mask (see [`Progress::mask`]).
+    mask: std::cell::Cell<u32>,
 }
 
 impl<'a> Progress<'a> {
     /// The words of the board per worker slot (a cache line).
     pub(crate) const WORDS: usize = 8;
 
-    pub(crate) fn new(board: &'a RawArray<u64>, slot: u32) -> Progress<'a> {
-        Progress { board: Some(board), at: slot as usize * Self::WORDS }
+    pub(crate) fn new(board: &'a RawArray<u64>, slot: u32, key: TagKey) -> Progress<'a> {
+        Progress { board: Some(board), at: slot as usize * Self::WORDS, key, mask: std::cell::Cell::new(0) }
     }
 
     /// Notes nothing (a chunk run outside a pool's worker).
     #[cfg(test)]
     pub(crate) fn none() -> Progress<'static> {
-        Progress { board: None, at: 0 }
+        Progress { board: None, at: 0, key: TagKey(0, 0), mask: std::cell::Cell::new(0) }
+    }
+
+    /// The check mask of chunk `id`'s counts (a domain of its own: not a runner's tag).
+    fn mask(key: TagKey, id: u64) -> u32 {
+        (key.tag(id ^ 0x7072_6f67_7265_7373) >> 32) as u32
+    }
+
+    /// A count with its check, as one word.
+    fn counted(items: u32, mask: u32) -> u64 {
+        u64::from(items) | (u64::from(items ^ mask) << 32)
     }
 
     /// The worker took chunk `id` and has begun none of its items.
     pub(crate) fn took(&self, id: u64) {
         if let Some(b) = self.board {
+            let mask = Self::mask(self.key, id);
+            self.mask.set(mask);
             // The count first: the parent, reading after a death, never pairs the
-            // new id with the last chunk's count.
-            let _ = b.set(self.at + 1, 0);
+            // new id with the last chunk's count (nor would its check pass).
+            let _ = b.set(self.at + 1, Self::counted(0, mask));
             let _ = b.set(self.at, id);
         }
     }
@@ -169,7 +198,10 @@ impl<'a> Progress<'a> {
     #[inline]
     fn began(&self, items: u32) {
         if let Some(b) = self.board {
-            let _ = b.set(self.at + 1, u64::from(items));
+            let _ = b.set(self.at + 1, Self::counted(items, self.mask.get()));
+            // Not moved past the item's work by the compiler: a kill then would
+            // find the item not noted, and the parent would run it again.
+            std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
         }
         // A test's `kill -9` as the item begins (see `steps`).
         if crate::steps::point("item:began") == crate::steps::Step::Die {
@@ -178,10 +210,13 @@ impl<'a> Progress<'a> {
     }
 
     /// What worker `slot` last noted: the chunk it took and how many of its items
-    /// began (as shared memory says: the caller checks them against what it sent).
-    pub(crate) fn read(board: &RawArray<u64>, slot: usize) -> Option<(u64, u64)> {
+    /// began, if its count passes its check (the caller checks the id against what
+    /// it sent, and the count against the chunk's).
+    pub(crate) fn read(board: &RawArray<u64>, slot: usize, key: TagKey) -> Option<(u64, u64)> {
         let at = slot.checked_mul(Self::WORDS)?;
-        Some((board.get(at)?, board.get(at + 1)?))
+        let (id, word) = (board.get(at)?, board.get(at + 1)?);
+        let items = word as u32;
+        ((word >> 32) as u32 == items ^ Self::mask(key, id)).then_some((id, u64::from(items)))
     }
 }
 
@@ -325,7 +360,8 @@ impl<'a> TaskMsg<'a> {
 
     /// Runs the chunk, appending its items to `out`, if its runner's tag checks out
     /// under `key` (`verified` remembers the last offset that did); otherwise every
-    /// item is a decode failure.
+    /// item is a decode failure. Where the items it never read begin, if it
+    /// stopped short that way (see [`REPLY_UNREAD`]).
     pub(crate) fn run(
         &self,
         capture: &PanicCapture,
@@ -333,12 +369,13 @@ impl<'a> TaskMsg<'a> {
         key: TagKey,
         verified: &mut Option<u64>,
         out: &mut Vec<u8>,
-    ) {
+    ) -> Option<u32> {
         if *verified != Some(self.offset) {
             if key.tag(self.offset) != self.tag {
                 // The count is as untrusted as the reference: one item says it (the
                 // parent fails the whole chunk on a count that does not match).
-                return fail_chunk("the task's function reference failed its check (damaged message)", out);
+                fail_chunk("the task's function reference failed its check (damaged message)", out);
+                return None;
             }
             *verified = Some(self.offset);
         }
@@ -348,7 +385,7 @@ impl<'a> TaskMsg<'a> {
         // executable (checked when this worker started): it is the offset of a
         // `run_chunk::<C>`, a `Runner`.
         let runner = unsafe { std::mem::transmute::<usize, Runner>(addr) };
-        runner(capture, progress, self.args, self.count, out);
+        runner(capture, progress, self.args, self.count, out)
     }
 }
 
@@ -378,9 +415,16 @@ fn fail_chunk(why: &str, out: &mut Vec<u8>) {
 /// - An argument whose `Deserialize` panics is that item's panic; where its bytes
 ///   end is then unknown, so the rest of the chunk fails unread, and the items
 ///   before it keep their results.
-fn run_chunk<C: Invoke>(capture: &PanicCapture, progress: &Progress<'_>, args: &[u8], count: u32, out: &mut Vec<u8>) {
+fn run_chunk<C: Invoke>(
+    capture: &PanicCapture,
+    progress: &Progress<'_>,
+    args: &[u8],
+    count: u32,
+    out: &mut Vec<u8>,
+) -> Option<u32> {
     if u64::from(count) > wire::element_budget(args.len()) {
-        return fail_chunk("a chunk that says it holds more tasks than its bytes could (damaged message)", out);
+        fail_chunk("a chunk that says it holds more tasks than its bytes could (damaged message)", out);
+        return None;
     }
     let start = out.len();
     let mut inputs = Arguments::<C::In>::new(args, count);
@@ -394,20 +438,27 @@ fn run_chunk<C: Invoke>(capture: &PanicCapture, progress: &Progress<'_>, args: &
         ArgumentsEnd::Read if !inputs.reader.is_empty() => {
             out.truncate(start);
             fail_chunk("trailing bytes after the chunk's arguments", out);
+            None
         }
-        ArgumentsEnd::Read => {}
+        ArgumentsEnd::Read => None,
         ArgumentsEnd::Damaged(e) => {
             out.truncate(start);
             fail_chunk(&decode_message::<C::In>(e), out);
+            None
         }
-        // Unless it was the last, the items after it fail (the parent fails those
-        // missing from the reply).
-        ArgumentsEnd::Panicked if inputs.left > 0 => fail_chunk(
-            "an earlier argument of its chunk panicked as it was read (its `Deserialize`), \
-             so where the next one begins is unknown",
-            out,
-        ),
-        ArgumentsEnd::Panicked => {}
+        // Unless it was the last, the items after it were never read: the next one
+        // fails with why, and the parent runs elsewhere the parts of a merged chunk
+        // that lie wholly after it (other tasks of this function, whose arguments
+        // are not at fault).
+        ArgumentsEnd::Panicked if inputs.left > 0 => {
+            fail_chunk(
+                "an earlier argument of its chunk panicked as it was read (its `Deserialize`), \
+                 so where the next one begins is unknown",
+                out,
+            );
+            Some(count - inputs.left)
+        }
+        ArgumentsEnd::Panicked => None,
     }
 }
 
@@ -536,6 +587,12 @@ pub(crate) fn begin_reply(out: &mut Vec<u8>, id: u64, count: u32, kind: u32) {
     out.extend_from_slice(&0u64.to_le_bytes());
 }
 
+/// Marks a reply whose items from `begun` on were never read (see [`REPLY_UNREAD`]).
+pub(crate) fn set_reply_unread(out: &mut [u8], begun: u32, kind: u32) {
+    out[8..12].copy_from_slice(&begun.to_le_bytes());
+    out[12..16].copy_from_slice(&(kind | REPLY_UNREAD).to_le_bytes());
+}
+
 pub(crate) fn set_reply_elapsed(out: &mut [u8], nanos: u64) {
     out[16..24].copy_from_slice(&nanos.to_le_bytes());
 }
@@ -544,17 +601,22 @@ pub(crate) fn set_reply_elapsed(out: &mut [u8], nanos: u64) {
 pub(crate) struct Reply<'a> {
     pub(crate) id: u64,
     pub(crate) count: u32,
+    /// Without the [`REPLY_UNREAD`] flag.
     pub(crate) kind: u32,
+    /// The items from `count` on were never read (see [`REPLY_UNREAD`]).
+    pub(crate) unread: bool,
     pub(crate) elapsed_ns: u64,
     pub(crate) items: &'a [u8],
 }
 
 impl<'a> Reply<'a> {
     pub(crate) fn parse(msg: &'a [u8]) -> Option<Reply<'a>> {
+        let kind = u32_at(msg, 12)?;
         Some(Reply {
             id: u64_at(msg, 0)?,
             count: u32_at(msg, 8)?,
-            kind: u32_at(msg, 12)?,
+            kind: kind & !REPLY_UNREAD,
+            unread: kind & REPLY_UNREAD != 0,
             elapsed_ns: u64_at(msg, 16)?,
             items: msg.get(REPLY_HEADER..)?,
         })
@@ -644,6 +706,33 @@ mod tests {
         let k1 = u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]);
         let m = u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(siphash24(k0, k1, m), u64::from_le_bytes([0x62, 0x24, 0x93, 0x9a, 0x79, 0xf5, 0xf5, 0x93]));
+    }
+
+    #[test]
+    fn the_progress_board_is_believed_only_when_its_check_holds() {
+        let key = TagKey(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210);
+        let board = RawArray::<u64>::zeroed(2 * Progress::WORDS).unwrap();
+        let progress = Progress::new(&board, 1, key);
+        progress.took(41);
+        assert_eq!(Progress::read(&board, 1, key), Some((41, 0)));
+        progress.began(1);
+        progress.began(2);
+        assert_eq!(Progress::read(&board, 1, key), Some((41, 2)));
+        // A count damaged lower (the parent would run again a task that ran): not
+        // believed, whatever its value, nor an id damaged, nor another pool's key.
+        let word = board.get(Progress::WORDS + 1).unwrap();
+        for damaged in [word - 1, word & 0xFFFF_FFFF_0000_0000, 1, 0, word ^ (1 << 40)] {
+            board.set(Progress::WORDS + 1, damaged).unwrap();
+            assert_eq!(Progress::read(&board, 1, key), None, "{damaged:#x}");
+        }
+        board.set(Progress::WORDS + 1, word).unwrap();
+        board.set(Progress::WORDS, 40).unwrap();
+        assert_eq!(Progress::read(&board, 1, key), None, "a count paired with another chunk's id");
+        board.set(Progress::WORDS, 41).unwrap();
+        assert_eq!(Progress::read(&board, 1, TagKey(1, 2)), None);
+        assert_eq!(Progress::read(&board, 1, key), Some((41, 2)));
+        // Out of the board: nothing.
+        assert_eq!(Progress::read(&board, 2, key), None);
     }
 
     #[test]

@@ -75,7 +75,7 @@ where
     IA: Serialize + DeserializeOwned,
 {
     let WorkerArgs { slot, tasks, results, key, max_tasks, board, init_args } = args;
-    let progress = Progress::new(&board, slot);
+    let progress = Progress::new(&board, slot, key);
     let (tasks, results) = (tasks.spinning(super::SPIN_ROUNDS), results.spinning(super::SPIN_ROUNDS));
     let mut out = Vec::with_capacity(256);
     if let Err((panic, _)) = catch_panic(true, move || conjure::<I>()(init_args)) {
@@ -111,7 +111,9 @@ where
         let kind = if last { task::REPLY_LAST_RESULT } else { task::REPLY_RESULT };
         task::begin_reply(&mut out, chunk.id, chunk.count, kind);
         let start = timing.start();
-        chunk.run(&capture, &progress, key, &mut verified, &mut out);
+        if let Some(begun) = chunk.run(&capture, &progress, key, &mut verified, &mut out) {
+            task::set_reply_unread(&mut out, begun, kind);
+        }
         task::set_reply_elapsed(&mut out, timing.stop(start));
         dies_at("worker:ran");
         if results.put_bytes_with(&out, Wait::Forever).is_err() || last {
