@@ -709,6 +709,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "the board is shared memory (memfd), which Miri cannot make")]
     fn the_progress_board_is_believed_only_when_its_check_holds() {
         let key = TagKey(0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210);
         let board = RawArray::<u64>::zeroed(2 * Progress::WORDS).unwrap();
