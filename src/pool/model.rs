@@ -1,9 +1,10 @@
 //! A model of the pool's task hand-off: a real worker process killed (`kill -9`
-//! on itself) at each step of its loop (a task taken from its ring, run, replied
-//! to), for tasks sent one by one and in chunks. Each task must then end exactly
-//! once, as its step says: a task taken or run but not replied to fails with
-//! `WorkerDied` (and ran at most once), a replied one keeps its result, every
-//! other task completes on the replacement worker, and none runs twice.
+//! on itself) at each step of its loop (a task noted as taken but still in its
+//! ring, run, replied to), for tasks sent one by one and in chunks. Each task must
+//! then end exactly once, as its step says: a task run but not replied to fails
+//! with `WorkerDied` (and ran once), a replied one keeps its result, every other
+//! task (the one not yet taken from the ring among them) completes on the
+//! replacement worker, and none runs twice.
 
 use std::time::{Duration, Instant};
 
@@ -64,8 +65,9 @@ fn pool_dying_at(n: u32) -> Pool {
 fn expected(n: u32, chunk: u32, i: u32) -> (Option<u32>, u32) {
     let (dying_chunk, step) = (n / POINTS, n % POINTS);
     match (chunk == dying_chunk, step) {
-        (true, 0) => (None, 0), // taken, not run
         (true, 1) => (None, 1), // run, reply lost
+        // Killed as it noted the chunk, before taking it from its ring: the chunk
+        // runs on the replacement.
         _ => (Some(i), 1),
     }
 }
@@ -175,8 +177,8 @@ fn a_worker_killed_in_a_merged_chunk_fails_the_tasks_that_began_and_runs_the_res
             } else {
                 let step = n - 3 * (2 + first_merged);
                 match (i >= first_merged, step) {
-                    (true, 0) if i == first_merged => (false, 0), // taken: its first part began
-                    (true, 1) => (false, 1),                      // run, reply lost
+                    // Noted, not yet taken from the ring: the chunk runs elsewhere, whole.
+                    (true, 1) => (false, 1), // run, reply lost
                     _ => (true, 1),
                 }
             }

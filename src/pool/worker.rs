@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::task::{self, Progress, TagKey, TaskMsg};
-use crate::channel::{Queue, RecvTimeoutError};
+use crate::channel::{Queue, RecvError};
 use crate::process::{catch_panic, conjure, PanicCapture};
 use crate::shared::RawArray;
 use crate::sync::wait::Wait;
@@ -94,18 +94,28 @@ where
     let mut done = 0u64;
     let mut timing = Timing::default();
     loop {
-        match tasks.get_bytes_into(&mut msg, Wait::Forever) {
-            Ok(()) => {}
+        // Borrowed, and taken from the ring only once the board says which chunk
+        // this worker has: killed before that, the message is still in its ring,
+        // and the parent sends it elsewhere whole (were it taken first, the parent,
+        // seeing the board name the chunk before, would fail all of it, a merged
+        // message's tasks that never began among them). Large messages (in side
+        // segments) and ones that wrap round the ring are taken at once.
+        let loan = match tasks.get_loan() {
+            Ok(loan) => loan,
             // Closed: the pool is closing, and everything sent to us has been run.
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvError::Disconnected) => return,
             Err(e) => panic!("pool worker {slot}: the task ring failed: {e}"),
-        }
+        };
+        msg.clear();
+        msg.extend_from_slice(&loan);
         let Some(chunk) = TaskMsg::parse(&msg) else {
-            // No id to answer to: the parent fails whatever we held when we exit.
+            // No id to answer to: the parent drops it and fails whatever we held
+            // when we exit.
             panic!("pool worker {slot}: a task message too short for its header (damaged ring)");
         };
         progress.took(chunk.id);
         dies_at("worker:took");
+        drop(loan);
         done += 1;
         let last = max_tasks != 0 && done >= max_tasks;
         let kind = if last { task::REPLY_LAST_RESULT } else { task::REPLY_RESULT };
