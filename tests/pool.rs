@@ -215,14 +215,19 @@ fn callbacks_run_in_the_parent_on_the_result_thread_in_completion_order() {
     assert_eq!(errors.len(), 1);
     assert!(matches!(&errors[0], TaskError::Panicked { message, .. } if message == "seven is not allowed"));
     // One task in one worker: its callbacks run in the order the tasks completed.
+    // The worker is kept busy meanwhile, so that every callback is registered
+    // before its task completes (one registered after runs when the result thread
+    // gets to it: later than callbacks of tasks that completed after its own).
     let order = Arc::new(Mutex::new(Vec::new()));
     let serial = pool_one_worker();
+    let busy = serial.apply_async(sleep_ms, 30);
     let mut last = None;
     for i in 0..50u64 {
         let order = Arc::clone(&order);
         last = Some(serial.apply_async(square, i).callback(move |v: &u64| order.lock().unwrap().push(*v)));
     }
     assert!(last.unwrap().wait_timeout(PATIENCE));
+    assert_eq!(busy.get_timeout(PATIENCE), Ok(30));
     assert_eq!(*order.lock().unwrap(), (0..50).map(|i| i * i).collect::<Vec<u64>>());
     // A map's callback gets every value at once.
     let total = Arc::new(AtomicUsize::new(0));
