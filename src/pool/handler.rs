@@ -1305,7 +1305,7 @@ impl Handler {
         touched.clear();
         for (mut p, at) in done.drain(..) {
             if let Some(reply) = batch.reply(at).and_then(Reply::parse) {
-                Self::deliver(&p, &reply);
+                Self::deliver(&p, &reply, self.shared.key);
             }
             let mut merged = p.merged.take();
             let more = merged.as_mut().map(|m| m.more.drain(..));
@@ -1336,10 +1336,10 @@ impl Handler {
     }
 
     /// Hands a reply's items to the parts of its chunk, in order.
-    fn deliver(p: &Pending, reply: &Reply<'_>) {
+    fn deliver(p: &Pending, reply: &Reply<'_>, key: TagKey) {
         // A reply that stopped short (see `settle`) answers at least the first of
         // its chunk's parts' items.
-        let short_ok = reply.unread && reply.count <= p.count;
+        let short_ok = reply.count <= p.count && reply.unread_checked(key);
         if reply.count != p.count && !short_ok {
             let why = TaskError::Decode("a reply's item count does not match its task (damaged message)".into());
             return p.fail(&why);
@@ -1365,7 +1365,7 @@ impl Handler {
     fn on_result(&self, reply: &Reply<'_>) {
         let pending = self.settle(&mut lock(&self.shared.dispatch), reply);
         if let Some(p) = pending {
-            Self::deliver(&p, reply);
+            Self::deliver(&p, reply, self.shared.key);
             for part in p.parts() {
                 part.sink.notify();
             }
@@ -1378,10 +1378,11 @@ impl Handler {
         let last = reply.kind == task::REPLY_LAST_RESULT;
         {
             let mut pending = d.remove(reply.id)?;
-            if reply.unread && reply.count < pending.count {
+            if reply.count < pending.count && reply.unread_checked(self.shared.key) {
                 // The worker never read the arguments from `count` on: the parts of a
                 // merged chunk that lie wholly there run elsewhere, the rest are
                 // answered (their items from there on fail, as a chunk not merged).
+                // Said by a reply whose check fails, it is damage: the chunk fails.
                 let (begun, rest) = pending.split_begun(u64::from(reply.count));
                 d.requeue_first(rest);
                 pending = begun;
@@ -1495,9 +1496,13 @@ impl Handler {
             if w.tasks.get_bytes_into(&mut buf, Wait::timeout(Duration::from_secs(1))).is_err() {
                 break;
             }
-            if let Some(id) = task::task_id(&buf) {
-                w.held.retain(|&h| h != id);
-                back.push(Queued { id, bytes: std::mem::take(&mut buf) });
+            // Only a chunk it was sent (a damaged id might name one running elsewhere).
+            match task::task_id(&buf) {
+                Some(id) if w.held.contains(&id) => {
+                    w.held.retain(|&h| h != id);
+                    back.push(Queued { id, bytes: std::mem::take(&mut buf) });
+                }
+                _ => {}
             }
         }
         let (failed, broken, replace) = {

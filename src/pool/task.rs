@@ -46,7 +46,15 @@ pub(crate) const REPLY_READY: u32 = 2;
 pub(crate) const REPLY_INIT_FAILED: u32 = 3;
 pub(crate) const REPLY_NUDGE: u32 = 4;
 /// Flag on a result's kind: the chunk's items from `count` on were never read.
+/// The kind's bits above it carry a check of that count under the pool's key
+/// ([`unread_check`]): a reply damaged into saying so (the parent would run again
+/// tasks that ran) fails it, and is taken as a whole reply.
 pub(crate) const REPLY_UNREAD: u32 = 1 << 16;
+
+/// The check bits of a short reply's kind (see [`REPLY_UNREAD`]).
+fn unread_check(key: TagKey, id: u64, begun: u32) -> u32 {
+    (Progress::mask(key, id) ^ begun) << 17
+}
 
 /// Item statuses.
 const ITEM_OK: u8 = 0;
@@ -173,7 +181,7 @@ impl<'a> Progress<'a> {
     }
 
     /// The check mask of chunk `id`'s counts (a domain of its own: not a runner's tag).
-    fn mask(key: TagKey, id: u64) -> u32 {
+    pub(crate) fn mask(key: TagKey, id: u64) -> u32 {
         (key.tag(id ^ 0x7072_6f67_7265_7373) >> 32) as u32
     }
 
@@ -587,10 +595,11 @@ pub(crate) fn begin_reply(out: &mut Vec<u8>, id: u64, count: u32, kind: u32) {
     out.extend_from_slice(&0u64.to_le_bytes());
 }
 
-/// Marks a reply whose items from `begun` on were never read (see [`REPLY_UNREAD`]).
-pub(crate) fn set_reply_unread(out: &mut [u8], begun: u32, kind: u32) {
+/// Marks a reply to chunk `id` whose items from `begun` on were never read (see
+/// [`REPLY_UNREAD`]).
+pub(crate) fn set_reply_unread(out: &mut [u8], key: TagKey, id: u64, begun: u32, kind: u32) {
     out[8..12].copy_from_slice(&begun.to_le_bytes());
-    out[12..16].copy_from_slice(&(kind | REPLY_UNREAD).to_le_bytes());
+    out[12..16].copy_from_slice(&(kind | REPLY_UNREAD | unread_check(key, id, begun)).to_le_bytes());
 }
 
 pub(crate) fn set_reply_elapsed(out: &mut [u8], nanos: u64) {
@@ -601,10 +610,11 @@ pub(crate) fn set_reply_elapsed(out: &mut [u8], nanos: u64) {
 pub(crate) struct Reply<'a> {
     pub(crate) id: u64,
     pub(crate) count: u32,
-    /// Without the [`REPLY_UNREAD`] flag.
+    /// Without the [`REPLY_UNREAD`] flag and its check.
     pub(crate) kind: u32,
-    /// The items from `count` on were never read (see [`REPLY_UNREAD`]).
-    pub(crate) unread: bool,
+    /// Says the items from `count` on were never read (see [`REPLY_UNREAD`]):
+    /// believed only once [`unread_checked`](Reply::unread_checked) says so.
+    unread: Option<u32>,
     pub(crate) elapsed_ns: u64,
     pub(crate) items: &'a [u8],
 }
@@ -612,14 +622,21 @@ pub(crate) struct Reply<'a> {
 impl<'a> Reply<'a> {
     pub(crate) fn parse(msg: &'a [u8]) -> Option<Reply<'a>> {
         let kind = u32_at(msg, 12)?;
+        let unread = (kind & REPLY_UNREAD != 0).then_some(kind & !(REPLY_UNREAD - 1) & !REPLY_UNREAD);
         Some(Reply {
             id: u64_at(msg, 0)?,
             count: u32_at(msg, 8)?,
-            kind: kind & !REPLY_UNREAD,
-            unread: kind & REPLY_UNREAD != 0,
+            kind: if unread.is_some() { kind & (REPLY_UNREAD - 1) } else { kind },
+            unread,
             elapsed_ns: u64_at(msg, 16)?,
             items: msg.get(REPLY_HEADER..)?,
         })
+    }
+
+    /// Whether the reply says, with a check that holds under `key`, that the items
+    /// from `count` on were never read.
+    pub(crate) fn unread_checked(&self, key: TagKey) -> bool {
+        self.unread == Some(unread_check(key, self.id, self.count))
     }
 
     /// The panic of an initializer-failed reply.
@@ -734,6 +751,30 @@ mod tests {
         assert_eq!(Progress::read(&board, 1, key), Some((41, 2)));
         // Out of the board: nothing.
         assert_eq!(Progress::read(&board, 2, key), None);
+    }
+
+    #[test]
+    fn a_short_reply_is_believed_only_with_its_check() {
+        let key = TagKey(7, 9);
+        let mut out = Vec::new();
+        begin_reply(&mut out, 41, 6, REPLY_LAST_RESULT);
+        set_reply_unread(&mut out, key, 41, 2, REPLY_LAST_RESULT);
+        let reply = Reply::parse(&out).unwrap();
+        assert_eq!((reply.id, reply.count, reply.kind), (41, 2, REPLY_LAST_RESULT));
+        assert!(reply.unread_checked(key));
+        assert!(!reply.unread_checked(TagKey(7, 8)), "another pool's key");
+        // Damaged: a count lowered (tasks that ran would run again), an id changed,
+        // the flag set on a whole reply: not believed.
+        for (at, byte) in [(8, 1u8), (0, 40), (14, 0)] {
+            let mut bad = out.clone();
+            bad[at] = byte;
+            assert!(!Reply::parse(&bad).unwrap().unread_checked(key), "byte {at} = {byte}");
+        }
+        let mut whole = Vec::new();
+        begin_reply(&mut whole, 41, 2, REPLY_RESULT | REPLY_UNREAD);
+        assert!(!Reply::parse(&whole).unwrap().unread_checked(key));
+        begin_reply(&mut whole, 41, 2, REPLY_RESULT);
+        assert!(!Reply::parse(&whole).unwrap().unread_checked(key));
     }
 
     #[test]

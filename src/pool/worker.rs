@@ -122,7 +122,7 @@ where
         task::begin_reply(&mut out, chunk.id, chunk.count, kind);
         let start = timing.start();
         if let Some(begun) = chunk.run(&capture, &progress, key, &mut verified, &mut out) {
-            task::set_reply_unread(&mut out, begun, kind);
+            task::set_reply_unread(&mut out, key, chunk.id, begun, kind);
         }
         task::set_reply_elapsed(&mut out, timing.stop(start));
         dies_at("worker:ran");
