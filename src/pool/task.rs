@@ -51,9 +51,12 @@ pub(crate) const REPLY_NUDGE: u32 = 4;
 /// tasks that ran) fails it, and is taken as a whole reply.
 pub(crate) const REPLY_UNREAD: u32 = 1 << 16;
 
-/// The check bits of a short reply's kind (see [`REPLY_UNREAD`]).
+/// The check bits of a short reply's kind (see [`REPLY_UNREAD`]): 15 bits of a
+/// keyed hash of the chunk's id and the count, so a change anywhere in the count
+/// (not only in its low bits) fails it but for a chance of one in 32 768.
 fn unread_check(key: TagKey, id: u64, begun: u32) -> u32 {
-    (Progress::mask(key, id) ^ begun) << 17
+    let tag = key.tag(id.rotate_left(32) ^ u64::from(begun) ^ 0x756e_7265_6164_0000);
+    ((tag >> 49) as u32) << 17
 }
 
 /// Item statuses.
@@ -757,15 +760,15 @@ mod tests {
     fn a_short_reply_is_believed_only_with_its_check() {
         let key = TagKey(7, 9);
         let mut out = Vec::new();
-        begin_reply(&mut out, 41, 6, REPLY_LAST_RESULT);
-        set_reply_unread(&mut out, key, 41, 2, REPLY_LAST_RESULT);
+        begin_reply(&mut out, 41, 200_000, REPLY_LAST_RESULT);
+        set_reply_unread(&mut out, key, 41, 65_538, REPLY_LAST_RESULT);
         let reply = Reply::parse(&out).unwrap();
-        assert_eq!((reply.id, reply.count, reply.kind), (41, 2, REPLY_LAST_RESULT));
+        assert_eq!((reply.id, reply.count, reply.kind), (41, 65_538, REPLY_LAST_RESULT));
         assert!(reply.unread_checked(key));
         assert!(!reply.unread_checked(TagKey(7, 8)), "another pool's key");
-        // Damaged: a count lowered (tasks that ran would run again), an id changed,
-        // the flag set on a whole reply: not believed.
-        for (at, byte) in [(8, 1u8), (0, 40), (14, 0)] {
+        // Damaged: a count lowered (tasks that ran would run again: in its low or
+        // its high bits), an id changed, the flag set on a whole reply: not believed.
+        for (at, byte) in [(8, 1u8), (10, 0), (0, 40), (14, 0)] {
             let mut bad = out.clone();
             bad[at] = byte;
             assert!(!Reply::parse(&bad).unwrap().unread_checked(key), "byte {at} = {byte}");
