@@ -625,11 +625,15 @@ pub(crate) struct Reply<'a> {
 impl<'a> Reply<'a> {
     pub(crate) fn parse(msg: &'a [u8]) -> Option<Reply<'a>> {
         let kind = u32_at(msg, 12)?;
-        let unread = (kind & REPLY_UNREAD != 0).then_some(kind & !(REPLY_UNREAD - 1) & !REPLY_UNREAD);
+        // Only a result's kind carries the flag: on any other the bits stay, and the
+        // damaged kind is not one the parent acts on.
+        let base = kind & (REPLY_UNREAD - 1);
+        let flagged = kind & REPLY_UNREAD != 0 && matches!(base, REPLY_RESULT | REPLY_LAST_RESULT);
+        let unread = flagged.then_some(kind & !(REPLY_UNREAD - 1) & !REPLY_UNREAD);
         Some(Reply {
             id: u64_at(msg, 0)?,
             count: u32_at(msg, 8)?,
-            kind: if unread.is_some() { kind & (REPLY_UNREAD - 1) } else { kind },
+            kind: if unread.is_some() { base } else { kind },
             unread,
             elapsed_ns: u64_at(msg, 16)?,
             items: msg.get(REPLY_HEADER..)?,
@@ -778,6 +782,9 @@ mod tests {
         assert!(!Reply::parse(&whole).unwrap().unread_checked(key));
         begin_reply(&mut whole, 41, 2, REPLY_RESULT);
         assert!(!Reply::parse(&whole).unwrap().unread_checked(key));
+        // The flag on a kind that is not a result's: the kind stays unknown.
+        begin_reply(&mut whole, 0, 0, REPLY_READY | REPLY_UNREAD | (5 << 17));
+        assert_ne!(Reply::parse(&whole).unwrap().kind, REPLY_READY);
     }
 
     #[test]
