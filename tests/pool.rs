@@ -373,16 +373,20 @@ fn arguments_that_do_not_serialize_fail_that_task_only() {
     finish_pool(pool);
 }
 
-/// An argument whose `Deserialize` panics on 13 (a user's type with a bug, read in
-/// the worker).
+/// Reads a `u64`, panicking on 13: the `Deserialize` of a user's type with a bug.
+fn read_but_13<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let x = <u64 as serde::Deserialize>::deserialize(d)?;
+    assert!(x != 13, "cannot read 13");
+    Ok(x)
+}
+
+/// An argument whose `Deserialize` panics on 13 (read in the worker).
 #[derive(Debug, serde::Serialize)]
 struct FragileArg(u64);
 
 impl<'de> serde::Deserialize<'de> for FragileArg {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let x = <u64 as serde::Deserialize>::deserialize(d)?;
-        assert!(x != 13, "cannot read 13");
-        Ok(FragileArg(x))
+        read_but_13(d).map(FragileArg)
     }
 }
 
@@ -1026,9 +1030,7 @@ struct Fragile(u64);
 
 impl<'de> serde::Deserialize<'de> for Fragile {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let x = <u64 as serde::Deserialize>::deserialize(d)?;
-        assert!(x != 13, "cannot read 13");
-        Ok(Fragile(x))
+        read_but_13(d).map(Fragile)
     }
 }
 

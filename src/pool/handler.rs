@@ -1339,8 +1339,7 @@ impl Handler {
     fn deliver(p: &Pending, reply: &Reply<'_>, key: TagKey) {
         // A reply that stopped short (see `settle`) answers at least the first of
         // its chunk's parts' items.
-        let short_ok = reply.count <= p.count && reply.unread_checked(key);
-        if reply.count != p.count && !short_ok {
+        if reply.count != p.count && !(reply.count < p.count && reply.unread_checked(key)) {
             let why = TaskError::Decode("a reply's item count does not match its task (damaged message)".into());
             return p.fail(&why);
         }

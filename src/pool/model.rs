@@ -55,6 +55,25 @@ fn wait_gate(gate: Value<u32>) -> u32 {
     u32::MAX
 }
 
+/// Checks how a task ended: with `want`'s value, or (`None`) failed by its
+/// worker's `kill -9`.
+fn assert_ended(got: Result<u32, TaskError>, want: Option<u32>, what: impl Fn() -> String) {
+    match (got, want) {
+        (Ok(got), Some(want)) => assert_eq!(got, want, "{}", what()),
+        (Err(TaskError::WorkerDied { exitcode, .. }), None) => assert_eq!(exitcode, -libc::SIGKILL, "{}", what()),
+        (got, want) => panic!("{}: ended {got:?}, expected {want:?}", what()),
+    }
+}
+
+/// Closes and joins `pool`, then checks how many times each task ran.
+fn assert_runs(pool: Pool, runs: &Array<u32>, expected: impl Fn(u32) -> u32, what: &str) {
+    pool.close();
+    assert!(pool.join_timeout(PATIENCE).unwrap());
+    for (i, &count) in runs.to_vec().unwrap().iter().enumerate() {
+        assert_eq!(count, expected(i as u32), "{what}: task {i}'s runs");
+    }
+}
+
 fn pool_dying_at(n: u32) -> Pool {
     let armed = Value::new(0u32).unwrap();
     Pool::builder().processes(1).initializer(arm, (armed, n)).build().unwrap()
@@ -82,19 +101,9 @@ fn a_worker_killed_at_each_step_fails_exactly_its_own_tasks_and_runs_none_twice(
         let handles: Vec<_> = (0..TASKS).map(|i| pool.apply_async(run_once, (runs.clone(), i))).collect();
         for (i, h) in handles.iter().enumerate() {
             let i = i as u32;
-            let (result, _) = expected(n, i, i);
-            match (h.get_timeout(PATIENCE), result) {
-                (Ok(got), Some(want)) => assert_eq!(got, want),
-                (Err(TaskError::WorkerDied { exitcode, .. }), None) => assert_eq!(exitcode, -libc::SIGKILL),
-                (got, want) => panic!("killed at point {n}: task {i} ended {got:?}, expected {want:?}"),
-            }
+            assert_ended(h.get_timeout(PATIENCE), expected(n, i, i).0, || format!("killed at point {n}: task {i}"));
         }
-        pool.close();
-        assert!(pool.join_timeout(PATIENCE).unwrap());
-        let counts = runs.to_vec().unwrap();
-        for i in 0..TASKS {
-            assert_eq!(counts[i as usize], expected(n, i, i).1, "killed at point {n}: task {i}'s runs");
-        }
+        assert_runs(pool, &runs, |i| expected(n, i, i).1, &format!("killed at point {n}"));
         kills += 1;
     }
     // In chunks of two (an imap): the dying chunk's tasks share its fate.
@@ -185,18 +194,10 @@ fn a_worker_killed_in_a_merged_chunk_fails_the_tasks_that_began_and_runs_the_res
         };
         for (i, h) in handles.iter().enumerate() {
             let i = i as u32;
-            match (h.get_timeout(PATIENCE), expected(i).0) {
-                (Ok(got), true) => assert_eq!(got, i),
-                (Err(TaskError::WorkerDied { exitcode, .. }), false) => assert_eq!(exitcode, -libc::SIGKILL),
-                (got, ok) => panic!("killed at {which}/{n}: task {i} ended {got:?}, expected ok: {ok}"),
-            }
+            let want = expected(i).0.then_some(i);
+            assert_ended(h.get_timeout(PATIENCE), want, || format!("killed at {which}/{n}: task {i}"));
         }
-        pool.close();
-        assert!(pool.join_timeout(PATIENCE).unwrap());
-        let counts = runs.to_vec().unwrap();
-        for i in 0..TASKS {
-            assert_eq!(counts[i as usize], expected(i).1, "killed at {which}/{n}: task {i}'s runs");
-        }
+        assert_runs(pool, &runs, |i| expected(i).1, &format!("killed at {which}/{n}"));
         kills += 1;
     }
     assert_eq!(kills, TASKS + 3);

@@ -105,12 +105,10 @@ impl Ring {
             if kind != SKIP {
                 break (len, kind, frame, pos, gets);
             }
-            if !self.ends_lap(pos, frame) {
+            let Some(next) = self.pass_skip(pos, frame, gets) else {
                 return Err(GetFail::Fault(super::ChannelFault::Corrupted("frame header")));
-            }
-            // Passed over, not counted (see `Ring::rewind`).
-            head = pack(pos + frame, gets);
-            h.head.store(head, Ordering::Release);
+            };
+            head = next;
             used -= frame;
         };
         let crc_len = self.crc_len() as u64;

@@ -413,11 +413,18 @@ impl Ring {
         self.header().not_full.wake_all();
     }
 
-    /// Whether a skip frame at `pos` of `frame` bytes ends where a lap does, as
-    /// every skip a producer writes does (see [`rewind`](Ring::rewind)): a message's
-    /// header with its kind damaged into a skip's does not pass over the message.
-    pub(super) fn ends_lap(&self, pos: u64, frame: u64) -> bool {
-        (pos + frame).is_multiple_of(self.capacity)
+    /// Under the get lock, passes the skip frame of `frame` bytes at `pos` (see
+    /// [`rewind`](Ring::rewind)): `head` moves to the lap's beginning without
+    /// counting a message; the new head. `None` if the skip does not end where a
+    /// lap does, as every skip a producer writes does: a message's header damaged
+    /// into a skip's does not pass over the message.
+    pub(super) fn pass_skip(&self, pos: u64, frame: u64, gets: u32) -> Option<u64> {
+        if !(pos + frame).is_multiple_of(self.capacity) {
+            return None;
+        }
+        let head = pack(pos + frame, gets);
+        self.header().head.store(head, Ordering::Release);
+        Some(head)
     }
 
     /// Bytes and messages in the ring now, if the words make sense.
@@ -748,15 +755,13 @@ impl Ring {
                 return Err(GetFail::Fault(ChannelFault::Corrupted("frame header")));
             };
             if kind == SKIP {
-                if !self.ends_lap(pos, frame) {
+                let Some(next) = self.pass_skip(pos, frame, gets) else {
                     if taken > 0 {
                         break;
                     }
                     return Err(GetFail::Fault(ChannelFault::Corrupted("frame header")));
-                }
-                // Passed over, not counted: the next frame is at the lap's beginning.
-                head = pack(pos + frame, gets);
-                h.head.store(head, Ordering::Release);
+                };
+                head = next;
                 more = frame < used;
                 continue;
             }
