@@ -260,9 +260,7 @@ fn a_callback_registered_after_completion_still_runs_on_the_result_thread() {
     // its value, come after the callback (as an early one's do, and as in Python).
     for i in 0..50u64 {
         let h = pool.apply_async(square, i);
-        while !h.ready() {
-            std::thread::yield_now();
-        }
+        assert!(h.wait_timeout(PATIENCE), "task {i} never completed");
         // Every other time, the result thread is kept busy (in another task's
         // callback) while the late one is registered and the value polled for.
         let busy = Arc::new(AtomicUsize::new(0));
@@ -272,7 +270,9 @@ fn a_callback_registered_after_completion_still_runs_on_the_result_thread() {
                 b.store(1, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(20));
             });
+            let deadline = Instant::now() + PATIENCE;
             while busy.load(Ordering::SeqCst) == 0 {
+                assert!(Instant::now() < deadline, "the busy task's callback never began");
                 std::thread::yield_now();
             }
             blocker

@@ -534,7 +534,10 @@ fn a_rewind_never_writes_over_unread_messages() {
     let mut n = 0u8;
     let mut lapped = false;
     let mut last = 0;
+    let mut puts = 0;
     while !(lapped && q.raw_ring().tail_offset() >= 2 * mark + 2048) {
+        puts += 1;
+        assert!(puts < 1000, "never went round the ring");
         q.put_bytes_with(&[n; 1000], Wait::timeout(PATIENCE)).unwrap();
         unread.push_back(n);
         n = n.wrapping_add(1);
