@@ -684,6 +684,10 @@ thread_local! {
     /// A submitting thread's emptied graveyard buffer, swapped for the pool's
     /// full one (see [`exhume`]).
     static GRAVES: std::cell::Cell<Vec<Arc<dyn Sink>>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The runner [`Shared::runner`] found last on this thread, with the pool's key
+    /// and the runner's address it was for.
+    static LAST_RUNNER: std::cell::Cell<Option<(TagKey, usize, task::TaggedRunner)>> =
+        const { std::cell::Cell::new(None) };
 }
 
 /// The graveyard's buffer of the most sinks a submitting thread keeps between
@@ -759,6 +763,21 @@ impl Shared {
     /// out whether a function lies in the executable asks the loader).
     pub(crate) fn runner<C: task::Invoke>(&self) -> Result<task::TaggedRunner, TaskError> {
         let addr = task::runner_address::<C>();
+        // A submitting loop asks for the same runner of the same pool each time: the
+        // last answer, kept per thread, spares it the lock (a runner's tag depends
+        // only on its address and the pool's key).
+        let cached = LAST_RUNNER.with(|last| last.get()).filter(|&(key, a, _)| key == self.key && a == addr);
+        if let Some((_, _, r)) = cached {
+            return Ok(r);
+        }
+        let found = self.look_up_runner(addr);
+        if let Ok(r) = found {
+            LAST_RUNNER.with(|last| last.set(Some((self.key, addr, r))));
+        }
+        found
+    }
+
+    fn look_up_runner(&self, addr: usize) -> Result<task::TaggedRunner, TaskError> {
         let mut runners = lock(&self.runners);
         let found = match runners.iter().find(|(a, _)| *a == addr) {
             Some((_, r)) => *r,
