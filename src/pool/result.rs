@@ -7,7 +7,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
@@ -15,7 +15,7 @@ use super::error::TaskError;
 use super::handler::Shared;
 use super::task::Items;
 use crate::channel::YIELD_TIME;
-use crate::sync::wait::{safety_poll, sleep_on, spin_rounds, wake, Wait};
+use crate::sync::wait::{safety_poll, sleep_on, spin_rounds, wake, yield_for, Wait};
 use crate::sync::Line;
 
 /// Maps of this many tasks or more are waited for asleep (no yield phase).
@@ -123,12 +123,8 @@ impl Latch {
         }
         // Then give the CPU away for a while (with more threads than CPUs, the one
         // that would notify us may be waiting for this one).
-        let yield_end = Instant::now() + if yielding { YIELD_TIME } else { Duration::ZERO };
-        while Instant::now() < yield_end {
-            if moved() {
-                return true;
-            }
-            std::thread::yield_now();
+        if yield_for(if yielding { YIELD_TIME } else { Duration::ZERO }, wait, &mut || moved()) {
+            return true;
         }
         loop {
             self.sleepers.fetch_add(1, Ordering::SeqCst);

@@ -173,6 +173,43 @@ pub(crate) fn wake(word: &AtomicU32, n: u32) -> u32 {
 /// How long a waiter whose spin ran out keeps giving its CPU away before it sleeps.
 pub(crate) const YIELD_TIME: Duration = Duration::from_micros(100);
 
+/// A yield that kept its thread off the CPU this long lost it to a thread that
+/// does not hand it back (a busy program): on an idle machine a yield returns
+/// within microseconds, and beside busy loops one in two took 2 to 5 ms here
+/// (`sched_yield` timed 2 000 times, with and without 4 busy loops on 2 CPUs).
+/// Well above what our own threads keep a CPU for between two looks (a fork, a
+/// reply's callbacks): at 200 µs an idle machine was taken for busy now and then.
+const LOST_CPU: Duration = Duration::from_millis(1);
+
+/// How long every waiter goes straight from spinning to sleeping once a yield
+/// lost the CPU. A yielded thread stays runnable and waits for the running one's
+/// time slice to end, milliseconds on a busy machine, when the thing it waits for
+/// comes; a sleeper is woken, and its wake-up preempts. After this, one yield
+/// looks again (one lost slice per look).
+const BUSY_FOR_MS: u64 = 100;
+
+/// Whether a yield lost the CPU lately: until when (on [`sys::coarse_millis`]'s
+/// clock) the machine counts as busy, 0 when it does not.
+struct BusyMark(AtomicU64);
+
+impl BusyMark {
+    fn is_set(&self) -> bool {
+        // Most of the time nothing was lost, and no clock is read.
+        self.0.load(Ordering::Relaxed) != 0 && self.is_set_at(sys::coarse_millis())
+    }
+
+    fn is_set_at(&self, now_ms: u64) -> bool {
+        now_ms < self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self) {
+        self.0.store(sys::coarse_millis() + BUSY_FOR_MS, Ordering::Relaxed);
+    }
+}
+
+/// The process's mark: a yield lost by one thread makes them all sleep at once.
+static BUSY: BusyMark = BusyMark(AtomicU64::new(0));
+
 /// Between spinning and sleeping: yields the CPU while looking for `ready()`, for
 /// up to [`YIELD_TIME`]. A waiter sharing a CPU with the process it waits for (more
 /// processes than CPUs) thus lets it run, and is not asleep when it delivers: a
@@ -180,14 +217,46 @@ pub(crate) const YIELD_TIME: Duration = Duration::from_micros(100);
 /// Measured with a producer and two consumers on two CPUs (`joinable_queue`): 1 to
 /// 12 M items/s from run to run, the producer preempted up to 2 700 times in a
 /// 50 000-item run, without this phase; 11.6 to 12.4 M items/s, no preemption, with.
+///
+/// On a busy machine it gives up at once (see [`LOST_CPU`]): a yield there
+/// hands the CPU to another program for its whole time slice. Measured beside 4
+/// busy loops on 2 CPUs, alternating with the same code yielding regardless: pool
+/// `map` 12-20 ms → 0.2-0.4 ms, `imap` 116-119 → 2-5 ms, an executor's 20 000
+/// submits 92-99 → 42-60 ms.
 pub(crate) fn yield_until(wait: Wait, ready: &mut impl FnMut() -> bool) -> bool {
+    yield_for(YIELD_TIME, wait, ready)
+}
+
+/// [`yield_until`] for up to `time`.
+pub(crate) fn yield_for(time: Duration, wait: Wait, ready: &mut impl FnMut() -> bool) -> bool {
+    yield_with(&BUSY, time, wait, ready, std::thread::yield_now)
+}
+
+/// [`yield_for`], giving the CPU away with `give_way`, the lost yields marked in `busy`.
+fn yield_with(
+    busy: &BusyMark,
+    time: Duration,
+    wait: Wait,
+    ready: &mut impl FnMut() -> bool,
+    mut give_way: impl FnMut(),
+) -> bool {
+    if time.is_zero() || busy.is_set() {
+        return false;
+    }
     let start = Instant::now();
-    let end = wait.deadline().map_or(start + YIELD_TIME, |d| d.min(start + YIELD_TIME));
-    while Instant::now() < end {
-        std::thread::yield_now();
+    let end = wait.deadline().map_or(start + time, |d| d.min(start + time));
+    let mut before = start;
+    while before < end {
+        give_way();
         if ready() {
             return true;
         }
+        let after = Instant::now();
+        if after.duration_since(before) >= LOST_CPU {
+            busy.set();
+            return false;
+        }
+        before = after;
     }
     false
 }
@@ -195,6 +264,56 @@ pub(crate) fn yield_until(wait: Wait, ready: &mut impl FnMut() -> bool) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A yield that kept the thread off its CPU for a time slice marks the machine
+    /// busy: the waiter goes to sleep, and so do the next ones, without yielding,
+    /// until the mark runs out.
+    #[test]
+    fn a_yield_that_lost_the_cpu_makes_waiters_sleep_at_once() {
+        let busy = BusyMark(AtomicU64::new(0));
+        let lose_the_cpu = || std::thread::sleep(LOST_CPU + Duration::from_millis(1));
+        let (mut yields, mut looks) = (0, 0);
+        let ready = yield_with(
+            &busy,
+            YIELD_TIME,
+            Wait::Forever,
+            &mut || {
+                looks += 1;
+                false
+            },
+            || {
+                yields += 1;
+                lose_the_cpu();
+            },
+        );
+        assert!(!ready);
+        assert_eq!((yields, looks), (1, 1), "it gave up after the first lost yield");
+        let now = sys::coarse_millis();
+        assert!(busy.is_set() && busy.is_set_at(now) && !busy.is_set_at(now + BUSY_FOR_MS + 1));
+        // A waiter now skips the yields altogether.
+        let mut yields = 0;
+        assert!(!yield_with(&busy, YIELD_TIME, Wait::Forever, &mut || false, || yields += 1));
+        assert_eq!(yields, 0);
+        // What became ready while the CPU was lost is still taken.
+        let fresh = BusyMark(AtomicU64::new(0));
+        assert!(yield_with(&fresh, YIELD_TIME, Wait::Forever, &mut || true, lose_the_cpu));
+    }
+
+    /// Quick yields (the CPU handed back at once) go on until the yield time is up,
+    /// and leave the machine unmarked.
+    #[test]
+    fn quick_yields_last_the_yield_time() {
+        // Three tries: a busy test machine may itself take the CPU for a millisecond.
+        let quick = (0..3).any(|_| {
+            let busy = BusyMark(AtomicU64::new(0));
+            let start = Instant::now();
+            let mut yields = 0u32;
+            let ready = yield_with(&busy, Duration::from_millis(2), Wait::Forever, &mut || false, || yields += 1);
+            assert!(!ready);
+            !busy.is_set() && start.elapsed() >= Duration::from_millis(2) && yields > 1
+        });
+        assert!(quick, "quick yields went on for the yield time, unmarked");
+    }
 
     /// The gaps between a spin's looks: 1, then [`LOOK_EVERY`], then never more than
     /// a quarter of what was spun before them; the budget spent exactly.
