@@ -535,3 +535,35 @@ fn interrupt_ends_a_child_as_ctrl_c_would() {
     p.interrupt().unwrap();
     assert_eq!(finish(&p), Some(-libc::SIGINT));
 }
+
+/// Regression: a forked child whose target panicked could wait forever in the
+/// default panic hook, on std's backtrace lock, which a thread of the parent held
+/// at the fork while it printed a panic of its own. The child now prints its panic
+/// itself; here a parent thread panics (caught) all along while children are forked
+/// and panic.
+#[test]
+fn a_forked_child_that_panics_while_a_parent_thread_prints_a_panic_ends() {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noisy = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::panic::catch_unwind(|| panic!("a parent thread's own panic, printed"));
+            }
+        })
+    };
+    let mut hung = 0;
+    for _ in 0..30 {
+        let p = start(StartMethod::Fork, Process::builder(panics, ()));
+        if !p.join_timeout(Duration::from_secs(3)).unwrap() {
+            hung += 1;
+            let _ = p.kill();
+            let _ = p.join_timeout(PATIENCE);
+        } else {
+            assert_eq!(p.exitcode(), Some(1), "it ended as a panicked target does");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    noisy.join().unwrap();
+    assert_eq!(hung, 0, "forked children hung in their panic hook");
+}

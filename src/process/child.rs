@@ -128,9 +128,34 @@ pub(crate) fn install_panic_hook() {
             if me.parent.is_some() {
                 let _ = writeln!(std::io::stderr(), "Process {} (pid {}):", me.name, sys::getpid());
             }
+            if FORKED.load(Ordering::Relaxed) {
+                // The default hook takes std's backtrace lock, which another thread
+                // of the parent may have held at the fork (printing its own panic):
+                // a forked worker whose task panicked then waited on it forever. The
+                // same lines, printed here through stderr (held across the fork by
+                // the forking thread, so free here), without a backtrace.
+                print_panic(info);
+                return;
+            }
             previous(info);
         }));
     });
+}
+
+/// Set in a child forked from its parent (not re-executed): see [`install_panic_hook`].
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+/// Called in a forked child first thing.
+pub(crate) fn mark_forked() {
+    FORKED.store(true, Ordering::Relaxed);
+}
+
+/// What the default panic hook prints, but its backtrace.
+fn print_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let panic = Panic::from_hook(info);
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("<unnamed>");
+    let _ = writeln!(std::io::stderr(), "thread '{name}' panicked at {}:\n{}", panic.location, panic.message);
 }
 
 /// A panic caught in a child, as it crosses back to the parent: its message and

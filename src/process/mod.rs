@@ -357,6 +357,7 @@ impl Process {
         let forked = unsafe { sys::fork() };
         match forked.map_err(os("fork"))? {
             Forked::Child => {
+                child::mark_forked();
                 // This thread holds them in the child's copy: let them go, or a thread
                 // the target starts could never print.
                 drop((out, err, gate));
