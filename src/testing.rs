@@ -113,6 +113,13 @@ pub fn set_safety_poll(every: Duration) {
     crate::sync::wait::set_safety_poll(every);
 }
 
+/// Makes the next `n` starts of pool workers in this process fail, as when it is
+/// out of descriptors or processes for a moment (`0`: none), so that a test can
+/// watch a pool recover. Inherited by forked children (a test sets it in one).
+pub fn fail_worker_starts(n: u32) {
+    crate::pool::fail_worker_starts(n);
+}
+
 pub use crate::channel::SideStall;
 
 /// Makes this process stop for good at `at` of every large message's hand-off

@@ -1063,3 +1063,106 @@ fn a_result_that_panics_as_it_is_read_fails_its_chunk_once() {
         assert_eq!(ok, (0..50).filter(|x| !(10..15).contains(x)).collect::<Vec<_>>(), "ordered {ordered}");
     }
 }
+
+/// A worker initializer that leaves the worker no descriptor to open anything with.
+fn without_descriptors(_: ()) {
+    std::mem::forget(exhaust_descriptors());
+}
+
+fn byte_count(v: Vec<u8>) -> usize {
+    v.len()
+}
+
+/// Regression (a review found it): a worker that could not open a large task
+/// message (out of descriptors) died, the message went to the front of the backlog,
+/// the replacement took it and died in turn, forever, and `get` never returned.
+/// Now a worker waits for the shortage to pass for a while, and the third worker in
+/// a row that dies on one message fails it; the pool serves on.
+#[test]
+fn a_message_that_workers_cannot_open_fails_after_three_deaths_instead_of_forever() {
+    let _watchdog = watchdog(WATCHDOG);
+    let pool = Pool::builder()
+        .processes(1)
+        .start_method(StartMethod::Fork)
+        .initializer(without_descriptors, ())
+        .build()
+        .unwrap();
+    let first = pool.worker_pids();
+    // Over a quarter of the worker's ring: it travels in a segment of its own.
+    let r = pool.apply_async(byte_count, vec![7u8; 200_000]);
+    match r.get_timeout(PATIENCE) {
+        Err(TaskError::Send(why)) => assert!(why.contains("3 workers in a row died"), "{why}"),
+        other => panic!("expected the message to fail after three deaths, got {other:?}"),
+    }
+    // Small messages need no descriptor: the third replacement serves them.
+    assert_eq!(pool.apply(square, 12), Ok(144));
+    let now = pool.worker_pids();
+    assert_ne!(first, now, "the workers that died were replaced");
+    pool.terminate();
+    pool.join().unwrap();
+}
+
+fn big_reply(n: usize) -> Vec<u8> {
+    vec![3u8; n]
+}
+
+/// Regression (a review found it): a reply too large for the result ring, which the
+/// parent could not open for want of descriptors, was taken for a damaged ring: every
+/// task failed and the pool was terminated. Now the reply waits in the ring until
+/// the parent can open it.
+#[test]
+fn a_parent_out_of_descriptors_for_a_moment_gets_its_large_result_afterwards() {
+    let child = spawn_child(|| {
+        let pool = Pool::builder().processes(1).start_method(StartMethod::Fork).build().unwrap();
+        assert_eq!(pool.apply(square, 2), Ok(4), "the worker is up");
+        let (taken, old) = exhaust_descriptors();
+        let r = pool.apply_async(big_reply, 300_000);
+        std::thread::sleep(Duration::from_millis(200));
+        let waited = !r.ready();
+        restore_descriptors(taken, old);
+        let got = r.get_timeout(PATIENCE);
+        let served_on = pool.apply(square, 3) == Ok(9);
+        pool.terminate();
+        match (waited, got, served_on) {
+            (true, Ok(v), true) if v.len() == 300_000 && v.iter().all(|&b| b == 3) => 0,
+            (false, ..) => 1, // the reply was read although the parent had no descriptor
+            (_, Err(e), _) => {
+                eprintln!("{e}");
+                2
+            }
+            _ => 3,
+        }
+    });
+    assert_eq!(join(child), Exit::Code(0));
+}
+
+/// Regression (a review found it): five failed starts in a row broke the pool, and
+/// with every worker killed while starts failed for a moment (out of descriptors or
+/// processes) the replacements failed five times within a few milliseconds. Now
+/// the failures must also go on for a second.
+#[test]
+fn workers_that_cannot_be_replaced_for_a_moment_are_replaced_afterwards() {
+    let child = spawn_child(|| {
+        let pool = Pool::builder().processes(2).start_method(StartMethod::Fork).build().unwrap();
+        assert_eq!(pool.apply(square, 2), Ok(4), "the workers are up");
+        // Both slots are tried again at every look at the workers (every 20 ms).
+        shmproc::testing::fail_worker_starts(12);
+        let before = pool.worker_pids();
+        for &pid in &before {
+            // SAFETY: signalling our own worker process.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let waiting: Vec<_> = (0..10u64).map(|x| pool.apply_async(square, x)).collect();
+        let all = waiting.iter().enumerate().all(|(x, r)| r.get_timeout(PATIENCE) == Ok(x as u64 * x as u64));
+        let served_on = pool.apply(square, 3) == Ok(9);
+        let replaced = pool.worker_pids().iter().all(|pid| !before.contains(pid));
+        pool.terminate();
+        match (all, served_on, replaced) {
+            (true, true, true) => 0,
+            (false, ..) => 1,
+            (true, false, _) => 2,
+            (true, true, false) => 3,
+        }
+    });
+    assert_eq!(join(child), Exit::Code(0));
+}

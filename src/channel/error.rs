@@ -45,6 +45,11 @@ pub enum ChannelFault {
     /// A message too large for the channel's side segments, or the OS refused one.
     #[error("cannot move a large message: {0}")]
     Side(String),
+    /// A large message's segment cannot be opened now: this process is out of
+    /// descriptors or memory. The message stays in the channel, whole, for a later
+    /// receive (here once something was freed, or by another consumer).
+    #[error("cannot open a large message now (it stays in the channel): {0}")]
+    SideUnavailable(String),
     /// The connection cannot be used in this direction (a simplex pipe's other role).
     #[error("this end of the pipe cannot {0}")]
     WrongDirection(&'static str),

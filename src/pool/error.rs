@@ -86,7 +86,7 @@ pub enum TaskError {
     Broken(String),
 }
 
-fn describe_exit(code: i32) -> String {
+pub(super) fn describe_exit(code: i32) -> String {
     if code == crate::EXITCODE_UNKNOWN {
         "ended, how is unknown (its fork server died first)".to_owned()
     } else if code < 0 {

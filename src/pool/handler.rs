@@ -40,11 +40,20 @@ use std::time::{Duration, Instant};
 use super::error::{PoolError, TaskError};
 use super::result::Sink;
 use super::task::{self, Items, Reply, RunnerRef, TagKey};
-use crate::channel::{Queue, RecvTimeoutError};
+use super::worker::Shortage;
+use crate::channel::{ChannelFault, Queue, RecvTimeoutError};
 use crate::process::{Process, ProcessError};
 use crate::shared::RawArray;
 use crate::sync::wait::Wait;
 use crate::sys;
+
+/// Worker starts that are to fail on purpose, process-wide (see
+/// [`crate::testing::fail_worker_starts`]).
+static STARTS_TO_FAIL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+pub(crate) fn fail_worker_starts(n: u32) {
+    STARTS_TO_FAIL.store(n, Ordering::Relaxed);
+}
 
 /// How often the result-handling thread looks at its workers' exit status.
 const CHECK_EVERY: Duration = Duration::from_millis(20);
@@ -70,8 +79,17 @@ const GRAVEYARD_MAX: usize = 1 << 16;
 const SPARE_MAX: usize = 4096;
 /// Rests of merged chunks kept for reuse, at most.
 const SPARE_MERGED_MAX: usize = 64;
-/// Starts that fail in a row, with no worker left, before the pool gives up.
+/// Starts that fail in a row, with no worker left, before the pool gives up...
 const START_FAILURES: u32 = 5;
+/// ... and for at least this long (a moment out of descriptors or processes, all
+/// workers dying at once, must not break the pool).
+const START_FAILING_FOR: Duration = Duration::from_secs(1);
+/// Workers that die in a row while taking the same message from their rings (one
+/// they cannot open, say) before the parent fails it rather than try another.
+const HEAD_DEATHS: u32 = 3;
+/// How long the result-handling thread waits before it looks again at a reply it
+/// could not open for want of descriptors or memory.
+const SHORTAGE_PAUSE: Duration = Duration::from_millis(5);
 /// About how much work (by the workers' timing of a task) waiting chunks merged
 /// into one message may hold (see `Dispatch::merge`): small next to
 /// [`QUEUED_WORK`], so that workers still share the work out evenly.
@@ -142,6 +160,11 @@ struct Dispatch {
     launching: bool,
     startup_deaths: u32,
     start_failures: u32,
+    /// When the current run of start failures began.
+    failing_since: Option<Instant>,
+    /// The message the last worker that died idle was taking (the first in its
+    /// ring), and how many workers in a row died so (see [`HEAD_DEATHS`]).
+    head_deaths: Option<(u64, u32)>,
     /// Chunks no ring would take (a fault, or no file for a large message): failed
     /// by the result-handling thread, outside the lock.
     undeliverable: Vec<(Pending, TaskError)>,
@@ -346,6 +369,18 @@ impl Dispatch {
             self.first_id += 1;
         }
         p
+    }
+
+    /// Counts a worker that died idle, taking message `id` from its ring: `Some(id)`
+    /// when that makes [`HEAD_DEATHS`] in a row on it (it is then failed, not sent
+    /// again).
+    fn died_taking(&mut self, id: u64) -> Option<u64> {
+        let deaths = match self.head_deaths {
+            Some((last, n)) if last == id => n + 1,
+            _ => 1,
+        };
+        self.head_deaths = Some((id, deaths));
+        (deaths >= HEAD_DEATHS).then_some(id)
     }
 
     fn has_work(&self) -> bool {
@@ -741,6 +776,8 @@ impl Shared {
                 launching: true,
                 startup_deaths: 0,
                 start_failures: 0,
+                failing_since: None,
+                head_deaths: None,
                 undeliverable: Vec::new(),
                 dead_rings: Vec::new(),
                 graveyard: Vec::new(),
@@ -1124,17 +1161,21 @@ impl Handler {
             self.shared.state.store(DONE, Ordering::Release);
             return;
         }
-        for i in 1..n {
-            // One that fails is tried again at the next look (see `check_workers`).
-            self.try_start(i);
-        }
-        let mut d = lock(&self.shared.dispatch);
-        d.launching = false;
-        for i in 0..n {
-            d.refill(i);
-        }
-        drop(d);
-        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve()));
+        // From here on a panic (a user's initializer arguments whose clone panics, a
+        // bug of ours) fails every task rather than leave their waiters waiting.
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for i in 1..n {
+                // One that fails is tried again at the next look (see `check_workers`).
+                self.try_start(i);
+            }
+            let mut d = lock(&self.shared.dispatch);
+            d.launching = false;
+            for i in 0..n {
+                d.refill(i);
+            }
+            drop(d);
+            self.serve()
+        }));
         if served.is_err() {
             // A bug of ours or a user's type that panicked here: stop cleanly rather
             // than leave every waiter waiting for a thread that is gone.
@@ -1185,6 +1226,11 @@ impl Handler {
                     batch.shrink();
                 }
                 Err(RecvTimeoutError::Timeout) => {}
+                // A large reply this process cannot open for now (out of descriptors
+                // or memory): it stays in the ring until it can.
+                Err(RecvTimeoutError::Failed(ChannelFault::SideUnavailable(_))) => {
+                    std::thread::sleep(SHORTAGE_PAUSE);
+                }
                 Err(e) => {
                     // The result ring is damaged: no reply can be trusted to its task.
                     let all = lock(&self.shared.dispatch).take_all();
@@ -1226,6 +1272,12 @@ impl Handler {
     }
 
     fn start_worker(&self, i: usize) -> Result<(), ProcessError> {
+        if STARTS_TO_FAIL.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+            return Err(ProcessError::Os {
+                op: "starting a worker",
+                source: std::io::Error::other("made to fail (shmproc::testing::fail_worker_starts)"),
+            });
+        }
         let tasks = Queue::<Vec<u8>>::builder().capacity(TASK_RING).build().map_err(|e| ProcessError::Os {
             op: "creating a worker's task ring",
             source: std::io::Error::other(e.to_string()),
@@ -1510,9 +1562,12 @@ impl Handler {
         // (read without the lock: a dead reader's lock may take a moment to recover).
         let mut back = Vec::new();
         let mut buf = Vec::new();
+        let mut shortage = Shortage::default();
         while w.tasks.qsize() > 0 {
-            if w.tasks.get_bytes_into(&mut buf, Wait::timeout(Duration::from_secs(1))).is_err() {
-                break;
+            match w.tasks.get_bytes_into(&mut buf, Wait::timeout(Duration::from_secs(1))) {
+                Ok(()) => {}
+                Err(RecvTimeoutError::Failed(ChannelFault::SideUnavailable(_))) if shortage.wait_out() => continue,
+                Err(_) => break,
             }
             // Only a chunk it was sent (a damaged id might name one running elsewhere).
             match task::task_id(&buf) {
@@ -1523,9 +1578,21 @@ impl Handler {
                 _ => {}
             }
         }
-        let (failed, broken, replace) = {
+        // Idle (it ran nothing), it died taking the first message of its ring.
+        let idle = w.ready && !w.retiring && !w.closed && w.held.is_empty();
+        let (failed, broken, replace, poison) = {
             let mut d = lock(&self.shared.dispatch);
+            let mut poison = None;
+            if w.tasks.qsize() > 0 {
+                // Left unread (see the shortage above): its large messages' files
+                // are unlinked when the pool ends, with the other dead rings'.
+                d.dead_rings.push(w.tasks.clone());
+            }
+            let poisoned = back.first().filter(|_| idle).and_then(|q| d.died_taking(q.id));
             for q in back.into_iter().rev() {
+                if Some(q.id) == poisoned {
+                    continue;
+                }
                 d.backlog.push_front(q);
             }
             if !w.ready {
@@ -1540,6 +1607,13 @@ impl Handler {
             // elsewhere, ahead of the rest.
             let progress = task::Progress::read(&self.shared.board, i, self.shared.key);
             let mut failed = Vec::new();
+            if let Some(p) = poisoned.and_then(|id| d.remove(id)) {
+                let why = format!(
+                    "{HEAD_DEATHS} workers in a row died taking it from their rings (the last: pid {pid}, {})",
+                    super::error::describe_exit(code)
+                );
+                poison = Some((p, TaskError::Send(why)));
+            }
             for &id in &w.held {
                 let Some(p) = d.remove(id) else { continue };
                 // Unless it noted this chunk (with a count that passes its check: see
@@ -1566,9 +1640,12 @@ impl Handler {
             // A worker whose ring was closed (the pool is closing) is not replaced,
             // nor is one once the pool is closed and nothing is left to send.
             let replace = !w.closed && (state == RUNNING || (state == CLOSED && !d.backlog.is_empty()));
-            (failed, d.broken.clone(), replace)
+            (failed, d.broken.clone(), replace, poison)
         };
         fail_all(failed, &TaskError::WorkerDied { pid, exitcode: code });
+        if let Some((p, why)) = poison {
+            p.fail(&why);
+        }
         if let Some(e) = broken {
             let all = lock(&self.shared.dispatch).take_all();
             fail_all(all, &e);
@@ -1579,16 +1656,26 @@ impl Handler {
         }
     }
 
-    /// Starts worker `i`; after [`START_FAILURES`] failures in a row with no worker
-    /// left, the pool is broken (its tasks fail) instead of retrying forever.
+    /// Starts worker `i`; after [`START_FAILURES`] failures in a row over
+    /// [`START_FAILING_FOR`] with no worker left, the pool is broken (its tasks
+    /// fail) instead of retrying forever.
     fn try_start(&self, i: usize) {
         match self.start_worker(i) {
-            Ok(()) => lock(&self.shared.dispatch).start_failures = 0,
+            Ok(()) => {
+                let mut d = lock(&self.shared.dispatch);
+                d.start_failures = 0;
+                d.failing_since = None;
+            }
             Err(e) => {
                 let (why, all) = {
                     let mut d = lock(&self.shared.dispatch);
                     d.start_failures += 1;
-                    if d.start_failures < START_FAILURES || d.workers.iter().any(Option::is_some) {
+                    let since = *d.failing_since.get_or_insert_with(Instant::now);
+                    // Tried again at each look at the workers (see `check_workers`).
+                    if d.start_failures < START_FAILURES
+                        || since.elapsed() < START_FAILING_FOR
+                        || d.workers.iter().any(Option::is_some)
+                    {
                         return;
                     }
                     let why =

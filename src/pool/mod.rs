@@ -46,7 +46,7 @@ pub use error::{PoolError, TaskError};
 pub use result::{AsyncResult, MapResult};
 pub use task::StarTask;
 
-pub(crate) use handler::Shared;
+pub(crate) use handler::{fail_worker_starts, Shared};
 pub(crate) use result::{Latch, Sink};
 pub(crate) use task::{Items, Plain};
 

@@ -2,13 +2,13 @@
 //! ring, each chunk's reply into the pool's result ring, until its ring is closed
 //! or it has run `max_tasks_per_child` chunks.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::task::{self, Progress, TagKey, TaskMsg};
-use crate::channel::{Queue, RecvError};
+use crate::channel::{ChannelFault, Queue, RecvError};
 use crate::process::{catch_panic, conjure, PanicCapture};
 use crate::shared::RawArray;
 use crate::sync::wait::Wait;
@@ -93,6 +93,7 @@ where
     let capture = PanicCapture::begin(true);
     let mut done = 0u64;
     let mut timing = Timing::default();
+    let mut shortage = Shortage::default();
     loop {
         // Borrowed, and taken from the ring only once the board says which chunk
         // this worker has: killed before that, the message is still in its ring,
@@ -101,9 +102,14 @@ where
         // message's tasks that never began among them). Large messages (in side
         // segments) and ones that wrap round the ring are taken at once.
         let loan = match tasks.get_loan() {
-            Ok(loan) => loan,
+            Ok(loan) => {
+                shortage.ended();
+                loan
+            }
             // Closed: the pool is closing, and everything sent to us has been run.
             Err(RecvError::Disconnected) => return,
+            // A large message this process cannot open for now: it stays in the ring.
+            Err(RecvError::Failed(ChannelFault::SideUnavailable(_))) if shortage.wait_out() => continue,
             Err(e) => panic!("pool worker {slot}: the task ring failed: {e}"),
         };
         msg.clear();
@@ -139,5 +145,37 @@ where
 fn dies_at(name: &'static str) {
     if crate::steps::point(name) == crate::steps::Step::Die {
         crate::sys::kill_self();
+    }
+}
+
+/// How long a worker waits for descriptors or memory to open a large task message
+/// before it gives up and exits (its message then goes to another worker; the
+/// parent fails a message that workers keep dying on: see `Handler::on_worker_exit`).
+/// The parent waits as long to read a dead worker's large messages back.
+const SHORTAGE_PATIENCE: Duration = Duration::from_millis(500);
+
+/// A wait for the resources to open a large message (a worker's task, or a dead
+/// worker's leftovers the parent reads back).
+#[derive(Default)]
+pub(super) struct Shortage {
+    since: Option<Instant>,
+    pause: Duration,
+}
+
+impl Shortage {
+    /// Sleeps a little before the next try (each pause twice the last, up to 50 ms);
+    /// `false` once the shortage has lasted [`SHORTAGE_PATIENCE`].
+    pub(super) fn wait_out(&mut self) -> bool {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= SHORTAGE_PATIENCE {
+            return false;
+        }
+        self.pause = (self.pause * 2).clamp(Duration::from_millis(1), Duration::from_millis(50));
+        std::thread::sleep(self.pause);
+        true
+    }
+
+    fn ended(&mut self) {
+        *self = Shortage::default();
     }
 }

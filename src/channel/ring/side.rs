@@ -49,7 +49,7 @@ impl SideSegment {
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN | libc::EINTR)
                 ) =>
             {
-                SideOpen::Retry(ChannelFault::Side(e.to_string()))
+                SideOpen::Retry(ChannelFault::SideUnavailable(e.to_string()))
             }
             _ => SideOpen::Lost(ChannelFault::Side(e.to_string())),
         })?;
