@@ -36,11 +36,15 @@ pub enum Exit {
 /// of the fork (stdout's lock included): write with `libc::write` or not at all in
 /// heavily threaded parents such as the test harness.
 pub fn fork<F: FnOnce() -> i32 + 'static>(f: F) -> std::io::Result<Child> {
+    // A failed assertion in the child prints as a forked worker's panic does (see
+    // `child::install_panic_hook`), not through a lock a parent thread may hold.
+    crate::process::install_panic_hook();
     // SAFETY: the child only runs `f` and `_exit`s; see the function's docs for what
     // `f` must avoid.
     match unsafe { sys::fork()? } {
         Forked::Parent(pid) => Ok(Child { pid, exit: None }),
         Forked::Child => {
+            crate::process::mark_forked();
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(PANICKED);
             sys::exit_now(code)
         }

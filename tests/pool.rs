@@ -1091,13 +1091,37 @@ fn a_message_that_workers_cannot_open_fails_after_three_deaths_instead_of_foreve
     // Over a quarter of the worker's ring: it travels in a segment of its own.
     let r = pool.apply_async(byte_count, vec![7u8; 200_000]);
     match r.get_timeout(PATIENCE) {
-        Err(TaskError::Send(why)) => assert!(why.contains("3 workers in a row died"), "{why}"),
+        Err(TaskError::Send(why)) => assert!(why.contains("3 workers died taking it"), "{why}"),
         other => panic!("expected the message to fail after three deaths, got {other:?}"),
     }
     // Small messages need no descriptor: the third replacement serves them.
     assert_eq!(pool.apply(square, 12), Ok(144));
     let now = pool.worker_pids();
     assert_ne!(first, now, "the workers that died were replaced");
+    pool.terminate();
+    pool.join().unwrap();
+}
+
+/// Two workers, two such messages: each dying worker's replacement takes the other
+/// message, and counted per message (not "in a row") both still fail.
+#[test]
+fn two_messages_that_workers_cannot_open_both_fail_with_two_workers() {
+    let _watchdog = watchdog(WATCHDOG);
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(StartMethod::Fork)
+        .initializer(without_descriptors, ())
+        .build()
+        .unwrap();
+    let a = pool.apply_async(byte_count, vec![1u8; 200_000]);
+    let b = pool.apply_async(byte_count, vec![2u8; 200_000]);
+    for r in [a, b] {
+        match r.get_timeout(PATIENCE) {
+            Err(TaskError::Send(why)) => assert!(why.contains("3 workers died taking it"), "{why}"),
+            other => panic!("expected the message to fail after three deaths, got {other:?}"),
+        }
+    }
+    assert_eq!(pool.apply(square, 12), Ok(144));
     pool.terminate();
     pool.join().unwrap();
 }

@@ -356,11 +356,19 @@ fn active_children_lists_running_children_and_forgets_ended_ones() {
     assert!(shmproc::active_children().iter().all(|c| c.pid != pid));
 }
 
+/// Panics once told to (so that the parent can look before).
+fn panics_when_told(told: Event) {
+    assert!(told.wait_timeout(PATIENCE), "never told");
+    panic!("deliberately");
+}
+
 #[test]
 fn a_panicking_child_gives_its_parent_the_panic_message_and_location() {
     for method in METHODS {
-        let mut p = start(method, Process::builder(panics, ()));
-        assert_eq!(p.panic_message(), None, "{method:?}: nothing while it may still run");
+        let told = Event::new().unwrap();
+        let mut p = start(method, Process::builder(panics_when_told, told.clone()));
+        assert_eq!(p.panic_message(), None, "{method:?}: nothing while it still runs");
+        told.set();
         assert_eq!(finish(&p), Some(1), "{method:?}");
         assert_eq!(p.panic_message().as_deref(), Some("deliberately"), "{method:?}");
         assert!(p.panic_location().unwrap().starts_with("tests/process.rs:"), "{method:?}");

@@ -88,8 +88,12 @@ const START_FAILING_FOR: Duration = Duration::from_secs(1);
 /// they cannot open, say) before the parent fails it rather than try another.
 const HEAD_DEATHS: u32 = 3;
 /// How long the result-handling thread waits before it looks again at a reply it
-/// could not open for want of descriptors or memory.
+/// could not open for want of descriptors or memory...
 const SHORTAGE_PAUSE: Duration = Duration::from_millis(5);
+/// ... and for how long in all before it gives up on the pool (its tasks fail, as
+/// with a damaged ring): a shortage that lasts would otherwise leave every `get`
+/// waiting.
+const SHORTAGE_PATIENCE: Duration = Duration::from_secs(10);
 /// About how much work (by the workers' timing of a task) waiting chunks merged
 /// into one message may hold (see `Dispatch::merge`): small next to
 /// [`QUEUED_WORK`], so that workers still share the work out evenly.
@@ -162,9 +166,6 @@ struct Dispatch {
     start_failures: u32,
     /// When the current run of start failures began.
     failing_since: Option<Instant>,
-    /// The message the last worker that died idle was taking (the first in its
-    /// ring), and how many workers in a row died so (see [`HEAD_DEATHS`]).
-    head_deaths: Option<(u64, u32)>,
     /// Chunks no ring would take (a fault, or no file for a large message): failed
     /// by the result-handling thread, outside the lock.
     undeliverable: Vec<(Pending, TaskError)>,
@@ -244,6 +245,9 @@ struct Pending {
     /// A merged chunk's other parts and message, apart: most chunks are not
     /// merged, and a backlog of them is long.
     merged: Option<Box<Merged>>,
+    /// Workers that died idle with this chunk's message first in their rings
+    /// (taking it, see [`HEAD_DEATHS`]); in the entry's padding.
+    head_deaths: u8,
 }
 
 /// The rest of a merged chunk.
@@ -261,7 +265,7 @@ impl Pending {
     }
 
     fn of(first: Part) -> Pending {
-        Pending { count: first.count, first, merged: None }
+        Pending { count: first.count, first, merged: None, head_deaths: 0 }
     }
 
     fn more(&self) -> &[Part] {
@@ -331,7 +335,7 @@ impl Pending {
     fn with_parts(first: Part, more: Vec<Part>) -> Pending {
         let count = more.iter().fold(first.count, |n, p| n.saturating_add(p.count));
         let merged = (!more.is_empty()).then(|| Box::new(Merged { more, message: Vec::new() }));
-        Pending { first, count, merged }
+        Pending { first, count, merged, head_deaths: 0 }
     }
 }
 
@@ -371,16 +375,14 @@ impl Dispatch {
         p
     }
 
-    /// Counts a worker that died idle, taking message `id` from its ring: `Some(id)`
-    /// when that makes [`HEAD_DEATHS`] in a row on it (it is then failed, not sent
-    /// again).
+    /// Counts a worker that died idle, taking chunk `id`'s message from its ring:
+    /// `Some(id)` when that makes [`HEAD_DEATHS`] for it (it is then failed, not
+    /// sent again). Counted per chunk: two such messages taken by two workers in
+    /// turn each get their count.
     fn died_taking(&mut self, id: u64) -> Option<u64> {
-        let deaths = match self.head_deaths {
-            Some((last, n)) if last == id => n + 1,
-            _ => 1,
-        };
-        self.head_deaths = Some((id, deaths));
-        (deaths >= HEAD_DEATHS).then_some(id)
+        let p = self.pending_mut(id)?.as_mut()?;
+        p.head_deaths = p.head_deaths.saturating_add(1);
+        (u32::from(p.head_deaths) >= HEAD_DEATHS).then_some(id)
     }
 
     fn has_work(&self) -> bool {
@@ -777,7 +779,6 @@ impl Shared {
                 startup_deaths: 0,
                 start_failures: 0,
                 failing_since: None,
-                head_deaths: None,
                 undeliverable: Vec::new(),
                 dead_rings: Vec::new(),
                 graveyard: Vec::new(),
@@ -1192,6 +1193,7 @@ impl Handler {
     fn serve(&self) {
         let mut batch = Batch::default();
         let mut last_check = sys::coarse_millis();
+        let mut short_since: Option<Instant> = None;
         loop {
             let mut look_again = CHECK_EVERY;
             match self.shared.state.load(Ordering::Acquire) {
@@ -1220,6 +1222,9 @@ impl Handler {
             if matches!(got, Err(RecvTimeoutError::Timeout)) {
                 got = batch.fill(&self.shared.results, Wait::Until(Instant::now() + look_again));
             }
+            if !matches!(got, Err(RecvTimeoutError::Failed(ChannelFault::SideUnavailable(_)))) {
+                short_since = None;
+            }
             match got {
                 Ok(()) => {
                     self.on_replies(&batch);
@@ -1227,8 +1232,10 @@ impl Handler {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 // A large reply this process cannot open for now (out of descriptors
-                // or memory): it stays in the ring until it can.
-                Err(RecvTimeoutError::Failed(ChannelFault::SideUnavailable(_))) => {
+                // or memory): it stays in the ring until it can, for a while.
+                Err(RecvTimeoutError::Failed(ChannelFault::SideUnavailable(_)))
+                    if short_since.get_or_insert_with(Instant::now).elapsed() < SHORTAGE_PATIENCE =>
+                {
                     std::thread::sleep(SHORTAGE_PAUSE);
                 }
                 Err(e) => {
@@ -1491,8 +1498,15 @@ impl Handler {
     /// worker's tasks: it may have answered some before it died).
     fn drain_replies(&self) {
         let mut buf = Vec::new();
-        while self.shared.results.get_bytes_into(&mut buf, Wait::Never).is_ok() {
-            self.on_reply(&buf);
+        let mut shortage = Shortage::default();
+        loop {
+            match self.shared.results.get_bytes_into(&mut buf, Wait::Never) {
+                Ok(()) => self.on_reply(&buf),
+                // A large reply that cannot be opened this moment: waited for (for a
+                // while), or the dead worker would be judged without it.
+                Err(RecvTimeoutError::Failed(ChannelFault::SideUnavailable(_))) if shortage.wait_out() => {}
+                Err(_) => return,
+            }
         }
     }
 
@@ -1609,7 +1623,7 @@ impl Handler {
             let mut failed = Vec::new();
             if let Some(p) = poisoned.and_then(|id| d.remove(id)) {
                 let why = format!(
-                    "{HEAD_DEATHS} workers in a row died taking it from their rings (the last: pid {pid}, {})",
+                    "{HEAD_DEATHS} workers died taking it from their rings (the last: pid {pid}, {})",
                     super::error::describe_exit(code)
                 );
                 poison = Some((p, TaskError::Send(why)));
@@ -1669,13 +1683,16 @@ impl Handler {
             Err(e) => {
                 let (why, all) = {
                     let mut d = lock(&self.shared.dispatch);
+                    if d.workers.iter().any(Option::is_some) {
+                        // A worker serves: the run of failures counts from when none does.
+                        d.start_failures = 0;
+                        d.failing_since = None;
+                        return;
+                    }
                     d.start_failures += 1;
                     let since = *d.failing_since.get_or_insert_with(Instant::now);
                     // Tried again at each look at the workers (see `check_workers`).
-                    if d.start_failures < START_FAILURES
-                        || since.elapsed() < START_FAILING_FOR
-                        || d.workers.iter().any(Option::is_some)
-                    {
+                    if d.start_failures < START_FAILURES || since.elapsed() < START_FAILING_FOR {
                         return;
                     }
                     let why =

@@ -46,7 +46,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use child::init;
-pub(crate) use child::{catch_panic, Panic, PanicCapture};
+pub(crate) use child::{catch_panic, install_panic_hook, mark_forked, Panic, PanicCapture};
 pub use context::{
     context, get_all_start_methods, get_start_method, set_start_method, set_start_method_forced, Context, StartMethod,
 };

@@ -194,7 +194,7 @@ struct BusyMark(AtomicU64);
 
 impl BusyMark {
     fn is_set(&self) -> bool {
-        // Most of the time nothing was lost, and no clock is read.
+        // Until a yield is first lost, no clock is read.
         self.0.load(Ordering::Relaxed) != 0 && self.is_set_at(sys::coarse_millis())
     }
 
@@ -229,21 +229,23 @@ pub(crate) fn yield_until(wait: Wait, ready: &mut impl FnMut() -> bool) -> bool 
 
 /// [`yield_until`] for up to `time`.
 pub(crate) fn yield_for(time: Duration, wait: Wait, ready: &mut impl FnMut() -> bool) -> bool {
-    yield_with(&BUSY, time, wait, ready, std::thread::yield_now)
+    yield_with(&BUSY, time, wait, ready, std::thread::yield_now, Instant::now)
 }
 
-/// [`yield_for`], giving the CPU away with `give_way`, the lost yields marked in `busy`.
+/// [`yield_for`], giving the CPU away with `give_way`, timed by `clock`, the lost
+/// yields marked in `busy`.
 fn yield_with(
     busy: &BusyMark,
     time: Duration,
     wait: Wait,
     ready: &mut impl FnMut() -> bool,
     mut give_way: impl FnMut(),
+    mut clock: impl FnMut() -> Instant,
 ) -> bool {
     if time.is_zero() || busy.is_set() {
         return false;
     }
-    let start = Instant::now();
+    let start = clock();
     let end = wait.deadline().map_or(start + time, |d| d.min(start + time));
     let mut before = start;
     while before < end {
@@ -251,7 +253,7 @@ fn yield_with(
         if ready() {
             return true;
         }
-        let after = Instant::now();
+        let after = clock();
         if after.duration_since(before) >= LOST_CPU {
             busy.set();
             return false;
@@ -265,14 +267,24 @@ fn yield_with(
 mod tests {
     use super::*;
 
+    /// A clock that moves `step` at each reading, from now: a test's time that no
+    /// busy test machine can stretch.
+    fn ticking(step: Duration) -> impl FnMut() -> Instant {
+        let mut now = Instant::now();
+        move || {
+            now += step;
+            now
+        }
+    }
+
     /// A yield that kept the thread off its CPU for a time slice marks the machine
     /// busy: the waiter goes to sleep, and so do the next ones, without yielding,
     /// until the mark runs out.
     #[test]
     fn a_yield_that_lost_the_cpu_makes_waiters_sleep_at_once() {
         let busy = BusyMark(AtomicU64::new(0));
-        let lose_the_cpu = || std::thread::sleep(LOST_CPU + Duration::from_millis(1));
         let (mut yields, mut looks) = (0, 0);
+        let before = sys::coarse_millis();
         let ready = yield_with(
             &busy,
             YIELD_TIME,
@@ -281,38 +293,36 @@ mod tests {
                 looks += 1;
                 false
             },
-            || {
-                yields += 1;
-                lose_the_cpu();
-            },
+            || yields += 1,
+            ticking(LOST_CPU),
         );
         assert!(!ready);
         assert_eq!((yields, looks), (1, 1), "it gave up after the first lost yield");
-        let now = sys::coarse_millis();
-        assert!(busy.is_set() && busy.is_set_at(now) && !busy.is_set_at(now + BUSY_FOR_MS + 1));
+        let until = busy.0.load(Ordering::Relaxed);
+        assert!(until >= before + BUSY_FOR_MS, "marked busy for BUSY_FOR_MS");
+        assert!(busy.is_set_at(until - 1) && !busy.is_set_at(until));
         // A waiter now skips the yields altogether.
+        busy.0.store(u64::MAX, Ordering::Relaxed);
         let mut yields = 0;
-        assert!(!yield_with(&busy, YIELD_TIME, Wait::Forever, &mut || false, || yields += 1));
+        let skipped = yield_with(&busy, YIELD_TIME, Wait::Forever, &mut || false, || yields += 1, Instant::now);
+        assert!(!skipped);
         assert_eq!(yields, 0);
         // What became ready while the CPU was lost is still taken.
         let fresh = BusyMark(AtomicU64::new(0));
-        assert!(yield_with(&fresh, YIELD_TIME, Wait::Forever, &mut || true, lose_the_cpu));
+        assert!(yield_with(&fresh, YIELD_TIME, Wait::Forever, &mut || true, || {}, ticking(LOST_CPU)));
     }
 
     /// Quick yields (the CPU handed back at once) go on until the yield time is up,
     /// and leave the machine unmarked.
     #[test]
     fn quick_yields_last_the_yield_time() {
-        // Three tries: a busy test machine may itself take the CPU for a millisecond.
-        let quick = (0..3).any(|_| {
-            let busy = BusyMark(AtomicU64::new(0));
-            let start = Instant::now();
-            let mut yields = 0u32;
-            let ready = yield_with(&busy, Duration::from_millis(2), Wait::Forever, &mut || false, || yields += 1);
-            assert!(!ready);
-            !busy.is_set() && start.elapsed() >= Duration::from_millis(2) && yields > 1
-        });
-        assert!(quick, "quick yields went on for the yield time, unmarked");
+        let busy = BusyMark(AtomicU64::new(0));
+        let mut yields = 0u32;
+        let step = Duration::from_micros(10);
+        let ready = yield_with(&busy, YIELD_TIME, Wait::Forever, &mut || false, || yields += 1, ticking(step));
+        assert!(!ready && !busy.is_set());
+        // One reading before the first yield, one after each.
+        assert_eq!(yields, (YIELD_TIME.as_micros() / step.as_micros()) as u32);
     }
 
     /// The gaps between a spin's looks: 1, then [`LOOK_EVERY`], then never more than
