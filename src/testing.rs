@@ -37,7 +37,8 @@ pub enum Exit {
 /// heavily threaded parents such as the test harness.
 pub fn fork<F: FnOnce() -> i32 + 'static>(f: F) -> std::io::Result<Child> {
     // A failed assertion in the child prints as a forked worker's panic does (see
-    // `child::install_panic_hook`), not through a lock a parent thread may hold.
+    // `child::install_panic_hook`): written without a lock, none of which a
+    // parent thread may have held at the fork.
     crate::process::install_panic_hook();
     // SAFETY: the child only runs `f` and `_exit`s; see the function's docs for what
     // `f` must avoid.

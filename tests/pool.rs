@@ -1076,8 +1076,8 @@ fn byte_count(v: Vec<u8>) -> usize {
 /// Regression (a review found it): a worker that could not open a large task
 /// message (out of descriptors) died, the message went to the front of the backlog,
 /// the replacement took it and died in turn, forever, and `get` never returned.
-/// Now a worker waits for the shortage to pass for a while, and the third worker in
-/// a row that dies on one message fails it; the pool serves on.
+/// Now a worker waits for the shortage to pass for a while, and the third worker
+/// that dies taking one message fails it; the pool serves on.
 #[test]
 fn a_message_that_workers_cannot_open_fails_after_three_deaths_instead_of_forever() {
     let _watchdog = watchdog(WATCHDOG);

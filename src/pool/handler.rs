@@ -84,8 +84,9 @@ const START_FAILURES: u32 = 5;
 /// ... and for at least this long (a moment out of descriptors or processes, all
 /// workers dying at once, must not break the pool).
 const START_FAILING_FOR: Duration = Duration::from_secs(1);
-/// Workers that die in a row while taking the same message from their rings (one
-/// they cannot open, say) before the parent fails it rather than try another.
+/// Workers that die idle with one chunk's message first in their rings (taking a
+/// message they cannot open, say) before the parent fails it rather than send it
+/// again.
 const HEAD_DEATHS: u32 = 3;
 /// How long the result-handling thread waits before it looks again at a reply it
 /// could not open for want of descriptors or memory...
@@ -93,7 +94,7 @@ const SHORTAGE_PAUSE: Duration = Duration::from_millis(5);
 /// ... and for how long in all before it gives up on the pool (its tasks fail, as
 /// with a damaged ring): a shortage that lasts would otherwise leave every `get`
 /// waiting.
-const SHORTAGE_PATIENCE: Duration = Duration::from_secs(10);
+const REPLY_SHORTAGE_PATIENCE: Duration = Duration::from_secs(10);
 /// About how much work (by the workers' timing of a task) waiting chunks merged
 /// into one message may hold (see `Dispatch::merge`): small next to
 /// [`QUEUED_WORK`], so that workers still share the work out evenly.
@@ -1234,14 +1235,22 @@ impl Handler {
                 // A large reply this process cannot open for now (out of descriptors
                 // or memory): it stays in the ring until it can, for a while.
                 Err(RecvTimeoutError::Failed(ChannelFault::SideUnavailable(_)))
-                    if short_since.get_or_insert_with(Instant::now).elapsed() < SHORTAGE_PATIENCE =>
+                    if short_since.get_or_insert_with(Instant::now).elapsed() < REPLY_SHORTAGE_PATIENCE =>
                 {
                     std::thread::sleep(SHORTAGE_PAUSE);
                 }
                 Err(e) => {
-                    // The result ring is damaged: no reply can be trusted to its task.
+                    // The result ring is damaged (no reply can be trusted to its task),
+                    // or a shortage outlasted the patience above.
+                    let why = match e {
+                        RecvTimeoutError::Failed(ChannelFault::SideUnavailable(_)) => format!(
+                            "the pool gave up: a large reply could not be opened for {} s: {e}",
+                            REPLY_SHORTAGE_PATIENCE.as_secs()
+                        ),
+                        _ => format!("the pool's result ring failed: {e}"),
+                    };
                     let all = lock(&self.shared.dispatch).take_all();
-                    fail_all(all, &TaskError::Decode(format!("the pool's result ring failed: {e}")));
+                    fail_all(all, &TaskError::Decode(why));
                     self.shared.terminate();
                 }
             }

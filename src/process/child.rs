@@ -125,17 +125,17 @@ pub(crate) fn install_panic_hook() {
                 return;
             }
             let me = registry::current();
-            if me.parent.is_some() {
-                let _ = writeln!(std::io::stderr(), "Process {} (pid {}):", me.name, sys::getpid());
-            }
             if FORKED.load(Ordering::Relaxed) {
                 // The default hook takes std's backtrace lock, which another thread
                 // of the parent may have held at the fork (printing its own panic):
-                // a forked worker whose task panicked then waited on it forever. The
-                // same lines, printed here through stderr (held across the fork by
-                // the forking thread, so free here), without a backtrace.
-                print_panic(info);
+                // a forked worker whose task panicked then waited on it forever. Its
+                // lines, written here without a lock (stderr's may be held too: a
+                // test's fork does not hold it across), and without a backtrace.
+                print_panic(me, info);
                 return;
+            }
+            if me.parent.is_some() {
+                let _ = writeln!(std::io::stderr(), "Process {} (pid {}):", me.name, sys::getpid());
             }
             previous(info);
         }));
@@ -150,12 +150,18 @@ pub(crate) fn mark_forked() {
     FORKED.store(true, Ordering::Relaxed);
 }
 
-/// What the default panic hook prints, but its backtrace.
-fn print_panic(info: &std::panic::PanicHookInfo<'_>) {
+/// What the default panic hook prints (after the process's name), but its
+/// backtrace, in one `write(2)`.
+fn print_panic(me: &registry::Current, info: &std::panic::PanicHookInfo<'_>) {
     let panic = Panic::from_hook(info);
     let thread = std::thread::current();
     let name = thread.name().unwrap_or("<unnamed>");
-    let _ = writeln!(std::io::stderr(), "thread '{name}' panicked at {}:\n{}", panic.location, panic.message);
+    let mut text = String::new();
+    if me.parent.is_some() {
+        text += &format!("Process {} (pid {}):\n", me.name, sys::getpid());
+    }
+    text += &format!("thread '{name}' panicked at {}:\n{}\n", panic.location, panic.message);
+    sys::write_stderr_raw(text.as_bytes());
 }
 
 /// A panic caught in a child, as it crosses back to the parent: its message and

@@ -322,7 +322,7 @@ mod tests {
         let ready = yield_with(&busy, YIELD_TIME, Wait::Forever, &mut || false, || yields += 1, ticking(step));
         assert!(!ready && !busy.is_set());
         // One reading before the first yield, one after each.
-        assert_eq!(yields, (YIELD_TIME.as_micros() / step.as_micros()) as u32);
+        assert_eq!(yields, YIELD_TIME.as_micros().div_ceil(step.as_micros()) as u32);
     }
 
     /// The gaps between a spin's looks: 1, then [`LOOK_EVERY`], then never more than

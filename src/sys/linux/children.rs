@@ -33,6 +33,20 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Writes `bytes` to standard error with `write(2)` itself, taking no lock (a
+/// forked child's copy of std's stderr lock may be held by a thread it does not
+/// have); what cannot be written is dropped.
+pub(crate) fn write_stderr_raw(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        match nix::unistd::write(std::io::stderr(), bytes) {
+            Ok(0) => return,
+            Ok(n) => bytes = &bytes[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// Ends this process as `kill -9` would (a test's simulated kill at a step).
 pub(crate) fn kill_self() -> ! {
     let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
