@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use super::error::{PoolError, TaskError};
 use super::result::Sink;
 use super::task::{self, Items, Reply, RunnerRef, TagKey};
-use super::worker::Shortage;
+use super::worker::{Shortage, TAKE_PATIENCE};
 use crate::channel::{ChannelFault, Queue, RecvTimeoutError};
 use crate::process::{Process, ProcessError};
 use crate::shared::RawArray;
@@ -88,12 +88,9 @@ const START_FAILING_FOR: Duration = Duration::from_secs(1);
 /// message they cannot open, say) before the parent fails it rather than send it
 /// again.
 const HEAD_DEATHS: u32 = 3;
-/// How long the result-handling thread waits before it looks again at a reply it
-/// could not open for want of descriptors or memory...
-const SHORTAGE_PAUSE: Duration = Duration::from_millis(5);
-/// ... and for how long in all before it gives up on the pool (its tasks fail, as
-/// with a damaged ring): a shortage that lasts would otherwise leave every `get`
-/// waiting.
+/// How long the result-handling thread waits for descriptors or memory to open a
+/// large reply before it gives up on the pool (its tasks fail, as with a damaged
+/// ring): a shortage that lasts would otherwise leave every `get` waiting.
 const REPLY_SHORTAGE_PATIENCE: Duration = Duration::from_secs(10);
 /// About how much work (by the workers' timing of a task) waiting chunks merged
 /// into one message may hold (see `Dispatch::merge`): small next to
@@ -164,9 +161,9 @@ struct Dispatch {
     /// tasks wait for a worker to come rather than queue behind another's.
     launching: bool,
     startup_deaths: u32,
-    start_failures: u32,
-    /// When the current run of start failures began.
-    failing_since: Option<Instant>,
+    /// The current run of failed starts with no worker serving: how many, and
+    /// since when.
+    start_failures: Option<(u32, Instant)>,
     /// Chunks no ring would take (a fault, or no file for a large message): failed
     /// by the result-handling thread, outside the lock.
     undeliverable: Vec<(Pending, TaskError)>,
@@ -778,8 +775,7 @@ impl Shared {
                 break_on_death,
                 launching: true,
                 startup_deaths: 0,
-                start_failures: 0,
-                failing_since: None,
+                start_failures: None,
                 undeliverable: Vec::new(),
                 dead_rings: Vec::new(),
                 graveyard: Vec::new(),
@@ -1194,7 +1190,7 @@ impl Handler {
     fn serve(&self) {
         let mut batch = Batch::default();
         let mut last_check = sys::coarse_millis();
-        let mut short_since: Option<Instant> = None;
+        let mut shortage = Shortage::new(REPLY_SHORTAGE_PATIENCE);
         loop {
             let mut look_again = CHECK_EVERY;
             match self.shared.state.load(Ordering::Acquire) {
@@ -1224,7 +1220,7 @@ impl Handler {
                 got = batch.fill(&self.shared.results, Wait::Until(Instant::now() + look_again));
             }
             if !matches!(got, Err(RecvTimeoutError::Failed(ChannelFault::SideUnavailable(_)))) {
-                short_since = None;
+                shortage.ended();
             }
             match got {
                 Ok(()) => {
@@ -1234,11 +1230,7 @@ impl Handler {
                 Err(RecvTimeoutError::Timeout) => {}
                 // A large reply this process cannot open for now (out of descriptors
                 // or memory): it stays in the ring until it can, for a while.
-                Err(RecvTimeoutError::Failed(ChannelFault::SideUnavailable(_)))
-                    if short_since.get_or_insert_with(Instant::now).elapsed() < REPLY_SHORTAGE_PATIENCE =>
-                {
-                    std::thread::sleep(SHORTAGE_PAUSE);
-                }
+                Err(RecvTimeoutError::Failed(ChannelFault::SideUnavailable(_))) if shortage.wait_out() => {}
                 Err(e) => {
                     // The result ring is damaged (no reply can be trusted to its task),
                     // or a shortage outlasted the patience above.
@@ -1507,7 +1499,7 @@ impl Handler {
     /// worker's tasks: it may have answered some before it died).
     fn drain_replies(&self) {
         let mut buf = Vec::new();
-        let mut shortage = Shortage::default();
+        let mut shortage = Shortage::new(TAKE_PATIENCE);
         loop {
             match self.shared.results.get_bytes_into(&mut buf, Wait::Never) {
                 Ok(()) => self.on_reply(&buf),
@@ -1585,7 +1577,7 @@ impl Handler {
         // (read without the lock: a dead reader's lock may take a moment to recover).
         let mut back = Vec::new();
         let mut buf = Vec::new();
-        let mut shortage = Shortage::default();
+        let mut shortage = Shortage::new(TAKE_PATIENCE);
         while w.tasks.qsize() > 0 {
             match w.tasks.get_bytes_into(&mut buf, Wait::timeout(Duration::from_secs(1))) {
                 Ok(()) => {}
@@ -1684,24 +1676,19 @@ impl Handler {
     /// fail) instead of retrying forever.
     fn try_start(&self, i: usize) {
         match self.start_worker(i) {
-            Ok(()) => {
-                let mut d = lock(&self.shared.dispatch);
-                d.start_failures = 0;
-                d.failing_since = None;
-            }
+            Ok(()) => lock(&self.shared.dispatch).start_failures = None,
             Err(e) => {
                 let (why, all) = {
                     let mut d = lock(&self.shared.dispatch);
                     if d.workers.iter().any(Option::is_some) {
                         // A worker serves: the run of failures counts from when none does.
-                        d.start_failures = 0;
-                        d.failing_since = None;
+                        d.start_failures = None;
                         return;
                     }
-                    d.start_failures += 1;
-                    let since = *d.failing_since.get_or_insert_with(Instant::now);
+                    let (count, since) = d.start_failures.get_or_insert_with(|| (0, Instant::now()));
+                    *count += 1;
                     // Tried again at each look at the workers (see `check_workers`).
-                    if d.start_failures < START_FAILURES || since.elapsed() < START_FAILING_FOR {
+                    if *count < START_FAILURES || since.elapsed() < START_FAILING_FOR {
                         return;
                     }
                     let why =

@@ -93,7 +93,7 @@ where
     let capture = PanicCapture::begin(true);
     let mut done = 0u64;
     let mut timing = Timing::default();
-    let mut shortage = Shortage::default();
+    let mut shortage = Shortage::new(TAKE_PATIENCE);
     loop {
         // Borrowed, and taken from the ring only once the board says which chunk
         // this worker has: killed before that, the message is still in its ring,
@@ -152,22 +152,26 @@ fn dies_at(name: &'static str) {
 /// before it gives up and exits (its message then goes to another worker; the
 /// parent fails a message that workers keep dying on: see `Handler::on_worker_exit`).
 /// The parent waits as long to read a dead worker's large messages back.
-const SHORTAGE_PATIENCE: Duration = Duration::from_millis(500);
+pub(super) const TAKE_PATIENCE: Duration = Duration::from_millis(500);
 
-/// A wait for the resources to open a large message (a worker's task, or a dead
-/// worker's leftovers the parent reads back).
-#[derive(Default)]
+/// A wait for the resources to open a large message (a worker's task, a reply, or
+/// a dead worker's leftovers the parent reads back), for up to `patience`.
 pub(super) struct Shortage {
+    patience: Duration,
     since: Option<Instant>,
     pause: Duration,
 }
 
 impl Shortage {
+    pub(super) fn new(patience: Duration) -> Shortage {
+        Shortage { patience, since: None, pause: Duration::ZERO }
+    }
+
     /// Sleeps a little before the next try (each pause twice the last, up to 50 ms);
-    /// `false` once the shortage has lasted [`SHORTAGE_PATIENCE`].
+    /// `false` once the shortage has lasted its patience.
     pub(super) fn wait_out(&mut self) -> bool {
         let since = *self.since.get_or_insert_with(Instant::now);
-        if since.elapsed() >= SHORTAGE_PATIENCE {
+        if since.elapsed() >= self.patience {
             return false;
         }
         self.pause = (self.pause * 2).clamp(Duration::from_millis(1), Duration::from_millis(50));
@@ -175,7 +179,8 @@ impl Shortage {
         true
     }
 
-    fn ended(&mut self) {
-        *self = Shortage::default();
+    /// The resources came: the next shortage waits its whole patience again.
+    pub(super) fn ended(&mut self) {
+        *self = Shortage::new(self.patience);
     }
 }

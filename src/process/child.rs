@@ -134,8 +134,8 @@ pub(crate) fn install_panic_hook() {
                 print_panic(me, info);
                 return;
             }
-            if me.parent.is_some() {
-                let _ = writeln!(std::io::stderr(), "Process {} (pid {}):", me.name, sys::getpid());
+            if let Some(line) = process_line(me) {
+                let _ = std::io::stderr().write_all(line.as_bytes());
             }
             previous(info);
         }));
@@ -150,16 +150,19 @@ pub(crate) fn mark_forked() {
     FORKED.store(true, Ordering::Relaxed);
 }
 
+/// The line naming a child process before its panic, as Python's tracebacks do
+/// (none in the main process).
+fn process_line(me: &registry::Current) -> Option<String> {
+    me.parent.is_some().then(|| format!("Process {} (pid {}):\n", me.name, sys::getpid()))
+}
+
 /// What the default panic hook prints (after the process's name), but its
 /// backtrace, in one `write(2)`.
 fn print_panic(me: &registry::Current, info: &std::panic::PanicHookInfo<'_>) {
     let panic = Panic::from_hook(info);
     let thread = std::thread::current();
     let name = thread.name().unwrap_or("<unnamed>");
-    let mut text = String::new();
-    if me.parent.is_some() {
-        text += &format!("Process {} (pid {}):\n", me.name, sys::getpid());
-    }
+    let mut text = process_line(me).unwrap_or_default();
     text += &format!("thread '{name}' panicked at {}:\n{}\n", panic.location, panic.message);
     sys::write_stderr_raw(text.as_bytes());
 }
