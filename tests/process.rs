@@ -575,3 +575,44 @@ fn a_forked_child_that_panics_while_a_parent_thread_prints_a_panic_ends() {
     noisy.join().unwrap();
     assert_eq!(hung, 0, "forked children hung in their panic hook");
 }
+
+fn put_one(q: shmproc::Queue<u64>) {
+    q.put(7).unwrap();
+}
+
+/// Regression: a forked child attaching a ring it was given took a process-wide
+/// lock (the registry of rings the orphan sweep asks) that another thread of the
+/// parent, creating a queue, may have held at the fork: the child waited forever (a
+/// pipe test hung one run in about twenty-five). Here a parent thread creates queues
+/// all along while children are forked with a queue to put into.
+#[test]
+fn a_forked_child_attaching_a_queue_while_a_parent_thread_makes_queues_runs() {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let maker = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            // Many live rings: each new one walks the registry under its lock.
+            let live: Vec<_> = (0..200).map(|_| shmproc::Queue::<u64>::new(4).unwrap()).collect();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                drop(shmproc::Queue::<u64>::new(4).unwrap());
+            }
+            drop(live);
+        })
+    };
+    let mut hung = 0;
+    for _ in 0..500 {
+        let q = shmproc::Queue::<u64>::new(4).unwrap();
+        let p = start(StartMethod::Fork, Process::builder(put_one, q.clone()));
+        if q.get_timeout(Duration::from_secs(3)).is_err() {
+            hung += 1;
+            let _ = p.kill();
+        }
+        let _ = p.join_timeout(PATIENCE);
+        if hung > 0 {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    maker.join().unwrap();
+    assert_eq!(hung, 0, "forked children hung attaching their queue");
+}

@@ -33,7 +33,7 @@ pub use error::{
 pub use loan::{GetLoan, PutLoan};
 pub use pipe::{Connection, Pipe, RecvIntoError};
 pub use queue::{JoinableQueue, Queue, QueueBuilder, SimpleQueue, DEFAULT_CAPACITY};
-pub(crate) use ring::set_side_stall;
 #[doc(hidden)]
 pub use ring::SideStall;
+pub(crate) use ring::{hold_ring_registry, set_side_stall};
 pub(crate) use signal::YIELD_TIME;

@@ -349,6 +349,9 @@ impl Process {
         let mut out = std::io::stdout().lock();
         let err = std::io::stderr().lock();
         let _ = out.flush();
+        // Likewise the registry of rings, which the child takes as it attaches the
+        // rings it is given.
+        let rings = crate::channel::hold_ring_registry();
         let name = setup.name.clone();
         let parent = setup.parent.1;
         let entry = self.entry;
@@ -360,11 +363,11 @@ impl Process {
                 child::mark_forked();
                 // This thread holds them in the child's copy: let them go, or a thread
                 // the target starts could never print.
-                drop((out, err, gate));
+                drop((out, err, rings, gate));
                 child::run(setup, Some(parent), move || entry.run(&args, Incoming::Inherited(segments)))
             }
             Forked::Parent(pid) => {
-                drop((out, err, gate));
+                drop((out, err, rings, gate));
                 Ok(ChildRecord::new(pid, name, self.daemon, Watch::Reaped))
             }
         }

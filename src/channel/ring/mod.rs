@@ -100,6 +100,7 @@ use crate::sync::wait::Wait;
 use crate::sync::{Acquire, Line, RawMutex};
 use frame::*;
 pub(crate) use frame::{MAX_CAPACITY, MIN_CAPACITY};
+pub(crate) use side::hold_registry as hold_ring_registry;
 pub(crate) use side::set_stall as set_side_stall;
 use side::SideOpen;
 pub(crate) use side::SideSegment;

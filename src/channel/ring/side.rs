@@ -2,7 +2,7 @@
 //! its own, whose name the frame carries.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use super::ChannelFault;
 use crate::segment::{Backing, Expect, ObjectKind, Segment};
@@ -88,6 +88,14 @@ pub(super) enum SideOpen {
 /// segment names) and offset: the orphan sweep asks them whether a side segment
 /// kept for them is still named by one of their frames.
 static RINGS: Mutex<Vec<(u64, Weak<Segment>, usize)>> = Mutex::new(Vec::new());
+
+/// The registry of rings held, for a fork: the child's copy of its lock is then
+/// held by the forking thread, which lets it go (see `Process::fork`), never by a
+/// thread the child does not have (a child attaching the rings it was given waited
+/// forever on it).
+pub(crate) fn hold_registry() -> MutexGuard<'static, Vec<(u64, Weak<Segment>, usize)>> {
+    RINGS.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Makes the ring at `offset` of `seg` known to the orphan sweep of this process.
 pub(super) fn register(seg: &Arc<Segment>, offset: usize) {
